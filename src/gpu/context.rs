@@ -1,0 +1,269 @@
+//! Adapter selection, device creation and the device's limits.
+
+use std::sync::{Arc, Mutex};
+
+use super::GpuError;
+use super::kernel::{Binding, PipelineCache};
+
+/// Environment variable selecting an adapter by a substring of its name.
+pub const ADAPTER_ENV: &str = "WGNN_ADAPTER";
+/// Environment variable selecting the backend: `vulkan`, `metal`, `dx12` or `gl`.
+pub const BACKEND_ENV: &str = "WGNN_BACKEND";
+
+/// Which adapter to open. [`AdapterRequest::from_env`] reads `WGNN_ADAPTER` and `WGNN_BACKEND`.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterRequest {
+    /// Case-insensitive substring of the adapter's name; `None` picks the best adapter.
+    pub name: Option<String>,
+    /// Backends to search; `None` searches all compiled-in backends.
+    pub backend: Option<wgpu::Backends>,
+}
+
+impl AdapterRequest {
+    /// Reads `WGNN_ADAPTER` and `WGNN_BACKEND`; an unknown backend name is an error.
+    pub fn from_env() -> Result<Self, GpuError> {
+        let name = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
+        let backend = match std::env::var(BACKEND_ENV).ok().filter(|s| !s.is_empty()) {
+            Some(value) => Some(parse_backend(&value)?),
+            None => None,
+        };
+        Ok(Self { name, backend })
+    }
+}
+
+/// Parses a backend name as `WGNN_BACKEND` accepts it.
+pub fn parse_backend(value: &str) -> Result<wgpu::Backends, GpuError> {
+    match value.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        _ => Err(GpuError::UnknownBackend(value.to_string())),
+    }
+}
+
+/// What the rest of wgnn needs to know about the opened adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+impl AdapterSummary {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        }
+    }
+
+    /// True for software rasterizers such as lavapipe (llvmpipe), where kernels are chosen
+    /// for few storage loads per FMA rather than for workgroup-memory tiles.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?}, {:?}", self.name, self.backend, self.device_type)?;
+        if !self.driver_info.is_empty() {
+            write!(f, ", {}", self.driver_info)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// An open device with its queue, limits and pipeline cache. Everything wgnn puts on the GPU
+/// goes through one context.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    adapter: AdapterSummary,
+    limits: wgpu::Limits,
+    pub(crate) pipelines: PipelineCache,
+    /// Errors the device reported outside an error scope (validation, out of memory, lost).
+    device_errors: Arc<Mutex<Vec<String>>>,
+    /// A small zeroed storage buffer bound where a kernel's optional input is absent.
+    placeholder: wgpu::Buffer,
+}
+
+impl GpuContext {
+    /// Opens the adapter chosen by `WGNN_ADAPTER` / `WGNN_BACKEND`, else the best one.
+    pub fn new() -> Result<Self, GpuError> {
+        Self::with_request(&AdapterRequest::from_env()?)
+    }
+
+    /// Opens an adapter: a hardware GPU when there is one, else a software one.
+    pub fn with_request(request: &AdapterRequest) -> Result<Self, GpuError> {
+        let instance = new_instance(request.backend);
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapter = choose_adapter(adapters, request)?;
+        let info = adapter.get_info();
+        // The adapter's own limits, not WebGPU's defaults: lavapipe and discrete GPUs both
+        // allow far larger storage bindings than the 128 MiB default.
+        let limits = adapter.limits();
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("wgnn"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
+            .map_err(|e| GpuError::RequestDevice(format!("{}: {e}", info.name)))?;
+
+        let device_errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&device_errors);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            if let Ok(mut errors) = sink.lock() {
+                errors.push(error.to_string());
+            }
+        }));
+        let sink = Arc::clone(&device_errors);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut errors) = sink.lock() {
+                errors.push(format!("device lost ({reason:?}): {message}"));
+            }
+        });
+
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Self {
+            placeholder,
+            pipelines: PipelineCache::default(),
+            device,
+            queue,
+            adapter: AdapterSummary::from_info(&info),
+            limits,
+            device_errors,
+        })
+    }
+
+    /// Binding for an absent optional input: 16 zero bytes, never written.
+    pub fn placeholder(&self) -> Binding<'_> {
+        Binding::whole(&self.placeholder)
+    }
+
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.adapter
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Largest buffer wgnn may bind as one storage binding.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Fails with the first error the device reported since the last check.
+    pub fn check_device(&self) -> Result<(), GpuError> {
+        let mut errors = self
+            .device_errors
+            .lock()
+            .map_err(|_| GpuError::Device("device error log poisoned".into()))?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let first = errors.remove(0);
+        errors.clear();
+        Err(GpuError::Device(first))
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait_idle(&self) -> Result<(), GpuError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.check_device()
+    }
+}
+
+fn new_instance(backend: Option<wgpu::Backends>) -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backend.unwrap_or_else(wgpu::Backends::all);
+    // Validation layers are a debugging aid, not something a training run should pay for.
+    descriptor.flags = wgpu::InstanceFlags::empty();
+    wgpu::Instance::new(descriptor)
+}
+
+/// Lists every adapter wgpu can see, for `wgnn info`.
+pub fn list_adapters() -> Vec<(AdapterSummary, wgpu::Limits)> {
+    let instance = new_instance(None);
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .map(|a| (AdapterSummary::from_info(&a.get_info()), a.limits()))
+        .collect()
+}
+
+fn choose_adapter(
+    adapters: Vec<wgpu::Adapter>,
+    request: &AdapterRequest,
+) -> Result<wgpu::Adapter, GpuError> {
+    if adapters.is_empty() {
+        return Err(GpuError::NoAdapter);
+    }
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            format!("{} ({:?})", info.name, info.backend)
+        })
+        .collect();
+    let mut candidates: Vec<wgpu::Adapter> = adapters
+        .into_iter()
+        .filter(|a| {
+            let info = a.get_info();
+            let name_ok = request.name.as_ref().is_none_or(|wanted| {
+                info.name
+                    .to_ascii_lowercase()
+                    .contains(&wanted.to_ascii_lowercase())
+            });
+            let backend_ok = request
+                .backend
+                .is_none_or(|b| b.contains(wgpu::Backends::from(info.backend)));
+            name_ok && backend_ok
+        })
+        .collect();
+    if candidates.is_empty() {
+        let wanted = match (&request.name, request.backend) {
+            (Some(n), Some(b)) => format!("name containing {n:?} on {b:?}"),
+            (Some(n), None) => format!("name containing {n:?}"),
+            (None, Some(b)) => format!("backend {b:?}"),
+            (None, None) => "any".into(),
+        };
+        return Err(GpuError::AdapterNotFound {
+            wanted,
+            available: names.join(", "),
+        });
+    }
+    // Hardware first; among equals, Vulkan/Metal/DX12 before GL.
+    candidates.sort_by_key(|a| {
+        let info = a.get_info();
+        let kind = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let backend = u8::from(info.backend == wgpu::Backend::Gl);
+        (kind, backend)
+    });
+    Ok(candidates.remove(0))
+}

@@ -1,0 +1,364 @@
+//! Shader modules, the pipeline cache, and dispatches recorded into one compute pass.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wgpu::util::DeviceExt;
+
+use super::{GpuContext, GpuError};
+
+/// One WGSL file under `shaders/`, compiled once per context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    MatmulNtVec4,
+    MatmulBvec4,
+    MatmulGeneral,
+    BatchNorm,
+    Elementwise,
+    Dropout,
+    SoftmaxXent,
+    Bce,
+    Optim,
+    Reduce,
+}
+
+const MATMUL_COMMON: &str = include_str!("../../shaders/matmul.wgsl");
+
+impl Shader {
+    fn source(self) -> String {
+        match self {
+            // The matmul variants share their parameters and epilogue.
+            Shader::MatmulNtVec4 => [MATMUL_COMMON, include_str!("../../shaders/matmul_nt_vec4.wgsl")].concat(),
+            Shader::MatmulBvec4 => [MATMUL_COMMON, include_str!("../../shaders/matmul_bvec4.wgsl")].concat(),
+            Shader::MatmulGeneral => [MATMUL_COMMON, include_str!("../../shaders/matmul_general.wgsl")].concat(),
+            Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl").to_string(),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl").to_string(),
+            // Dropout draws its mask from the Philox generator defined beside it.
+            Shader::Dropout => [
+                include_str!("../../shaders/philox.wgsl"),
+                include_str!("../../shaders/dropout.wgsl"),
+            ]
+            .concat(),
+            Shader::SoftmaxXent => include_str!("../../shaders/softmax_xent.wgsl").to_string(),
+            Shader::Bce => include_str!("../../shaders/bce.wgsl").to_string(),
+            Shader::Optim => include_str!("../../shaders/optim.wgsl").to_string(),
+            Shader::Reduce => include_str!("../../shaders/reduce.wgsl").to_string(),
+        }
+    }
+}
+
+/// A compute entry point with its pipeline-overridable constants (workgroup sizes, tiles).
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub shader: Shader,
+    pub entry: &'static str,
+    pub constants: Vec<(&'static str, f64)>,
+}
+
+impl Kernel {
+    pub fn new(shader: Shader, entry: &'static str) -> Self {
+        Self {
+            shader,
+            entry,
+            constants: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, name: &'static str, value: impl Into<f64>) -> Self {
+        self.constants.push((name, value.into()));
+        self
+    }
+
+    fn key(&self) -> KernelKey {
+        KernelKey {
+            shader: self.shader,
+            entry: self.entry,
+            constants: self
+                .constants
+                .iter()
+                .map(|&(n, v)| (n, v.to_bits()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct KernelKey {
+    shader: Shader,
+    entry: &'static str,
+    constants: Vec<(&'static str, u64)>,
+}
+
+/// Compiled modules and pipelines, created on first use and reused for the context's lifetime.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<KernelKey, wgpu::ComputePipeline>>,
+    pub(crate) pipelines_created: AtomicU64,
+    pub(crate) buffers_created: AtomicU64,
+}
+
+/// Counters of GPU objects a context has created: plans must not create any per step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourceCounters {
+    pub pipelines: u64,
+    pub buffers: u64,
+}
+
+/// A buffer range bound to one `@binding`.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl<'a> Binding<'a> {
+    pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Self {
+            buffer,
+            offset: 0,
+            size: buffer.size(),
+        }
+    }
+}
+
+/// A pipeline, its bind group and its grid: everything needed to record one dispatch.
+/// Created at plan time; recording it allocates nothing.
+pub struct Dispatch {
+    pub label: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.workgroups.contains(&0) {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.workgroups[0], self.workgroups[1], self.workgroups[2]);
+    }
+
+    pub fn workgroups(&self) -> [u32; 3] {
+        self.workgroups
+    }
+}
+
+/// Splits `count` workgroups over x and y so neither exceeds the per-dimension limit; shaders
+/// rebuild the linear index from `num_workgroups`.
+pub fn grid_1d(count: u32, max_per_dim: u32) -> [u32; 3] {
+    if count <= max_per_dim {
+        [count, 1, 1]
+    } else {
+        let y = count.div_ceil(max_per_dim);
+        [count.div_ceil(y), y, 1]
+    }
+}
+
+impl GpuContext {
+    pub fn counters(&self) -> ResourceCounters {
+        ResourceCounters {
+            pipelines: self.pipelines.pipelines_created.load(Ordering::Relaxed),
+            buffers: self.pipelines.buffers_created.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Creates a buffer, checking the size against the device's limits first.
+    pub fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        self.check_buffer_size(label, size)?;
+        self.pipelines.buffers_created.fetch_add(1, Ordering::Relaxed);
+        // Zero-sized buffers cannot be bound; round up to one word.
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Creates a buffer holding `contents`.
+    pub fn create_buffer_init(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        self.check_buffer_size(label, contents.len() as u64)?;
+        self.pipelines.buffers_created.fetch_add(1, Ordering::Relaxed);
+        if contents.len() < 4 || contents.len() % 4 != 0 {
+            let mut padded = contents.to_vec();
+            padded.resize(contents.len().max(4).next_multiple_of(4), 0);
+            return Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &padded,
+                usage,
+            }));
+        }
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            }))
+    }
+
+    fn check_buffer_size(&self, label: &str, size: u64) -> Result<(), GpuError> {
+        let limit = self.max_binding_bytes();
+        if size > limit {
+            return Err(GpuError::BufferTooLarge {
+                what: label.to_string(),
+                bytes: size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the pipeline for `kernel`, compiling its module and pipeline on first use.
+    pub fn pipeline(&self, kernel: &Kernel) -> Result<wgpu::ComputePipeline, GpuError> {
+        let key = kernel.key();
+        if let Some(p) = lock(&self.pipelines.pipelines)?.get(&key) {
+            return Ok(p.clone());
+        }
+        let module = self.module(kernel.shader)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &kernel.constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Shader {
+                entry: format!("{:?}::{}", kernel.shader, kernel.entry),
+                message: error.to_string(),
+            });
+        }
+        self.pipelines
+            .pipelines_created
+            .fetch_add(1, Ordering::Relaxed);
+        lock(&self.pipelines.pipelines)?.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn module(&self, shader: Shader) -> Result<wgpu::ShaderModule, GpuError> {
+        if let Some(m) = lock(&self.pipelines.modules)?.get(&shader) {
+            return Ok(m.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&format!("{shader:?}")),
+                source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+            });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Shader {
+                entry: format!("{shader:?}"),
+                message: error.to_string(),
+            });
+        }
+        lock(&self.pipelines.modules)?.insert(shader, module.clone());
+        Ok(module)
+    }
+
+    /// Builds a dispatch: `params` (if any) becomes a uniform at binding 0 and `bindings`
+    /// follow in `@binding` order.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: Option<&P>,
+        bindings: &[Binding<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch, GpuError> {
+        let max = self.limits().max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(GpuError::GridTooLarge {
+                entry: kernel.entry,
+                workgroups,
+                limit: max,
+            });
+        }
+        let pipeline = self.pipeline(kernel)?;
+        let uniform = match params {
+            Some(p) => Some(self.create_buffer_init(
+                kernel.entry,
+                bytemuck::bytes_of(p),
+                wgpu::BufferUsages::UNIFORM,
+            )?),
+            None => None,
+        };
+        let mut entries = Vec::with_capacity(bindings.len() + 1);
+        let first = u32::from(uniform.is_some());
+        if let Some(u) = &uniform {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 0,
+                resource: u.as_entire_binding(),
+            });
+        }
+        for (i, b) in bindings.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: first + i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buffer,
+                    offset: b.offset,
+                    size: std::num::NonZeroU64::new(b.size.max(4).next_multiple_of(4)),
+                }),
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Shader {
+                entry: kernel.entry.to_string(),
+                message: error.to_string(),
+            });
+        }
+        Ok(Dispatch {
+            label: kernel.entry,
+            pipeline,
+            bind_group,
+            workgroups,
+        })
+    }
+
+    /// Records `dispatches` into one compute pass and submits them, without waiting.
+    pub fn submit(&self, dispatches: &[&Dispatch]) -> wgpu::SubmissionIndex {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgnn") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            for d in dispatches {
+                d.encode(&mut pass);
+            }
+        }
+        self.queue.submit([encoder.finish()])
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, GpuError> {
+    m.lock()
+        .map_err(|_| GpuError::Device("pipeline cache poisoned".into()))
+}

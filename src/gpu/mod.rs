@@ -1,0 +1,52 @@
+//! The GPU side: adapter and device, buffers, pipeline cache, kernel dispatch.
+
+mod context;
+mod kernel;
+mod tensor;
+
+pub use context::{
+    ADAPTER_ENV, AdapterRequest, AdapterSummary, BACKEND_ENV, GpuContext, list_adapters,
+    parse_backend,
+};
+pub use kernel::{Binding, Dispatch, Kernel, ResourceCounters, Shader, grid_1d};
+pub use tensor::{GpuTensor, TENSOR_USAGE, byte_len, map_and_read, read_buffer};
+
+/// Errors from the GPU layer. Each names what failed and, where it can, how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "no GPU adapter found: install a Vulkan driver such as mesa-vulkan-drivers \
+         (lavapipe) or a GPU driver, or choose a backend with WGNN_BACKEND=vulkan|metal|dx12|gl"
+    )]
+    NoAdapter,
+    #[error("no adapter matches {wanted} (set by WGNN_ADAPTER / WGNN_BACKEND); available: {available}")]
+    AdapterNotFound { wanted: String, available: String },
+    #[error("unknown backend {0:?} in WGNN_BACKEND: expected vulkan, metal, dx12 or gl")]
+    UnknownBackend(String),
+    #[error("could not open the device on adapter {0}")]
+    RequestDevice(String),
+    #[error(
+        "{what} needs a buffer of {bytes} bytes but the device binds at most {limit} bytes \
+         (max_storage_buffer_binding_size)"
+    )]
+    BufferTooLarge { what: String, bytes: u64, limit: u64 },
+    #[error("kernel {entry} needs {workgroups:?} workgroups but the device allows {limit} per dimension")]
+    GridTooLarge {
+        entry: &'static str,
+        workgroups: [u32; 3],
+        limit: u32,
+    },
+    #[error("{what}: shape {shape:?} holds {expected} elements but {found} were given")]
+    LengthMismatch {
+        what: String,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+    #[error("shader {entry} failed to compile: {message}")]
+    Shader { entry: String, message: String },
+    #[error("reading a buffer back failed: {0}")]
+    Map(String),
+    #[error("the GPU device reported an error: {0}")]
+    Device(String),
+}

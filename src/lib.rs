@@ -1,0 +1,5 @@
+//! wgnn: train and run batch-normalized MLPs on any GPU through wgpu, with PyTorch's semantics.
+
+pub mod check;
+pub mod gpu;
+pub mod ops;

@@ -1,0 +1,365 @@
+//! Matrix multiplication with the layouts a Linear layer's forward and backward need, an
+//! optional bias and a fused ReLU. Kernels: `shaders/matmul*.wgsl`.
+//!
+//! For `y = x·Wᵀ + b` with x: [N, in], W: [out, in] (PyTorch's layout):
+//! forward is `NT` (x · Wᵀ), `dx = dy · W` is `NN`, and `dW = dyᵀ · x` is `TN`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{OpError, expect_matrix, groups};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
+
+/// Which operand is stored transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// C = A·B with A: [M, K], B: [K, N].
+    NN,
+    /// C = A·Bᵀ with A: [M, K], B: [N, K].
+    NT,
+    /// C = Aᵀ·B with A: [K, M], B: [K, N].
+    TN,
+}
+
+/// The sizes of one product C[M, N] = op(A)·op(B), summed over K.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulShape {
+    pub layout: Layout,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl MatmulShape {
+    /// Shapes of A and B as stored.
+    pub fn a_shape(&self) -> [usize; 2] {
+        match self.layout {
+            Layout::NN | Layout::NT => [self.m, self.k],
+            Layout::TN => [self.k, self.m],
+        }
+    }
+
+    pub fn b_shape(&self) -> [usize; 2] {
+        match self.layout {
+            Layout::NN | Layout::TN => [self.k, self.n],
+            Layout::NT => [self.n, self.k],
+        }
+    }
+
+    /// Floating-point operations of the product (2·M·N·K).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// What happens to C after the product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Epilogue {
+    /// Add a bias of length N to every row.
+    pub bias: bool,
+    /// Apply max(0, ·).
+    pub relu: bool,
+}
+
+/// GPU strategies. All keep an 8×8 (general: 4×4) block of C per invocation in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// NT with vec4 loads along K; needs K % 4 == 0.
+    NtVec4,
+    /// NN with B and C as vec4 along N; needs N % 4 == 0.
+    NnBvec4,
+    /// TN with B and C as vec4 along N; needs N % 4 == 0.
+    TnBvec4,
+    /// Any layout and shape, scalar loads.
+    General,
+}
+
+impl Variant {
+    /// The fastest variant that fits the shape.
+    pub fn choose(shape: &MatmulShape) -> Variant {
+        match shape.layout {
+            Layout::NT if shape.k % 4 == 0 => Variant::NtVec4,
+            Layout::NN if shape.n % 4 == 0 => Variant::NnBvec4,
+            Layout::TN if shape.n % 4 == 0 => Variant::TnBvec4,
+            _ => Variant::General,
+        }
+    }
+
+    fn fits(self, shape: &MatmulShape) -> bool {
+        match self {
+            Variant::NtVec4 => shape.layout == Layout::NT && shape.k % 4 == 0,
+            Variant::NnBvec4 => shape.layout == Layout::NN && shape.n % 4 == 0,
+            Variant::TnBvec4 => shape.layout == Layout::TN && shape.n % 4 == 0,
+            Variant::General => true,
+        }
+    }
+}
+
+/// Mirrors `Params` in `shaders/matmul.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    a_row: u32,
+    a_col: u32,
+    b_row: u32,
+    b_col: u32,
+}
+
+const WG: u32 = 8;
+
+/// Builds the dispatch computing `c = op(a)·op(b)` (+ bias) (ReLU). `variant: None` chooses.
+#[allow(clippy::too_many_arguments)]
+pub fn dispatch(
+    ctx: &GpuContext,
+    shape: MatmulShape,
+    epilogue: Epilogue,
+    variant: Option<Variant>,
+    a: Binding<'_>,
+    b: Binding<'_>,
+    bias: Option<Binding<'_>>,
+    c: Binding<'_>,
+) -> Result<Dispatch, GpuError> {
+    let variant = variant
+        .filter(|v| v.fits(&shape))
+        .unwrap_or_else(|| Variant::choose(&shape));
+    let MatmulShape { m, n, k, layout } = shape;
+    let (a_row, a_col) = match layout {
+        Layout::NN | Layout::NT => (k, 1),
+        Layout::TN => (1, m),
+    };
+    let (b_row, b_col) = match layout {
+        Layout::NN | Layout::TN => (n, 1),
+        Layout::NT => (1, k),
+    };
+    let params = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        flags: u32::from(epilogue.bias) | (u32::from(epilogue.relu) << 1),
+        a_row: a_row as u32,
+        a_col: a_col as u32,
+        b_row: b_row as u32,
+        b_col: b_col as u32,
+    };
+    let (shader, entry, cols_per_inv, rows_per_inv) = match variant {
+        Variant::NtVec4 => (Shader::MatmulNtVec4, "nt_vec4", 8, 8),
+        Variant::NnBvec4 => (Shader::MatmulBvec4, "nn_bvec4", 8, 8),
+        Variant::TnBvec4 => (Shader::MatmulBvec4, "tn_bvec4", 8, 8),
+        Variant::General => (Shader::MatmulGeneral, "general", 4, 4),
+    };
+    let kernel = Kernel::new(shader, entry).with("WG_X", WG).with("WG_Y", WG);
+    let workgroups = [
+        groups(n.div_ceil(cols_per_inv), WG),
+        groups(m.div_ceil(rows_per_inv), WG),
+        1,
+    ];
+    let bias = bias.unwrap_or_else(|| ctx.placeholder());
+    ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)
+}
+
+/// Multiplies GPU matrices, checking their shapes; returns C: [M, N].
+pub fn matmul(
+    ctx: &GpuContext,
+    layout: Layout,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    relu: bool,
+) -> Result<GpuTensor, OpError> {
+    let shape = infer_shape(layout, a.shape(), b.shape())?;
+    if let Some(bias) = bias {
+        super::expect_shape("matmul", "bias", bias.shape(), &[shape.n])?;
+    }
+    let c = GpuTensor::zeros(ctx, &[shape.m, shape.n], "matmul.c")?;
+    let epilogue = Epilogue {
+        bias: bias.is_some(),
+        relu,
+    };
+    let d = dispatch(
+        ctx,
+        shape,
+        epilogue,
+        None,
+        a.binding(),
+        b.binding(),
+        bias.map(GpuTensor::binding),
+        c.binding(),
+    )?;
+    ctx.submit(&[&d]);
+    Ok(c)
+}
+
+/// The product's sizes from the stored shapes of A and B, or an error naming both.
+pub fn infer_shape(layout: Layout, a: &[usize], b: &[usize]) -> Result<MatmulShape, OpError> {
+    let (a0, a1) = expect_matrix("matmul", "A", a)?;
+    let (b0, b1) = expect_matrix("matmul", "B", b)?;
+    let (m, ka) = match layout {
+        Layout::NN | Layout::NT => (a0, a1),
+        Layout::TN => (a1, a0),
+    };
+    let (kb, n) = match layout {
+        Layout::NN | Layout::TN => (b0, b1),
+        Layout::NT => (b1, b0),
+    };
+    if ka != kb {
+        return Err(OpError::Invalid {
+            op: "matmul",
+            message: format!(
+                "inner dimensions differ for {layout:?}: A is {a:?} and B is {b:?} ({ka} vs {kb})"
+            ),
+        });
+    }
+    Ok(MatmulShape { layout, m, n, k: ka })
+}
+
+/// CPU reference. c: [M, N] = op(a)·op(b) (+ bias[N]) (ReLU).
+pub fn reference(
+    shape: MatmulShape,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let MatmulShape { layout, m, n, k } = shape;
+    let a_at = |i: usize, kk: usize| match layout {
+        Layout::NN | Layout::NT => a[i * k + kk],
+        Layout::TN => a[kk * m + i],
+    };
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        let row = &mut c[i * n..(i + 1) * n];
+        match layout {
+            // Row i of C accumulates a[i, kk] · (row kk of B): contiguous in B and C.
+            Layout::NN | Layout::TN => {
+                for kk in 0..k {
+                    let aik = a_at(i, kk);
+                    let b_row = &b[kk * n..(kk + 1) * n];
+                    for (cj, &bj) in row.iter_mut().zip(b_row) {
+                        *cj += aik * bj;
+                    }
+                }
+            }
+            // C[i, j] is the dot product of row i of A with row j of B.
+            Layout::NT => {
+                let a_row = &a[i * k..(i + 1) * k];
+                for (j, cj) in row.iter_mut().enumerate() {
+                    let b_row = &b[j * k..(j + 1) * k];
+                    *cj = a_row.iter().zip(b_row).map(|(x, y)| x * y).sum();
+                }
+            }
+        }
+        if let Some(bias) = bias {
+            for (cj, &bj) in row.iter_mut().zip(bias) {
+                *cj += bj;
+            }
+        }
+        if relu {
+            for cj in row.iter_mut() {
+                *cj = cj.max(0.0);
+            }
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{Tolerance, assert_close};
+    use crate::ops::test_support::{ctx, uniform};
+
+    /// Runs one shape through `variant` on the GPU and through the CPU reference.
+    fn check(layout: Layout, m: usize, n: usize, k: usize, variant: Option<Variant>, epi: Epilogue) {
+        let ctx = ctx();
+        let shape = MatmulShape { layout, m, n, k };
+        let a = uniform(1 + m as u64, m * k, -1.0, 1.0);
+        let b = uniform(2 + n as u64, k * n, -1.0, 1.0);
+        let bias = uniform(3, n, -1.0, 1.0);
+        let ga = GpuTensor::from_slice(ctx, &a, &shape.a_shape(), "a").unwrap();
+        let gb = GpuTensor::from_slice(ctx, &b, &shape.b_shape(), "b").unwrap();
+        let gbias = GpuTensor::from_slice(ctx, &bias, &[n], "bias").unwrap();
+        let gc = GpuTensor::zeros(ctx, &[m, n], "c").unwrap();
+        let d = dispatch(
+            ctx,
+            shape,
+            epi,
+            variant,
+            ga.binding(),
+            gb.binding(),
+            epi.bias.then(|| gbias.binding()),
+            gc.binding(),
+        )
+        .unwrap();
+        ctx.submit(&[&d]);
+        let got: Vec<f32> = gc.read(ctx).unwrap();
+        let want = reference(shape, &a, &b, epi.bias.then_some(&bias[..]), epi.relu);
+        // f32 sums of k products of magnitude ≤ 1 in a different order: error grows like √k·ε.
+        let tol = Tolerance::new(1e-5 * (k as f32).sqrt().max(1.0), 1e-5);
+        assert_close(&format!("matmul {layout:?} {m}x{n}x{k} {variant:?} {epi:?}"), &got, &want, tol);
+    }
+
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (3, 7, 5),
+        (65, 33, 17),
+        (1000, 10, 32),
+        (128, 64, 3072),
+        (7, 12, 8),
+        (9, 64, 784),
+    ];
+
+    #[test]
+    fn every_layout_and_shape_matches_reference() {
+        let epi = Epilogue { bias: true, relu: true };
+        for &(m, n, k) in SHAPES {
+            for layout in [Layout::NN, Layout::NT, Layout::TN] {
+                check(layout, m, n, k, None, epi);
+                check(layout, m, n, k, None, Epilogue::default());
+            }
+        }
+    }
+
+    #[test]
+    fn general_variant_matches_reference_on_every_layout() {
+        for &(m, n, k) in SHAPES {
+            for layout in [Layout::NN, Layout::NT, Layout::TN] {
+                check(layout, m, n, k, Some(Variant::General), Epilogue { bias: true, relu: false });
+            }
+        }
+    }
+
+    #[test]
+    fn vectorized_variants_are_chosen_when_shapes_allow() {
+        let nt = MatmulShape { layout: Layout::NT, m: 3, n: 10, k: 784 };
+        assert_eq!(Variant::choose(&nt), Variant::NtVec4);
+        let nt_odd = MatmulShape { k: 7, ..nt };
+        assert_eq!(Variant::choose(&nt_odd), Variant::General);
+        let nn = MatmulShape { layout: Layout::NN, m: 5, n: 64, k: 10 };
+        assert_eq!(Variant::choose(&nn), Variant::NnBvec4);
+        let tn = MatmulShape { layout: Layout::TN, m: 10, n: 30, k: 5 };
+        assert_eq!(Variant::choose(&tn), Variant::General);
+    }
+
+    #[test]
+    fn mismatched_inner_dimensions_are_an_error() {
+        let err = infer_shape(Layout::NT, &[4, 5], &[3, 6]).unwrap_err();
+        assert!(err.to_string().contains("[4, 5]") && err.to_string().contains("[3, 6]"), "{err}");
+        let err = infer_shape(Layout::NN, &[4], &[4, 6]).unwrap_err();
+        assert!(matches!(err, OpError::Shape { what: "A", .. }), "{err}");
+    }
+
+    #[test]
+    fn reference_matches_hand_computed_product() {
+        // [[1,2],[3,4]] · [[5,6],[7,8]] = [[19,22],[43,50]]
+        let shape = MatmulShape { layout: Layout::NN, m: 2, n: 2, k: 2 };
+        let c = reference(shape, &[1., 2., 3., 4.], &[5., 6., 7., 8.], Some(&[1.0, -100.0]), true);
+        assert_eq!(c, vec![20.0, 0.0, 44.0, 0.0]);
+        let nt = MatmulShape { layout: Layout::NT, ..shape };
+        assert_eq!(reference(nt, &[1., 2., 3., 4.], &[5., 7., 6., 8.], None, false), vec![19., 22., 43., 50.]);
+        let tn = MatmulShape { layout: Layout::TN, ..shape };
+        assert_eq!(reference(tn, &[1., 3., 2., 4.], &[5., 6., 7., 8.], None, false), vec![19., 22., 43., 50.]);
+    }
+}
