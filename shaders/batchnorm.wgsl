@@ -1,1 +1,131 @@
-// placeholder
+// BatchNorm1d over x: [N, D] (PyTorch semantics).
+//   train: y = (x - μ_B)·(σ²_B + eps)^-½·γ + β with the batch's mean and biased variance;
+//          running_mean ← (1-m)·running_mean + m·μ_B, running_var ← (1-m)·running_var + m·σ²_B·N/(N-1)
+//          (m = momentum, or 1/num_batches_tracked for the cumulative average).
+//   eval:  the same with running_mean / running_var.
+//   Optionally fused with a following ReLU.
+// Backward (train mode), with x̂ = (x - μ)·invstd and dy masked by the ReLU:
+//   dβ = Σ dy, dγ = Σ dy·x̂, dx = γ·invstd/N·(N·dy - dβ - x̂·dγ).
+
+struct Params {
+    n: u32,
+    d: u32,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+}
+
+const FLAG_RELU: u32 = 1u;
+// The stats binding holds [running_mean; running_var] instead of [mean; invstd].
+const FLAG_FROM_VARIANCE: u32 = 2u;
+// momentum = None: running stats are the cumulative average.
+const FLAG_CUMULATIVE: u32 = 4u;
+// Count the batch in num_batches_tracked.
+const FLAG_COUNT_BATCH: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+// [mean; invstd] of the batch, saved for the backward: [2, D].
+@group(0) @binding(5) var<storage, read_write> saved: array<f32>;
+// [running_mean; running_var]: [2, D].
+@group(0) @binding(6) var<storage, read_write> running: array<f32>;
+@group(0) @binding(7) var<storage, read> gamma: array<f32>;
+@group(0) @binding(8) var<storage, read> beta: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(11) var<storage, read_write> num_batches_tracked: array<u32>;
+
+override WG_FEATURES: u32 = 64u;
+override WG: u32 = 256u;
+
+fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+// One invocation per feature. Sums are shifted by the feature's first value, so a feature
+// with mean 1e4 and std 1e-2 keeps its variance (E[x²] - E[x]² in f32 would lose it all).
+@compute @workgroup_size(WG_FEATURES)
+fn stats(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let f = gid.x;
+    if (f >= p.d) { return; }
+    let shift = x[f];
+    var s1 = 0.0;
+    var s2 = 0.0;
+    for (var r = 0u; r < p.n; r++) {
+        let v = x[r * p.d + f] - shift;
+        s1 += v;
+        s2 = fma(v, v, s2);
+    }
+    let n = f32(p.n);
+    let mean_shifted = s1 / n;
+    let var_biased = max(s2 / n - mean_shifted * mean_shifted, 0.0);
+    let mean = shift + mean_shifted;
+    saved[f] = mean;
+    saved[p.d + f] = inverseSqrt(var_biased + p.eps);
+
+    var m = p.momentum;
+    if ((p.flags & FLAG_CUMULATIVE) != 0u) {
+        m = 1.0 / f32(num_batches_tracked[0] + 1u);
+    }
+    let var_unbiased = var_biased * n / max(n - 1.0, 1.0);
+    running[f] = (1.0 - m) * running[f] + m * mean;
+    running[p.d + f] = (1.0 - m) * running[p.d + f] + m * var_unbiased;
+}
+
+// y = x̂·γ + β (then ReLU), with x̂ from the batch stats or the running stats.
+@compute @workgroup_size(WG)
+fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(gid, nwg);
+    if (i == 0u && (p.flags & FLAG_COUNT_BATCH) != 0u) {
+        // After stats has read it (a dispatch boundary separates them).
+        num_batches_tracked[0] += 1u;
+    }
+    if (i >= p.n * p.d) { return; }
+    let f = i % p.d;
+    var invstd = saved[p.d + f];
+    if ((p.flags & FLAG_FROM_VARIANCE) != 0u) {
+        invstd = inverseSqrt(saved[p.d + f] + p.eps);
+    }
+    var v = (x[i] - saved[f]) * invstd * gamma[f] + beta[f];
+    if ((p.flags & FLAG_RELU) != 0u) { v = max(v, 0.0); }
+    y[i] = v;
+}
+
+fn upstream(i: u32) -> f32 {
+    // Through the fused ReLU: its output y is 0 exactly where the gradient stops.
+    if ((p.flags & FLAG_RELU) != 0u && y[i] <= 0.0) { return 0.0; }
+    return dy[i];
+}
+
+// dβ and dγ: one invocation per feature.
+@compute @workgroup_size(WG_FEATURES)
+fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let f = gid.x;
+    if (f >= p.d) { return; }
+    let mean = saved[f];
+    let invstd = saved[p.d + f];
+    var sum_dy = 0.0;
+    var sum_dy_xhat = 0.0;
+    for (var r = 0u; r < p.n; r++) {
+        let i = r * p.d + f;
+        let g = upstream(i);
+        sum_dy += g;
+        sum_dy_xhat = fma(g, (x[i] - mean) * invstd, sum_dy_xhat);
+    }
+    dbeta[f] = sum_dy;
+    dgamma[f] = sum_dy_xhat;
+}
+
+@compute @workgroup_size(WG)
+fn backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = element_index(gid, nwg);
+    if (i >= p.n * p.d) { return; }
+    let f = i % p.d;
+    let invstd = saved[p.d + f];
+    let xhat = (x[i] - saved[f]) * invstd;
+    let n = f32(p.n);
+    dx[i] = gamma[f] * invstd / n * (n * upstream(i) - dbeta[f] - xhat * dgamma[f]);
+}

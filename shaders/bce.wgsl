@@ -1,1 +1,46 @@
-// placeholder
+// Binary cross-entropy with logits, torch.nn.BCEWithLogitsLoss's stable form:
+//   loss_i = (1 - y)·x + (1 + (pw - 1)·y)·(log1p(exp(-|x|)) + max(-x, 0))
+//   ∂loss_i/∂x = (1 + (pw - 1)·y)·σ(x) - pw·y
+// multiplied by step.loss_scale (1/N for 'mean', 1 otherwise).
+
+struct Params {
+    n: u32,
+    // bit 0: write the gradient
+    flags: u32,
+    pos_weight: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read> targets: array<f32>;
+// Per element: (loss_i · loss_scale, 1 if (x > 0) = (y > ½), 1, 0).
+@group(0) @binding(4) var<storage, read_write> rows: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> grad: array<f32>;
+
+override WG: u32 = 64u;
+
+// log(1 + e) accurate for small e (Goldberg's trick: the rounding of 1 + e cancels out).
+fn log1p(e: f32) -> f32 {
+    let u = 1.0 + e;
+    if (u == 1.0) { return e; }
+    return log(u) * e / (u - 1.0);
+}
+
+@compute @workgroup_size(WG)
+fn bce_with_logits(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) { return; }
+    let x = logits[i];
+    let y = targets[i];
+    let lw = 1.0 + (p.pos_weight - 1.0) * y;
+    let e = exp(-abs(x));
+    let softplus_tail = log1p(e);
+    let loss = (1.0 - y) * x + lw * (softplus_tail + max(-x, 0.0));
+    let sigmoid = select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
+    let correct = select(0.0, 1.0, (x > 0.0) == (y > 0.5));
+    rows[i] = vec4<f32>(loss * step.loss_scale, correct, 1.0, 0.0);
+    if ((p.flags & 1u) != 0u) {
+        grad[i] = (lw * sigmoid - p.pos_weight * y) * step.loss_scale;
+    }
+}

@@ -1,1 +1,110 @@
-// placeholder
+// Softmax and fused softmax + cross-entropy over logits [N, C], one invocation per row, with
+// torch.nn.CrossEntropyLoss's semantics: class weights w, ignore_index, label smoothing ε.
+//   lse_i = log Σ_c exp(x_ic)  (shifted by the row max, so logits of ±1e4 stay finite)
+//   loss_i = (1-ε)·w_t·(lse_i - x_it) + ε/C·Σ_c w_c·(lse_i - x_ic)
+//   ∂loss_i/∂x_ij = (1-ε)·w_t·(p_ij - [j = t]) + ε/C·(p_ij·Σ_c w_c - w_j)
+// Both are multiplied by step.loss_scale: 1 / Σ_i w_{t_i} over non-ignored rows for 'mean',
+// 1 for 'sum' and 'none'. Ignored rows give 0 loss and 0 gradient.
+
+struct Params {
+    n: u32,
+    c: u32,
+    ignore_index: i32,
+    // bit 0: class weights bound, bit 1: write the gradient
+    flags: u32,
+    label_smoothing: f32,
+    // Σ_c w_c (C without weights)
+    weight_sum: f32,
+}
+
+const FLAG_WEIGHTS: u32 = 1u;
+const FLAG_GRAD: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read> targets: array<i32>;
+@group(0) @binding(4) var<storage, read> weight: array<f32>;
+// Per row: (loss_i · loss_scale, 1 if argmax = target, 1 if not ignored, 0).
+@group(0) @binding(5) var<storage, read_write> rows: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(7) var<storage, read_write> probs: array<f32>;
+
+override WG: u32 = 64u;
+
+fn class_weight(j: u32) -> f32 {
+    if ((p.flags & FLAG_WEIGHTS) != 0u) { return weight[j]; }
+    return 1.0;
+}
+
+// Row max m and its first index (torch.argmax's tie rule), and s = Σ exp(x - m).
+// lse - x_j is formed as (m - x_j) + log s: adding log s to m first would round it at m's
+// magnitude (1e-3 at 1e4) and spoil every probability.
+struct RowStats { max: f32, log_sum: f32, inv_sum: f32, argmax: u32 }
+
+fn row_stats(base: u32) -> RowStats {
+    var m = logits[base];
+    var arg = 0u;
+    for (var j = 1u; j < p.c; j++) {
+        let v = logits[base + j];
+        if (v > m) { m = v; arg = j; }
+    }
+    var s = 0.0;
+    for (var j = 0u; j < p.c; j++) { s += exp(logits[base + j] - m); }
+    return RowStats(m, log(s), 1.0 / s, arg);
+}
+
+// -log p_j = lse - x_j
+fn neg_log_prob(stats: RowStats, x: f32) -> f32 {
+    return (stats.max - x) + stats.log_sum;
+}
+
+fn prob(stats: RowStats, x: f32) -> f32 {
+    return exp(x - stats.max) * stats.inv_sum;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= p.n) { return; }
+    let base = r * p.c;
+    let t = targets[r];
+    let write_grad = (p.flags & FLAG_GRAD) != 0u;
+    if (t == p.ignore_index || t < 0 || u32(t) >= p.c) {
+        rows[r] = vec4<f32>(0.0);
+        if (write_grad) {
+            for (var j = 0u; j < p.c; j++) { grad[base + j] = 0.0; }
+        }
+        return;
+    }
+    let tu = u32(t);
+    let stats = row_stats(base);
+    let eps = p.label_smoothing;
+    let w_t = class_weight(tu);
+    var loss = (1.0 - eps) * w_t * neg_log_prob(stats, logits[base + tu]);
+    if (eps > 0.0) {
+        var smoothed = 0.0;
+        for (var j = 0u; j < p.c; j++) { smoothed += class_weight(j) * neg_log_prob(stats, logits[base + j]); }
+        loss += eps / f32(p.c) * smoothed;
+    }
+    let scale = step.loss_scale;
+    rows[r] = vec4<f32>(loss * scale, select(0.0, 1.0, stats.argmax == tu), 1.0, 0.0);
+    if (write_grad) {
+        for (var j = 0u; j < p.c; j++) {
+            let pj = prob(stats, logits[base + j]);
+            var g = (1.0 - eps) * w_t * (pj - select(0.0, 1.0, j == tu));
+            if (eps > 0.0) { g += eps / f32(p.c) * (pj * p.weight_sum - class_weight(j)); }
+            grad[base + j] = g * scale;
+        }
+    }
+}
+
+// probs = softmax(logits) row by row.
+@compute @workgroup_size(WG)
+fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= p.n) { return; }
+    let base = r * p.c;
+    let stats = row_stats(base);
+    for (var j = 0u; j < p.c; j++) { probs[base + j] = prob(stats, logits[base + j]); }
+}

@@ -17,34 +17,39 @@ pub enum Shader {
     BatchNorm,
     Elementwise,
     Dropout,
+    PhiloxWords,
     SoftmaxXent,
     Bce,
     Optim,
     Reduce,
 }
 
-const MATMUL_COMMON: &str = include_str!("../../shaders/matmul.wgsl");
+/// The per-step uniform, shared by the kernels that read it.
+const STEP: &str = include_str!("../../shaders/step.wgsl");
+const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
+/// Parameters and epilogue shared by the matmul variants.
+const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 
 impl Shader {
-    fn source(self) -> String {
+    /// The WGSL files making up the module, in order.
+    fn parts(self) -> &'static [&'static str] {
         match self {
-            // The matmul variants share their parameters and epilogue.
-            Shader::MatmulNtVec4 => [MATMUL_COMMON, include_str!("../../shaders/matmul_nt_vec4.wgsl")].concat(),
-            Shader::MatmulBvec4 => [MATMUL_COMMON, include_str!("../../shaders/matmul_bvec4.wgsl")].concat(),
-            Shader::MatmulGeneral => [MATMUL_COMMON, include_str!("../../shaders/matmul_general.wgsl")].concat(),
-            Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl").to_string(),
-            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl").to_string(),
-            // Dropout draws its mask from the Philox generator defined beside it.
-            Shader::Dropout => [
-                include_str!("../../shaders/philox.wgsl"),
-                include_str!("../../shaders/dropout.wgsl"),
-            ]
-            .concat(),
-            Shader::SoftmaxXent => include_str!("../../shaders/softmax_xent.wgsl").to_string(),
-            Shader::Bce => include_str!("../../shaders/bce.wgsl").to_string(),
-            Shader::Optim => include_str!("../../shaders/optim.wgsl").to_string(),
-            Shader::Reduce => include_str!("../../shaders/reduce.wgsl").to_string(),
+            Shader::MatmulNtVec4 => &[MATMUL, include_str!("../../shaders/matmul_nt_vec4.wgsl")],
+            Shader::MatmulBvec4 => &[MATMUL, include_str!("../../shaders/matmul_bvec4.wgsl")],
+            Shader::MatmulGeneral => &[MATMUL, include_str!("../../shaders/matmul_general.wgsl")],
+            Shader::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
+            Shader::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
+            Shader::Dropout => &[STEP, PHILOX, include_str!("../../shaders/dropout.wgsl")],
+            Shader::PhiloxWords => &[STEP, PHILOX, include_str!("../../shaders/philox_words.wgsl")],
+            Shader::SoftmaxXent => &[STEP, include_str!("../../shaders/softmax_xent.wgsl")],
+            Shader::Bce => &[STEP, include_str!("../../shaders/bce.wgsl")],
+            Shader::Optim => &[STEP, include_str!("../../shaders/optim.wgsl")],
+            Shader::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
         }
+    }
+
+    fn source(self) -> String {
+        self.parts().concat()
     }
 }
 
@@ -280,12 +285,30 @@ impl GpuContext {
     }
 
     /// Builds a dispatch: `params` (if any) becomes a uniform at binding 0 and `bindings`
-    /// follow in `@binding` order.
+    /// follow in `@binding` order from 1 (from 0 without params).
     pub fn dispatch<P: bytemuck::Pod>(
         &self,
         kernel: &Kernel,
         params: Option<&P>,
         bindings: &[Binding<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch, GpuError> {
+        let first = u32::from(params.is_some());
+        let numbered: Vec<(u32, Binding<'_>)> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (first + i as u32, *b))
+            .collect();
+        self.dispatch_at(kernel, params, &numbered, workgroups)
+    }
+
+    /// Like [`dispatch`](Self::dispatch) with explicit `@binding` numbers, for shader files
+    /// whose entry points use different subsets of the bindings.
+    pub fn dispatch_at<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: Option<&P>,
+        bindings: &[(u32, Binding<'_>)],
         workgroups: [u32; 3],
     ) -> Result<Dispatch, GpuError> {
         let max = self.limits().max_compute_workgroups_per_dimension;
@@ -306,16 +329,15 @@ impl GpuContext {
             None => None,
         };
         let mut entries = Vec::with_capacity(bindings.len() + 1);
-        let first = u32::from(uniform.is_some());
         if let Some(u) = &uniform {
             entries.push(wgpu::BindGroupEntry {
                 binding: 0,
                 resource: u.as_entire_binding(),
             });
         }
-        for (i, b) in bindings.iter().enumerate() {
+        for (slot, b) in bindings {
             entries.push(wgpu::BindGroupEntry {
-                binding: first + i as u32,
+                binding: *slot,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: b.buffer,
                     offset: b.offset,

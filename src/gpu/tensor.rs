@@ -8,6 +8,7 @@ pub const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC);
 
 /// A dense, row-major tensor of 32-bit elements (f32, or u32 for class labels) on the GPU.
+#[derive(Debug)]
 pub struct GpuTensor {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,

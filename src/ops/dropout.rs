@@ -1,1 +1,236 @@
-//! todo
+//! Dropout with a counter-based generator: `y = x · mask / (1 - p)` in training, identity in
+//! eval. Kernel: `shaders/dropout.wgsl` (+ `philox.wgsl`).
+//!
+//! The mask of element `i` at training step `s` in layer `l` comes from Philox4x32-10 with
+//! key `(fold(seed), l)` and counter `(i / 4, 0, s_lo, s_hi)`, word `i % 4`: element `i` is kept
+//! when the word's top 24 bits are ≥ round(p·2²⁴). Nothing is stored: the backward recomputes
+//! the mask, and the CPU reference draws the same bits.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::philox::philox4x32_10;
+use super::step::{StepBuffer, StepParams};
+use super::{OpError, groups};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader, grid_1d};
+
+/// A validated drop probability.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropProbability(f32);
+
+impl DropProbability {
+    /// Accepts p in [0, 1], like `torch.nn.Dropout`.
+    pub fn new(p: f32) -> Result<Self, OpError> {
+        if (0.0..=1.0).contains(&p) {
+            Ok(Self(p))
+        } else {
+            Err(OpError::Probability(p))
+        }
+    }
+
+    pub fn get(self) -> f32 {
+        self.0
+    }
+
+    /// Kept when the top 24 bits of the random word are ≥ this.
+    pub fn threshold(self) -> u32 {
+        (f64::from(self.0) * f64::from(1u32 << 24)).round() as u32
+    }
+
+    /// Survivors' scale 1/(1-p); 0 for p = 1, where PyTorch returns zeros.
+    pub fn scale(self) -> f32 {
+        if self.0 >= 1.0 { 0.0 } else { 1.0 / (1.0 - self.0) }
+    }
+}
+
+/// Where a layer's mask comes from: the run's seed and the layer's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskStream {
+    pub seed: u64,
+    pub layer: u32,
+}
+
+impl MaskStream {
+    /// Philox key: the seed folded to 32 bits, and the layer.
+    pub fn key(self) -> [u32; 2] {
+        [(self.seed ^ (self.seed >> 32)) as u32, self.layer]
+    }
+}
+
+/// CPU reference: whether element `i` survives at `step`.
+pub fn reference_mask(len: usize, p: DropProbability, stream: MaskStream, step: u64) -> Vec<bool> {
+    let key = stream.key();
+    let threshold = p.threshold();
+    let mut mask = Vec::with_capacity(len);
+    for group in 0..len.div_ceil(4) {
+        let words = philox4x32_10([group as u32, 0, step as u32, (step >> 32) as u32], key);
+        for word in words {
+            if mask.len() < len {
+                mask.push((word >> 8) >= threshold);
+            }
+        }
+    }
+    mask
+}
+
+/// CPU reference: y = x · mask · scale. The backward is the same function applied to dy.
+pub fn reference(x: &[f32], p: DropProbability, stream: MaskStream, step: u64) -> Vec<f32> {
+    let scale = p.scale();
+    reference_mask(x.len(), p, stream, step)
+        .iter()
+        .zip(x)
+        .map(|(&keep, &v)| if keep { v * scale } else { 0.0 })
+        .collect()
+}
+
+/// Mirrors `Params` in `shaders/dropout.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    len: u32,
+    threshold: u32,
+    scale: f32,
+    key0: u32,
+    key1: u32,
+    _pad: [u32; 3],
+}
+
+const WG: u32 = 64;
+
+fn params(len: usize, p: DropProbability, stream: MaskStream) -> Params {
+    let [key0, key1] = stream.key();
+    Params {
+        len: len as u32,
+        threshold: p.threshold(),
+        scale: p.scale(),
+        key0,
+        key1,
+        _pad: [0; 3],
+    }
+}
+
+/// Builds the dispatch for `y = dropout(x)` (or `dx = dropout(dy)`) over `len` elements; the
+/// step comes from `step` at execution time.
+pub fn dispatch(
+    ctx: &GpuContext,
+    len: usize,
+    p: DropProbability,
+    stream: MaskStream,
+    step: Binding<'_>,
+    x: Binding<'_>,
+    y: Binding<'_>,
+) -> Result<Dispatch, GpuError> {
+    let kernel = Kernel::new(Shader::Dropout, "dropout").with("WG", WG);
+    let workgroups = grid_1d(
+        groups(len.div_ceil(4), WG),
+        ctx.limits().max_compute_workgroups_per_dimension,
+    );
+    ctx.dispatch(&kernel, Some(&params(len, p, stream)), &[step, x, y], workgroups)
+}
+
+/// Applies dropout to a GPU tensor at training step `step`.
+pub fn dropout(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    p: f32,
+    stream: MaskStream,
+    step: u64,
+) -> Result<GpuTensor, OpError> {
+    let p = DropProbability::new(p)?;
+    let steps = StepBuffer::new(ctx)?;
+    steps.write(ctx, &StepParams::at_step(step));
+    let y = GpuTensor::zeros(ctx, x.shape(), "dropout.y")?;
+    let d = dispatch(ctx, x.len(), p, stream, steps.binding(), x.binding(), y.binding())?;
+    ctx.submit(&[&d]);
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_support::{ctx, uniform};
+
+    const STREAM: MaskStream = MaskStream { seed: 0x1234_5678_9abc, layer: 3 };
+
+    #[test]
+    fn gpu_philox_words_equal_cpu_words() {
+        let ctx = ctx();
+        let n = 1000usize;
+        let step = (7u64 << 32) | 5;
+        let steps = StepBuffer::new(ctx).unwrap();
+        steps.write(ctx, &StepParams::at_step(step));
+        let words = GpuTensor::zeros(ctx, &[n, 4], "words").unwrap();
+        let p = DropProbability::new(0.5).unwrap();
+        let kernel = Kernel::new(Shader::PhiloxWords, "philox_words");
+        let d = ctx
+            .dispatch(&kernel, Some(&params(n, p, STREAM)), &[steps.binding(), words.binding()], [groups(n, WG), 1, 1])
+            .unwrap();
+        ctx.submit(&[&d]);
+        let got: Vec<u32> = words.read(ctx).unwrap();
+        for i in 0..n {
+            let want = philox4x32_10([i as u32, 0, step as u32, (step >> 32) as u32], STREAM.key());
+            assert_eq!(&got[4 * i..4 * i + 4], &want, "counter {i}");
+        }
+    }
+
+    #[test]
+    fn gpu_masks_equal_cpu_masks_bit_for_bit() {
+        let ctx = ctx();
+        for &len in &[1usize, 3, 7, 65, 1000, 100_003] {
+            for &p in &[0.0f32, 0.2, 0.5, 0.9, 1.0] {
+                let x = uniform(len as u64, len, -2.0, 2.0);
+                let gx = GpuTensor::from_slice(ctx, &x, &[len], "x").unwrap();
+                let step = 41 + len as u64;
+                let got: Vec<f32> = dropout(ctx, &gx, p, STREAM, step).unwrap().read(ctx).unwrap();
+                let want = reference(&x, DropProbability::new(p).unwrap(), STREAM, step);
+                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "len {len} p {p}: GPU and CPU dropout differ");
+            }
+        }
+    }
+
+    #[test]
+    fn keep_rate_is_within_statistical_bounds_over_a_million_draws() {
+        let n = 1_000_000usize;
+        for &p in &[0.1f32, 0.2, 0.5, 0.8] {
+            let mask = reference_mask(n, DropProbability::new(p).unwrap(), STREAM, 9);
+            let kept = mask.iter().filter(|&&k| k).count() as f64 / n as f64;
+            // 6 standard deviations of a binomial proportion: fails by chance with p < 1e-8.
+            let sigma = (f64::from(p) * (1.0 - f64::from(p)) / n as f64).sqrt();
+            assert!((kept - (1.0 - f64::from(p))).abs() < 6.0 * sigma, "p {p}: kept {kept}");
+        }
+    }
+
+    #[test]
+    fn p_zero_is_identity_and_p_one_gives_zeros() {
+        let x = uniform(5, 100, -1.0, 1.0);
+        assert_eq!(reference(&x, DropProbability::new(0.0).unwrap(), STREAM, 0), x);
+        assert!(reference(&x, DropProbability::new(1.0).unwrap(), STREAM, 0).iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn survivors_are_scaled_by_inverse_keep_probability() {
+        let x = vec![1.0f32; 64];
+        let p = DropProbability::new(0.25).unwrap();
+        let y = reference(&x, p, STREAM, 1);
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-7));
+        assert!(y.iter().any(|&v| v == 0.0) && y.iter().any(|&v| v != 0.0));
+    }
+
+    #[test]
+    fn masks_differ_across_steps_layers_and_seeds() {
+        let p = DropProbability::new(0.5).unwrap();
+        let base = reference_mask(256, p, STREAM, 0);
+        assert_ne!(base, reference_mask(256, p, STREAM, 1));
+        assert_ne!(base, reference_mask(256, p, MaskStream { layer: 4, ..STREAM }, 0));
+        assert_ne!(base, reference_mask(256, p, MaskStream { seed: 1, ..STREAM }, 0));
+        assert_eq!(base, reference_mask(256, p, STREAM, 0));
+    }
+
+    #[test]
+    fn probability_outside_unit_interval_is_an_error() {
+        for p in [-0.1f32, 1.5, f32::NAN] {
+            let err = DropProbability::new(p).unwrap_err();
+            assert!(err.to_string().contains("between 0 and 1"), "{err}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod philox;
 pub mod reduce;
 pub mod softmax_xent;
+pub mod step;
 
 use crate::gpu::GpuError;
 

@@ -1,0 +1,20 @@
+// Raw Philox words for counters (i, 0, step), so tests can compare the WGSL generator with the
+// CPU one word for word. Uses dropout's Params (key) and the step uniform.
+
+struct Params {
+    len: u32,
+    threshold: u32,
+    scale: f32,
+    key0: u32,
+    key1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read_write> words: array<vec4<u32>>;
+
+@compute @workgroup_size(64)
+fn philox_words(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x >= p.len) { return; }
+    words[gid.x] = philox4x32_10(vec4<u32>(gid.x, 0u, step.step_lo, step.step_hi), vec2<u32>(p.key0, p.key1));
+}
