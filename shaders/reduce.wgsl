@@ -1,1 +1,60 @@
-// placeholder
+// Reductions.
+//   column_sum: out[j] = Σ_i x[i, j] over x: [N, D]   (a Linear layer's bias gradient)
+//   metrics:    folds a batch's per-row (loss, correct, counted, _) into running totals
+
+struct Params {
+    n: u32,
+    d: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> rows: array<vec4<f32>>;
+// [loss·count summed over batches, correct, count, batches, last batch loss,
+//  first non-finite step (bits of a u32), 1 if a loss was non-finite, 0]
+@group(0) @binding(5) var<storage, read_write> totals: array<f32>;
+
+override WG: u32 = 64u;
+const METRICS_WG: u32 = 256u;
+
+@compute @workgroup_size(WG)
+fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    if (j >= p.d) { return; }
+    var s = 0.0;
+    for (var i = 0u; i < p.n; i++) { s += x[i * p.d + j]; }
+    out[j] = s;
+}
+
+var<workgroup> partial: array<vec4<f32>, METRICS_WG>;
+
+// One workgroup: each invocation sums a strided share of the rows, then a tree reduction.
+@compute @workgroup_size(METRICS_WG)
+fn metrics(@builtin(local_invocation_index) lid: u32) {
+    var s = vec4<f32>(0.0);
+    for (var i = lid; i < p.n; i += METRICS_WG) { s += rows[i]; }
+    partial[lid] = s;
+    workgroupBarrier();
+    for (var width = METRICS_WG / 2u; width > 0u; width /= 2u) {
+        if (lid < width) { partial[lid] += partial[lid + width]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let total = partial[0];
+        let loss = total.x;
+        totals[0] += loss * total.z;
+        totals[1] += total.y;
+        totals[2] += total.z;
+        totals[3] += 1.0;
+        totals[4] = loss;
+        // NaN and ±inf have an all-ones exponent; a float comparison could be optimized away
+        // by compilers that assume finite math.
+        let nonfinite = (bitcast<u32>(loss) & 0x7f800000u) == 0x7f800000u;
+        if (nonfinite && totals[6] == 0.0) {
+            totals[5] = bitcast<f32>(step.step_lo);
+            totals[6] = 1.0;
+        }
+    }
+}

@@ -72,7 +72,11 @@ impl AdapterSummary {
 
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({:?}, {:?}", self.name, self.backend, self.device_type)?;
+        write!(
+            f,
+            "{} ({:?}, {:?}",
+            self.name, self.backend, self.device_type
+        )?;
         if !self.driver_info.is_empty() {
             write!(f, ", {}", self.driver_info)?;
         }

@@ -40,11 +40,15 @@ impl Shader {
             Shader::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
             Shader::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
             Shader::Dropout => &[STEP, PHILOX, include_str!("../../shaders/dropout.wgsl")],
-            Shader::PhiloxWords => &[STEP, PHILOX, include_str!("../../shaders/philox_words.wgsl")],
+            Shader::PhiloxWords => &[
+                STEP,
+                PHILOX,
+                include_str!("../../shaders/philox_words.wgsl"),
+            ],
             Shader::SoftmaxXent => &[STEP, include_str!("../../shaders/softmax_xent.wgsl")],
             Shader::Bce => &[STEP, include_str!("../../shaders/bce.wgsl")],
             Shader::Optim => &[STEP, include_str!("../../shaders/optim.wgsl")],
-            Shader::Reduce => &[include_str!("../../shaders/reduce.wgsl")],
+            Shader::Reduce => &[STEP, include_str!("../../shaders/reduce.wgsl")],
         }
     }
 
@@ -180,7 +184,9 @@ impl GpuContext {
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer, GpuError> {
         self.check_buffer_size(label, size)?;
-        self.pipelines.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.pipelines
+            .buffers_created
+            .fetch_add(1, Ordering::Relaxed);
         // Zero-sized buffers cannot be bound; round up to one word.
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -198,15 +204,19 @@ impl GpuContext {
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer, GpuError> {
         self.check_buffer_size(label, contents.len() as u64)?;
-        self.pipelines.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.pipelines
+            .buffers_created
+            .fetch_add(1, Ordering::Relaxed);
         if contents.len() < 4 || contents.len() % 4 != 0 {
             let mut padded = contents.to_vec();
             padded.resize(contents.len().max(4).next_multiple_of(4), 0);
-            return Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &padded,
-                usage,
-            }));
+            return Ok(self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: &padded,
+                    usage,
+                }));
         }
         Ok(self
             .device
@@ -369,7 +379,9 @@ impl GpuContext {
     pub fn submit(&self, dispatches: &[&Dispatch]) -> wgpu::SubmissionIndex {
         let mut encoder = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgnn") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgnn"),
+            });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
             for d in dispatches {

@@ -19,7 +19,9 @@ pub enum GpuError {
          (lavapipe) or a GPU driver, or choose a backend with WGNN_BACKEND=vulkan|metal|dx12|gl"
     )]
     NoAdapter,
-    #[error("no adapter matches {wanted} (set by WGNN_ADAPTER / WGNN_BACKEND); available: {available}")]
+    #[error(
+        "no adapter matches {wanted} (set by WGNN_ADAPTER / WGNN_BACKEND); available: {available}"
+    )]
     AdapterNotFound { wanted: String, available: String },
     #[error("unknown backend {0:?} in WGNN_BACKEND: expected vulkan, metal, dx12 or gl")]
     UnknownBackend(String),
@@ -29,8 +31,14 @@ pub enum GpuError {
         "{what} needs a buffer of {bytes} bytes but the device binds at most {limit} bytes \
          (max_storage_buffer_binding_size)"
     )]
-    BufferTooLarge { what: String, bytes: u64, limit: u64 },
-    #[error("kernel {entry} needs {workgroups:?} workgroups but the device allows {limit} per dimension")]
+    BufferTooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error(
+        "kernel {entry} needs {workgroups:?} workgroups but the device allows {limit} per dimension"
+    )]
     GridTooLarge {
         entry: &'static str,
         workgroups: [u32; 3],

@@ -38,7 +38,11 @@ impl DropProbability {
 
     /// Survivors' scale 1/(1-p); 0 for p = 1, where PyTorch returns zeros.
     pub fn scale(self) -> f32 {
-        if self.0 >= 1.0 { 0.0 } else { 1.0 / (1.0 - self.0) }
+        if self.0 >= 1.0 {
+            0.0
+        } else {
+            1.0 / (1.0 - self.0)
+        }
     }
 }
 
@@ -124,7 +128,12 @@ pub fn dispatch(
         groups(len.div_ceil(4), WG),
         ctx.limits().max_compute_workgroups_per_dimension,
     );
-    ctx.dispatch(&kernel, Some(&params(len, p, stream)), &[step, x, y], workgroups)
+    ctx.dispatch(
+        &kernel,
+        Some(&params(len, p, stream)),
+        &[step, x, y],
+        workgroups,
+    )
 }
 
 /// Applies dropout to a GPU tensor at training step `step`.
@@ -139,7 +148,15 @@ pub fn dropout(
     let steps = StepBuffer::new(ctx)?;
     steps.write(ctx, &StepParams::at_step(step));
     let y = GpuTensor::zeros(ctx, x.shape(), "dropout.y")?;
-    let d = dispatch(ctx, x.len(), p, stream, steps.binding(), x.binding(), y.binding())?;
+    let d = dispatch(
+        ctx,
+        x.len(),
+        p,
+        stream,
+        steps.binding(),
+        x.binding(),
+        y.binding(),
+    )?;
     ctx.submit(&[&d]);
     Ok(y)
 }
@@ -149,7 +166,10 @@ mod tests {
     use super::*;
     use crate::ops::test_support::{ctx, uniform};
 
-    const STREAM: MaskStream = MaskStream { seed: 0x1234_5678_9abc, layer: 3 };
+    const STREAM: MaskStream = MaskStream {
+        seed: 0x1234_5678_9abc,
+        layer: 3,
+    };
 
     #[test]
     fn gpu_philox_words_equal_cpu_words() {
@@ -162,12 +182,20 @@ mod tests {
         let p = DropProbability::new(0.5).unwrap();
         let kernel = Kernel::new(Shader::PhiloxWords, "philox_words");
         let d = ctx
-            .dispatch(&kernel, Some(&params(n, p, STREAM)), &[steps.binding(), words.binding()], [groups(n, WG), 1, 1])
+            .dispatch(
+                &kernel,
+                Some(&params(n, p, STREAM)),
+                &[steps.binding(), words.binding()],
+                [groups(n, WG), 1, 1],
+            )
             .unwrap();
         ctx.submit(&[&d]);
         let got: Vec<u32> = words.read(ctx).unwrap();
         for i in 0..n {
-            let want = philox4x32_10([i as u32, 0, step as u32, (step >> 32) as u32], STREAM.key());
+            let want = philox4x32_10(
+                [i as u32, 0, step as u32, (step >> 32) as u32],
+                STREAM.key(),
+            );
             assert_eq!(&got[4 * i..4 * i + 4], &want, "counter {i}");
         }
     }
@@ -180,9 +208,15 @@ mod tests {
                 let x = uniform(len as u64, len, -2.0, 2.0);
                 let gx = GpuTensor::from_slice(ctx, &x, &[len], "x").unwrap();
                 let step = 41 + len as u64;
-                let got: Vec<f32> = dropout(ctx, &gx, p, STREAM, step).unwrap().read(ctx).unwrap();
+                let got: Vec<f32> = dropout(ctx, &gx, p, STREAM, step)
+                    .unwrap()
+                    .read(ctx)
+                    .unwrap();
                 let want = reference(&x, DropProbability::new(p).unwrap(), STREAM, step);
-                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "len {len} p {p}: GPU and CPU dropout differ");
             }
         }
@@ -196,15 +230,25 @@ mod tests {
             let kept = mask.iter().filter(|&&k| k).count() as f64 / n as f64;
             // 6 standard deviations of a binomial proportion: fails by chance with p < 1e-8.
             let sigma = (f64::from(p) * (1.0 - f64::from(p)) / n as f64).sqrt();
-            assert!((kept - (1.0 - f64::from(p))).abs() < 6.0 * sigma, "p {p}: kept {kept}");
+            assert!(
+                (kept - (1.0 - f64::from(p))).abs() < 6.0 * sigma,
+                "p {p}: kept {kept}"
+            );
         }
     }
 
     #[test]
     fn p_zero_is_identity_and_p_one_gives_zeros() {
         let x = uniform(5, 100, -1.0, 1.0);
-        assert_eq!(reference(&x, DropProbability::new(0.0).unwrap(), STREAM, 0), x);
-        assert!(reference(&x, DropProbability::new(1.0).unwrap(), STREAM, 0).iter().all(|&v| v == 0.0));
+        assert_eq!(
+            reference(&x, DropProbability::new(0.0).unwrap(), STREAM, 0),
+            x
+        );
+        assert!(
+            reference(&x, DropProbability::new(1.0).unwrap(), STREAM, 0)
+                .iter()
+                .all(|&v| v == 0.0)
+        );
     }
 
     #[test]
@@ -221,8 +265,14 @@ mod tests {
         let p = DropProbability::new(0.5).unwrap();
         let base = reference_mask(256, p, STREAM, 0);
         assert_ne!(base, reference_mask(256, p, STREAM, 1));
-        assert_ne!(base, reference_mask(256, p, MaskStream { layer: 4, ..STREAM }, 0));
-        assert_ne!(base, reference_mask(256, p, MaskStream { seed: 1, ..STREAM }, 0));
+        assert_ne!(
+            base,
+            reference_mask(256, p, MaskStream { layer: 4, ..STREAM }, 0)
+        );
+        assert_ne!(
+            base,
+            reference_mask(256, p, MaskStream { seed: 1, ..STREAM }, 0)
+        );
         assert_eq!(base, reference_mask(256, p, STREAM, 0));
     }
 

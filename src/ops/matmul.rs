@@ -212,7 +212,12 @@ pub fn infer_shape(layout: Layout, a: &[usize], b: &[usize]) -> Result<MatmulSha
             ),
         });
     }
-    Ok(MatmulShape { layout, m, n, k: ka })
+    Ok(MatmulShape {
+        layout,
+        m,
+        n,
+        k: ka,
+    })
 }
 
 /// CPU reference. c: [M, N] = op(a)·op(b) (+ bias[N]) (ReLU).
@@ -272,7 +277,14 @@ mod tests {
     use crate::ops::test_support::{ctx, uniform};
 
     /// Runs one shape through `variant` on the GPU and through the CPU reference.
-    fn check(layout: Layout, m: usize, n: usize, k: usize, variant: Option<Variant>, epi: Epilogue) {
+    fn check(
+        layout: Layout,
+        m: usize,
+        n: usize,
+        k: usize,
+        variant: Option<Variant>,
+        epi: Epilogue,
+    ) {
         let ctx = ctx();
         let shape = MatmulShape { layout, m, n, k };
         let a = uniform(1 + m as u64, m * k, -1.0, 1.0);
@@ -298,7 +310,12 @@ mod tests {
         let want = reference(shape, &a, &b, epi.bias.then_some(&bias[..]), epi.relu);
         // f32 sums of k products of magnitude ≤ 1 in a different order: error grows like √k·ε.
         let tol = Tolerance::new(1e-5 * (k as f32).sqrt().max(1.0), 1e-5);
-        assert_close(&format!("matmul {layout:?} {m}x{n}x{k} {variant:?} {epi:?}"), &got, &want, tol);
+        assert_close(
+            &format!("matmul {layout:?} {m}x{n}x{k} {variant:?} {epi:?}"),
+            &got,
+            &want,
+            tol,
+        );
     }
 
     const SHAPES: &[(usize, usize, usize)] = &[
@@ -313,7 +330,10 @@ mod tests {
 
     #[test]
     fn every_layout_and_shape_matches_reference() {
-        let epi = Epilogue { bias: true, relu: true };
+        let epi = Epilogue {
+            bias: true,
+            relu: true,
+        };
         for &(m, n, k) in SHAPES {
             for layout in [Layout::NN, Layout::NT, Layout::TN] {
                 check(layout, m, n, k, None, epi);
@@ -326,27 +346,55 @@ mod tests {
     fn general_variant_matches_reference_on_every_layout() {
         for &(m, n, k) in SHAPES {
             for layout in [Layout::NN, Layout::NT, Layout::TN] {
-                check(layout, m, n, k, Some(Variant::General), Epilogue { bias: true, relu: false });
+                check(
+                    layout,
+                    m,
+                    n,
+                    k,
+                    Some(Variant::General),
+                    Epilogue {
+                        bias: true,
+                        relu: false,
+                    },
+                );
             }
         }
     }
 
     #[test]
     fn vectorized_variants_are_chosen_when_shapes_allow() {
-        let nt = MatmulShape { layout: Layout::NT, m: 3, n: 10, k: 784 };
+        let nt = MatmulShape {
+            layout: Layout::NT,
+            m: 3,
+            n: 10,
+            k: 784,
+        };
         assert_eq!(Variant::choose(&nt), Variant::NtVec4);
         let nt_odd = MatmulShape { k: 7, ..nt };
         assert_eq!(Variant::choose(&nt_odd), Variant::General);
-        let nn = MatmulShape { layout: Layout::NN, m: 5, n: 64, k: 10 };
+        let nn = MatmulShape {
+            layout: Layout::NN,
+            m: 5,
+            n: 64,
+            k: 10,
+        };
         assert_eq!(Variant::choose(&nn), Variant::NnBvec4);
-        let tn = MatmulShape { layout: Layout::TN, m: 10, n: 30, k: 5 };
+        let tn = MatmulShape {
+            layout: Layout::TN,
+            m: 10,
+            n: 30,
+            k: 5,
+        };
         assert_eq!(Variant::choose(&tn), Variant::General);
     }
 
     #[test]
     fn mismatched_inner_dimensions_are_an_error() {
         let err = infer_shape(Layout::NT, &[4, 5], &[3, 6]).unwrap_err();
-        assert!(err.to_string().contains("[4, 5]") && err.to_string().contains("[3, 6]"), "{err}");
+        assert!(
+            err.to_string().contains("[4, 5]") && err.to_string().contains("[3, 6]"),
+            "{err}"
+        );
         let err = infer_shape(Layout::NN, &[4], &[4, 6]).unwrap_err();
         assert!(matches!(err, OpError::Shape { what: "A", .. }), "{err}");
     }
@@ -354,12 +402,35 @@ mod tests {
     #[test]
     fn reference_matches_hand_computed_product() {
         // [[1,2],[3,4]] · [[5,6],[7,8]] = [[19,22],[43,50]]
-        let shape = MatmulShape { layout: Layout::NN, m: 2, n: 2, k: 2 };
-        let c = reference(shape, &[1., 2., 3., 4.], &[5., 6., 7., 8.], Some(&[1.0, -100.0]), true);
+        let shape = MatmulShape {
+            layout: Layout::NN,
+            m: 2,
+            n: 2,
+            k: 2,
+        };
+        let c = reference(
+            shape,
+            &[1., 2., 3., 4.],
+            &[5., 6., 7., 8.],
+            Some(&[1.0, -100.0]),
+            true,
+        );
         assert_eq!(c, vec![20.0, 0.0, 44.0, 0.0]);
-        let nt = MatmulShape { layout: Layout::NT, ..shape };
-        assert_eq!(reference(nt, &[1., 2., 3., 4.], &[5., 7., 6., 8.], None, false), vec![19., 22., 43., 50.]);
-        let tn = MatmulShape { layout: Layout::TN, ..shape };
-        assert_eq!(reference(tn, &[1., 3., 2., 4.], &[5., 6., 7., 8.], None, false), vec![19., 22., 43., 50.]);
+        let nt = MatmulShape {
+            layout: Layout::NT,
+            ..shape
+        };
+        assert_eq!(
+            reference(nt, &[1., 2., 3., 4.], &[5., 7., 6., 8.], None, false),
+            vec![19., 22., 43., 50.]
+        );
+        let tn = MatmulShape {
+            layout: Layout::TN,
+            ..shape
+        };
+        assert_eq!(
+            reference(tn, &[1., 3., 2., 4.], &[5., 6., 7., 8.], None, false),
+            vec![19., 22., 43., 50.]
+        );
     }
 }

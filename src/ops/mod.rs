@@ -78,7 +78,7 @@ pub(crate) fn expect_matrix(
 }
 
 /// Workgroups needed to cover `invocations` with groups of `size`.
-pub(crate) fn groups(invocations: usize, size: u32) -> u32 {
+pub fn groups(invocations: usize, size: u32) -> u32 {
     (invocations as u32).div_ceil(size)
 }
 
@@ -93,7 +93,9 @@ pub(crate) mod test_support {
     /// One context for all unit tests. CI always has lavapipe, so no adapter is a failure.
     pub fn ctx() -> &'static GpuContext {
         static CTX: OnceLock<GpuContext> = OnceLock::new();
-        CTX.get_or_init(|| GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}")))
+        CTX.get_or_init(|| {
+            GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+        })
     }
 
     /// Seeded values uniform in [lo, hi).

@@ -1,1 +1,181 @@
-//! todo
+//! Reductions: column sums (a Linear layer's bias gradient) and the GPU-side accumulation of
+//! loss and accuracy, read back only when asked. Kernel: `shaders/reduce.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{OpError, expect_matrix, groups};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
+
+/// CPU reference: out[j] = Σ_i x[i, j] over x: [n, d].
+pub fn reference_column_sum(x: &[f32], d: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; d];
+    for row in x.chunks(d) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+    out
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    d: u32,
+    _pad: [u32; 2],
+}
+
+const WG: u32 = 64;
+/// Floats in the running totals buffer.
+pub const TOTALS_LEN: usize = 8;
+
+/// out = column sums of x: [n, d].
+pub fn column_sum_dispatch(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    x: Binding<'_>,
+    out: Binding<'_>,
+) -> Result<Dispatch, GpuError> {
+    ctx.dispatch_at(
+        &Kernel::new(Shader::Reduce, "column_sum").with("WG", WG),
+        Some(&Params {
+            n: n as u32,
+            d: d as u32,
+            _pad: [0; 2],
+        }),
+        &[(2, x), (3, out)],
+        [groups(d, WG), 1, 1],
+    )
+}
+
+/// Adds a batch's per-row (loss, correct, counted, _) rows: [n, 4] into `totals`
+/// ([`TOTALS_LEN`] floats), noting the step of the first non-finite loss.
+pub fn metrics_dispatch(
+    ctx: &GpuContext,
+    n: usize,
+    step: Binding<'_>,
+    rows: Binding<'_>,
+    totals: Binding<'_>,
+) -> Result<Dispatch, GpuError> {
+    ctx.dispatch_at(
+        &Kernel::new(Shader::Reduce, "metrics"),
+        Some(&Params {
+            n: n as u32,
+            d: 4,
+            _pad: [0; 2],
+        }),
+        &[(1, step), (4, rows), (5, totals)],
+        [1, 1, 1],
+    )
+}
+
+/// Column sums of a GPU matrix.
+pub fn column_sum(ctx: &GpuContext, x: &GpuTensor) -> Result<GpuTensor, OpError> {
+    let (n, d) = expect_matrix("column_sum", "input", x.shape())?;
+    let out = GpuTensor::zeros(ctx, &[d], "column_sum")?;
+    let dispatch = column_sum_dispatch(ctx, n, d, x.binding(), out.binding())?;
+    ctx.submit(&[&dispatch]);
+    Ok(out)
+}
+
+/// Loss and accuracy accumulated on the GPU since the last reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    /// Σ over batches of (batch loss × samples counted).
+    pub weighted_loss: f64,
+    pub correct: f64,
+    /// Samples counted (targets not ignored).
+    pub count: f64,
+    pub batches: u64,
+    /// The most recent batch's loss.
+    pub last_loss: f32,
+    /// The step whose loss was first NaN or infinite.
+    pub first_nonfinite_step: Option<u32>,
+}
+
+impl Totals {
+    /// Decodes the raw totals buffer.
+    pub fn from_raw(raw: &[f32]) -> Self {
+        let at = |i: usize| raw.get(i).copied().unwrap_or(0.0);
+        Self {
+            weighted_loss: f64::from(at(0)),
+            correct: f64::from(at(1)),
+            count: f64::from(at(2)),
+            batches: at(3) as u64,
+            last_loss: at(4),
+            first_nonfinite_step: (at(6) != 0.0).then(|| at(5).to_bits()),
+        }
+    }
+
+    /// Sample-weighted mean loss.
+    pub fn mean_loss(&self) -> f64 {
+        self.weighted_loss / self.count
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        self.correct / self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{Tolerance, assert_close};
+    use crate::ops::step::{StepBuffer, StepParams};
+    use crate::ops::test_support::{ctx, uniform};
+
+    #[test]
+    fn column_sum_matches_reference() {
+        let ctx = ctx();
+        for &(n, d) in &[(1usize, 1usize), (3, 7), (65, 33), (1000, 10), (128, 3072)] {
+            let x = uniform(n as u64, n * d, -1.0, 1.0);
+            let g = GpuTensor::from_slice(ctx, &x, &[n, d], "x").unwrap();
+            let got: Vec<f32> = column_sum(ctx, &g).unwrap().read(ctx).unwrap();
+            let tol = Tolerance::new(1e-6 * (n as f32).sqrt(), 1e-5);
+            assert_close(
+                &format!("column_sum {n}x{d}"),
+                &got,
+                &reference_column_sum(&x, d),
+                tol,
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_accumulate_across_batches_and_flag_the_first_nonfinite_step() {
+        let ctx = ctx();
+        let steps = StepBuffer::new(ctx).unwrap();
+        let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+        let mut want_loss = 0.0f64;
+        for (step, &n) in [3usize, 1000, 257].iter().enumerate() {
+            let mut rows = Vec::new();
+            for i in 0..n {
+                rows.extend_from_slice(&[0.5 / n as f32, (i % 3 == 0) as u8 as f32, 1.0, 0.0]);
+            }
+            let g = GpuTensor::from_slice(ctx, &rows, &[n, 4], "rows").unwrap();
+            steps.write(ctx, &StepParams::at_step(step as u64));
+            let d =
+                metrics_dispatch(ctx, n, steps.binding(), g.binding(), totals.binding()).unwrap();
+            ctx.submit(&[&d]);
+            want_loss += 0.5 * n as f64;
+        }
+        let t = Totals::from_raw(&totals.read::<f32>(ctx).unwrap());
+        assert_eq!(t.batches, 3);
+        assert_eq!(t.count, 1260.0);
+        assert_eq!(t.correct, (1 + 334 + 86) as f64);
+        assert!((t.weighted_loss - want_loss).abs() < 1e-3, "{t:?}");
+        assert_eq!(t.first_nonfinite_step, None);
+
+        let bad = GpuTensor::from_slice(ctx, &[f32::NAN, 0.0, 1.0, 0.0], &[1, 4], "rows").unwrap();
+        for step in [7u64, 8] {
+            steps.write(ctx, &StepParams::at_step(step));
+            let d =
+                metrics_dispatch(ctx, 1, steps.binding(), bad.binding(), totals.binding()).unwrap();
+            ctx.submit(&[&d]);
+        }
+        let t = Totals::from_raw(&totals.read::<f32>(ctx).unwrap());
+        assert_eq!(t.first_nonfinite_step, Some(7));
+        assert!(t.last_loss.is_nan());
+    }
+}

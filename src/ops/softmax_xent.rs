@@ -114,7 +114,9 @@ pub fn reference_softmax(logits: &[f32], c: usize) -> Vec<f32> {
 }
 
 fn log_sum_exp(row: &[f32]) -> f64 {
-    let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+    let m = row
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
     m + row
         .iter()
         .map(|&x| (f64::from(x) - m).exp())
@@ -224,10 +226,7 @@ pub fn dispatch(
     config: &CrossEntropyConfig,
     b: XentBindings<'_>,
 ) -> Result<Dispatch, GpuError> {
-    let weight_sum = config
-        .weight
-        .as_ref()
-        .map_or(c as f32, |w| w.iter().sum());
+    let weight_sum = config.weight.as_ref().map_or(c as f32, |w| w.iter().sum());
     let flags = if config.weight.is_some() {
         FLAG_WEIGHTS
     } else {
@@ -236,7 +235,9 @@ pub fn dispatch(
     let params = Params {
         n: n as u32,
         c: c as u32,
-        ignore_index: config.ignore_index.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+        ignore_index: config
+            .ignore_index
+            .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
         flags,
         label_smoothing: config.label_smoothing,
         weight_sum,
@@ -358,7 +359,10 @@ mod tests {
     use crate::ops::test_support::{ctx, uniform};
 
     fn targets(n: usize, c: usize, seed: u64) -> Vec<i64> {
-        uniform(seed, n, 0.0, c as f32).iter().map(|&v| (v as i64).min(c as i64 - 1)).collect()
+        uniform(seed, n, 0.0, c as f32)
+            .iter()
+            .map(|&v| (v as i64).min(c as i64 - 1))
+            .collect()
     }
 
     fn check(n: usize, c: usize, config: &CrossEntropyConfig, logits: &[f32], t: &[i64]) {
@@ -367,8 +371,18 @@ mod tests {
         let (loss, grad) = cross_entropy(ctx, &g, t, config).unwrap();
         let (want_loss, want_grad) = reference(logits, c, t, config);
         let label = format!("xent {n}x{c} {config:?}");
-        assert_close(&format!("{label} loss"), &loss, &want_loss, Tolerance::new(1e-5, 1e-5));
-        assert_close(&format!("{label} grad"), &grad.read(ctx).unwrap(), &want_grad, Tolerance::new(1e-6, 1e-4));
+        assert_close(
+            &format!("{label} loss"),
+            &loss,
+            &want_loss,
+            Tolerance::new(1e-5, 1e-5),
+        );
+        assert_close(
+            &format!("{label} grad"),
+            &grad.read(ctx).unwrap(),
+            &want_grad,
+            Tolerance::new(1e-6, 1e-4),
+        );
     }
 
     #[test]
@@ -381,8 +395,18 @@ mod tests {
             }
             let weight = Some(uniform(4, c, 0.2, 2.0));
             for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
-                for (weight, label_smoothing) in [(None, 0.0), (weight.clone(), 0.0), (weight.clone(), 0.15), (None, 0.3)] {
-                    let config = CrossEntropyConfig { weight, label_smoothing, reduction, ..Default::default() };
+                for (weight, label_smoothing) in [
+                    (None, 0.0),
+                    (weight.clone(), 0.0),
+                    (weight.clone(), 0.15),
+                    (None, 0.3),
+                ] {
+                    let config = CrossEntropyConfig {
+                        weight,
+                        label_smoothing,
+                        reduction,
+                        ..Default::default()
+                    };
                     check(n, c, &config, &logits, &t);
                 }
             }
@@ -404,14 +428,22 @@ mod tests {
         assert!((loss[0] - 1e4).abs() < 1.0, "loss {}", loss[0]);
         check(2, c, &config, &logits, &t);
         let probs: Vec<f32> = softmax(ctx, &g).unwrap().read(ctx).unwrap();
-        assert_close("softmax ±1e4", &probs, &reference_softmax(&logits, c), Tolerance::new(1e-6, 1e-5));
+        assert_close(
+            "softmax ±1e4",
+            &probs,
+            &reference_softmax(&logits, c),
+            Tolerance::new(1e-6, 1e-5),
+        );
     }
 
     #[test]
     fn class_weights_with_ignore_index_use_the_weighted_mean() {
         // Two rows, one ignored: the mean divides by the remaining row's weight alone.
         let logits = vec![0.5, -1.0, 2.0, 0.1, 0.2, 0.3];
-        let config = CrossEntropyConfig { weight: Some(vec![0.5, 3.0, 1.0]), ..Default::default() };
+        let config = CrossEntropyConfig {
+            weight: Some(vec![0.5, 3.0, 1.0]),
+            ..Default::default()
+        };
         let (loss, _) = reference(&logits, 3, &[1, -100], &config);
         let lse0 = (0.5f64.exp() + (-1.0f64).exp() + 2.0f64.exp()).ln();
         assert!((f64::from(loss[0]) - (lse0 + 1.0)).abs() < 1e-6, "{loss:?}");
@@ -422,7 +454,8 @@ mod tests {
     fn every_target_ignored_gives_nan_mean_and_zero_gradient() {
         let ctx = ctx();
         let g = GpuTensor::from_slice(ctx, &[1.0f32, 2.0, 3.0, 4.0], &[2, 2], "logits").unwrap();
-        let (loss, grad) = cross_entropy(ctx, &g, &[-100, -100], &CrossEntropyConfig::default()).unwrap();
+        let (loss, grad) =
+            cross_entropy(ctx, &g, &[-100, -100], &CrossEntropyConfig::default()).unwrap();
         assert!(loss[0].is_nan());
         assert!(grad.read::<f32>(ctx).unwrap().iter().all(|&v| v == 0.0));
     }
@@ -437,7 +470,12 @@ mod tests {
             for row in probs.chunks(c) {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             }
-            assert_close("softmax", &probs, &reference_softmax(&logits, c), Tolerance::new(1e-6, 1e-5));
+            assert_close(
+                "softmax",
+                &probs,
+                &reference_softmax(&logits, c),
+                Tolerance::new(1e-6, 1e-5),
+            );
         }
     }
 
@@ -446,14 +484,34 @@ mod tests {
         let ctx = ctx();
         let g = GpuTensor::from_slice(ctx, &[0.0f32; 6], &[2, 3], "logits").unwrap();
         let err = cross_entropy(ctx, &g, &[0, 3], &CrossEntropyConfig::default()).unwrap_err();
-        assert!(matches!(err, OpError::TargetOutOfRange { index: 1, target: 3, classes: 3, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                OpError::TargetOutOfRange {
+                    index: 1,
+                    target: 3,
+                    classes: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = cross_entropy(ctx, &g, &[0, -1], &CrossEntropyConfig::default()).unwrap_err();
         assert!(err.to_string().contains("target -1 at index 1"), "{err}");
         let err = cross_entropy(ctx, &g, &[0], &CrossEntropyConfig::default()).unwrap_err();
-        assert!(matches!(err, OpError::Shape { what: "target", .. }), "{err}");
-        let config = CrossEntropyConfig { weight: Some(vec![1.0; 2]), ..Default::default() };
+        assert!(
+            matches!(err, OpError::Shape { what: "target", .. }),
+            "{err}"
+        );
+        let config = CrossEntropyConfig {
+            weight: Some(vec![1.0; 2]),
+            ..Default::default()
+        };
         assert!(cross_entropy(ctx, &g, &[0, 1], &config).is_err());
-        let config = CrossEntropyConfig { label_smoothing: 1.5, ..Default::default() };
+        let config = CrossEntropyConfig {
+            label_smoothing: 1.5,
+            ..Default::default()
+        };
         assert!(cross_entropy(ctx, &g, &[0, 1], &config).is_err());
     }
 
@@ -463,7 +521,11 @@ mod tests {
         let (n, c) = (4usize, 5usize);
         let logits = uniform(21, n * c, -2.0, 2.0);
         let t = vec![0, 3, -100, 4];
-        let config = CrossEntropyConfig { weight: Some(uniform(2, c, 0.5, 1.5)), label_smoothing: 0.2, ..Default::default() };
+        let config = CrossEntropyConfig {
+            weight: Some(uniform(2, c, 0.5, 1.5)),
+            label_smoothing: 0.2,
+            ..Default::default()
+        };
         let (_, grad) = reference(&logits, c, &t, &config);
         let h = 1e-2f32;
         for i in 0..n * c {
@@ -471,8 +533,14 @@ mod tests {
             plus[i] += h;
             let mut minus = logits.clone();
             minus[i] -= h;
-            let fd = (reference(&plus, c, &t, &config).0[0] - reference(&minus, c, &t, &config).0[0]) / (2.0 * h);
-            assert!((fd - grad[i]).abs() < 1e-3, "grad[{i}]: fd {fd} analytic {}", grad[i]);
+            let fd = (reference(&plus, c, &t, &config).0[0]
+                - reference(&minus, c, &t, &config).0[0])
+                / (2.0 * h);
+            assert!(
+                (fd - grad[i]).abs() < 1e-3,
+                "grad[{i}]: fd {fd} analytic {}",
+                grad[i]
+            );
         }
     }
 }

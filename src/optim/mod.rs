@@ -1,0 +1,285 @@
+//! Optimizers, as `torch.optim` defines them: SGD (momentum, dampening, Nesterov, weight
+//! decay), Adam and AdamW. Kernel: `shaders/optim.wgsl`, one dispatch for every parameter
+//! (they live in one flat buffer).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
+use crate::ops::step::StepParams;
+use crate::ops::{OpError, groups};
+
+/// `torch.optim.SGD`'s options.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+impl Default for Sgd {
+    fn default() -> Self {
+        Self {
+            lr: 0.01,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// `torch.optim.Adam`'s options; `decoupled_weight_decay` makes it `torch.optim.AdamW`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adam {
+    pub lr: f32,
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub decoupled_weight_decay: bool,
+}
+
+impl Default for Adam {
+    /// torch.optim.Adam's defaults.
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled_weight_decay: false,
+        }
+    }
+}
+
+impl Adam {
+    /// torch.optim.AdamW's defaults (weight decay 0.01).
+    pub fn adamw() -> Self {
+        Self {
+            weight_decay: 1e-2,
+            decoupled_weight_decay: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// An optimizer and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Sgd(Sgd),
+    Adam(Adam),
+}
+
+impl Optimizer {
+    /// Rejects what torch.optim rejects.
+    pub fn validate(&self) -> Result<(), OpError> {
+        let invalid = |message: String| {
+            Err(OpError::Invalid {
+                op: "optimizer",
+                message,
+            })
+        };
+        let (lr, wd) = match self {
+            Optimizer::Sgd(s) => (s.lr, s.weight_decay),
+            Optimizer::Adam(a) => (a.lr, a.weight_decay),
+        };
+        if !(lr >= 0.0) {
+            return invalid(format!("invalid learning rate: {lr}"));
+        }
+        if !(wd >= 0.0) {
+            return invalid(format!("invalid weight_decay value: {wd}"));
+        }
+        match self {
+            Optimizer::Sgd(s) => {
+                if !(s.momentum >= 0.0) {
+                    return invalid(format!("invalid momentum value: {}", s.momentum));
+                }
+                if s.nesterov && (s.momentum <= 0.0 || s.dampening != 0.0) {
+                    return invalid(
+                        "nesterov momentum requires a momentum and zero dampening".into(),
+                    );
+                }
+            }
+            Optimizer::Adam(a) => {
+                if !(a.eps >= 0.0) {
+                    return invalid(format!("invalid epsilon value: {}", a.eps));
+                }
+                for (i, b) in [a.betas.0, a.betas.1].into_iter().enumerate() {
+                    if !(0.0..1.0).contains(&b) {
+                        return invalid(format!("invalid beta parameter at index {i}: {b}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Optimizer state tensors per parameter: SGD's momentum buffer, Adam's two moments.
+    pub fn state_count(&self) -> usize {
+        match self {
+            Optimizer::Sgd(s) if s.momentum != 0.0 => 1,
+            Optimizer::Sgd(_) => 0,
+            Optimizer::Adam(_) => 2,
+        }
+    }
+
+    /// PyTorch's names for the state tensors, in state order.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self.state_count() {
+            0 => &[],
+            1 => &["momentum_buffer"],
+            _ => &["exp_avg", "exp_avg_sq"],
+        }
+    }
+
+    pub fn lr(&self) -> f32 {
+        match self {
+            Optimizer::Sgd(s) => s.lr,
+            Optimizer::Adam(a) => a.lr,
+        }
+    }
+
+    /// Fills the per-step fields for update number `step` (0-based): the learning rate and
+    /// Adam's bias corrections for t = step + 1, in f64 as PyTorch computes them.
+    pub fn fill_step(&self, step: u64, params: &mut StepParams) {
+        params.lr = self.lr();
+        params.sgd_first_step = u32::from(step == 0);
+        if let Optimizer::Adam(a) = self {
+            let t = (step + 1) as f64;
+            let bc1 = 1.0 - f64::from(a.betas.0).powf(t);
+            let bc2 = 1.0 - f64::from(a.betas.1).powf(t);
+            params.adam_step_size = (f64::from(a.lr) / bc1) as f32;
+            params.adam_bias_correction2_sqrt = bc2.sqrt() as f32;
+        }
+    }
+}
+
+/// CPU reference: one update of `param` from `grad`, at update number `step` (0-based).
+/// `state` holds [`Optimizer::state_count`] tensors shaped like `param`.
+pub fn reference_step(
+    optimizer: &Optimizer,
+    step: u64,
+    param: &mut [f32],
+    grad: &[f32],
+    state: &mut [Vec<f32>],
+) {
+    let mut p = StepParams::default();
+    optimizer.fill_step(step, &mut p);
+    match *optimizer {
+        Optimizer::Sgd(s) => {
+            for i in 0..param.len() {
+                let mut g = grad[i];
+                if s.weight_decay != 0.0 {
+                    g += s.weight_decay * param[i];
+                }
+                if let Some(buf) = state.first_mut() {
+                    buf[i] = if step == 0 {
+                        g
+                    } else {
+                        s.momentum * buf[i] + (1.0 - s.dampening) * g
+                    };
+                    g = if s.nesterov {
+                        g + s.momentum * buf[i]
+                    } else {
+                        buf[i]
+                    };
+                }
+                param[i] -= s.lr * g;
+            }
+        }
+        Optimizer::Adam(a) => {
+            let [m, v] = state else { return };
+            for i in 0..param.len() {
+                let mut g = grad[i];
+                if a.decoupled_weight_decay {
+                    param[i] *= 1.0 - a.lr * a.weight_decay;
+                } else if a.weight_decay != 0.0 {
+                    g += a.weight_decay * param[i];
+                }
+                m[i] += (1.0 - a.betas.0) * (g - m[i]);
+                v[i] = a.betas.1 * v[i] + (1.0 - a.betas.1) * g * g;
+                let denom = v[i].sqrt() / p.adam_bias_correction2_sqrt + a.eps;
+                param[i] -= p.adam_step_size * m[i] / denom;
+            }
+        }
+    }
+}
+
+/// Mirrors `Params` in `shaders/optim.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    len: u32,
+    flags: u32,
+    momentum: f32,
+    dampening: f32,
+    weight_decay: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+}
+
+const WG: u32 = 256;
+
+/// Builds the update of `len` parameters (one flat buffer); `state` holds
+/// [`Optimizer::state_count`] buffers shaped like `param`.
+pub fn dispatch(
+    ctx: &GpuContext,
+    optimizer: &Optimizer,
+    len: usize,
+    step: Binding<'_>,
+    param: Binding<'_>,
+    grad: Binding<'_>,
+    state: &[Binding<'_>],
+) -> Result<Dispatch, GpuError> {
+    let (entry, params) = match *optimizer {
+        Optimizer::Sgd(s) => (
+            "sgd",
+            Params {
+                len: len as u32,
+                flags: u32::from(s.momentum != 0.0) | (u32::from(s.nesterov) << 1),
+                momentum: s.momentum,
+                dampening: s.dampening,
+                weight_decay: s.weight_decay,
+                beta1: 0.0,
+                beta2: 0.0,
+                eps: 0.0,
+            },
+        ),
+        Optimizer::Adam(a) => (
+            "adam",
+            Params {
+                len: len as u32,
+                flags: u32::from(a.decoupled_weight_decay) << 2,
+                momentum: 0.0,
+                dampening: 0.0,
+                weight_decay: a.weight_decay,
+                beta1: a.betas.0,
+                beta2: a.betas.1,
+                eps: a.eps,
+            },
+        ),
+    };
+    let mut bindings = vec![(1, step), (2, param), (3, grad)];
+    for (i, s) in state.iter().enumerate() {
+        bindings.push((4 + i as u32, *s));
+    }
+    // SGD without momentum never touches its buffer, but the kernel still declares it.
+    if entry == "sgd" && state.is_empty() {
+        bindings.push((4, ctx.placeholder()));
+    }
+    let workgroups = grid_1d(
+        groups(len, WG),
+        ctx.limits().max_compute_workgroups_per_dimension,
+    );
+    ctx.dispatch_at(
+        &Kernel::new(Shader::Optim, entry).with("WG", WG),
+        Some(&params),
+        &bindings,
+        workgroups,
+    )
+}
+
+#[cfg(test)]
+mod tests;

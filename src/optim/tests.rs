@@ -1,0 +1,189 @@
+use super::*;
+use crate::check::{Tolerance, assert_close};
+use crate::gpu::GpuTensor;
+use crate::ops::step::StepBuffer;
+use crate::ops::test_support::{ctx, uniform};
+
+/// Runs `steps` updates on the GPU and on the CPU from the same start; compares everything.
+fn check(optimizer: Optimizer, len: usize, steps: u64) {
+    let ctx = ctx();
+    let mut param = uniform(1, len, -1.0, 1.0);
+    let mut state: Vec<Vec<f32>> = vec![vec![0.0; len]; optimizer.state_count()];
+    let gparam = GpuTensor::from_slice(ctx, &param, &[len], "param").unwrap();
+    let ggrad = GpuTensor::zeros(ctx, &[len], "grad").unwrap();
+    let gstate: Vec<GpuTensor> = state
+        .iter()
+        .map(|s| GpuTensor::from_slice(ctx, s, &[len], "state").unwrap())
+        .collect();
+    let step_buffer = StepBuffer::new(ctx).unwrap();
+    let state_bindings: Vec<_> = gstate.iter().map(GpuTensor::binding).collect();
+    let d = dispatch(
+        ctx,
+        &optimizer,
+        len,
+        step_buffer.binding(),
+        gparam.binding(),
+        ggrad.binding(),
+        &state_bindings,
+    )
+    .unwrap();
+    for step in 0..steps {
+        let grad = uniform(100 + step, len, -1.0, 1.0);
+        ggrad.write(ctx, &grad).unwrap();
+        let mut p = StepParams::at_step(step);
+        optimizer.fill_step(step, &mut p);
+        step_buffer.write(ctx, &p);
+        ctx.submit(&[&d]);
+        reference_step(&optimizer, step, &mut param, &grad, &mut state);
+    }
+    let tol = Tolerance::new(1e-6, 1e-5);
+    assert_close(
+        &format!("{optimizer:?} param"),
+        &gparam.read(ctx).unwrap(),
+        &param,
+        tol,
+    );
+    for (i, (g, s)) in gstate.iter().zip(&state).enumerate() {
+        assert_close(
+            &format!("{optimizer:?} state {i}"),
+            &g.read(ctx).unwrap(),
+            s,
+            tol,
+        );
+    }
+}
+
+#[test]
+fn sgd_variants_match_reference() {
+    for &len in &[1usize, 7, 1000, 65_537] {
+        check(
+            Optimizer::Sgd(Sgd {
+                lr: 0.1,
+                ..Sgd::default()
+            }),
+            len,
+            3,
+        );
+        check(
+            Optimizer::Sgd(Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                ..Sgd::default()
+            }),
+            len,
+            5,
+        );
+        check(
+            Optimizer::Sgd(Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                dampening: 0.3,
+                ..Sgd::default()
+            }),
+            len,
+            5,
+        );
+        check(
+            Optimizer::Sgd(Sgd {
+                lr: 0.05,
+                momentum: 0.8,
+                nesterov: true,
+                weight_decay: 0.01,
+                ..Sgd::default()
+            }),
+            len,
+            5,
+        );
+    }
+}
+
+#[test]
+fn adam_and_adamw_match_reference() {
+    for &len in &[1usize, 7, 1000, 65_537] {
+        check(Optimizer::Adam(Adam::default()), len, 6);
+        check(
+            Optimizer::Adam(Adam {
+                weight_decay: 0.1,
+                ..Adam::default()
+            }),
+            len,
+            6,
+        );
+        check(
+            Optimizer::Adam(Adam {
+                lr: 3e-3,
+                ..Adam::adamw()
+            }),
+            len,
+            6,
+        );
+    }
+}
+
+/// Hand-computed first steps: SGD's buffer starts as the gradient; Adam's first step is lr·sign(g).
+#[test]
+fn reference_first_steps_follow_torch_optim() {
+    let sgd = Optimizer::Sgd(Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Sgd::default()
+    });
+    let mut p = vec![1.0f32];
+    let mut state = vec![vec![0.0f32]];
+    reference_step(&sgd, 0, &mut p, &[2.0], &mut state);
+    assert_eq!((p[0], state[0][0]), (0.8, 2.0));
+    reference_step(&sgd, 1, &mut p, &[1.0], &mut state);
+    assert!((state[0][0] - 2.8).abs() < 1e-6 && (p[0] - 0.52).abs() < 1e-6);
+
+    let adam = Optimizer::Adam(Adam {
+        lr: 0.01,
+        ..Adam::default()
+    });
+    let mut p = vec![1.0f32, 1.0];
+    let mut state = vec![vec![0.0f32; 2], vec![0.0f32; 2]];
+    reference_step(&adam, 0, &mut p, &[3.0, -0.5], &mut state);
+    assert!(
+        (p[0] - 0.99).abs() < 1e-6 && (p[1] - 1.01).abs() < 1e-6,
+        "{p:?}"
+    );
+}
+
+#[test]
+fn invalid_hyper_parameters_are_rejected() {
+    assert!(
+        Optimizer::Sgd(Sgd {
+            lr: -1.0,
+            ..Sgd::default()
+        })
+        .validate()
+        .is_err()
+    );
+    assert!(
+        Optimizer::Sgd(Sgd {
+            nesterov: true,
+            ..Sgd::default()
+        })
+        .validate()
+        .is_err()
+    );
+    let err = Optimizer::Adam(Adam {
+        betas: (0.9, 1.0),
+        ..Adam::default()
+    })
+    .validate()
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("beta parameter at index 1"),
+        "{err}"
+    );
+    assert!(
+        Optimizer::Adam(Adam {
+            lr: f32::NAN,
+            ..Adam::default()
+        })
+        .validate()
+        .is_err()
+    );
+    assert!(Optimizer::Adam(Adam::adamw()).validate().is_ok());
+}
