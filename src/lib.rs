@@ -1,7 +1,20 @@
 //! wgnn: train and run batch-normalized MLPs on any GPU through wgpu, with PyTorch's semantics.
 
+// Hyper-parameter checks are written `!(x >= 0.0)` on purpose: NaN must fail them.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod check;
+pub mod checkpoint;
 pub mod data;
+pub mod error;
+pub mod exec;
 pub mod gpu;
+pub mod graph;
+pub mod model;
+pub mod nn;
 pub mod ops;
 pub mod optim;
+
+pub use error::{Error, Result};
+pub use graph::Mode;
+pub use model::{Model, ModelConfig};

@@ -94,8 +94,10 @@ pub struct GpuContext {
     pub(crate) pipelines: PipelineCache,
     /// Errors the device reported outside an error scope (validation, out of memory, lost).
     device_errors: Arc<Mutex<Vec<String>>>,
-    /// A small zeroed storage buffer bound where a kernel's optional input is absent.
+    /// Small zeroed storage buffers bound where a kernel's optional input (read-only) or
+    /// output (read-write) is absent; two, since one dispatch may need both.
     placeholder: wgpu::Buffer,
+    placeholder_out: wgpu::Buffer,
 }
 
 impl GpuContext {
@@ -138,14 +140,17 @@ impl GpuContext {
             }
         });
 
-        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("placeholder"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        let placeholder_buffer = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
         Ok(Self {
-            placeholder,
+            placeholder: placeholder_buffer("absent input"),
+            placeholder_out: placeholder_buffer("absent output"),
             pipelines: PipelineCache::default(),
             device,
             queue,
@@ -158,6 +163,11 @@ impl GpuContext {
     /// Binding for an absent optional input: 16 zero bytes, never written.
     pub fn placeholder(&self) -> Binding<'_> {
         Binding::whole(&self.placeholder)
+    }
+
+    /// Binding for an absent optional output, which the kernel never writes.
+    pub fn placeholder_out(&self) -> Binding<'_> {
+        Binding::whole(&self.placeholder_out)
     }
 
     pub fn adapter(&self) -> &AdapterSummary {

@@ -207,7 +207,7 @@ impl GpuContext {
         self.pipelines
             .buffers_created
             .fetch_add(1, Ordering::Relaxed);
-        if contents.len() < 4 || contents.len() % 4 != 0 {
+        if contents.len() < 4 || !contents.len().is_multiple_of(4) {
             let mut padded = contents.to_vec();
             padded.resize(contents.len().max(4).next_multiple_of(4), 0);
             return Ok(self

@@ -102,7 +102,7 @@ pub fn dispatch(
         pos_weight: config.pos_weight,
         _pad: 0,
     };
-    let grad = grad.unwrap_or_else(|| ctx.placeholder());
+    let grad = grad.unwrap_or_else(|| ctx.placeholder_out());
     ctx.dispatch(
         &Kernel::new(Shader::Bce, "bce_with_logits").with("WG", WG),
         Some(&params),

@@ -77,18 +77,18 @@ impl Variant {
     /// The fastest variant that fits the shape.
     pub fn choose(shape: &MatmulShape) -> Variant {
         match shape.layout {
-            Layout::NT if shape.k % 4 == 0 => Variant::NtVec4,
-            Layout::NN if shape.n % 4 == 0 => Variant::NnBvec4,
-            Layout::TN if shape.n % 4 == 0 => Variant::TnBvec4,
+            Layout::NT if shape.k.is_multiple_of(4) => Variant::NtVec4,
+            Layout::NN if shape.n.is_multiple_of(4) => Variant::NnBvec4,
+            Layout::TN if shape.n.is_multiple_of(4) => Variant::TnBvec4,
             _ => Variant::General,
         }
     }
 
     fn fits(self, shape: &MatmulShape) -> bool {
         match self {
-            Variant::NtVec4 => shape.layout == Layout::NT && shape.k % 4 == 0,
-            Variant::NnBvec4 => shape.layout == Layout::NN && shape.n % 4 == 0,
-            Variant::TnBvec4 => shape.layout == Layout::TN && shape.n % 4 == 0,
+            Variant::NtVec4 => shape.layout == Layout::NT && shape.k.is_multiple_of(4),
+            Variant::NnBvec4 => shape.layout == Layout::NN && shape.n.is_multiple_of(4),
+            Variant::TnBvec4 => shape.layout == Layout::TN && shape.n.is_multiple_of(4),
             Variant::General => true,
         }
     }

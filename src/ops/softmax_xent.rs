@@ -253,7 +253,7 @@ pub fn dispatch(
             (TARGETS, b.targets),
             (WEIGHT, b.weight.unwrap_or(placeholder)),
             (ROWS, b.rows),
-            (GRAD, b.grad.unwrap_or(placeholder)),
+            (GRAD, b.grad.unwrap_or(ctx.placeholder_out())),
         ],
         [groups(n, WG), 1, 1],
     )

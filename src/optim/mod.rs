@@ -267,7 +267,7 @@ pub fn dispatch(
     }
     // SGD without momentum never touches its buffer, but the kernel still declares it.
     if entry == "sgd" && state.is_empty() {
-        bindings.push((4, ctx.placeholder()));
+        bindings.push((4, ctx.placeholder_out()));
     }
     let workgroups = grid_1d(
         groups(len, WG),

@@ -1,0 +1,364 @@
+//! The GPU plan of a graph in one mode: buffers from the memory planner, and every pipeline
+//! and bind group made once, here. Running a step records the prepared dispatches into one
+//! compute pass; nothing is created per step.
+
+use super::memory::{self, MemoryPlan};
+use super::state::GpuState;
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, TENSOR_USAGE};
+use crate::graph::{Graph, Mode, Op, ValueId};
+use crate::nn::Loss;
+use crate::ops::batchnorm::{self, LayerBindings};
+use crate::ops::dropout::{self, MaskStream};
+use crate::ops::matmul::{self, Epilogue, Layout, MatmulShape};
+use crate::ops::softmax_xent::{self, XentBindings};
+use crate::ops::{bce, elementwise, reduce};
+use crate::optim;
+
+/// What a plan shares with the model: its resident state and per-step buffers.
+pub struct Shared<'a> {
+    pub state: &'a GpuState,
+    /// The step uniform.
+    pub step: Binding<'a>,
+    /// Running loss and accuracy totals.
+    pub totals: Binding<'a>,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+}
+
+/// A graph compiled for the GPU in one mode.
+pub struct GpuPlan {
+    pub mode: Mode,
+    pub batch_size: usize,
+    dispatches: Vec<Dispatch>,
+    slots: Vec<wgpu::Buffer>,
+    memory: MemoryPlan,
+    /// The batch's samples [N, features], written by the host each step.
+    pub input: wgpu::Buffer,
+    /// The batch's targets [N] (i32 classes, or f32 for BCE), written by the host each step.
+    pub target: wgpu::Buffer,
+    logits: ValueId,
+    logits_bytes: u64,
+    /// Class weights of the cross-entropy, kept alive for the bind group.
+    _class_weight: Option<wgpu::Buffer>,
+}
+
+impl GpuPlan {
+    pub fn new(
+        ctx: &GpuContext,
+        graph: &Graph,
+        mode: Mode,
+        shared: &Shared<'_>,
+    ) -> Result<Self, GpuError> {
+        let memory = memory::plan(graph, mode, &[graph.logits]);
+        let slots = memory
+            .slot_bytes
+            .iter()
+            .map(|&b| ctx.create_buffer("activations", b, TENSOR_USAGE))
+            .collect::<Result<Vec<_>, _>>()?;
+        let value_bytes = |v: ValueId| graph.value(v).len() as u64 * 4;
+        let input = ctx.create_buffer("input batch", value_bytes(graph.input), TENSOR_USAGE)?;
+        let target = ctx.create_buffer("target batch", value_bytes(graph.target), TENSOR_USAGE)?;
+        let class_weight = match &graph.loss {
+            Loss::CrossEntropy(ce) => match &ce.config.weight {
+                Some(w) => Some(ctx.create_buffer_init(
+                    "class weights",
+                    bytemuck::cast_slice(w),
+                    TENSOR_USAGE,
+                )?),
+                None => None,
+            },
+            Loss::BceWithLogits(_) => None,
+        };
+
+        let bind = |v: ValueId| -> Binding<'_> {
+            let buffer = if v == graph.input {
+                &input
+            } else if v == graph.target {
+                &target
+            } else {
+                // The planner gives a slot to every value the mode touches, so the fallback
+                // is never bound.
+                memory.slot_of[v.0].map_or(&input, |slot| &slots[slot])
+            };
+            Binding {
+                buffer,
+                offset: 0,
+                size: value_bytes(v),
+            }
+        };
+
+        let state = shared.state;
+        let mut dispatches = Vec::new();
+        for (_, node) in graph.nodes_for(mode) {
+            let value = |i: usize| graph.value(node.inputs[i]);
+            match &node.op {
+                Op::Linear { weight, bias, relu } => {
+                    let w = graph.param(*weight);
+                    let shape = MatmulShape {
+                        layout: Layout::NT,
+                        m: value(0).rows,
+                        n: w.shape[0],
+                        k: w.shape[1],
+                    };
+                    dispatches.push(matmul::dispatch(
+                        ctx,
+                        shape,
+                        Epilogue {
+                            bias: bias.is_some(),
+                            relu: *relu,
+                        },
+                        None,
+                        bind(node.inputs[0]),
+                        state.param_binding(graph, *weight),
+                        bias.map(|b| state.param_binding(graph, b)),
+                        bind(node.outputs[0]),
+                    )?);
+                }
+                Op::BatchNorm { bn, relu } => {
+                    let info = &graph.batch_norms[*bn];
+                    let layer = LayerBindings {
+                        gamma: state.param_binding(graph, info.gamma),
+                        beta: state.param_binding(graph, info.beta),
+                        running: state.running_binding(*bn, info.features),
+                        num_batches_tracked: state.counter_binding(*bn),
+                    };
+                    let (n, d) = (value(0).rows, info.features);
+                    match mode {
+                        Mode::Train => dispatches.extend(batchnorm::train_dispatches(
+                            ctx,
+                            n,
+                            d,
+                            info.config,
+                            *relu,
+                            layer,
+                            bind(node.inputs[0]),
+                            bind(node.outputs[1]),
+                            bind(node.outputs[0]),
+                        )?),
+                        Mode::Eval => dispatches.push(batchnorm::eval_dispatch(
+                            ctx,
+                            n,
+                            d,
+                            info.config,
+                            *relu,
+                            layer,
+                            bind(node.inputs[0]),
+                            bind(node.outputs[0]),
+                        )?),
+                    }
+                }
+                Op::Relu => dispatches.push(elementwise::relu_dispatch(
+                    ctx,
+                    value(0).len(),
+                    bind(node.inputs[0]),
+                    bind(node.outputs[0]),
+                )?),
+                Op::Dropout { p, stream } => {
+                    if mode == Mode::Train {
+                        dispatches.push(dropout::dispatch(
+                            ctx,
+                            value(0).len(),
+                            *p,
+                            MaskStream {
+                                seed: shared.seed,
+                                layer: *stream,
+                            },
+                            shared.step,
+                            bind(node.inputs[0]),
+                            bind(node.outputs[0]),
+                        )?);
+                    }
+                }
+                Op::CrossEntropy => {
+                    let Loss::CrossEntropy(ce) = &graph.loss else {
+                        continue;
+                    };
+                    dispatches.push(softmax_xent::dispatch(
+                        ctx,
+                        value(0).rows,
+                        value(0).cols,
+                        &ce.config,
+                        XentBindings {
+                            step: shared.step,
+                            logits: bind(node.inputs[0]),
+                            targets: bind(node.inputs[1]),
+                            weight: class_weight.as_ref().map(Binding::whole),
+                            rows: bind(node.outputs[0]),
+                            grad: (mode == Mode::Train).then(|| bind(node.outputs[1])),
+                        },
+                    )?);
+                }
+                Op::BceWithLogits => {
+                    let Loss::BceWithLogits(b) = &graph.loss else {
+                        continue;
+                    };
+                    dispatches.push(bce::dispatch(
+                        ctx,
+                        value(0).rows,
+                        b.config,
+                        shared.step,
+                        bind(node.inputs[0]),
+                        bind(node.inputs[1]),
+                        bind(node.outputs[0]),
+                        (mode == Mode::Train).then(|| bind(node.outputs[1])),
+                    )?);
+                }
+                Op::Metrics => dispatches.push(reduce::metrics_dispatch(
+                    ctx,
+                    value(0).rows,
+                    shared.step,
+                    bind(node.inputs[0]),
+                    shared.totals,
+                )?),
+                Op::ReluBackward => dispatches.push(elementwise::relu_backward_dispatch(
+                    ctx,
+                    value(0).len(),
+                    bind(node.inputs[0]),
+                    bind(node.inputs[1]),
+                    bind(node.outputs[0]),
+                )?),
+                Op::LinearGradInput { weight } => {
+                    // dx[N, in] = dy[N, out] · W[out, in]
+                    let w = graph.param(*weight);
+                    let shape = MatmulShape {
+                        layout: Layout::NN,
+                        m: value(0).rows,
+                        n: w.shape[1],
+                        k: w.shape[0],
+                    };
+                    dispatches.push(matmul::dispatch(
+                        ctx,
+                        shape,
+                        Epilogue::default(),
+                        None,
+                        bind(node.inputs[0]),
+                        state.param_binding(graph, *weight),
+                        None,
+                        bind(node.outputs[0]),
+                    )?);
+                }
+                Op::LinearGradParams { weight, bias } => {
+                    // dW[out, in] = dyᵀ[out, N] · x[N, in];  db = Σ_rows dy
+                    let w = graph.param(*weight);
+                    let shape = MatmulShape {
+                        layout: Layout::TN,
+                        m: w.shape[0],
+                        n: w.shape[1],
+                        k: value(0).rows,
+                    };
+                    dispatches.push(matmul::dispatch(
+                        ctx,
+                        shape,
+                        Epilogue::default(),
+                        None,
+                        bind(node.inputs[0]),
+                        bind(node.inputs[1]),
+                        None,
+                        state.grad_binding(graph, *weight),
+                    )?);
+                    if let Some(b) = bias {
+                        dispatches.push(reduce::column_sum_dispatch(
+                            ctx,
+                            value(0).rows,
+                            value(0).cols,
+                            bind(node.inputs[0]),
+                            state.grad_binding(graph, *b),
+                        )?);
+                    }
+                }
+                Op::BatchNormBackward { bn, relu } => {
+                    let info = &graph.batch_norms[*bn];
+                    dispatches.extend(batchnorm::backward_dispatches(
+                        ctx,
+                        value(0).rows,
+                        info.features,
+                        *relu,
+                        bind(node.inputs[0]),
+                        bind(node.inputs[1]),
+                        bind(node.inputs[2]),
+                        bind(node.inputs[3]),
+                        state.param_binding(graph, info.gamma),
+                        state.grad_binding(graph, info.gamma),
+                        state.grad_binding(graph, info.beta),
+                        bind(node.outputs[0]),
+                    )?);
+                }
+                Op::DropoutBackward { p, stream } => dispatches.push(dropout::dispatch(
+                    ctx,
+                    value(0).len(),
+                    *p,
+                    MaskStream {
+                        seed: shared.seed,
+                        layer: *stream,
+                    },
+                    shared.step,
+                    bind(node.inputs[0]),
+                    bind(node.outputs[0]),
+                )?),
+                Op::OptimizerStep => {
+                    let len = state.layout.params_len;
+                    let flat = |b| flat_binding(b, len);
+                    let opt_state: Vec<Binding<'_>> = state.optimizer.iter().map(flat).collect();
+                    dispatches.push(optim::dispatch(
+                        ctx,
+                        &graph.optimizer,
+                        state.layout.params_len,
+                        shared.step,
+                        flat(&state.params),
+                        flat(&state.grads),
+                        &opt_state,
+                    )?);
+                }
+            }
+        }
+        let logits_bytes = value_bytes(graph.logits);
+        Ok(Self {
+            mode,
+            batch_size: graph.batch_size,
+            dispatches,
+            slots,
+            memory,
+            input,
+            target,
+            logits: graph.logits,
+            logits_bytes,
+            _class_weight: class_weight,
+        })
+    }
+
+    /// Records every dispatch of the plan into `pass`.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.dispatches {
+            d.encode(pass);
+        }
+    }
+
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Bytes of the activation and gradient buffers (after sharing).
+    pub fn activation_bytes(&self) -> u64 {
+        self.memory.total_bytes()
+    }
+
+    /// Bytes of the per-batch upload buffers.
+    pub fn batch_bytes(&self) -> u64 {
+        self.input.size() + self.target.size()
+    }
+
+    /// The buffer and byte length of the logits [N, classes].
+    pub fn logits(&self) -> (&wgpu::Buffer, u64) {
+        let slot = self.memory.slot_of[self.logits.0].unwrap_or(0);
+        (&self.slots[slot], self.logits_bytes)
+    }
+}
+
+/// The first `len` floats of a flat state buffer.
+fn flat_binding(buffer: &wgpu::Buffer, len: usize) -> Binding<'_> {
+    Binding {
+        buffer,
+        offset: 0,
+        size: (len * 4) as u64,
+    }
+}

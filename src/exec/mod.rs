@@ -1,0 +1,6 @@
+//! Executing a graph: the memory planner, the GPU plan, and the CPU reference executor.
+
+pub mod cpu;
+pub mod gpu;
+pub mod memory;
+pub mod state;

@@ -1,0 +1,34 @@
+//! The PyTorch-shaped front: layers, `Sequential`, losses, and `state_dict` naming.
+//!
+//! ```
+//! use wgnn::nn::{BatchNorm1d, Dropout, Flatten, Linear, ReLU, Sequential};
+//! // The lecture's MLP, as in PyTorch.
+//! let model = Sequential::new()
+//!     .append(Flatten)
+//!     .append(Linear::new(3072, 64))
+//!     .append(BatchNorm1d::new(64))
+//!     .append(ReLU)
+//!     .append(Dropout::new(0.2))
+//!     .append(Linear::new(64, 32))
+//!     .append(BatchNorm1d::new(32))
+//!     .append(ReLU)
+//!     .append(Dropout::new(0.2))
+//!     .append(Linear::new(32, 10));
+//! assert_eq!(model.layers().len(), 10);
+//! assert_eq!(model.state_dict_keys(), vec![
+//!     "1.weight", "1.bias",
+//!     "2.weight", "2.bias", "2.running_mean", "2.running_var", "2.num_batches_tracked",
+//!     "5.weight", "5.bias",
+//!     "6.weight", "6.bias", "6.running_mean", "6.running_var", "6.num_batches_tracked",
+//!     "9.weight", "9.bias",
+//! ]);
+//! ```
+
+mod init;
+mod layers;
+mod loss;
+pub mod spec;
+
+pub use init::{init_parameters, kaiming_uniform_bound};
+pub use layers::{BatchNorm1d, Dropout, Flatten, Layer, Linear, ReLU, Sequential};
+pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss};

@@ -1,0 +1,223 @@
+//! Model spec strings, mirroring `nn.Sequential`: a comma-separated list of layers such as
+//! `flatten,linear:64,bn,relu,dropout:0.2,linear:32,bn,relu,dropout:0.2,linear:10`.
+//!
+//! | token | layer |
+//! |---|---|
+//! | `flatten` | `nn.Flatten()` |
+//! | `linear:N` (`linear:N:nobias`) | `nn.Linear(in, N)`, `in` taken from the previous layer or the data |
+//! | `bn` (`batchnorm`) | `nn.BatchNorm1d(features)` |
+//! | `relu` | `nn.ReLU()` |
+//! | `dropout` (`dropout:P`) | `nn.Dropout(P)`, P = 0.5 by default as in PyTorch |
+
+use super::{BatchNorm1d, Dropout, Flatten, Layer, Linear, ReLU, Sequential};
+
+/// The lecture's MLP with dropout 0.2; the output size is the number of classes.
+pub const LECTURE_SPEC: &str =
+    "flatten,linear:64,bn,relu,dropout:0.2,linear:32,bn,relu,dropout:0.2,linear:10";
+
+/// A syntax or shape error in a model spec, pointing at the token.
+#[derive(Debug, thiserror::Error)]
+#[error("model spec {spec:?}: token {index} {token:?} at column {column}: {message}")]
+pub struct SpecError {
+    pub spec: String,
+    /// 1-based position of the token in the list.
+    pub index: usize,
+    pub token: String,
+    /// 1-based character column where the token starts.
+    pub column: usize,
+    pub message: String,
+}
+
+/// One parsed token, before the input size is known.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Token {
+    Flatten,
+    Linear { out: usize, bias: bool },
+    BatchNorm,
+    Relu,
+    Dropout(f32),
+}
+
+/// Builds the Sequential a spec describes for samples shaped `sample_shape`.
+pub fn parse(spec: &str, sample_shape: &[usize]) -> Result<Sequential, SpecError> {
+    let mut model = Sequential::new();
+    // Features per sample as the next layer sees them; None while samples are not flat.
+    let mut features = match sample_shape {
+        [f] => Some(*f),
+        _ => None,
+    };
+    let mut column = 1;
+    if spec.trim().is_empty() {
+        return Err(SpecError {
+            spec: spec.into(),
+            index: 1,
+            token: String::new(),
+            column: 1,
+            message: "the spec is empty; expected layers such as flatten,linear:10".into(),
+        });
+    }
+    for (i, raw) in spec.split(',').enumerate() {
+        let error = |message: String| SpecError {
+            spec: spec.to_string(),
+            index: i + 1,
+            token: raw.trim().to_string(),
+            column: column + (raw.len() - raw.trim_start().len()),
+            message,
+        };
+        let token = parse_token(raw.trim()).map_err(&error)?;
+        let needs_flat = |name: &str| {
+            error(format!(
+                "{name} needs flat samples but they are shaped {sample_shape:?}; put flatten first"
+            ))
+        };
+        let layer: Layer = match token {
+            Token::Flatten => {
+                features = Some(features.unwrap_or_else(|| sample_shape.iter().product()));
+                Flatten.into()
+            }
+            Token::Linear { out, bias } => {
+                let input = features.ok_or_else(|| needs_flat("linear"))?;
+                features = Some(out);
+                let l = Linear::new(input, out);
+                if bias {
+                    l.into()
+                } else {
+                    l.without_bias().into()
+                }
+            }
+            Token::BatchNorm => BatchNorm1d::new(features.ok_or_else(|| needs_flat("bn"))?).into(),
+            Token::Relu => ReLU.into(),
+            Token::Dropout(p) => Dropout::new(p).into(),
+        };
+        model.push(layer);
+        column += raw.chars().count() + 1;
+    }
+    Ok(model)
+}
+
+fn parse_token(token: &str) -> Result<Token, String> {
+    let mut parts = token.split(':');
+    let name = parts.next().unwrap_or("").to_ascii_lowercase();
+    let args: Vec<&str> = parts.collect();
+    let no_args = |t: Token| {
+        if args.is_empty() {
+            Ok(t)
+        } else {
+            Err(format!("{name} takes no argument"))
+        }
+    };
+    match name.as_str() {
+        "flatten" => no_args(Token::Flatten),
+        "relu" => no_args(Token::Relu),
+        "bn" | "batchnorm" | "batchnorm1d" => no_args(Token::BatchNorm),
+        "linear" => {
+            let out = args
+                .first()
+                .ok_or("linear needs its output size, e.g. linear:64")?;
+            let out: usize = out.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                format!("linear's output size must be a positive integer, got {out:?}")
+            })?;
+            match args.get(1..) {
+                Some([]) | None => Ok(Token::Linear { out, bias: true }),
+                Some(["nobias"]) => Ok(Token::Linear { out, bias: false }),
+                Some(other) => Err(format!(
+                    "unexpected linear option {:?}; only nobias",
+                    other.join(":")
+                )),
+            }
+        }
+        "dropout" => match args.as_slice() {
+            [] => Ok(Token::Dropout(0.5)),
+            [p] => {
+                let value: f32 = p
+                    .parse()
+                    .map_err(|_| format!("dropout probability {p:?} is not a number"))?;
+                if (0.0..=1.0).contains(&value) {
+                    Ok(Token::Dropout(value))
+                } else {
+                    Err(format!(
+                        "dropout probability has to be between 0 and 1, but got {value}"
+                    ))
+                }
+            }
+            _ => Err("dropout takes one probability, e.g. dropout:0.2".into()),
+        },
+        "" => Err("empty token (two commas in a row?)".into()),
+        other => Err(format!(
+            "unknown layer {other:?}; expected flatten, linear:N, bn, relu or dropout:P"
+        )),
+    }
+}
+
+/// The spec string of a Sequential (the inverse of [`parse`]).
+pub fn to_spec(model: &Sequential) -> String {
+    model
+        .layers()
+        .iter()
+        .map(|layer| match layer {
+            Layer::Flatten(_) => "flatten".to_string(),
+            Layer::Linear(l) if l.bias => format!("linear:{}", l.out_features),
+            Layer::Linear(l) => format!("linear:{}:nobias", l.out_features),
+            Layer::BatchNorm1d(_) => "bn".to_string(),
+            Layer::ReLU(_) => "relu".to_string(),
+            Layer::Dropout(d) => format!("dropout:{}", d.p),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lecture_spec_is_the_lecture_mlp() {
+        let model = parse(LECTURE_SPEC, &[3, 32, 32]).unwrap();
+        assert_eq!(model, Sequential::lecture_mlp(3072, 10, 0.2));
+        assert_eq!(to_spec(&model), LECTURE_SPEC);
+        assert_eq!(parse(&to_spec(&model), &[3, 32, 32]).unwrap(), model);
+    }
+
+    #[test]
+    fn tabular_data_needs_no_flatten_and_options_parse() {
+        let model = parse("linear:16:nobias,BN,relu,dropout,linear:1", &[30]).unwrap();
+        assert_eq!(
+            model.layers()[0],
+            Layer::Linear(Linear::new(30, 16).without_bias())
+        );
+        assert_eq!(model.layers()[3], Layer::Dropout(Dropout::new(0.5)));
+    }
+
+    #[test]
+    fn errors_point_at_the_token() {
+        let err = parse("flatten,lineer:64,relu", &[784]).unwrap_err();
+        assert_eq!(
+            (err.index, err.column, err.token.as_str()),
+            (2, 9, "lineer:64")
+        );
+        assert!(
+            err.to_string().contains("unknown layer \"lineer\""),
+            "{err}"
+        );
+        let err = parse("flatten, linear:x", &[784]).unwrap_err();
+        assert_eq!((err.index, err.column), (2, 10));
+        assert!(err.message.contains("positive integer"), "{err}");
+        let err = parse("linear:10", &[1, 28, 28]).unwrap_err();
+        assert!(err.message.contains("put flatten first"), "{err}");
+        let err = parse("flatten,dropout:1.5", &[4]).unwrap_err();
+        assert!(err.message.contains("between 0 and 1"), "{err}");
+        assert!(
+            parse("flatten,,relu", &[4])
+                .unwrap_err()
+                .message
+                .contains("empty token")
+        );
+        assert!(parse("", &[4]).is_err());
+        assert!(
+            parse("relu:3", &[4])
+                .unwrap_err()
+                .message
+                .contains("takes no argument")
+        );
+    }
+}
