@@ -1,4 +1,33 @@
 //! Checkpoints: safetensors files with PyTorch's state_dict names.
+//!
+//! A checkpoint directory holds two files, both written atomically (temp file + rename):
+//! - `checkpoint.safetensors`: exactly the model's `state_dict` (`1.weight`, `2.running_mean`,
+//!   `2.num_batches_tracked` as an int64 scalar, …), so `model.load_state_dict(
+//!   safetensors.torch.load_file(…))` works in PyTorch, with what eval and predict need in the
+//!   header's metadata (architecture, sample shape, loss, normalization).
+//! - `training_state.safetensors`: the optimizer state (`<param>.momentum_buffer`,
+//!   `<param>.exp_avg`, `<param>.exp_avg_sq`), the step and the data order's position, for
+//!   resuming a run exactly.
+//!
+//! Loading is strict like PyTorch's `load_state_dict`: every missing or unexpected key and
+//! every wrong shape or dtype is reported at once. A state_dict saved from a module that holds
+//! the Sequential under an attribute (keys such as `layers.1.weight`) loads too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
+use crate::exec::state::HostState;
+use crate::graph::Graph;
+use crate::nn::{Layer, Sequential};
+
+/// File holding the model's state_dict.
+pub const MODEL_FILE: &str = "checkpoint.safetensors";
+/// File holding the optimizer state and the run's position.
+pub const TRAINING_FILE: &str = "training_state.safetensors";
 
 /// Errors reading, writing or applying a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -13,4 +42,518 @@ pub enum CheckpointError {
     /// Like PyTorch's strict `load_state_dict`: every problem at once.
     #[error("error(s) in loading state_dict from {path}: {}", problems.join("; "))]
     Mismatch { path: String, problems: Vec<String> },
+}
+
+/// A tensor's values as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// One entry of a state dict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateTensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+    /// The dtype in the file (F32, F64, I64, …), for messages.
+    pub dtype: String,
+}
+
+impl StateTensor {
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self {
+            shape,
+            data: TensorData::F32(data),
+            dtype: "F32".into(),
+        }
+    }
+
+    pub fn i64_scalar(value: i64) -> Self {
+        Self {
+            shape: vec![],
+            data: TensorData::I64(vec![value]),
+            dtype: "I64".into(),
+        }
+    }
+}
+
+/// Named tensors and string metadata, as in a safetensors file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StateDict {
+    pub tensors: BTreeMap<String, StateTensor>,
+    pub metadata: BTreeMap<String, String>,
+    /// Where it came from, for messages.
+    pub source: String,
+}
+
+impl StateDict {
+    /// Reads a safetensors file.
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses safetensors bytes; any corruption is an error, never a panic.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
+        let source = path.display().to_string();
+        let format = |message: String| CheckpointError::Format {
+            path: source.clone(),
+            message,
+        };
+        let (header_len, metadata) = crate::data::safetensors::read_metadata(bytes, path)
+            .map_err(|e| format(e.to_string()))?;
+        let body = 8usize
+            .checked_add(header_len)
+            .and_then(|start| bytes.get(start..))
+            .ok_or_else(|| format("header length points past the end of the file".into()))?;
+        let mut tensors = BTreeMap::new();
+        for name in metadata.tensors().into_keys() {
+            let (info, data) = crate::data::safetensors::tensor(&metadata, body, &name, path)
+                .map_err(|e| format(e.to_string()))?;
+            let decoded = match info.dtype {
+                Dtype::F32 => TensorData::F32(le_values(data, f32::from_le_bytes)),
+                Dtype::F64 => TensorData::F32(
+                    le_values(data, f64::from_le_bytes)
+                        .into_iter()
+                        .map(|v| v as f32)
+                        .collect(),
+                ),
+                Dtype::I64 => TensorData::I64(le_values(data, i64::from_le_bytes)),
+                Dtype::I32 => TensorData::I64(
+                    le_values(data, i32::from_le_bytes)
+                        .into_iter()
+                        .map(i64::from)
+                        .collect(),
+                ),
+                Dtype::U8 => TensorData::I64(data.iter().map(|&b| i64::from(b)).collect()),
+                other => {
+                    return Err(format(format!(
+                        "tensor {name:?} has dtype {other}; wgnn reads F32, F64, I64, I32 and U8"
+                    )));
+                }
+            };
+            tensors.insert(
+                name,
+                StateTensor {
+                    shape: info.shape.clone(),
+                    data: decoded,
+                    dtype: info.dtype.to_string(),
+                },
+            );
+        }
+        let metadata = metadata
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        Ok(Self {
+            tensors,
+            metadata,
+            source,
+        })
+    }
+
+    /// Serializes to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
+        let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let (dtype, bytes) = match &t.data {
+                    TensorData::F32(v) => (Dtype::F32, bytemuck::cast_slice(v).to_vec()),
+                    TensorData::I64(v) => (Dtype::I64, bytemuck::cast_slice(v).to_vec()),
+                };
+                (name.clone(), dtype, t.shape.clone(), bytes)
+            })
+            .collect();
+        let views = encoded
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| self.format_error(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        safetensors::serialize(views, Some(metadata)).map_err(|e| self.format_error(e.to_string()))
+    }
+
+    /// Writes atomically: a temp file beside `path`, flushed, then renamed over it.
+    pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    fn format_error(&self, message: String) -> CheckpointError {
+        CheckpointError::Format {
+            path: self.source.clone(),
+            message,
+        }
+    }
+}
+
+fn le_values<const N: usize, T>(data: &[u8], decode: fn([u8; N]) -> T) -> Vec<T> {
+    data.as_chunks::<N>().0.iter().map(|c| decode(*c)).collect()
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// The model's state_dict, in PyTorch's order and names (under `prefix`, usually "").
+pub fn model_state_dict(
+    sequential: &Sequential,
+    graph: &Graph,
+    state: &HostState,
+    prefix: &str,
+) -> StateDict {
+    let mut sd = StateDict::default();
+    for (p, values) in graph.params.iter().zip(&state.params) {
+        sd.tensors.insert(
+            format!("{prefix}{}", p.name),
+            StateTensor::f32(p.shape.clone(), values.clone()),
+        );
+    }
+    let mut bn = graph.batch_norms.iter().zip(&state.running);
+    for (i, layer) in sequential.layers().iter().enumerate() {
+        if let Layer::BatchNorm1d(_) = layer
+            && let Some((info, running)) = bn.next()
+        {
+            debug_assert_eq!(info.layer, i);
+            let d = info.features;
+            sd.tensors.insert(
+                format!("{prefix}{i}.running_mean"),
+                StateTensor::f32(vec![d], running.mean.clone()),
+            );
+            sd.tensors.insert(
+                format!("{prefix}{i}.running_var"),
+                StateTensor::f32(vec![d], running.var.clone()),
+            );
+            sd.tensors.insert(
+                format!("{prefix}{i}.num_batches_tracked"),
+                StateTensor::i64_scalar(running.num_batches_tracked as i64),
+            );
+        }
+    }
+    sd.metadata.insert("format".into(), "pt".into());
+    sd
+}
+
+/// The prefix every key of `sd` carries in front of the model's own keys (such as
+/// `layers.`), or "" when they match as they are.
+fn detect_prefix(sd: &StateDict, expected: &[String]) -> String {
+    if sd.tensors.keys().any(|k| expected.contains(k)) {
+        return String::new();
+    }
+    let mut prefixes = sd.tensors.keys().filter_map(|key| {
+        expected
+            .iter()
+            .filter_map(|e| key.strip_suffix(e.as_str()))
+            .find(|p| p.ends_with('.'))
+            .map(str::to_string)
+    });
+    match prefixes.next() {
+        Some(first) if prefixes.all(|p| p == first) => first,
+        _ => String::new(),
+    }
+}
+
+/// Applies a state_dict to the model, strictly: parameters and running statistics replace
+/// `base`'s, the optimizer state and step stay. Every mismatch is reported at once.
+pub fn apply_state_dict(
+    sd: &StateDict,
+    sequential: &Sequential,
+    graph: &Graph,
+    base: &HostState,
+) -> Result<HostState, CheckpointError> {
+    let expected = sequential.state_dict_keys();
+    let prefix = detect_prefix(sd, &expected);
+    let mut problems = Vec::new();
+    let lookup = |key: &str| sd.tensors.get(&format!("{prefix}{key}"));
+    let missing: Vec<&String> = expected.iter().filter(|k| lookup(k).is_none()).collect();
+    if !missing.is_empty() {
+        problems.push(format!("missing key(s): {}", quoted(missing)));
+    }
+    let unexpected: Vec<&String> = sd
+        .tensors
+        .keys()
+        .filter(|k| {
+            k.strip_prefix(prefix.as_str())
+                .is_none_or(|rest| !expected.iter().any(|e| e == rest))
+        })
+        .collect();
+    if !unexpected.is_empty() {
+        problems.push(format!("unexpected key(s): {}", quoted(unexpected)));
+    }
+    let mut float = |key: &str, shape: &[usize]| -> Option<Vec<f32>> {
+        let t = lookup(key)?;
+        if t.shape != shape {
+            problems.push(format!(
+                "size mismatch for {key}: the checkpoint has shape {:?}, the model {shape:?}",
+                t.shape
+            ));
+            return None;
+        }
+        match &t.data {
+            TensorData::F32(v) => Some(v.clone()),
+            TensorData::I64(_) => {
+                problems.push(format!(
+                    "dtype mismatch for {key}: {} where a float is expected",
+                    t.dtype
+                ));
+                None
+            }
+        }
+    };
+    let mut state = base.clone();
+    for (i, p) in graph.params.iter().enumerate() {
+        if let Some(v) = float(&p.name, &p.shape) {
+            state.params[i] = v;
+        }
+    }
+    for (i, b) in graph.batch_norms.iter().enumerate() {
+        let d = [b.features];
+        if let Some(v) = float(&format!("{}.running_mean", b.layer), &d) {
+            state.running[i].mean = v;
+        }
+        if let Some(v) = float(&format!("{}.running_var", b.layer), &d) {
+            state.running[i].var = v;
+        }
+    }
+    for (i, b) in graph.batch_norms.iter().enumerate() {
+        let key = format!("{}.num_batches_tracked", b.layer);
+        let Some(t) = lookup(&key) else { continue };
+        match (&t.data, t.shape.iter().product::<usize>()) {
+            (TensorData::I64(v), 1) if v[0] >= 0 => {
+                state.running[i].num_batches_tracked = v[0] as u64
+            }
+            (TensorData::I64(_), 1) => problems.push(format!("{key} is negative")),
+            (TensorData::I64(_), _) => problems.push(format!(
+                "size mismatch for {key}: the checkpoint has shape {:?}, the model []",
+                t.shape
+            )),
+            (TensorData::F32(_), _) => problems.push(format!(
+                "dtype mismatch for {key}: {} where an integer is expected",
+                t.dtype
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(state)
+    } else {
+        Err(CheckpointError::Mismatch {
+            path: sd.source.clone(),
+            problems,
+        })
+    }
+}
+
+fn quoted(keys: Vec<&String>) -> String {
+    keys.iter()
+        .map(|k| format!("\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The optimizer state as named tensors: `<param>.momentum_buffer`, `<param>.exp_avg`, ….
+pub fn optimizer_state_dict(graph: &Graph, state: &HostState) -> StateDict {
+    let mut sd = StateDict::default();
+    let names = graph.optimizer.state_names();
+    for (k, tensors) in state.optimizer.iter().enumerate() {
+        for (p, values) in graph.params.iter().zip(tensors) {
+            sd.tensors.insert(
+                format!("{}.{}", p.name, names[k]),
+                StateTensor::f32(p.shape.clone(), values.clone()),
+            );
+        }
+    }
+    sd.metadata.insert("step".into(), state.step.to_string());
+    sd
+}
+
+/// Restores the optimizer state and step from [`optimizer_state_dict`]'s tensors.
+pub fn apply_optimizer_state(
+    sd: &StateDict,
+    graph: &Graph,
+    base: &HostState,
+) -> Result<HostState, CheckpointError> {
+    let mut problems = Vec::new();
+    let mut state = base.clone();
+    let names = graph.optimizer.state_names();
+    for (k, name) in names.iter().enumerate() {
+        for (i, p) in graph.params.iter().enumerate() {
+            let key = format!("{}.{name}", p.name);
+            match sd.tensors.get(&key) {
+                None => problems.push(format!("missing key \"{key}\"")),
+                Some(t) if t.shape != p.shape => problems.push(format!(
+                    "size mismatch for {key}: {:?} vs {:?}",
+                    t.shape, p.shape
+                )),
+                Some(StateTensor {
+                    data: TensorData::F32(v),
+                    ..
+                }) => state.optimizer[k][i] = v.clone(),
+                Some(t) => problems.push(format!("dtype mismatch for {key}: {}", t.dtype)),
+            }
+        }
+    }
+    let expected = names.len() * graph.params.len();
+    if sd.tensors.len() != expected {
+        problems.push(format!(
+            "{} optimizer tensors, {:?} keeps {expected}",
+            sd.tensors.len(),
+            graph.optimizer
+        ));
+    }
+    match sd.metadata.get("step").map(|s| s.parse::<u64>()) {
+        Some(Ok(step)) => state.step = step,
+        _ => problems.push("metadata \"step\" is missing or not a number".into()),
+    }
+    if problems.is_empty() {
+        Ok(state)
+    } else {
+        Err(CheckpointError::Mismatch {
+            path: sd.source.clone(),
+            problems,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::build;
+    use crate::nn::Loss;
+    use crate::optim::{Optimizer, Sgd};
+
+    fn setup() -> (Sequential, Graph, HostState) {
+        let model = Sequential::lecture_mlp(12, 3, 0.1);
+        let sgd = Optimizer::Sgd(Sgd {
+            momentum: 0.9,
+            ..Sgd::default()
+        });
+        let graph = build(&model, &Loss::default(), &sgd, &[12], 4).unwrap();
+        let mut state = HostState::init(&graph, &model, 3);
+        state.running[0].num_batches_tracked = 7;
+        state.running[1].mean[2] = 0.25;
+        state.optimizer[0][0][5] = 1.5;
+        state.step = 9;
+        (model, graph, state)
+    }
+
+    #[test]
+    fn model_and_optimizer_state_round_trip_through_files() {
+        let (model, graph, state) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_FILE);
+        model_state_dict(&model, &graph, &state, "")
+            .write(&path)
+            .unwrap();
+        let read = StateDict::read(&path).unwrap();
+        assert_eq!(
+            read.tensors["2.num_batches_tracked"],
+            StateTensor::i64_scalar(7)
+        );
+        assert_eq!(read.metadata["format"], "pt");
+        let fresh = HostState::with_params(
+            &graph,
+            graph.params.iter().map(|p| vec![0.0; p.len()]).collect(),
+        );
+        let mut loaded = apply_state_dict(&read, &model, &graph, &fresh).unwrap();
+        assert_eq!(loaded.params, state.params);
+        assert_eq!(loaded.running, state.running);
+
+        let opt_path = dir.path().join(TRAINING_FILE);
+        optimizer_state_dict(&graph, &state)
+            .write(&opt_path)
+            .unwrap();
+        loaded =
+            apply_optimizer_state(&StateDict::read(&opt_path).unwrap(), &graph, &loaded).unwrap();
+        assert_eq!(loaded, state);
+        // No temp files left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn prefixed_keys_load() {
+        let (model, graph, state) = setup();
+        let sd = model_state_dict(&model, &graph, &state, "layers.");
+        assert!(sd.tensors.contains_key("layers.1.weight"));
+        let loaded = apply_state_dict(&sd, &model, &graph, &state).unwrap();
+        assert_eq!(loaded.params, state.params);
+    }
+
+    #[test]
+    fn strict_loading_reports_every_problem_at_once() {
+        let (model, graph, state) = setup();
+        let mut sd = model_state_dict(&model, &graph, &state, "");
+        sd.source = "ckpt.safetensors".into();
+        sd.tensors.remove("5.bias");
+        sd.tensors
+            .insert("7.weight".into(), StateTensor::f32(vec![1], vec![0.0]));
+        sd.tensors.insert(
+            "1.weight".into(),
+            StateTensor::f32(vec![64, 13], vec![0.0; 64 * 13]),
+        );
+        sd.tensors.insert(
+            "2.running_var".into(),
+            StateTensor {
+                shape: vec![64],
+                data: TensorData::I64(vec![0; 64]),
+                dtype: "I64".into(),
+            },
+        );
+        let err = apply_state_dict(&sd, &model, &graph, &state)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "ckpt.safetensors",
+            "missing key(s): \"5.bias\"",
+            "unexpected key(s): \"7.weight\"",
+            "size mismatch for 1.weight",
+            "[64, 13]",
+            "[64, 12]",
+            "dtype mismatch for 2.running_var",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+    }
+
+    #[test]
+    fn corrupt_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.safetensors");
+        std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
+        assert!(matches!(
+            StateDict::read(&path),
+            Err(CheckpointError::Format { .. })
+        ));
+        assert!(matches!(
+            StateDict::read(&dir.path().join("missing")),
+            Err(CheckpointError::Io { .. })
+        ));
+    }
 }

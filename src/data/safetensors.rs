@@ -112,7 +112,7 @@ pub fn encode(dataset: &Dataset) -> Result<Vec<u8>, DataError> {
 /// Parses the header. The safetensors crate (0.8) can overflow an addition
 /// on crafted offsets, which panics in debug builds; that is caught here and
 /// reported as a bad header instead.
-fn read_metadata(bytes: &[u8], path: &Path) -> Result<(usize, Metadata), DataError> {
+pub(crate) fn read_metadata(bytes: &[u8], path: &Path) -> Result<(usize, Metadata), DataError> {
     match catch_unwind(AssertUnwindSafe(|| SafeTensors::read_metadata(bytes))) {
         Ok(Ok(parsed)) => Ok(parsed),
         Ok(Err(e)) => Err(fail(path, e.to_string())),
@@ -122,7 +122,7 @@ fn read_metadata(bytes: &[u8], path: &Path) -> Result<(usize, Metadata), DataErr
 
 /// Looks up a tensor and its bytes, slicing with checked bounds rather than
 /// trusting the header.
-fn tensor<'a>(
+pub(crate) fn tensor<'a>(
     metadata: &'a Metadata,
     body: &'a [u8],
     key: &str,
