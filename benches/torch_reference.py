@@ -171,7 +171,11 @@ class Bench:
         for _ in range(ROUNDS):
             t = self.run_n(fn, n)
             rates.append(work_per_call * n / t)
-        return statistics.median(rates), n
+        med = statistics.median(rates)
+        if min(rates) < 0.8 * max(rates):
+            log("  warning: rounds differ by >20% ({}); is the machine busy?".format(
+                ", ".join("{:.4g}".format(r) for r in rates)))
+        return med, n
 
     # ---------------------------------------------------------------- matmul
 

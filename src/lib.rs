@@ -14,6 +14,9 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plot;
+pub mod run;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use graph::Mode;

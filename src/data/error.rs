@@ -295,4 +295,10 @@ pub enum DataError {
         /// Feature values present.
         found: u64,
     },
+    /// A train/test split that cannot be made or does not fit together.
+    #[error("{message}")]
+    Split {
+        /// What is wrong.
+        message: String,
+    },
 }

@@ -17,11 +17,13 @@ pub mod cifar;
 pub mod csv;
 mod dataset;
 mod detect;
+pub mod embedded;
 pub mod error;
 pub mod file;
 pub mod idx;
 pub mod normalize;
 pub mod npy;
+pub mod prepare;
 pub mod safetensors;
 
 pub use batch::BatchOrder;

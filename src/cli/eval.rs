@@ -1,0 +1,61 @@
+//! `wgnn eval`.
+
+use wgnn::data::{Split, load_with};
+use wgnn::error::Result;
+use wgnn::run::{self, DataConfig};
+use wgnn::train::evaluate;
+
+use super::{EvalArgs, SplitArg, open_gpu};
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let ctx = open_gpu()?;
+    let (mut model, run) = run::restore(ctx, &args.checkpoint)?;
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Test => Split::Test,
+    };
+    let options = DataConfig {
+        label_column: args.label_column.clone(),
+        ..run.data.clone()
+    }
+    .load_options();
+    let mut data = load_with(&args.data, split, &options)?;
+    if data.sample_shape != run.sample_shape {
+        return Err(wgnn::Error::Batch(format!(
+            "{}: samples are shaped {:?} but the checkpoint's model takes {:?}",
+            args.data.display(),
+            data.sample_shape,
+            run.sample_shape
+        )));
+    }
+    if let Some(norm) = run.normalization()? {
+        norm.apply(&mut data)?;
+    }
+    model.eval();
+    let e = evaluate(&mut model, &data, args.batch_size)?;
+    println!("samples: {}", e.samples);
+    println!("loss: {:.6}", e.loss);
+    println!("accuracy: {:.2}%", 100.0 * e.accuracy);
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let width = e
+        .confusion
+        .iter()
+        .flatten()
+        .map(|v| v.to_string().len())
+        .max()
+        .unwrap_or(1)
+        .max(3);
+    print!("{:>5}", "");
+    for j in 0..e.confusion.len() {
+        print!(" {j:>width$}");
+    }
+    println!();
+    for (i, row) in e.confusion.iter().enumerate() {
+        print!("{i:>5}");
+        for v in row {
+            print!(" {v:>width$}");
+        }
+        println!();
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Command-line parsing and dispatch.
+
+mod eval;
+mod info;
+mod predict;
+mod progress;
+mod train;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wgnn::gpu::GpuContext;
+use wgnn::run::{LossKind, OptimizerKind};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wgnn",
+    version,
+    about = "Train and run batch-normalized MLPs on any GPU through wgpu, with PyTorch's semantics",
+    long_about = "Train and run batch-normalized MLPs on any GPU through wgpu, with PyTorch's \
+                  semantics.\n\nWith no subcommand, trains the lecture's MLP on the embedded MNIST \
+                  digits (same as `wgnn train`).\n\nAdapter selection: WGNN_ADAPTER=<name substring>, \
+                  WGNN_BACKEND=vulkan|metal|dx12|gl."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model (default: the lecture's MLP on the embedded MNIST digits).
+    Train(Box<TrainArgs>),
+    /// Evaluate a checkpoint on labelled data: loss, accuracy, confusion matrix.
+    Eval(EvalArgs),
+    /// Write a checkpoint's logits (or probabilities) for unlabelled inputs.
+    Predict(PredictArgs),
+    /// List GPU adapters and their limits.
+    Info,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NormalizeArg {
+    /// Subtract the per-channel mean and divide by the per-channel std of the training split.
+    PerChannel,
+    /// Use the data as it is.
+    None,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training data: an MNIST or CIFAR-10 directory, a .csv (label column), a .safetensors
+    /// (x, y), an idx3 images file or a CIFAR-10 .bin. Default: the embedded MNIST digits.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Test data; default: the data's own test split, or a held-back share of a single file.
+    #[arg(long)]
+    pub test_data: Option<PathBuf>,
+    /// Share of a single file's rows (the last ones) held back for testing.
+    #[arg(long, default_value_t = 0.2)]
+    pub holdout: f64,
+    /// CSV label column, by name or 0-based index (default: label/target/y/class, else the last).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Model spec, e.g. flatten,linear:64,bn,relu,dropout:0.2,linear:10 (default: the
+    /// lecture's MLP with as many outputs as the data has classes, one for --loss bce).
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[arg(long, default_value_t = 12)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optimizer: OptimizerKindArg,
+    /// Learning rate (default: 0.02 for SGD, 0.001 for Adam and AdamW).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW; default 0, AdamW 0.01).
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    #[arg(long, value_enum, default_value = "ce")]
+    pub loss: LossKindArg,
+    /// Cross-entropy label smoothing ε.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// BCE weight of the positive class.
+    #[arg(long, default_value_t = 1.0)]
+    pub pos_weight: f32,
+    /// Seeds initialization, shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep the data's order.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Drop the last batch when it is partial.
+    #[arg(long)]
+    pub drop_last: bool,
+    #[arg(long, value_enum, default_value = "per-channel")]
+    pub normalize: NormalizeArg,
+    /// Reject data holding NaN or infinite values.
+    #[arg(long)]
+    pub check_finite: bool,
+    /// Start from these weights: a wgnn checkpoint or a PyTorch state_dict in safetensors.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Continue the run saved in this directory (its settings and data; --epochs may extend it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Keep training after a NaN or infinite loss.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Where checkpoint.safetensors, training_state.safetensors, metrics.csv and curves.svg go.
+    #[arg(long, default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `wgnn train` with no flags.
+#[derive(Parser, Debug)]
+struct TrainDefaults {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OptimizerKindArg {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+impl From<OptimizerKindArg> for OptimizerKind {
+    fn from(o: OptimizerKindArg) -> Self {
+        match o {
+            OptimizerKindArg::Sgd => OptimizerKind::Sgd,
+            OptimizerKindArg::Adam => OptimizerKind::Adam,
+            OptimizerKindArg::Adamw => OptimizerKind::Adamw,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LossKindArg {
+    /// Cross-entropy (multiclass).
+    Ce,
+    /// Binary cross-entropy with logits (labels 0/1, one output).
+    Bce,
+}
+
+impl From<LossKindArg> for LossKind {
+    fn from(l: LossKindArg) -> Self {
+        match l {
+            LossKindArg::Ce => LossKind::Ce,
+            LossKindArg::Bce => LossKind::Bce,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint file or directory written by `wgnn train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Labelled data (a directory's test split, or a file).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split of a dataset directory.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    #[arg(long)]
+    pub label_column: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Test,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A checkpoint file or directory written by `wgnn train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Samples: .npy ([N, …]), .safetensors (tensor x), .csv, an idx3 images file or a
+    /// CIFAR-10 .bin (labels, if any, are ignored).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// .safetensors (tensors "logits" or "probs", and "predictions") or .npy.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Write probabilities (softmax, or sigmoid for BCE) instead of logits.
+    #[arg(long)]
+    pub probs: bool,
+    #[arg(long)]
+    pub label_column: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> wgnn::Result<()> {
+    match cli.command {
+        None => train::run(TrainDefaults::parse_from(["wgnn"]).args),
+        Some(Command::Train(args)) => train::run(*args),
+        Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Predict(args)) => predict::run(args),
+        Some(Command::Info) => info::run(),
+    }
+}
+
+/// Opens the GPU and says which adapter it is.
+fn open_gpu() -> wgnn::Result<Arc<GpuContext>> {
+    let ctx = GpuContext::new()?;
+    println!("adapter: {}", ctx.adapter());
+    Ok(Arc::new(ctx))
+}

@@ -1,0 +1,151 @@
+//! `wgnn predict`.
+
+use std::path::Path;
+
+use wgnn::checkpoint::{StateDict, StateTensor, TensorData};
+use wgnn::data::{Split, load_with, npy};
+use wgnn::error::{Error, Result};
+use wgnn::run;
+use wgnn::train::argmax;
+
+use super::{PredictArgs, open_gpu};
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let ctx = open_gpu()?;
+    let (mut model, run) = run::restore(ctx, &args.checkpoint)?;
+    let (mut x, rows) = read_samples(&args.input, &run.sample_shape, args.label_column.clone())?;
+    if let Some(norm) = run.normalization()? {
+        norm.apply_features(&mut x, &run.sample_shape, &args.input.display().to_string())?;
+    }
+    model.eval();
+    let features: usize = run.sample_shape.iter().product();
+    let mut logits = Vec::with_capacity(rows * model.graph().classes());
+    for chunk in x.chunks(args.batch_size.max(1) * features) {
+        logits.extend(model.predict(chunk)?);
+    }
+    let classes = model.graph().classes();
+    let binary = classes == 1;
+    let predictions: Vec<i64> = logits
+        .chunks(classes)
+        .map(|row| {
+            if binary {
+                i64::from(row[0] > 0.0)
+            } else {
+                argmax(row) as i64
+            }
+        })
+        .collect();
+    let (name, values) = if args.probs {
+        let probs = if binary {
+            logits.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect()
+        } else {
+            wgnn::ops::softmax_xent::reference_softmax(&logits, classes)
+        };
+        ("probs", probs)
+    } else {
+        ("logits", logits)
+    };
+    write_output(&args.output, name, rows, classes, values, predictions)?;
+    println!(
+        "wrote {name} of {rows} samples ({classes} per sample) to {}",
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// Samples from a file, flattened, checked against the model's sample shape.
+fn read_samples(
+    path: &Path,
+    shape: &[usize],
+    label_column: Option<String>,
+) -> Result<(Vec<f32>, usize)> {
+    let features: usize = shape.iter().product();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let (data, dims) = match ext {
+        "npy" => {
+            let array = npy::load(path)?;
+            (array.data, array.shape)
+        }
+        "safetensors" => {
+            let sd = StateDict::read(path)?;
+            let Some(x) = sd.tensors.get("x") else {
+                return Err(Error::Batch(format!(
+                    "{}: no tensor \"x\" holding the samples",
+                    path.display()
+                )));
+            };
+            let TensorData::F32(values) = &x.data else {
+                return Err(Error::Batch(format!(
+                    "{}: tensor \"x\" is {}, not a float tensor",
+                    path.display(),
+                    x.dtype
+                )));
+            };
+            (values.clone(), x.shape.clone())
+        }
+        _ => {
+            let options = wgnn::run::DataConfig {
+                path: None,
+                test_path: None,
+                holdout: 0.2,
+                label_column,
+                normalize: false,
+                check_finite: false,
+            }
+            .load_options();
+            let d = load_with(path, Split::Test, &options)?;
+            let mut dims = vec![d.len()];
+            dims.extend(&d.sample_shape);
+            (d.features, dims)
+        }
+    };
+    let rows = dims.first().copied().unwrap_or(0);
+    let sample: usize = dims.iter().skip(1).product();
+    if rows == 0 || sample != features || data.len() != rows * features {
+        return Err(Error::Batch(format!(
+            "{}: samples shaped {dims:?}, but the model takes [N, {}] ({features} values per sample)",
+            path.display(),
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok((data, rows))
+}
+
+fn write_output(
+    path: &Path,
+    name: &str,
+    rows: usize,
+    classes: usize,
+    values: Vec<f32>,
+    predictions: Vec<i64>,
+) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => {
+            let bytes = npy::encode(&[rows, classes], &values, path)?;
+            Ok(wgnn::checkpoint::write_atomic(path, &bytes)?)
+        }
+        Some("safetensors") => {
+            let mut sd = StateDict::default();
+            sd.source = path.display().to_string();
+            sd.tensors
+                .insert(name.into(), StateTensor::f32(vec![rows, classes], values));
+            sd.tensors.insert(
+                "predictions".into(),
+                StateTensor {
+                    shape: vec![rows],
+                    data: TensorData::I64(predictions),
+                    dtype: "I64".into(),
+                },
+            );
+            Ok(sd.write(path)?)
+        }
+        _ => Err(Error::Batch(format!(
+            "--output {}: use a .safetensors or .npy file name",
+            path.display()
+        ))),
+    }
+}

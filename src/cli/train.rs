@@ -1,0 +1,255 @@
+//! `wgnn train`.
+
+use std::path::Path;
+
+use wgnn::checkpoint::{StateDict, apply_state_dict, write_atomic};
+use wgnn::data::prepare::channels;
+use wgnn::error::{Error, Result};
+use wgnn::nn::spec;
+use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
+use wgnn::train::{EpochMetrics, FitOptions, fit};
+
+use super::progress::Bar;
+use super::{NormalizeArg, TrainArgs, open_gpu};
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let ctx = open_gpu()?;
+    let (mut model, run, epochs_done, mut history) = match &args.resume {
+        Some(dir) => {
+            let (model, mut run, done) = run::resume(ctx, dir)?;
+            run.epochs = run.epochs.max(args.epochs);
+            let history = read_history(&dir.join("metrics.csv"), done)?;
+            println!(
+                "resuming {} after epoch {done} of {}",
+                dir.display(),
+                run.epochs
+            );
+            (model, run, done, history)
+        }
+        None => {
+            let run = new_run(&args)?;
+            let mut model = run.build(ctx, None)?;
+            if let Some(init) = &args.init {
+                let sd = StateDict::read(&run::model_file(init))?;
+                let base = model.state()?;
+                let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
+                model.load_state(&state)?;
+                println!("initialized from {}", init.display());
+            }
+            (model, run, 0, Vec::new())
+        }
+    };
+    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+
+    let mut splits = run.data.load()?;
+    if let Some(norm) = run.normalization()? {
+        norm.apply(&mut splits.train)?;
+        norm.apply(&mut splits.test)?;
+    }
+    println!(
+        "data: {} training samples of shape {:?}; test: {} samples ({})",
+        splits.train.len(),
+        splits.train.sample_shape,
+        splits.test.len(),
+        splits.test_origin
+    );
+    println!("model: {} ({:?}, {:?})", run.arch, run.loss, run.optimizer);
+    println!("plan: {}", model.report(wgnn::Mode::Train));
+
+    let options = FitOptions {
+        epochs: run.epochs,
+        batch_size: run.batch_size,
+        shuffle_seed: run.shuffle.then_some(run.seed),
+        drop_last: run.drop_last,
+        start_epoch: epochs_done,
+        stop_on_nonfinite: !args.keep_going,
+        ..FitOptions::default()
+    };
+    let mut bar = Bar::new(args.quiet);
+    let result = fit(
+        &mut model,
+        &splits.train,
+        &splits.test,
+        &options,
+        &mut bar,
+        |model, m| {
+            history.push(*m);
+            run::save(&out, model, &run, m.epoch)?;
+            write_history(&out.join("metrics.csv"), &history)?;
+            wgnn::plot::write_curves(&out.join("curves.svg"), &history)
+        },
+    );
+    if let Err(e) = result {
+        if history.is_empty() {
+            return Err(e);
+        }
+        return Err(Error::Mode(format!(
+            "{e} (the checkpoint of epoch {} in {} is intact)",
+            history.len() + epochs_done.min(0),
+            out.display()
+        )));
+    }
+    if let Some(last) = history.last() {
+        println!(
+            "final test accuracy {:.2}% (loss {:.4}) after {} epochs; wrote {}/{{checkpoint.safetensors, training_state.safetensors, metrics.csv, curves.svg}}",
+            100.0 * last.test_accuracy,
+            last.test_loss,
+            last.epoch,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The run the flags describe, with the data loaded to learn its shape and classes.
+fn new_run(args: &TrainArgs) -> Result<RunConfig> {
+    let data = DataConfig {
+        path: args.data.clone(),
+        test_path: args.test_data.clone(),
+        holdout: args.holdout,
+        label_column: args.label_column.clone(),
+        normalize: matches!(args.normalize, NormalizeArg::PerChannel),
+        check_finite: args.check_finite,
+    };
+    let mut splits = data.load()?;
+    let classes = splits.train.num_classes().max(splits.test.num_classes());
+    let loss: LossKind = args.loss.into();
+    let outputs = match loss {
+        LossKind::Ce => classes,
+        LossKind::Bce => {
+            if classes > 2 {
+                return Err(Error::Batch(format!(
+                    "--loss bce needs labels 0 and 1, but the data has {classes} classes"
+                )));
+            }
+            1
+        }
+    };
+    let arch = match &args.arch {
+        Some(a) => a.clone(),
+        None => spec::LECTURE_SPEC.replace("linear:10", &format!("linear:{outputs}")),
+    };
+    let sample_shape = splits.train.sample_shape.clone();
+    let sequential = spec::parse(&arch, &sample_shape)?;
+    check_outputs(&sequential, outputs, loss, &arch)?;
+    let normalization = match args.normalize {
+        NormalizeArg::PerChannel => {
+            let norm = splits.normalize(wgnn::data::prepare::NormalizeMode::PerChannel)?;
+            Some((norm.mean().to_vec(), norm.std().to_vec()))
+        }
+        NormalizeArg::None => None,
+    };
+    let optimizer: OptimizerKind = args.optimizer.into();
+    let lr = args.lr.unwrap_or(match optimizer {
+        OptimizerKind::Sgd => 0.02,
+        OptimizerKind::Adam | OptimizerKind::Adamw => 1e-3,
+    });
+    let weight_decay = args.weight_decay.unwrap_or(match optimizer {
+        OptimizerKind::Adamw => 1e-2,
+        _ => 0.0,
+    });
+    let _ = channels(&sample_shape);
+    Ok(RunConfig {
+        arch,
+        sample_shape,
+        classes,
+        loss,
+        label_smoothing: args.label_smoothing,
+        pos_weight: args.pos_weight,
+        optimizer,
+        lr,
+        momentum: args.momentum,
+        weight_decay,
+        batch_size: args.batch_size,
+        epochs: args.epochs,
+        seed: args.seed,
+        shuffle: !args.no_shuffle,
+        drop_last: args.drop_last,
+        normalization,
+        data,
+    })
+}
+
+/// The model's last Linear must give one logit per class (one for BCE).
+fn check_outputs(
+    model: &wgnn::nn::Sequential,
+    outputs: usize,
+    loss: LossKind,
+    arch: &str,
+) -> Result<()> {
+    let last = model.layers().iter().rev().find_map(|l| match l {
+        wgnn::nn::Layer::Linear(l) => Some(l.out_features),
+        _ => None,
+    });
+    match last {
+        Some(n) if n == outputs || (loss == LossKind::Ce && n > outputs) => Ok(()),
+        Some(n) => Err(Error::Batch(format!(
+            "--arch {arch:?} ends with {n} outputs, but {} needs {outputs}",
+            match loss {
+                LossKind::Ce => "the data's classes",
+                LossKind::Bce => "--loss bce",
+            }
+        ))),
+        None => Err(Error::Batch(format!(
+            "--arch {arch:?} has no linear layer to produce logits"
+        ))),
+    }
+}
+
+const HEADER: &str =
+    "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,step";
+
+fn write_history(path: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let mut csv = String::from(HEADER);
+    csv.push('\n');
+    for m in history {
+        csv.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1},{}\n",
+            m.epoch,
+            m.train_loss,
+            m.train_accuracy,
+            m.test_loss,
+            m.test_accuracy,
+            m.seconds,
+            m.samples_per_second,
+            m.step
+        ));
+    }
+    Ok(write_atomic(path, csv.as_bytes())?)
+}
+
+/// Rows of an earlier run's metrics.csv up to epoch `done` (for --resume).
+fn read_history(path: &Path, done: usize) -> Result<Vec<EpochMetrics>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let mut history = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let bad = || {
+            Error::Batch(format!(
+                "{} line {}: not a metrics row: {line:?}",
+                path.display(),
+                i + 1
+            ))
+        };
+        let [epoch, tl, ta, vl, va, s, sps, step] = fields[..] else {
+            return Err(bad());
+        };
+        let f = |v: &str| v.parse::<f64>().map_err(|_| bad());
+        let m = EpochMetrics {
+            epoch: epoch.parse().map_err(|_| bad())?,
+            train_loss: f(tl)?,
+            train_accuracy: f(ta)?,
+            test_loss: f(vl)?,
+            test_accuracy: f(va)?,
+            seconds: f(s)?,
+            samples_per_second: f(sps)?,
+            step: step.parse().map_err(|_| bad())?,
+        };
+        if m.epoch <= done {
+            history.push(m);
+        }
+    }
+    Ok(history)
+}

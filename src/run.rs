@@ -1,0 +1,261 @@
+//! A training run as the command line describes it: the model, loss, optimizer, data
+//! preprocessing and loop settings, stored in the checkpoint so that eval, predict and resume
+//! need nothing else.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{
+    self, CheckpointError, MODEL_FILE, StateDict, TRAINING_FILE, apply_optimizer_state,
+    apply_state_dict,
+};
+use crate::data::Normalization;
+use crate::error::{Error, Result};
+use crate::exec::state::HostState;
+use crate::gpu::GpuContext;
+use crate::nn::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, Sequential, spec};
+use crate::optim::{Adam, Optimizer, Sgd};
+use crate::{Model, ModelConfig};
+
+/// Metadata key of the run description in `checkpoint.safetensors`.
+pub const RUN_KEY: &str = "wgnn.run";
+/// Metadata key of the completed epochs in `training_state.safetensors`.
+pub const EPOCH_KEY: &str = "epoch";
+
+/// `--loss`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Cross-entropy over class logits.
+    Ce,
+    /// Binary cross-entropy with logits (one output, labels 0/1).
+    Bce,
+}
+
+/// `--optimizer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+/// Everything that defines a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Model spec string, e.g. the lecture's MLP.
+    pub arch: String,
+    pub sample_shape: Vec<usize>,
+    /// Classes of the data (2 for BCE, whose model has one output).
+    pub classes: usize,
+    pub loss: LossKind,
+    pub label_smoothing: f32,
+    pub pos_weight: f32,
+    pub optimizer: OptimizerKind,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub drop_last: bool,
+    /// Per-channel mean and std of the training split (absent: data used as is).
+    pub normalization: Option<(Vec<f32>, Vec<f32>)>,
+    pub data: DataConfig,
+}
+
+/// Where a run's data comes from, so `--resume` can load it again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataConfig {
+    /// None: the embedded MNIST digits.
+    pub path: Option<PathBuf>,
+    pub test_path: Option<PathBuf>,
+    /// Fraction of a single file's rows held back for testing.
+    pub holdout: f64,
+    /// CSV label column (name or 0-based index); None: automatic.
+    pub label_column: Option<String>,
+    /// Per-channel normalization (else the data is used as is).
+    pub normalize: bool,
+    pub check_finite: bool,
+}
+
+impl DataConfig {
+    pub fn source(&self) -> crate::data::prepare::Source {
+        match &self.path {
+            Some(p) => crate::data::prepare::Source::Path(p.clone()),
+            None => crate::data::prepare::Source::EmbeddedMnist,
+        }
+    }
+
+    pub fn load_options(&self) -> crate::data::LoadOptions {
+        use crate::data::LabelColumn;
+        let csv_label = match &self.label_column {
+            None => LabelColumn::Auto,
+            Some(c) => c
+                .parse()
+                .map_or_else(|_| LabelColumn::Name(c.clone()), LabelColumn::Index),
+        };
+        crate::data::LoadOptions { csv_label }
+    }
+
+    /// Loads both splits (and checks them for NaN/Inf when asked), unnormalized.
+    pub fn load(&self) -> Result<crate::data::prepare::Splits> {
+        let splits = crate::data::prepare::load_splits(
+            &self.source(),
+            self.test_path.as_deref(),
+            self.holdout,
+            &self.load_options(),
+        )?;
+        splits.check_compatible()?;
+        if self.check_finite {
+            splits.train.check_finite()?;
+            splits.test.check_finite()?;
+        }
+        Ok(splits)
+    }
+}
+
+impl RunConfig {
+    pub fn sequential(&self) -> Result<Sequential> {
+        Ok(spec::parse(&self.arch, &self.sample_shape)?)
+    }
+
+    pub fn loss(&self) -> Loss {
+        match self.loss {
+            LossKind::Ce => CrossEntropyLoss::new()
+                .label_smoothing(self.label_smoothing)
+                .into(),
+            LossKind::Bce => BCEWithLogitsLoss::new().pos_weight(self.pos_weight).into(),
+        }
+    }
+
+    pub fn optimizer(&self) -> Optimizer {
+        match self.optimizer {
+            OptimizerKind::Sgd => Optimizer::Sgd(Sgd {
+                lr: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                ..Sgd::default()
+            }),
+            OptimizerKind::Adam => Optimizer::Adam(Adam {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                ..Adam::default()
+            }),
+            OptimizerKind::Adamw => Optimizer::Adam(Adam {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                decoupled_weight_decay: true,
+                ..Adam::default()
+            }),
+        }
+    }
+
+    pub fn normalization(&self) -> Result<Option<Normalization>> {
+        match &self.normalization {
+            Some((mean, std)) => Ok(Some(Normalization::new(mean.clone(), std.clone())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Builds the model, with `state` or a fresh PyTorch-style initialization.
+    pub fn build(&self, ctx: Arc<GpuContext>, state: Option<HostState>) -> Result<Model> {
+        let config = ModelConfig {
+            sample_shape: self.sample_shape.clone(),
+            batch_size: self.batch_size,
+            seed: self.seed,
+        };
+        let sequential = self.sequential()?;
+        match state {
+            Some(s) => Model::with_state(ctx, sequential, self.loss(), self.optimizer(), config, s),
+            None => Model::new(ctx, sequential, self.loss(), self.optimizer(), config),
+        }
+    }
+}
+
+/// Writes `dir/checkpoint.safetensors` (the state_dict and this run) and
+/// `dir/training_state.safetensors` (optimizer state, step, epochs done), each atomically.
+pub fn save(dir: &Path, model: &mut Model, run: &RunConfig, epochs_done: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let state = model.state()?;
+    let mut sd = checkpoint::model_state_dict(model.sequential(), model.graph(), &state, "");
+    let json = serde_json::to_string(run).map_err(|e| CheckpointError::Format {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    sd.metadata.insert(RUN_KEY.into(), json);
+    sd.write(&dir.join(MODEL_FILE))?;
+    let mut training = checkpoint::optimizer_state_dict(model.graph(), &state);
+    training
+        .metadata
+        .insert(EPOCH_KEY.into(), epochs_done.to_string());
+    training.write(&dir.join(TRAINING_FILE))?;
+    Ok(())
+}
+
+/// The model file of a checkpoint given as the file itself or its directory.
+pub fn model_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(MODEL_FILE)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Reads a wgnn checkpoint's run description and state_dict.
+pub fn load(path: &Path) -> Result<(RunConfig, StateDict)> {
+    let file = model_file(path);
+    let sd = StateDict::read(&file)?;
+    let Some(json) = sd.metadata.get(RUN_KEY) else {
+        return Err(CheckpointError::Format {
+            path: file.display().to_string(),
+            message: format!(
+                "no {RUN_KEY:?} metadata: not a wgnn checkpoint (a plain state_dict loads with `wgnn train --init`)"
+            ),
+        }
+        .into());
+    };
+    let run: RunConfig = serde_json::from_str(json).map_err(|e| CheckpointError::Format {
+        path: file.display().to_string(),
+        message: format!("bad {RUN_KEY:?} metadata: {e}"),
+    })?;
+    Ok((run, sd))
+}
+
+/// A model ready for eval or predict from a checkpoint, with its normalization.
+pub fn restore(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> {
+    let (run, sd) = load(path)?;
+    let mut model = run.build(ctx, None)?;
+    let base = model.state()?;
+    let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
+    model.load_state(&state)?;
+    Ok((model, run))
+}
+
+/// A model and its epochs done, exactly as a run left it (for `--resume`).
+pub fn resume(ctx: Arc<GpuContext>, dir: &Path) -> Result<(Model, RunConfig, usize)> {
+    let (run, sd) = load(dir)?;
+    let mut model = run.build(ctx, None)?;
+    let base = model.state()?;
+    let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
+    let training_path = dir.join(TRAINING_FILE);
+    let training = StateDict::read(&training_path)?;
+    let state = apply_optimizer_state(&training, model.graph(), &state)?;
+    let epochs = training
+        .metadata
+        .get(EPOCH_KEY)
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| CheckpointError::Format {
+            path: training_path.display().to_string(),
+            message: format!("metadata {EPOCH_KEY:?} is missing or not a number"),
+        })?;
+    model.load_state(&state)?;
+    Ok((model, run, epochs))
+}

@@ -1,0 +1,209 @@
+//! The training loop: epochs of seeded, shuffled batches on a [`Model`], with the test split
+//! evaluated after each epoch. Loss and accuracy accumulate on the GPU; the loop polls them
+//! asynchronously for progress and reads them once per epoch.
+
+use std::time::Instant;
+
+use crate::data::{BatchOrder, Dataset};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::ops::reduce::Totals;
+
+/// How to train.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitOptions {
+    /// Train until this many epochs are complete (counting `start_epoch`).
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Shuffle with this seed (each epoch its own order); `None`: data order.
+    pub shuffle_seed: Option<u64>,
+    /// Drop a last, partial batch instead of training on it.
+    pub drop_last: bool,
+    /// Epochs already done (when resuming).
+    pub start_epoch: usize,
+    /// Ask for the running totals every this many steps, for progress reports.
+    pub poll_every: usize,
+    /// Stop on a NaN or infinite loss (reported with its step).
+    pub stop_on_nonfinite: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 64,
+            shuffle_seed: Some(0),
+            drop_last: false,
+            start_epoch: 0,
+            poll_every: 20,
+            stop_on_nonfinite: true,
+        }
+    }
+}
+
+/// One epoch's figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// Wall time of the epoch's training part.
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+}
+
+/// What the loop reports as it goes (the CLI draws a progress bar).
+pub trait Progress {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
+    /// After each batch; `totals` when a poll returned.
+    fn batch(&mut self, _done: usize, _samples_per_second: f64, _totals: Option<&Totals>) {}
+    fn epoch_end(&mut self, _metrics: &EpochMetrics) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// Trains `model` on `train`, evaluating `test` after each epoch. `on_epoch` runs after each
+/// epoch with the model back in train mode (the CLI writes checkpoints there).
+pub fn fit(
+    model: &mut Model,
+    train: &Dataset,
+    test: &Dataset,
+    options: &FitOptions,
+    progress: &mut dyn Progress,
+    mut on_epoch: impl FnMut(&mut Model, &EpochMetrics) -> Result<()>,
+) -> Result<Vec<EpochMetrics>> {
+    let order = BatchOrder::new(
+        train.len(),
+        options.batch_size,
+        options.shuffle_seed,
+        options.drop_last,
+    )?;
+    let mut history = Vec::new();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for epoch in options.start_epoch..options.epochs {
+        let batches = order.epoch_batches(epoch as u64);
+        progress.epoch_start(epoch + 1, options.epochs, batches.len());
+        model.train();
+        model.reset_metrics();
+        let start = Instant::now();
+        let mut samples = 0usize;
+        for (i, indices) in batches.iter().enumerate() {
+            train.gather(indices, &mut x, &mut y)?;
+            if options.poll_every > 0 && i % options.poll_every == options.poll_every - 1 {
+                model.request_metrics();
+            }
+            model.train_step(&x, &y)?;
+            samples += indices.len();
+            let polled = model.poll_metrics()?;
+            if let Some(t) = &polled {
+                check_finite(t, options)?;
+            }
+            let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            progress.batch(i + 1, rate, polled.as_ref());
+        }
+        let totals = model.read_metrics()?;
+        let seconds = start.elapsed().as_secs_f64();
+        check_finite(&totals, options)?;
+        let (test_loss, test_accuracy) = evaluate_totals(model, test, options.batch_size)?;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: totals.mean_loss(),
+            train_accuracy: totals.accuracy(),
+            test_loss,
+            test_accuracy,
+            seconds,
+            samples_per_second: samples as f64 / seconds.max(1e-9),
+            step: model.step(),
+        };
+        model.train();
+        progress.epoch_end(&metrics);
+        on_epoch(model, &metrics)?;
+        history.push(metrics);
+    }
+    Ok(history)
+}
+
+fn check_finite(totals: &Totals, options: &FitOptions) -> Result<()> {
+    match totals.first_nonfinite_step {
+        Some(step) if options.stop_on_nonfinite => Err(Error::Diverged {
+            step: u64::from(step),
+            value: totals.last_loss,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Mean loss and accuracy of `data` in eval mode, accumulated on the GPU.
+pub fn evaluate_totals(model: &mut Model, data: &Dataset, batch_size: usize) -> Result<(f64, f64)> {
+    model.eval();
+    model.reset_metrics();
+    let order = BatchOrder::new(data.len(), batch_size, None, false)?;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for indices in order.epoch_batches(0) {
+        data.gather(&indices, &mut x, &mut y)?;
+        model.eval_step(&x, &y)?;
+    }
+    let totals = model.read_metrics()?;
+    Ok((totals.mean_loss(), totals.accuracy()))
+}
+
+/// Loss, accuracy and confusion matrix of a labelled dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub samples: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Evaluates `data` in eval mode, with the confusion matrix (reads the logits back).
+pub fn evaluate(model: &mut Model, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
+    let (loss, accuracy) = evaluate_totals(model, data, batch_size)?;
+    let classes = model.graph().classes();
+    let binary = classes == 1;
+    let k = if binary { 2 } else { classes };
+    let mut confusion = vec![vec![0u64; k]; k];
+    let order = BatchOrder::new(data.len(), batch_size, None, false)?;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for indices in order.epoch_batches(0) {
+        data.gather(&indices, &mut x, &mut y)?;
+        let logits = model.predict(&x)?;
+        for (row, &label) in logits.chunks(classes).zip(&y) {
+            let predicted = if binary {
+                usize::from(row[0] > 0.0)
+            } else {
+                argmax(row)
+            };
+            if let Some(cell) = confusion
+                .get_mut(label as usize)
+                .and_then(|r| r.get_mut(predicted))
+            {
+                *cell += 1;
+            }
+        }
+    }
+    Ok(Evaluation {
+        samples: data.len(),
+        loss,
+        accuracy,
+        confusion,
+    })
+}
+
+/// Index of the first maximum, as torch.argmax.
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
+            if v > best.1 { (j, v) } else { best }
+        })
+        .0
+}
