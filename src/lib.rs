@@ -1,4 +1,7 @@
 //! wgnn: train and run batch-normalized MLPs on any GPU through wgpu, with PyTorch's semantics.
+//!
+//! The README below is this crate's front page; its Rust example runs as a doctest.
+#![doc = include_str!("../README.md")]
 
 // Hyper-parameter checks are written `!(x >= 0.0)` on purpose: NaN must fail them.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]

@@ -7,6 +7,9 @@ use plotters::prelude::*;
 use crate::error::{Error, Result};
 use crate::train::EpochMetrics;
 
+/// Reads one figure of an epoch.
+type Metric = fn(&EpochMetrics) -> f64;
+
 /// Draws two panels (loss, accuracy) of train and test curves per epoch into `path`.
 pub fn write_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +20,7 @@ pub fn write_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         let series = |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
             history.iter().map(|m| (m.epoch as f64, f(m))).collect()
         };
-        let charts: [(&str, fn(&EpochMetrics) -> f64, fn(&EpochMetrics) -> f64); 2] = [
+        let charts: [(&str, Metric, Metric); 2] = [
             ("loss", |m| m.train_loss, |m| m.test_loss),
             ("accuracy", |m| m.train_accuracy, |m| m.test_accuracy),
         ];

@@ -129,8 +129,10 @@ fn write_output(
             Ok(wgnn::checkpoint::write_atomic(path, &bytes)?)
         }
         Some("safetensors") => {
-            let mut sd = StateDict::default();
-            sd.source = path.display().to_string();
+            let mut sd = StateDict {
+                source: path.display().to_string(),
+                ..StateDict::default()
+            };
             sd.tensors
                 .insert(name.into(), StateTensor::f32(vec![rows, classes], values));
             sd.tensors.insert(

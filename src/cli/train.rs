@@ -80,14 +80,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
     );
     if let Err(e) = result {
-        if history.is_empty() {
-            return Err(e);
-        }
-        return Err(Error::Mode(format!(
-            "{e} (the checkpoint of epoch {} in {} is intact)",
-            history.len() + epochs_done.min(0),
-            out.display()
-        )));
+        return Err(match history.last() {
+            Some(saved) => Error::Mode(format!(
+                "{e} (the checkpoint of epoch {} in {} is intact)",
+                saved.epoch,
+                out.display()
+            )),
+            None => e,
+        });
     }
     if let Some(last) = history.last() {
         println!(
