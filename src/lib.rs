@@ -2,10 +2,10 @@
 //!
 //! The README below is this crate's front page; its Rust example runs as a doctest.
 #![doc = include_str!("../README.md")]
-
 // Hyper-parameter checks are written `!(x >= 0.0)` on purpose: NaN must fail them.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod data;

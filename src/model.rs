@@ -85,6 +85,28 @@ impl std::fmt::Display for PlanReport {
     }
 }
 
+/// A batch kept on the device ([`Model::upload_batch`]).
+pub struct DeviceBatch {
+    x: wgpu::Buffer,
+    target: wgpu::Buffer,
+    rows: usize,
+    loss_scale: f32,
+}
+
+impl DeviceBatch {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Where a step's batch comes from.
+enum BatchSource<'a> {
+    /// Written through the queue from host memory.
+    Host { x: &'a [f32], target: &'a [u8] },
+    /// Copied on the device from a resident batch.
+    Device(&'a DeviceBatch),
+}
+
 /// A metrics read in progress: copied by a step's command buffer, mapped asynchronously.
 struct MetricsReadback {
     staging: wgpu::Buffer,
@@ -277,6 +299,63 @@ impl Model {
         }
         let rows = self.check_batch(x, labels)?;
         self.run(Mode::Eval, rows, x, labels)?;
+        self.counters.eval_steps += 1;
+        Ok(())
+    }
+
+    /// Uploads a batch once, to be stepped on many times without another upload (data
+    /// resident on the device, as in the benchmarks).
+    pub fn upload_batch(&self, x: &[f32], labels: &[u32]) -> Result<DeviceBatch> {
+        let rows = self.check_batch(x, labels)?;
+        let (target, loss_scale) = self.encode_targets(labels);
+        Ok(DeviceBatch {
+            x: self.ctx.create_buffer_init(
+                "resident batch",
+                bytemuck::cast_slice(x),
+                wgpu::BufferUsages::COPY_SRC,
+            )?,
+            target: self.ctx.create_buffer_init(
+                "resident targets",
+                &target,
+                wgpu::BufferUsages::COPY_SRC,
+            )?,
+            rows,
+            loss_scale,
+        })
+    }
+
+    /// [`Model::train_step`] on a batch already on the device.
+    pub fn train_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
+        if self.mode != Mode::Train {
+            return Err(Error::Mode(
+                "train_step needs train mode: call model.train() first".into(),
+            ));
+        }
+        self.check_batch_norm_rows(batch.rows)?;
+        self.run_on(
+            Mode::Train,
+            batch.rows,
+            BatchSource::Device(batch),
+            batch.loss_scale,
+        )?;
+        self.step += 1;
+        self.counters.train_steps += 1;
+        Ok(())
+    }
+
+    /// [`Model::eval_step`] on a batch already on the device.
+    pub fn eval_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
+        if self.mode != Mode::Eval {
+            return Err(Error::Mode(
+                "eval_step needs eval mode: call model.eval() first".into(),
+            ));
+        }
+        self.run_on(
+            Mode::Eval,
+            batch.rows,
+            BatchSource::Device(batch),
+            batch.loss_scale,
+        )?;
         self.counters.eval_steps += 1;
         Ok(())
     }
@@ -511,36 +590,77 @@ impl Model {
         Ok(())
     }
 
+    /// The targets as the loss kernel reads them (i32 classes or f32 0/1) and the loss's
+    /// per-row scale (1/Σ weights of the targets for a mean).
+    fn encode_targets(&self, labels: &[u32]) -> (Vec<u8>, f32) {
+        match &self.loss {
+            Loss::CrossEntropy(ce) => {
+                let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+                let t32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+                (
+                    bytemuck::cast_slice(&t32).to_vec(),
+                    softmax_xent::loss_scale(&targets, &ce.config),
+                )
+            }
+            Loss::BceWithLogits(b) => {
+                let t: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+                (
+                    bytemuck::cast_slice(&t).to_vec(),
+                    bce::loss_scale(labels.len(), b.config.reduction),
+                )
+            }
+        }
+    }
+
     fn run(&mut self, mode: Mode, rows: usize, x: &[f32], labels: &[u32]) -> Result<()> {
+        let (target, loss_scale) = self.encode_targets(labels);
+        self.run_on(
+            mode,
+            rows,
+            BatchSource::Host { x, target: &target },
+            loss_scale,
+        )
+    }
+
+    fn run_on(
+        &mut self,
+        mode: Mode,
+        rows: usize,
+        source: BatchSource<'_>,
+        loss_scale: f32,
+    ) -> Result<()> {
         self.plan(mode, rows)?;
         self.ctx.check_device()?;
         let mut params = StepParams::at_step(self.step);
         params.rows = rows as u32;
+        params.loss_scale = loss_scale;
         self.optimizer.fill_step(self.step, &mut params);
         let plan = &self.plans[&(mode, rows)];
         let queue = &self.ctx.queue;
-        queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(x));
-        match &self.loss {
-            Loss::CrossEntropy(ce) => {
-                let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-                params.loss_scale = softmax_xent::loss_scale(&targets, &ce.config);
-                let t32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
-                queue.write_buffer(&plan.target, 0, bytemuck::cast_slice(&t32));
-            }
-            Loss::BceWithLogits(b) => {
-                params.loss_scale = bce::loss_scale(rows, b.config.reduction);
-                let t: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-                queue.write_buffer(&plan.target, 0, bytemuck::cast_slice(&t));
-            }
-        }
-        self.step_buffer.write(&self.ctx, &params);
-
         let mut encoder = self
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
+        match source {
+            BatchSource::Host { x, target } => {
+                queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(x));
+                queue.write_buffer(&plan.target, 0, target);
+            }
+            // Resident data: a device-side copy at the head of the step's command buffer.
+            BatchSource::Device(batch) => {
+                encoder.copy_buffer_to_buffer(&batch.x, 0, &plan.input, 0, batch.x.size());
+                encoder.copy_buffer_to_buffer(
+                    &batch.target,
+                    0,
+                    &plan.target,
+                    0,
+                    batch.target.size(),
+                );
+            }
+        }
+        self.step_buffer.write(&self.ctx, &params);
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("step"),

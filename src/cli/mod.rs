@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod bench;
 mod eval;
 mod info;
 mod predict;
@@ -38,6 +39,18 @@ enum Command {
     Predict(PredictArgs),
     /// List GPU adapters and their limits.
     Info,
+    /// Measure the kernels and the lecture's MLP on this adapter (and the CPU reference).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Print a JSON array of {"name", "value", "unit", "device"} (as benches/torch_reference.py).
+    #[arg(long)]
+    pub json: bool,
+    /// Shorter rounds and no CPU reference.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -214,6 +227,7 @@ pub fn run(cli: Cli) -> wgnn::Result<()> {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Info) => info::run(),
+        Some(Command::Bench(args)) => bench::run(args),
     }
 }
 

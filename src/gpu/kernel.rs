@@ -22,6 +22,7 @@ pub enum Shader {
     Bce,
     Optim,
     Reduce,
+    Bench,
 }
 
 /// The per-step uniform, shared by the kernels that read it.
@@ -49,6 +50,7 @@ impl Shader {
             Shader::Bce => &[STEP, include_str!("../../shaders/bce.wgsl")],
             Shader::Optim => &[STEP, include_str!("../../shaders/optim.wgsl")],
             Shader::Reduce => &[STEP, include_str!("../../shaders/reduce.wgsl")],
+            Shader::Bench => &[include_str!("../../shaders/bench.wgsl")],
         }
     }
 

@@ -1,0 +1,345 @@
+//! The workloads of `wgnn bench`: the adapter's FMA ceiling, square matmuls, the lecture's MLP
+//! training step and eval forward (data resident on the device), and the time to a first
+//! step — each on the GPU and, where it is meaningful, on the CPU reference in the same run.
+//! `benches/torch_reference.py` runs the same names in PyTorch and prints the same JSON.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytemuck::{Pod, Zeroable};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::exec::cpu::CpuExecutor;
+use crate::gpu::{GpuContext, GpuTensor, Kernel, Shader};
+use crate::nn::{CrossEntropyLoss, Sequential};
+use crate::ops::matmul::{self, Epilogue, Layout, MatmulShape};
+use crate::optim::{Optimizer, Sgd};
+use crate::{Mode, Model, ModelConfig};
+
+/// One figure, as both `wgnn bench --json` and `benches/torch_reference.py` print it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Record {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    pub device: String,
+}
+
+/// How long to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Minimum time of one timed round.
+    pub round: Duration,
+    /// Rounds; the median is reported.
+    pub rounds: usize,
+    /// Also time the CPU reference (slow for the large sizes).
+    pub cpu_reference: bool,
+}
+
+impl Budget {
+    pub fn full() -> Self {
+        Self {
+            round: Duration::from_millis(700),
+            rounds: 3,
+            cpu_reference: true,
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            round: Duration::from_millis(150),
+            rounds: 1,
+            cpu_reference: false,
+        }
+    }
+}
+
+/// Seconds per repetition of `f(reps)`: the repetition count doubles until a round lasts at
+/// least `budget.round`; the median of `budget.rounds` rounds.
+pub fn time_per_rep(budget: Budget, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    let mut reps = 1usize;
+    loop {
+        let start = Instant::now();
+        f(reps)?;
+        if start.elapsed() >= budget.round / 4 || reps >= 1 << 20 {
+            break;
+        }
+        reps *= 2;
+    }
+    let target = budget.round.as_secs_f64();
+    let mut samples = Vec::new();
+    while samples.len() < budget.rounds.max(1) {
+        let start = Instant::now();
+        f(reps)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed < target && reps < 1 << 24 {
+            reps = ((reps as f64 * target / elapsed.max(1e-9)).ceil() as usize).max(reps + 1);
+            continue;
+        }
+        samples.push(elapsed / reps as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PeakParams {
+    iterations: u32,
+    scale: f32,
+    offset: f32,
+    _pad: u32,
+}
+
+/// GFLOP/s of a register-only FMA kernel (2 FLOPs per FMA).
+pub fn fma_peak(ctx: &GpuContext, budget: Budget) -> Result<f64> {
+    let (groups, iterations) = (1024u32, 2048u32);
+    let out = GpuTensor::zeros(ctx, &[groups as usize * 64], "fma out")?;
+    let params = PeakParams {
+        iterations,
+        scale: 0.999,
+        offset: 1e-3,
+        _pad: 0,
+    };
+    let d = ctx.dispatch(
+        &Kernel::new(Shader::Bench, "fma_peak"),
+        Some(&params),
+        &[out.binding()],
+        [groups, 1, 1],
+    )?;
+    let seconds = time_per_rep(budget, |reps| {
+        let list: Vec<_> = (0..reps).map(|_| &d).collect();
+        ctx.submit(&list);
+        Ok(ctx.wait_idle()?)
+    })?;
+    let flops = f64::from(groups) * 64.0 * f64::from(iterations) * 32.0 * 2.0;
+    Ok(flops / seconds / 1e9)
+}
+
+/// GFLOP/s of an n×n×n matmul (A·Bᵀ, the Linear forward's layout) on the GPU.
+pub fn matmul_gpu(ctx: &GpuContext, shape: MatmulShape, budget: Budget) -> Result<f64> {
+    let a = GpuTensor::from_slice(ctx, &pattern(shape.m * shape.k), &shape.a_shape(), "a")?;
+    let b = GpuTensor::from_slice(ctx, &pattern(shape.k * shape.n), &shape.b_shape(), "b")?;
+    let c = GpuTensor::zeros(ctx, &[shape.m, shape.n], "c")?;
+    let d = matmul::dispatch(
+        ctx,
+        shape,
+        Epilogue::default(),
+        None,
+        a.binding(),
+        b.binding(),
+        None,
+        c.binding(),
+    )?;
+    let seconds = time_per_rep(budget, |reps| {
+        let list: Vec<_> = (0..reps).map(|_| &d).collect();
+        ctx.submit(&list);
+        Ok(ctx.wait_idle()?)
+    })?;
+    Ok(shape.flops() / seconds / 1e9)
+}
+
+/// GFLOP/s of the CPU reference matmul.
+pub fn matmul_cpu(shape: MatmulShape, budget: Budget) -> Result<f64> {
+    let a = pattern(shape.m * shape.k);
+    let b = pattern(shape.k * shape.n);
+    let seconds = time_per_rep(budget, |reps| {
+        for _ in 0..reps {
+            std::hint::black_box(matmul::reference(shape, &a, &b, None, false));
+        }
+        Ok(())
+    })?;
+    Ok(shape.flops() / seconds / 1e9)
+}
+
+fn pattern(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+/// The lecture's MLP for `features` inputs, with SGD momentum 0.9, as the benchmarks use it.
+pub fn lecture_model(ctx: Arc<GpuContext>, features: usize, batch: usize) -> Result<Model> {
+    Model::new(
+        ctx,
+        Sequential::lecture_mlp(features, 10, 0.2),
+        CrossEntropyLoss::new(),
+        Optimizer::Sgd(Sgd {
+            lr: 0.01,
+            momentum: 0.9,
+            ..Sgd::default()
+        }),
+        ModelConfig {
+            sample_shape: vec![features],
+            batch_size: batch,
+            seed: 0,
+        },
+    )
+}
+
+/// Eight seeded random batches (the same pool PyTorch's reference script cycles through).
+pub fn batches(features: usize, batch: usize) -> Vec<(Vec<f32>, Vec<u32>)> {
+    (0..8)
+        .map(|i| {
+            let x = pattern(batch * features)
+                .into_iter()
+                .enumerate()
+                .map(|(j, v)| v * ((i + j) % 5) as f32)
+                .collect();
+            let y = (0..batch).map(|j| ((j * 3 + i) % 10) as u32).collect();
+            (x, y)
+        })
+        .collect()
+}
+
+/// Samples/s of training (or eval) steps of the lecture's MLP with the data resident on the
+/// device; returns the figure and the plan's report.
+pub fn mlp_gpu(
+    ctx: Arc<GpuContext>,
+    features: usize,
+    batch: usize,
+    mode: Mode,
+    budget: Budget,
+) -> Result<(f64, crate::model::PlanReport)> {
+    let mut model = lecture_model(ctx, features, batch)?;
+    let resident = batches(features, batch)
+        .iter()
+        .map(|(x, y)| model.upload_batch(x, y))
+        .collect::<Result<Vec<_>>>()?;
+    if mode == Mode::Eval {
+        model.eval();
+    }
+    let mut k = 0usize;
+    let mut step = |model: &mut Model| -> Result<()> {
+        k += 1;
+        match mode {
+            Mode::Train => model.train_step_on(&resident[k % resident.len()]),
+            Mode::Eval => model.eval_step_on(&resident[k % resident.len()]),
+        }
+    };
+    for _ in 0..10 {
+        step(&mut model)?;
+    }
+    model.synchronize()?;
+    let seconds = time_per_rep(budget, |reps| {
+        for _ in 0..reps {
+            step(&mut model)?;
+        }
+        model.synchronize()
+    })?;
+    Ok((batch as f64 / seconds, model.report(mode)))
+}
+
+/// Samples/s of the same steps on the CPU reference executor.
+pub fn mlp_cpu(
+    ctx: Arc<GpuContext>,
+    features: usize,
+    batch: usize,
+    mode: Mode,
+    budget: Budget,
+) -> Result<f64> {
+    let mut model = lecture_model(ctx, features, batch)?;
+    let state = model.state()?;
+    let mut cpu = CpuExecutor::new(model.sequential().clone(), model.graph().clone(), state, 0);
+    let data = batches(features, batch);
+    let mut k = 0usize;
+    let seconds = time_per_rep(budget, |reps| {
+        for _ in 0..reps {
+            k += 1;
+            let (x, y) = &data[k % data.len()];
+            std::hint::black_box(cpu.run(mode, x, y)?);
+        }
+        Ok(())
+    })?;
+    Ok(batch as f64 / seconds)
+}
+
+/// Milliseconds from an untouched model (a fresh context: no pipeline compiled yet) to the end
+/// of its first training step.
+pub fn first_step_ms(features: usize, batch: usize) -> Result<f64> {
+    let ctx = Arc::new(GpuContext::new()?);
+    let (x, y) = batches(features, batch).swap_remove(0);
+    let start = Instant::now();
+    let mut model = lecture_model(ctx, features, batch)?;
+    model.train_step(&x, &y)?;
+    model.synchronize()?;
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Every workload of `wgnn bench`; `progress` hears each record as it is made.
+pub fn run_all(
+    ctx: Arc<GpuContext>,
+    budget: Budget,
+    mut progress: impl FnMut(&Record),
+) -> Result<Vec<Record>> {
+    let gpu = format!("wgnn {} on {}", env!("CARGO_PKG_VERSION"), ctx.adapter());
+    let cpu = "wgnn CPU reference (1 thread)".to_string();
+    let mut out = Vec::new();
+    let mut push = |name: &str, value: f64, unit: &str, device: &str| {
+        let r = Record {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            device: device.into(),
+        };
+        progress(&r);
+        out.push(r);
+    };
+    push("first_step_ms", first_step_ms(784, 128)?, "ms", &gpu);
+    push("fma_peak", fma_peak(&ctx, budget)?, "GFLOP/s", &gpu);
+    for n in [512usize, 1024, 2048] {
+        let shape = MatmulShape {
+            layout: Layout::NT,
+            m: n,
+            n,
+            k: n,
+        };
+        push(
+            &format!("matmul_{n}"),
+            matmul_gpu(&ctx, shape, budget)?,
+            "GFLOP/s",
+            &gpu,
+        );
+        if budget.cpu_reference && n <= 1024 {
+            push(
+                &format!("matmul_{n}_cpu_reference"),
+                matmul_cpu(shape, budget)?,
+                "GFLOP/s",
+                &cpu,
+            );
+        }
+    }
+    for (name, features, batch, mode) in [
+        ("mlp784_train_b128", 784, 128, Mode::Train),
+        ("mlp784_train_b1024", 784, 1024, Mode::Train),
+        ("mlp3072_train_b128", 3072, 128, Mode::Train),
+        ("mlp784_eval_b1024", 784, 1024, Mode::Eval),
+    ] {
+        let (rate, report) = mlp_gpu(ctx.clone(), features, batch, mode, budget)?;
+        push(name, rate, "samples/s", &gpu);
+        push(
+            &format!("{name}_dispatches_per_step"),
+            report.dispatches_per_step as f64,
+            "dispatches",
+            &gpu,
+        );
+        push(
+            &format!("{name}_submits_per_step"),
+            report.submits_per_step as f64,
+            "submits",
+            &gpu,
+        );
+        push(
+            &format!("{name}_resident_bytes"),
+            report.total_bytes as f64,
+            "bytes",
+            &gpu,
+        );
+        if budget.cpu_reference {
+            let rate = mlp_cpu(ctx.clone(), features, batch, mode, budget)?;
+            push(&format!("{name}_cpu_reference"), rate, "samples/s", &cpu);
+        }
+    }
+    Ok(out)
+}
