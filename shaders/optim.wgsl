@@ -10,6 +10,7 @@
 //       param -= step_size · m / (√v / √(1 - β2^t) + eps),  step_size = lr / (1 - β1^t)
 
 struct Params {
+    // vec4s to update
     len: u32,
     // bit 0: momentum buffer in use, bit 1: nesterov, bit 2: AdamW (decoupled weight decay)
     flags: u32,
@@ -27,10 +28,11 @@ const FLAG_DECOUPLED: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, read> grad: array<f32>;
-@group(0) @binding(4) var<storage, read_write> state0: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state1: array<f32>;
+// Four parameters per invocation: the flat buffers' lengths are multiples of 4.
+@group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> state0: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> state1: array<vec4<f32>>;
 
 override WG: u32 = 256u;
 

@@ -489,6 +489,17 @@ impl Model {
         }
     }
 
+    /// Per-dispatch times of the plan for `mode` at the configured batch size (each dispatch
+    /// repeated `reps` times on its own). Running it updates the model's state: profile a
+    /// throw-away model.
+    pub fn profile(&mut self, mode: Mode, reps: usize) -> Result<Vec<(&'static str, f64)>> {
+        let batch = self.config.batch_size;
+        let plan = &self.plans[&(mode, batch)];
+        let result = plan.profile(&self.ctx, reps)?;
+        self.in_flight.clear();
+        Ok(result)
+    }
+
     /// Bytes of every buffer the model holds (all plans included).
     pub fn resident_bytes(&self) -> u64 {
         let plans: u64 = self

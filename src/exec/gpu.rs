@@ -333,6 +333,21 @@ impl GpuPlan {
         }
     }
 
+    /// Seconds each dispatch takes on its own (repeated `reps` times in one submit), in plan
+    /// order with its kernel's name: where a step's time goes.
+    pub fn profile(&self, ctx: &GpuContext, reps: usize) -> Result<Vec<(&'static str, f64)>, GpuError> {
+        ctx.wait_idle()?;
+        let mut out = Vec::with_capacity(self.dispatches.len());
+        for d in &self.dispatches {
+            let start = std::time::Instant::now();
+            let list: Vec<&Dispatch> = std::iter::repeat_n(d, reps.max(1)).collect();
+            ctx.submit(&list);
+            ctx.wait_idle()?;
+            out.push((d.label, start.elapsed().as_secs_f64() / reps.max(1) as f64));
+        }
+        Ok(out)
+    }
+
     pub fn dispatch_count(&self) -> usize {
         self.dispatches.len()
     }

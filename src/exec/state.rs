@@ -25,7 +25,8 @@ pub struct StateLayout {
 impl StateLayout {
     /// Lays out `graph`'s state with offsets that are multiples of `align` elements.
     pub fn new(graph: &Graph, align: usize) -> Self {
-        let align = align.max(1);
+        // A multiple of 4 too: the optimizer updates the flat buffers four values at a time.
+        let align = align.max(4).next_multiple_of(4);
         let place = |lens: &mut dyn Iterator<Item = usize>| {
             let mut offsets = Vec::new();
             let mut end = 0usize;

@@ -223,21 +223,23 @@ struct Params {
 const WG: u32 = 256;
 
 /// Builds the update of `len` parameters (one flat buffer); `state` holds
-/// [`Optimizer::state_count`] buffers shaped like `param`.
-pub fn dispatch(
+/// [`Optimizer::state_count`] buffers shaped like `param`. The kernel updates four values per
+/// invocation, so every buffer must hold `len` rounded up to a multiple of 4.
+pub fn dispatch<'a>(
     ctx: &GpuContext,
     optimizer: &Optimizer,
     len: usize,
-    step: Binding<'_>,
-    param: Binding<'_>,
-    grad: Binding<'_>,
-    state: &[Binding<'_>],
+    step: Binding<'a>,
+    param: Binding<'a>,
+    grad: Binding<'a>,
+    state: &[Binding<'a>],
 ) -> Result<Dispatch, GpuError> {
+    let vec4s = len.div_ceil(4);
     let (entry, params) = match *optimizer {
         Optimizer::Sgd(s) => (
             "sgd",
             Params {
-                len: len as u32,
+                len: vec4s as u32,
                 flags: u32::from(s.momentum != 0.0) | (u32::from(s.nesterov) << 1),
                 momentum: s.momentum,
                 dampening: s.dampening,
@@ -250,7 +252,7 @@ pub fn dispatch(
         Optimizer::Adam(a) => (
             "adam",
             Params {
-                len: len as u32,
+                len: vec4s as u32,
                 flags: u32::from(a.decoupled_weight_decay) << 2,
                 momentum: 0.0,
                 dampening: 0.0,
@@ -261,16 +263,20 @@ pub fn dispatch(
             },
         ),
     };
-    let mut bindings = vec![(1, step), (2, param), (3, grad)];
+    let whole = |b: Binding<'a>| Binding {
+        size: (vec4s * 16) as u64,
+        ..b
+    };
+    let mut bindings = vec![(1, step), (2, whole(param)), (3, whole(grad))];
     for (i, s) in state.iter().enumerate() {
-        bindings.push((4 + i as u32, *s));
+        bindings.push((4 + i as u32, whole(*s)));
     }
     // SGD without momentum never touches its buffer, but the kernel still declares it.
     if entry == "sgd" && state.is_empty() {
         bindings.push((4, ctx.placeholder_out()));
     }
     let workgroups = grid_1d(
-        groups(len, WG),
+        groups(vec4s, WG),
         ctx.limits().max_compute_workgroups_per_dimension,
     );
     ctx.dispatch_at(

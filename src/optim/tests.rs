@@ -9,11 +9,14 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
     let ctx = ctx();
     let mut param = uniform(1, len, -1.0, 1.0);
     let mut state: Vec<Vec<f32>> = vec![vec![0.0; len]; optimizer.state_count()];
-    let gparam = GpuTensor::from_slice(ctx, &param, &[len], "param").unwrap();
-    let ggrad = GpuTensor::zeros(ctx, &[len], "grad").unwrap();
+    // The kernel works on vec4s: buffers hold len rounded up to 4, the tail zero.
+    let padded = len.next_multiple_of(4);
+    let pad = |v: &[f32]| [v, &vec![0.0; padded - len]].concat();
+    let gparam = GpuTensor::from_slice(ctx, &pad(&param), &[padded], "param").unwrap();
+    let ggrad = GpuTensor::zeros(ctx, &[padded], "grad").unwrap();
     let gstate: Vec<GpuTensor> = state
         .iter()
-        .map(|s| GpuTensor::from_slice(ctx, s, &[len], "state").unwrap())
+        .map(|s| GpuTensor::from_slice(ctx, &pad(s), &[padded], "state").unwrap())
         .collect();
     let step_buffer = StepBuffer::new(ctx).unwrap();
     let state_bindings: Vec<_> = gstate.iter().map(GpuTensor::binding).collect();
@@ -29,7 +32,7 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
     .unwrap();
     for step in 0..steps {
         let grad = uniform(100 + step, len, -1.0, 1.0);
-        ggrad.write(ctx, &grad).unwrap();
+        ggrad.write(ctx, &pad(&grad)).unwrap();
         let mut p = StepParams::at_step(step);
         optimizer.fill_step(step, &mut p);
         step_buffer.write(ctx, &p);
@@ -37,19 +40,12 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
         reference_step(&optimizer, step, &mut param, &grad, &mut state);
     }
     let tol = Tolerance::new(1e-6, 1e-5);
-    assert_close(
-        &format!("{optimizer:?} param"),
-        &gparam.read(ctx).unwrap(),
-        &param,
-        tol,
-    );
+    let got: Vec<f32> = gparam.read(ctx).unwrap();
+    assert_close(&format!("{optimizer:?} param"), &got[..len], &param, tol);
+    assert!(got[len..].iter().all(|&v| v == 0.0), "zero padding stays zero");
     for (i, (g, s)) in gstate.iter().zip(&state).enumerate() {
-        assert_close(
-            &format!("{optimizer:?} state {i}"),
-            &g.read(ctx).unwrap(),
-            s,
-            tol,
-        );
+        let got: Vec<f32> = g.read(ctx).unwrap();
+        assert_close(&format!("{optimizer:?} state {i}"), &got[..len], s, tol);
     }
 }
 
