@@ -38,30 +38,50 @@ const FLAG_COUNT_BATCH: u32 = 8u;
 @group(0) @binding(10) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(11) var<storage, read_write> num_batches_tracked: array<u32>;
 
+// Per-feature reductions use WG_FEATURES × ROWS invocations per workgroup: ROWS invocations
+// share a feature's rows and combine their partial sums in workgroup memory. A GPU wants many
+// (ROWS = 16); lavapipe, where barriers are costly, takes ROWS = 1.
 override WG_FEATURES: u32 = 64u;
+override ROWS: u32 = 1u;
 override WG: u32 = 256u;
+
+var<workgroup> partial: array<vec2<f32>, 256>;
 
 fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
 }
 
-// One invocation per feature. Sums are shifted by the feature's first value, so a feature
-// with mean 1e4 and std 1e-2 keeps its variance (E[x²] - E[x]² in f32 would lose it all).
-@compute @workgroup_size(WG_FEATURES)
-fn stats(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let f = gid.x;
-    if (f >= p.d) { return; }
-    let shift = x[f];
-    var s1 = 0.0;
-    var s2 = 0.0;
-    for (var r = 0u; r < p.n; r++) {
-        let v = x[r * p.d + f] - shift;
-        s1 += v;
-        s2 = fma(v, v, s2);
+// Sums the workgroup's ROWS partials of each feature; every invocation gets its feature's total.
+fn reduce_rows(lid: vec3<u32>, value: vec2<f32>) -> vec2<f32> {
+    if (ROWS == 1u) { return value; }
+    let slot = lid.y * WG_FEATURES + lid.x;
+    partial[slot] = value;
+    workgroupBarrier();
+    for (var width = ROWS / 2u; width > 0u; width /= 2u) {
+        if (lid.y < width) { partial[slot] += partial[slot + width * WG_FEATURES]; }
+        workgroupBarrier();
     }
+    return partial[lid.x];
+}
+
+// Per feature: the batch mean, 1/std and the running statistics. Sums are shifted by the
+// feature's first value, so a feature with mean 1e4 and std 1e-2 keeps its variance
+// (E[x²] - E[x]² in f32 would lose it all).
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let f = gid.x;
+    let fc = min(f, p.d - 1u);
+    let shift = x[fc];
+    var s = vec2<f32>(0.0);
+    for (var r = lid.y; r < p.n; r += ROWS) {
+        let v = x[r * p.d + fc] - shift;
+        s += vec2<f32>(v, v * v);
+    }
+    s = reduce_rows(lid, s);
+    if (f >= p.d || lid.y != 0u) { return; }
     let n = f32(p.n);
-    let mean_shifted = s1 / n;
-    let var_biased = max(s2 / n - mean_shifted * mean_shifted, 0.0);
+    let mean_shifted = s.x / n;
+    let var_biased = max(s.y / n - mean_shifted * mean_shifted, 0.0);
     let mean = shift + mean_shifted;
     saved[f] = mean;
     saved[p.d + f] = inverseSqrt(var_biased + p.eps);
@@ -100,23 +120,23 @@ fn upstream(i: u32) -> f32 {
     return dy[i];
 }
 
-// dβ and dγ: one invocation per feature.
-@compute @workgroup_size(WG_FEATURES)
-fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+// dβ and dγ per feature.
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let f = gid.x;
-    if (f >= p.d) { return; }
-    let mean = saved[f];
-    let invstd = saved[p.d + f];
-    var sum_dy = 0.0;
-    var sum_dy_xhat = 0.0;
-    for (var r = 0u; r < p.n; r++) {
-        let i = r * p.d + f;
+    let fc = min(f, p.d - 1u);
+    let mean = saved[fc];
+    let invstd = saved[p.d + fc];
+    var s = vec2<f32>(0.0);
+    for (var r = lid.y; r < p.n; r += ROWS) {
+        let i = r * p.d + fc;
         let g = upstream(i);
-        sum_dy += g;
-        sum_dy_xhat = fma(g, (x[i] - mean) * invstd, sum_dy_xhat);
+        s += vec2<f32>(g, g * (x[i] - mean) * invstd);
     }
-    dbeta[f] = sum_dy;
-    dgamma[f] = sum_dy_xhat;
+    s = reduce_rows(lid, s);
+    if (f >= p.d || lid.y != 0u) { return; }
+    dbeta[f] = s.x;
+    dgamma[f] = s.y;
 }
 
 @compute @workgroup_size(WG)

@@ -16,16 +16,30 @@ struct Params {
 //  first non-finite step (bits of a u32), 1 if a loss was non-finite, 0]
 @group(0) @binding(5) var<storage, read_write> totals: array<f32>;
 
-override WG: u32 = 64u;
+// column_sum: WG_FEATURES × ROWS invocations per workgroup, ROWS of them sharing a column's
+// rows (16 on GPUs, 1 on lavapipe where barriers are costly).
+override WG_FEATURES: u32 = 64u;
+override ROWS: u32 = 1u;
 const METRICS_WG: u32 = 256u;
 
-@compute @workgroup_size(WG)
-fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    if (j >= p.d) { return; }
+var<workgroup> column_partial: array<f32, 256>;
+
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = min(gid.x, p.d - 1u);
     var s = 0.0;
-    for (var i = 0u; i < p.n; i++) { s += x[i * p.d + j]; }
-    out[j] = s;
+    for (var i = lid.y; i < p.n; i += ROWS) { s += x[i * p.d + j]; }
+    if (ROWS > 1u) {
+        let slot = lid.y * WG_FEATURES + lid.x;
+        column_partial[slot] = s;
+        workgroupBarrier();
+        for (var width = ROWS / 2u; width > 0u; width /= 2u) {
+            if (lid.y < width) { column_partial[slot] += column_partial[slot + width * WG_FEATURES]; }
+            workgroupBarrier();
+        }
+        s = column_partial[lid.x];
+    }
+    if (gid.x < p.d && lid.y == 0u) { out[gid.x] = s; }
 }
 
 var<workgroup> partial: array<vec4<f32>, METRICS_WG>;

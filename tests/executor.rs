@@ -111,6 +111,29 @@ fn twenty_sgd_steps_of_the_lecture_mlp_match_the_cpu_reference() {
 }
 
 #[test]
+fn gpu_kernel_variants_train_like_the_cpu_reference() {
+    // Workgroup-tiled matmuls and row-parallel reductions, as a discrete GPU would run them.
+    let ctx = std::sync::Arc::new(wgnn::gpu::GpuContext::new().unwrap().with_gpu_kernels(true));
+    let model = Sequential::lecture_mlp(300, 10, 0.2);
+    let sgd = Optimizer::Sgd(Sgd { lr: 0.05, momentum: 0.9, ..Sgd::default() });
+    let mut gpu = Model::new(ctx, model.clone(), CrossEntropyLoss::new(), sgd, config(&[300], 160)).unwrap();
+    let mut cpu = CpuExecutor::new(model, gpu.graph().clone(), gpu.state().unwrap(), SEED);
+    let (mut gl, mut cl) = (Vec::new(), Vec::new());
+    for step in 0..5 {
+        let (x, y) = batch(step, 160, 300, 10);
+        gpu.train_step(&x, &y).unwrap();
+        gl.push(gpu.read_metrics().unwrap().last_loss);
+        cl.push(cpu.run(Mode::Train, &x, &y).unwrap().loss);
+    }
+    let tol = Tolerance::new(1e-5, 1e-4);
+    assert_close("gpu-kernel losses", &gl, &cl, tol);
+    let state = gpu.state().unwrap();
+    for (i, p) in gpu.graph().params.iter().enumerate() {
+        assert_close(&p.name, &state.params[i], &cpu.state.params[i], tol);
+    }
+}
+
+#[test]
 fn twenty_adam_steps_without_batch_norm_match_the_cpu_reference() {
     // Adam turns a BN-fed bias's zero gradient (pure rounding noise) into full steps, so this
     // comparison uses a model without BN.

@@ -335,7 +335,11 @@ impl GpuPlan {
 
     /// Seconds each dispatch takes on its own (repeated `reps` times in one submit), in plan
     /// order with its kernel's name: where a step's time goes.
-    pub fn profile(&self, ctx: &GpuContext, reps: usize) -> Result<Vec<(&'static str, f64)>, GpuError> {
+    pub fn profile(
+        &self,
+        ctx: &GpuContext,
+        reps: usize,
+    ) -> Result<Vec<(&'static str, f64)>, GpuError> {
         ctx.wait_idle()?;
         let mut out = Vec::with_capacity(self.dispatches.len());
         for d in &self.dispatches {

@@ -98,6 +98,9 @@ pub struct GpuContext {
     /// output (read-write) is absent; two, since one dispatch may need both.
     placeholder: wgpu::Buffer,
     placeholder_out: wgpu::Buffer,
+    /// Pick the kernel variants made for GPUs (workgroup tiles, row-parallel reductions)
+    /// rather than those for CPU adapters such as lavapipe.
+    gpu_kernels: bool,
 }
 
 impl GpuContext {
@@ -149,6 +152,7 @@ impl GpuContext {
             })
         };
         Ok(Self {
+            gpu_kernels: info.device_type != wgpu::DeviceType::Cpu,
             placeholder: placeholder_buffer("absent input"),
             placeholder_out: placeholder_buffer("absent output"),
             pipelines: PipelineCache::default(),
@@ -168,6 +172,19 @@ impl GpuContext {
     /// Binding for an absent optional output, which the kernel never writes.
     pub fn placeholder_out(&self) -> Binding<'_> {
         Binding::whole(&self.placeholder_out)
+    }
+
+    /// Whether kernels are chosen for a GPU (workgroup-memory tiles, row-parallel
+    /// reductions) or for a CPU adapter such as lavapipe (register blocks, no barriers).
+    pub fn gpu_kernels(&self) -> bool {
+        self.gpu_kernels
+    }
+
+    /// Chooses kernels as for a GPU (`true`) or a CPU adapter, whatever the adapter is: for
+    /// testing every variant on one adapter, or for comparing them.
+    pub fn with_gpu_kernels(mut self, gpu: bool) -> Self {
+        self.gpu_kernels = gpu;
+        self
     }
 
     pub fn adapter(&self) -> &AdapterSummary {

@@ -204,8 +204,14 @@ const FLAG_FROM_VARIANCE: u32 = 2;
 const FLAG_CUMULATIVE: u32 = 4;
 const FLAG_COUNT_BATCH: u32 = 8;
 
-const WG_FEATURES: u32 = 64;
 const WG: u32 = 256;
+
+/// Shape of the per-feature reductions' workgroups: (features, rows sharing a feature).
+/// GPUs split a feature's rows over 16 invocations; lavapipe, whose barriers are costly, uses
+/// one invocation per feature.
+fn reduction_shape(ctx: &GpuContext) -> (u32, u32) {
+    if ctx.gpu_kernels() { (16, 16) } else { (64, 1) }
+}
 
 // @binding numbers in shaders/batchnorm.wgsl.
 const X: u32 = 1;
@@ -236,10 +242,16 @@ fn params(n: usize, d: usize, config: BatchNormConfig, flags: u32) -> Params {
     }
 }
 
-fn kernel(entry: &'static str) -> Kernel {
+fn kernel(ctx: &GpuContext, entry: &'static str) -> Kernel {
+    let (features, rows) = reduction_shape(ctx);
     Kernel::new(Shader::BatchNorm, entry)
-        .with("WG_FEATURES", WG_FEATURES)
+        .with("WG_FEATURES", features)
+        .with("ROWS", rows)
         .with("WG", WG)
+}
+
+fn feature_grid(ctx: &GpuContext, d: usize) -> [u32; 3] {
+    [groups(d, reduction_shape(ctx).0), 1, 1]
 }
 
 fn element_grid(ctx: &GpuContext, len: usize) -> [u32; 3] {
@@ -275,7 +287,7 @@ pub fn train_dispatches(
     y: Binding<'_>,
 ) -> Result<[Dispatch; 2], GpuError> {
     let stats = ctx.dispatch_at(
-        &kernel("stats"),
+        &kernel(ctx, "stats"),
         Some(&params(n, d, config, 0)),
         &[
             (X, x),
@@ -283,11 +295,11 @@ pub fn train_dispatches(
             (RUNNING, layer.running),
             (NUM_BATCHES, layer.num_batches_tracked),
         ],
-        [groups(d, WG_FEATURES), 1, 1],
+        feature_grid(ctx, d),
     )?;
     let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
     let normalize = ctx.dispatch_at(
-        &kernel("normalize"),
+        &kernel(ctx, "normalize"),
         Some(&params(n, d, config, flags)),
         &[
             (X, x),
@@ -316,7 +328,7 @@ pub fn eval_dispatch(
 ) -> Result<Dispatch, GpuError> {
     let flags = FLAG_FROM_VARIANCE | if relu { FLAG_RELU } else { 0 };
     ctx.dispatch_at(
-        &kernel("normalize"),
+        &kernel(ctx, "normalize"),
         Some(&params(n, d, config, flags)),
         &[
             (X, x),
@@ -350,7 +362,7 @@ pub fn backward_dispatches(
     let config = BatchNormConfig::default();
     let flags = if relu { FLAG_RELU } else { 0 };
     let reduce = ctx.dispatch_at(
-        &kernel("backward_reduce"),
+        &kernel(ctx, "backward_reduce"),
         Some(&params(n, d, config, flags)),
         &[
             (X, x),
@@ -360,10 +372,10 @@ pub fn backward_dispatches(
             (DGAMMA, dgamma),
             (DBETA, dbeta),
         ],
-        [groups(d, WG_FEATURES), 1, 1],
+        feature_grid(ctx, d),
     )?;
     let dx = ctx.dispatch_at(
-        &kernel("backward_dx"),
+        &kernel(ctx, "backward_dx"),
         Some(&params(n, d, config, flags)),
         &[
             (X, x),
@@ -540,7 +552,7 @@ impl GpuBatchNorm {
 mod tests {
     use super::*;
     use crate::check::{Tolerance, assert_close};
-    use crate::ops::test_support::{ctx, uniform};
+    use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
 
     struct Case {
         x: Vec<f32>,
@@ -565,9 +577,26 @@ mod tests {
         }
     }
 
+    /// Both kernel families: lavapipe's (one invocation per feature) and GPUs' (row-parallel
+    /// sums in workgroup memory).
     fn check_train(c: &Case, config: BatchNormConfig, relu: bool, tol: Tolerance) {
-        let ctx = ctx();
-        let label = format!("bn {}x{} relu {relu}", c.n, c.d);
+        check_train_on(ctx(), c, config, relu, tol);
+        check_train_on(gpu_style_ctx(), c, config, relu, tol);
+    }
+
+    fn check_train_on(
+        ctx: &GpuContext,
+        c: &Case,
+        config: BatchNormConfig,
+        relu: bool,
+        tol: Tolerance,
+    ) {
+        let label = format!(
+            "bn {}x{} relu {relu} gpu kernels {}",
+            c.n,
+            c.d,
+            ctx.gpu_kernels()
+        );
         let mut running = RunningStats::new(c.d);
         running.mean = uniform(3, c.d, -1.0, 1.0);
         running.num_batches_tracked = 4;
@@ -686,38 +715,39 @@ mod tests {
         // Features with mean 1e4 and std ~1e-2: the GPU's variance must stay near the true one.
         let (n, d) = (1000usize, 3usize);
         let c = case(n, d, 1e4, 1.7e-2);
-        let ctx = ctx();
-        let bn = GpuBatchNorm::new(
-            ctx,
-            &c.gamma,
-            &c.beta,
-            &RunningStats::new(d),
-            BatchNormConfig::default(),
-        )
-        .unwrap();
-        let gx = GpuTensor::from_slice(ctx, &c.x, &[n, d], "x").unwrap();
-        let (gy, gsaved) = bn.forward_train(ctx, &gx, false).unwrap();
-        let mut running = RunningStats::new(d);
-        let (y, saved) = reference_train(
-            &c.x,
-            n,
-            d,
-            &c.gamma,
-            &c.beta,
-            BatchNormConfig::default(),
-            &mut running,
-            false,
-        );
-        let s: Vec<f32> = gsaved.read(ctx).unwrap();
-        // invstd ≈ 100: 0.1 % agreement means the variance kept three digits.
-        assert_close("invstd", &s[d..], &saved.invstd, Tolerance::new(0.0, 1e-3));
-        // x - mean is exact to ~1e-3 in f32 at 1e4, i.e. 0.1 of a std after normalization.
-        assert_close("y", &gy.read(ctx).unwrap(), &y, Tolerance::new(0.15, 0.0));
-        let std: Vec<f32> = saved.invstd.iter().map(|v| 1.0 / v).collect();
-        assert!(
-            std.iter().all(|&s| (0.005..0.02).contains(&s)),
-            "reference std {std:?}"
-        );
+        for ctx in [ctx(), gpu_style_ctx()] {
+            let bn = GpuBatchNorm::new(
+                ctx,
+                &c.gamma,
+                &c.beta,
+                &RunningStats::new(d),
+                BatchNormConfig::default(),
+            )
+            .unwrap();
+            let gx = GpuTensor::from_slice(ctx, &c.x, &[n, d], "x").unwrap();
+            let (gy, gsaved) = bn.forward_train(ctx, &gx, false).unwrap();
+            let mut running = RunningStats::new(d);
+            let (y, saved) = reference_train(
+                &c.x,
+                n,
+                d,
+                &c.gamma,
+                &c.beta,
+                BatchNormConfig::default(),
+                &mut running,
+                false,
+            );
+            let s: Vec<f32> = gsaved.read(ctx).unwrap();
+            // invstd ≈ 100: 0.1 % agreement means the variance kept three digits.
+            assert_close("invstd", &s[d..], &saved.invstd, Tolerance::new(0.0, 1e-3));
+            // x - mean is exact to ~1e-3 in f32 at 1e4, i.e. 0.1 of a std after normalization.
+            assert_close("y", &gy.read(ctx).unwrap(), &y, Tolerance::new(0.15, 0.0));
+            let std: Vec<f32> = saved.invstd.iter().map(|v| 1.0 / v).collect();
+            assert!(
+                std.iter().all(|&s| (0.005..0.02).contains(&s)),
+                "reference std {std:?}"
+            );
+        }
     }
 
     #[test]

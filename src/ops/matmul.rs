@@ -71,10 +71,23 @@ pub enum Variant {
     TnBvec4,
     /// Any layout and shape, scalar loads.
     General,
+    /// Any layout and shape, 128×128 tiles staged in workgroup memory: for discrete GPUs,
+    /// where workgroup memory is fast and barriers cheap (on lavapipe they are not).
+    Tiled,
 }
 
 impl Variant {
-    /// The fastest variant that fits the shape.
+    /// The variant for `shape`: workgroup tiles for GPU kernels when the product fills at
+    /// least a tile, register blocks otherwise and on CPU adapters such as lavapipe.
+    pub fn for_adapter(shape: &MatmulShape, gpu_kernels: bool) -> Variant {
+        if gpu_kernels && shape.m >= 128 && shape.n >= 64 && shape.k >= 32 {
+            Variant::Tiled
+        } else {
+            Variant::choose(shape)
+        }
+    }
+
+    /// The fastest register-blocked variant that fits the shape.
     pub fn choose(shape: &MatmulShape) -> Variant {
         match shape.layout {
             Layout::NT if shape.k.is_multiple_of(4) => Variant::NtVec4,
@@ -89,7 +102,7 @@ impl Variant {
             Variant::NtVec4 => shape.layout == Layout::NT && shape.k.is_multiple_of(4),
             Variant::NnBvec4 => shape.layout == Layout::NN && shape.n.is_multiple_of(4),
             Variant::TnBvec4 => shape.layout == Layout::TN && shape.n.is_multiple_of(4),
-            Variant::General => true,
+            Variant::General | Variant::Tiled => true,
         }
     }
 }
@@ -124,7 +137,7 @@ pub fn dispatch(
 ) -> Result<Dispatch, GpuError> {
     let variant = variant
         .filter(|v| v.fits(&shape))
-        .unwrap_or_else(|| Variant::choose(&shape));
+        .unwrap_or_else(|| Variant::for_adapter(&shape, ctx.gpu_kernels()));
     let MatmulShape { m, n, k, layout } = shape;
     let (a_row, a_col) = match layout {
         Layout::NN | Layout::NT => (k, 1),
@@ -149,13 +162,28 @@ pub fn dispatch(
         Variant::NnBvec4 => (Shader::MatmulBvec4, "nn_bvec4", 8, 8),
         Variant::TnBvec4 => (Shader::MatmulBvec4, "tn_bvec4", 8, 8),
         Variant::General => (Shader::MatmulGeneral, "general", 4, 4),
+        Variant::Tiled => (Shader::MatmulTiled, "tiled", 128, 128),
     };
-    let kernel = Kernel::new(shader, entry).with("WG_X", WG).with("WG_Y", WG);
-    let workgroups = [
-        groups(n.div_ceil(cols_per_inv), WG),
-        groups(m.div_ceil(rows_per_inv), WG),
-        1,
-    ];
+    let (kernel, workgroups) = if variant == Variant::Tiled {
+        // One 16×16 workgroup per 128×128 tile.
+        (
+            Kernel::new(shader, entry),
+            [
+                n.div_ceil(cols_per_inv) as u32,
+                m.div_ceil(rows_per_inv) as u32,
+                1,
+            ],
+        )
+    } else {
+        (
+            Kernel::new(shader, entry).with("WG_X", WG).with("WG_Y", WG),
+            [
+                groups(n.div_ceil(cols_per_inv), WG),
+                groups(m.div_ceil(rows_per_inv), WG),
+                1,
+            ],
+        )
+    };
     let bias = bias.unwrap_or_else(|| ctx.placeholder());
     ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)
 }
@@ -274,7 +302,7 @@ pub fn reference(
 mod tests {
     use super::*;
     use crate::check::{Tolerance, assert_close};
-    use crate::ops::test_support::{ctx, uniform};
+    use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
 
     /// Runs one shape through `variant` on the GPU and through the CPU reference.
     fn check(
@@ -285,7 +313,18 @@ mod tests {
         variant: Option<Variant>,
         epi: Epilogue,
     ) {
-        let ctx = ctx();
+        check_on(ctx(), layout, m, n, k, variant, epi);
+    }
+
+    fn check_on(
+        ctx: &GpuContext,
+        layout: Layout,
+        m: usize,
+        n: usize,
+        k: usize,
+        variant: Option<Variant>,
+        epi: Epilogue,
+    ) {
         let shape = MatmulShape { layout, m, n, k };
         let a = uniform(1 + m as u64, m * k, -1.0, 1.0);
         let b = uniform(2 + n as u64, k * n, -1.0, 1.0);
@@ -343,22 +382,45 @@ mod tests {
     }
 
     #[test]
-    fn general_variant_matches_reference_on_every_layout() {
+    fn general_and_tiled_variants_match_reference_on_every_layout() {
+        let epi = Epilogue {
+            bias: true,
+            relu: false,
+        };
         for &(m, n, k) in SHAPES {
             for layout in [Layout::NN, Layout::NT, Layout::TN] {
-                check(
-                    layout,
-                    m,
-                    n,
-                    k,
-                    Some(Variant::General),
-                    Epilogue {
-                        bias: true,
-                        relu: false,
-                    },
-                );
+                for variant in [Variant::General, Variant::Tiled] {
+                    check(layout, m, n, k, Some(variant), epi);
+                }
             }
         }
+        let relu = Epilogue {
+            bias: true,
+            relu: true,
+        };
+        check(Layout::NT, 300, 129, 77, Some(Variant::Tiled), relu);
+    }
+
+    #[test]
+    fn gpu_kernel_choice_matches_reference() {
+        // With GPU kernels the large shapes take the workgroup-tiled variant.
+        let epi = Epilogue {
+            bias: true,
+            relu: true,
+        };
+        for &(m, n, k) in SHAPES {
+            for layout in [Layout::NN, Layout::NT, Layout::TN] {
+                check_on(gpu_style_ctx(), layout, m, n, k, None, epi);
+            }
+        }
+        let big = MatmulShape {
+            layout: Layout::TN,
+            m: 128,
+            n: 64,
+            k: 3072,
+        };
+        assert_eq!(Variant::for_adapter(&big, true), Variant::Tiled);
+        assert_eq!(Variant::for_adapter(&big, false), Variant::TnBvec4);
     }
 
     #[test]

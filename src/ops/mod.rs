@@ -98,6 +98,17 @@ pub(crate) mod test_support {
         })
     }
 
+    /// A second context choosing the GPU kernel variants (workgroup tiles, row-parallel
+    /// reductions) on whatever adapter there is, so lavapipe tests them too.
+    pub fn gpu_style_ctx() -> &'static GpuContext {
+        static CTX: OnceLock<GpuContext> = OnceLock::new();
+        CTX.get_or_init(|| {
+            GpuContext::new()
+                .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+                .with_gpu_kernels(true)
+        })
+    }
+
     /// Seeded values uniform in [lo, hi).
     pub fn uniform(seed: u64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(seed);

@@ -25,7 +25,6 @@ struct Params {
     _pad: [u32; 2],
 }
 
-const WG: u32 = 64;
 /// Floats in the running totals buffer.
 pub const TOTALS_LEN: usize = 8;
 
@@ -37,15 +36,23 @@ pub fn column_sum_dispatch(
     x: Binding<'_>,
     out: Binding<'_>,
 ) -> Result<Dispatch, GpuError> {
+    // Row-parallel on GPUs, one invocation per column on lavapipe (as batch norm's sums).
+    let (features, rows) = if ctx.gpu_kernels() {
+        (16u32, 16u32)
+    } else {
+        (64, 1)
+    };
     ctx.dispatch_at(
-        &Kernel::new(Shader::Reduce, "column_sum").with("WG", WG),
+        &Kernel::new(Shader::Reduce, "column_sum")
+            .with("WG_FEATURES", features)
+            .with("ROWS", rows),
         Some(&Params {
             n: n as u32,
             d: d as u32,
             _pad: [0; 2],
         }),
         &[(2, x), (3, out)],
-        [groups(d, WG), 1, 1],
+        [groups(d, features), 1, 1],
     )
 }
 
@@ -123,22 +130,20 @@ mod tests {
     use super::*;
     use crate::check::{Tolerance, assert_close};
     use crate::ops::step::{StepBuffer, StepParams};
-    use crate::ops::test_support::{ctx, uniform};
+    use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
 
     #[test]
     fn column_sum_matches_reference() {
-        let ctx = ctx();
-        for &(n, d) in &[(1usize, 1usize), (3, 7), (65, 33), (1000, 10), (128, 3072)] {
-            let x = uniform(n as u64, n * d, -1.0, 1.0);
-            let g = GpuTensor::from_slice(ctx, &x, &[n, d], "x").unwrap();
-            let got: Vec<f32> = column_sum(ctx, &g).unwrap().read(ctx).unwrap();
-            let tol = Tolerance::new(1e-6 * (n as f32).sqrt(), 1e-5);
-            assert_close(
-                &format!("column_sum {n}x{d}"),
-                &got,
-                &reference_column_sum(&x, d),
-                tol,
-            );
+        // lavapipe's kernels (one invocation per column) and GPUs' (row-parallel sums).
+        for ctx in [ctx(), gpu_style_ctx()] {
+            for &(n, d) in &[(1usize, 1usize), (3, 7), (65, 33), (1000, 10), (128, 3072)] {
+                let x = uniform(n as u64, n * d, -1.0, 1.0);
+                let g = GpuTensor::from_slice(ctx, &x, &[n, d], "x").unwrap();
+                let got: Vec<f32> = column_sum(ctx, &g).unwrap().read(ctx).unwrap();
+                let tol = Tolerance::new(1e-6 * (n as f32).sqrt(), 1e-5);
+                let label = format!("column_sum {n}x{d} gpu kernels {}", ctx.gpu_kernels());
+                assert_close(&label, &got, &reference_column_sum(&x, d), tol);
+            }
         }
     }
 

@@ -42,7 +42,10 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
     let tol = Tolerance::new(1e-6, 1e-5);
     let got: Vec<f32> = gparam.read(ctx).unwrap();
     assert_close(&format!("{optimizer:?} param"), &got[..len], &param, tol);
-    assert!(got[len..].iter().all(|&v| v == 0.0), "zero padding stays zero");
+    assert!(
+        got[len..].iter().all(|&v| v == 0.0),
+        "zero padding stays zero"
+    );
     for (i, (g, s)) in gstate.iter().zip(&state).enumerate() {
         let got: Vec<f32> = g.read(ctx).unwrap();
         assert_close(&format!("{optimizer:?} state {i}"), &got[..len], s, tol);
