@@ -297,7 +297,12 @@ pub fn run_all(
     budget: Budget,
     mut progress: impl FnMut(&Record),
 ) -> Result<Vec<Record>> {
-    let gpu = format!("wgnn {} on {}", env!("CARGO_PKG_VERSION"), ctx.adapter());
+    let family = if ctx.gpu_kernels() { "gpu" } else { "cpu" };
+    let gpu = format!(
+        "wgnn {} on {}, {family} kernels",
+        env!("CARGO_PKG_VERSION"),
+        ctx.adapter()
+    );
     let cpu = "wgnn CPU reference (1 thread)".to_string();
     let mut out = Vec::new();
     let mut push = |name: &str, value: f64, unit: &str, device: &str| {

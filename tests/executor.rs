@@ -115,8 +115,19 @@ fn gpu_kernel_variants_train_like_the_cpu_reference() {
     // Workgroup-tiled matmuls and row-parallel reductions, as a discrete GPU would run them.
     let ctx = std::sync::Arc::new(wgnn::gpu::GpuContext::new().unwrap().with_gpu_kernels(true));
     let model = Sequential::lecture_mlp(300, 10, 0.2);
-    let sgd = Optimizer::Sgd(Sgd { lr: 0.05, momentum: 0.9, ..Sgd::default() });
-    let mut gpu = Model::new(ctx, model.clone(), CrossEntropyLoss::new(), sgd, config(&[300], 160)).unwrap();
+    let sgd = Optimizer::Sgd(Sgd {
+        lr: 0.05,
+        momentum: 0.9,
+        ..Sgd::default()
+    });
+    let mut gpu = Model::new(
+        ctx,
+        model.clone(),
+        CrossEntropyLoss::new(),
+        sgd,
+        config(&[300], 160),
+    )
+    .unwrap();
     let mut cpu = CpuExecutor::new(model, gpu.graph().clone(), gpu.state().unwrap(), SEED);
     let (mut gl, mut cl) = (Vec::new(), Vec::new());
     for step in 0..5 {

@@ -38,6 +38,11 @@ pub fn run() -> Result<()> {
     }
     let request = AdapterRequest::from_env()?;
     let chosen = GpuContext::with_request(&request)?;
-    println!("wgnn uses: {}", chosen.adapter());
+    let family = if chosen.gpu_kernels() {
+        "GPU"
+    } else {
+        "CPU-adapter"
+    };
+    println!("wgnn uses: {} with its {family} kernels", chosen.adapter());
     Ok(())
 }

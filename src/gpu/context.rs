@@ -9,14 +9,21 @@ use super::kernel::{Binding, PipelineCache};
 pub const ADAPTER_ENV: &str = "WGNN_ADAPTER";
 /// Environment variable selecting the backend: `vulkan`, `metal`, `dx12` or `gl`.
 pub const BACKEND_ENV: &str = "WGNN_BACKEND";
+/// Environment variable overriding the kernel family: `gpu` (workgroup tiles, row-parallel
+/// reductions) or `cpu` (register blocks, no barriers; what lavapipe gets by default).
+pub const KERNELS_ENV: &str = "WGNN_KERNELS";
 
-/// Which adapter to open. [`AdapterRequest::from_env`] reads `WGNN_ADAPTER` and `WGNN_BACKEND`.
+/// Which adapter to open. [`AdapterRequest::from_env`] reads `WGNN_ADAPTER`, `WGNN_BACKEND`
+/// and `WGNN_KERNELS`.
 #[derive(Clone, Debug, Default)]
 pub struct AdapterRequest {
     /// Case-insensitive substring of the adapter's name; `None` picks the best adapter.
     pub name: Option<String>,
     /// Backends to search; `None` searches all compiled-in backends.
     pub backend: Option<wgpu::Backends>,
+    /// Force the GPU (`Some(true)`) or CPU-adapter (`Some(false)`) kernel family; `None`
+    /// follows the adapter's type.
+    pub gpu_kernels: Option<bool>,
 }
 
 impl AdapterRequest {
@@ -27,7 +34,17 @@ impl AdapterRequest {
             Some(value) => Some(parse_backend(&value)?),
             None => None,
         };
-        Ok(Self { name, backend })
+        let gpu_kernels = match std::env::var(KERNELS_ENV).ok().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case("gpu") => Some(true),
+            Some(v) if v.eq_ignore_ascii_case("cpu") => Some(false),
+            Some(v) => return Err(GpuError::UnknownKernels(v)),
+        };
+        Ok(Self {
+            name,
+            backend,
+            gpu_kernels,
+        })
     }
 }
 
@@ -152,7 +169,9 @@ impl GpuContext {
             })
         };
         Ok(Self {
-            gpu_kernels: info.device_type != wgpu::DeviceType::Cpu,
+            gpu_kernels: request
+                .gpu_kernels
+                .unwrap_or(info.device_type != wgpu::DeviceType::Cpu),
             placeholder: placeholder_buffer("absent input"),
             placeholder_out: placeholder_buffer("absent output"),
             pipelines: PipelineCache::default(),
