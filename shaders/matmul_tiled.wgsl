@@ -1,19 +1,20 @@
 // tiled: workgroup-memory tiles for discrete GPUs, any layout (strides) and any shape.
-// A 16×16 workgroup computes a 128×128 tile of C; each invocation keeps 8×8 outputs, at rows
-// ty + 16i and columns tx + 16j so that neighbouring invocations read neighbouring words of
-// the shared tiles. K advances 8 at a time through two 8×128 tiles in workgroup memory.
+// A 16×16 workgroup computes a 64×64 tile of C; invocation (tx, ty) keeps the 4×4 block at
+// rows 4ty.., columns 4tx.. in four vec4 registers. K advances 16 at a time through two
+// 16×64 tiles in workgroup memory, read back as vec4s; the inner loop is written out so that
+// no register array is indexed at run time.
 
-const TILE: u32 = 128u;
-const TK: u32 = 8u;
-const THREADS: u32 = 256u;
+const TILE: u32 = 64u;
+const TK: u32 = 16u;
 
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-var<workgroup> a_tile: array<f32, 1024>; // [TK][TILE]: a_tile[k * TILE + m]
-var<workgroup> b_tile: array<f32, 1024>; // [TK][TILE]: b_tile[k * TILE + n]
+// [TK][TILE / 4] vec4s: a_tile[k * 16 + i] holds A rows 4i..4i+3 at k; b_tile likewise columns.
+var<workgroup> a_tile: array<vec4<f32>, 256>;
+var<workgroup> b_tile: array<vec4<f32>, 256>;
 
 fn load_a(m: u32, k: u32) -> f32 {
     if (m >= p.m || k >= p.k) { return 0.0; }
@@ -30,44 +31,48 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
     let tid = lid.y * 16u + lid.x;
-    var acc: array<array<f32, 8>, 8>;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        // Each invocation stages 4 elements of each tile; the fastest-varying index follows
-        // the operand's contiguous dimension so global reads coalesce.
-        for (var l = 0u; l < 4u; l++) {
-            let e = tid + l * THREADS;
-            var m: u32; var ka: u32;
-            if (p.a_col == 1u) { ka = e % TK; m = e / TK; } else { m = e % TILE; ka = e / TILE; }
-            a_tile[ka * TILE + m] = load_a(row0 + m, k0 + ka);
-            var n: u32; var kb: u32;
-            if (p.b_col == 1u) { n = e % TILE; kb = e / TILE; } else { kb = e % TK; n = e / TK; }
-            b_tile[kb * TILE + n] = load_b(k0 + kb, col0 + n);
-        }
+        // Each invocation stages one vec4 of each tile: 4 rows (or columns) at one k. The
+        // fastest-varying index follows the operand's contiguous dimension so reads coalesce.
+        var ka: u32; var ma: u32;
+        if (p.a_col == 1u) { ka = tid % TK; ma = tid / TK; } else { ma = tid % 16u; ka = tid / 16u; }
+        let am = row0 + 4u * ma;
+        a_tile[ka * 16u + ma] = vec4<f32>(
+            load_a(am, k0 + ka), load_a(am + 1u, k0 + ka), load_a(am + 2u, k0 + ka), load_a(am + 3u, k0 + ka));
+        var kb: u32; var nb: u32;
+        if (p.b_col == 1u) { nb = tid % 16u; kb = tid / 16u; } else { kb = tid % TK; nb = tid / TK; }
+        let bn = col0 + 4u * nb;
+        b_tile[kb * 16u + nb] = vec4<f32>(
+            load_b(k0 + kb, bn), load_b(k0 + kb, bn + 1u), load_b(k0 + kb, bn + 2u), load_b(k0 + kb, bn + 3u));
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
-            var af: array<f32, 8>;
-            var bf: array<f32, 8>;
-            for (var i = 0u; i < 8u; i++) {
-                af[i] = a_tile[k * TILE + lid.y + 16u * i];
-                bf[i] = b_tile[k * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 8u; i++) {
-                for (var j = 0u; j < 8u; j++) {
-                    acc[i][j] = fma(af[i], bf[j], acc[i][j]);
-                }
-            }
+            let av = a_tile[k * 16u + lid.y];
+            let bv = b_tile[k * 16u + lid.x];
+            acc0 = fma(vec4<f32>(av.x), bv, acc0);
+            acc1 = fma(vec4<f32>(av.y), bv, acc1);
+            acc2 = fma(vec4<f32>(av.z), bv, acc2);
+            acc3 = fma(vec4<f32>(av.w), bv, acc3);
         }
         workgroupBarrier();
     }
+    let row = row0 + 4u * lid.y;
+    let col = col0 + 4u * lid.x;
+    store_row(row, col, acc0);
+    store_row(row + 1u, col, acc1);
+    store_row(row + 2u, col, acc2);
+    store_row(row + 3u, col, acc3);
+}
+
+fn store_row(row: u32, col: u32, v: vec4<f32>) {
+    if (row >= p.m) { return; }
     let last = arrayLength(&bias) - 1u;
-    for (var i = 0u; i < 8u; i++) {
-        let row = row0 + lid.y + 16u * i;
-        if (row >= p.m) { continue; }
-        for (var j = 0u; j < 8u; j++) {
-            let col = col0 + lid.x + 16u * j;
-            if (col < p.n) {
-                c[row * p.n + col] = epilogue1(acc[i][j], bias[min(col, last)]);
-            }
+    for (var j = 0u; j < 4u; j++) {
+        if (col + j < p.n) {
+            c[row * p.n + col + j] = epilogue1(v[j], bias[min(col + j, last)]);
         }
     }
 }

@@ -297,9 +297,14 @@ pub fn run_all(
     budget: Budget,
     mut progress: impl FnMut(&Record),
 ) -> Result<Vec<Record>> {
-    let family = if ctx.gpu_kernels() { "gpu" } else { "cpu" };
+    let k = ctx.kernels();
+    let family = format!(
+        "{} matmul, {} reductions",
+        if k.tiled_matmul { "tiled" } else { "register-blocked" },
+        if k.parallel_reductions { "row-parallel" } else { "per-column" }
+    );
     let gpu = format!(
-        "wgnn {} on {}, {family} kernels",
+        "wgnn {} on {}, {family}",
         env!("CARGO_PKG_VERSION"),
         ctx.adapter()
     );

@@ -38,11 +38,12 @@ pub fn run() -> Result<()> {
     }
     let request = AdapterRequest::from_env()?;
     let chosen = GpuContext::with_request(&request)?;
-    let family = if chosen.gpu_kernels() {
-        "GPU"
-    } else {
-        "CPU-adapter"
-    };
-    println!("wgnn uses: {} with its {family} kernels", chosen.adapter());
+    let k = chosen.kernels();
+    println!(
+        "wgnn uses: {} ({} matmul, {} reductions)",
+        chosen.adapter(),
+        if k.tiled_matmul { "tiled" } else { "register-blocked" },
+        if k.parallel_reductions { "row-parallel" } else { "per-column" }
+    );
     Ok(())
 }

@@ -9,9 +9,47 @@ use super::kernel::{Binding, PipelineCache};
 pub const ADAPTER_ENV: &str = "WGNN_ADAPTER";
 /// Environment variable selecting the backend: `vulkan`, `metal`, `dx12` or `gl`.
 pub const BACKEND_ENV: &str = "WGNN_BACKEND";
-/// Environment variable overriding the kernel family: `gpu` (workgroup tiles, row-parallel
-/// reductions) or `cpu` (register blocks, no barriers; what lavapipe gets by default).
+/// Environment variable overriding the kernel choices: `gpu` (workgroup-tiled matmul and
+/// row-parallel reductions), `cpu` (register-blocked matmul, one invocation per reduced
+/// column, no barriers: what lavapipe gets), or a comma list of `tiled` and `parallel`.
 pub const KERNELS_ENV: &str = "WGNN_KERNELS";
+
+/// Which kernel variants a context picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelChoice {
+    /// Matmuls large enough for a 64×64 tile stage it in workgroup memory.
+    pub tiled_matmul: bool,
+    /// Per-column reductions (batch-norm statistics and gradients, bias gradients) split
+    /// each column's rows over 16 invocations.
+    pub parallel_reductions: bool,
+}
+
+impl KernelChoice {
+    pub fn all(on: bool) -> Self {
+        Self {
+            tiled_matmul: on,
+            parallel_reductions: on,
+        }
+    }
+
+    /// Parses `WGNN_KERNELS`'s value.
+    pub fn parse(value: &str) -> Result<Self, GpuError> {
+        match value.to_ascii_lowercase().as_str() {
+            "gpu" => return Ok(Self::all(true)),
+            "cpu" => return Ok(Self::all(false)),
+            _ => {}
+        }
+        let mut choice = Self::all(false);
+        for part in value.split(',').map(str::trim) {
+            match part.to_ascii_lowercase().as_str() {
+                "tiled" => choice.tiled_matmul = true,
+                "parallel" => choice.parallel_reductions = true,
+                _ => return Err(GpuError::UnknownKernels(value.to_string())),
+            }
+        }
+        Ok(choice)
+    }
+}
 
 /// Which adapter to open. [`AdapterRequest::from_env`] reads `WGNN_ADAPTER`, `WGNN_BACKEND`
 /// and `WGNN_KERNELS`.
@@ -21,9 +59,8 @@ pub struct AdapterRequest {
     pub name: Option<String>,
     /// Backends to search; `None` searches all compiled-in backends.
     pub backend: Option<wgpu::Backends>,
-    /// Force the GPU (`Some(true)`) or CPU-adapter (`Some(false)`) kernel family; `None`
-    /// follows the adapter's type.
-    pub gpu_kernels: Option<bool>,
+    /// Forces the kernel choices; `None` follows the adapter's type.
+    pub kernels: Option<KernelChoice>,
 }
 
 impl AdapterRequest {
@@ -34,16 +71,14 @@ impl AdapterRequest {
             Some(value) => Some(parse_backend(&value)?),
             None => None,
         };
-        let gpu_kernels = match std::env::var(KERNELS_ENV).ok().filter(|s| !s.is_empty()) {
+        let kernels = match std::env::var(KERNELS_ENV).ok().filter(|s| !s.is_empty()) {
+            Some(v) => Some(KernelChoice::parse(&v)?),
             None => None,
-            Some(v) if v.eq_ignore_ascii_case("gpu") => Some(true),
-            Some(v) if v.eq_ignore_ascii_case("cpu") => Some(false),
-            Some(v) => return Err(GpuError::UnknownKernels(v)),
         };
         Ok(Self {
             name,
             backend,
-            gpu_kernels,
+            kernels,
         })
     }
 }
@@ -115,9 +150,8 @@ pub struct GpuContext {
     /// output (read-write) is absent; two, since one dispatch may need both.
     placeholder: wgpu::Buffer,
     placeholder_out: wgpu::Buffer,
-    /// Pick the kernel variants made for GPUs (workgroup tiles, row-parallel reductions)
-    /// rather than those for CPU adapters such as lavapipe.
-    gpu_kernels: bool,
+    /// Kernel variants for GPUs or for CPU adapters such as lavapipe.
+    kernels: KernelChoice,
 }
 
 impl GpuContext {
@@ -169,9 +203,9 @@ impl GpuContext {
             })
         };
         Ok(Self {
-            gpu_kernels: request
-                .gpu_kernels
-                .unwrap_or(info.device_type != wgpu::DeviceType::Cpu),
+            kernels: request
+                .kernels
+                .unwrap_or(KernelChoice::all(info.device_type != wgpu::DeviceType::Cpu)),
             placeholder: placeholder_buffer("absent input"),
             placeholder_out: placeholder_buffer("absent output"),
             pipelines: PipelineCache::default(),
@@ -193,16 +227,17 @@ impl GpuContext {
         Binding::whole(&self.placeholder_out)
     }
 
-    /// Whether kernels are chosen for a GPU (workgroup-memory tiles, row-parallel
-    /// reductions) or for a CPU adapter such as lavapipe (register blocks, no barriers).
-    pub fn gpu_kernels(&self) -> bool {
-        self.gpu_kernels
+    /// The kernel variants this context picks: for a GPU (workgroup-memory tiles,
+    /// row-parallel reductions) or for a CPU adapter such as lavapipe (register blocks, no
+    /// barriers).
+    pub fn kernels(&self) -> KernelChoice {
+        self.kernels
     }
 
-    /// Chooses kernels as for a GPU (`true`) or a CPU adapter, whatever the adapter is: for
-    /// testing every variant on one adapter, or for comparing them.
+    /// Chooses every kernel as for a GPU (`true`) or a CPU adapter, whatever the adapter is:
+    /// for testing every variant on one adapter, or for comparing them.
     pub fn with_gpu_kernels(mut self, gpu: bool) -> Self {
-        self.gpu_kernels = gpu;
+        self.kernels = KernelChoice::all(gpu);
         self
     }
 

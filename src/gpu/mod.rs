@@ -5,7 +5,7 @@ mod kernel;
 mod tensor;
 
 pub use context::{
-    ADAPTER_ENV, AdapterRequest, AdapterSummary, BACKEND_ENV, GpuContext, KERNELS_ENV,
+    ADAPTER_ENV, AdapterRequest, AdapterSummary, BACKEND_ENV, GpuContext, KERNELS_ENV, KernelChoice,
     list_adapters, parse_backend,
 };
 pub use kernel::{Binding, Dispatch, Kernel, ResourceCounters, Shader, grid_1d};
@@ -25,7 +25,7 @@ pub enum GpuError {
     AdapterNotFound { wanted: String, available: String },
     #[error("unknown backend {0:?} in WGNN_BACKEND: expected vulkan, metal, dx12 or gl")]
     UnknownBackend(String),
-    #[error("unknown kernel family {0:?} in WGNN_KERNELS: expected gpu or cpu")]
+    #[error("unknown kernel choice {0:?} in WGNN_KERNELS: expected gpu, cpu, or a comma list of tiled and parallel")]
     UnknownKernels(String),
     #[error("could not open the device on adapter {0}")]
     RequestDevice(String),

@@ -210,7 +210,7 @@ const WG: u32 = 256;
 /// GPUs split a feature's rows over 16 invocations; lavapipe, whose barriers are costly, uses
 /// one invocation per feature.
 fn reduction_shape(ctx: &GpuContext) -> (u32, u32) {
-    if ctx.gpu_kernels() { (16, 16) } else { (64, 1) }
+    if ctx.kernels().parallel_reductions { (16, 16) } else { (64, 1) }
 }
 
 // @binding numbers in shaders/batchnorm.wgsl.
@@ -595,7 +595,7 @@ mod tests {
             "bn {}x{} relu {relu} gpu kernels {}",
             c.n,
             c.d,
-            ctx.gpu_kernels()
+            ctx.kernels().parallel_reductions
         );
         let mut running = RunningStats::new(c.d);
         running.mean = uniform(3, c.d, -1.0, 1.0);

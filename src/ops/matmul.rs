@@ -71,7 +71,7 @@ pub enum Variant {
     TnBvec4,
     /// Any layout and shape, scalar loads.
     General,
-    /// Any layout and shape, 128×128 tiles staged in workgroup memory: for discrete GPUs,
+    /// Any layout and shape, 64×64 tiles staged in workgroup memory: for discrete GPUs,
     /// where workgroup memory is fast and barriers cheap (on lavapipe they are not).
     Tiled,
 }
@@ -137,7 +137,7 @@ pub fn dispatch(
 ) -> Result<Dispatch, GpuError> {
     let variant = variant
         .filter(|v| v.fits(&shape))
-        .unwrap_or_else(|| Variant::for_adapter(&shape, ctx.gpu_kernels()));
+        .unwrap_or_else(|| Variant::for_adapter(&shape, ctx.kernels().tiled_matmul));
     let MatmulShape { m, n, k, layout } = shape;
     let (a_row, a_col) = match layout {
         Layout::NN | Layout::NT => (k, 1),
@@ -162,10 +162,10 @@ pub fn dispatch(
         Variant::NnBvec4 => (Shader::MatmulBvec4, "nn_bvec4", 8, 8),
         Variant::TnBvec4 => (Shader::MatmulBvec4, "tn_bvec4", 8, 8),
         Variant::General => (Shader::MatmulGeneral, "general", 4, 4),
-        Variant::Tiled => (Shader::MatmulTiled, "tiled", 128, 128),
+        Variant::Tiled => (Shader::MatmulTiled, "tiled", 64, 64),
     };
     let (kernel, workgroups) = if variant == Variant::Tiled {
-        // One 16×16 workgroup per 128×128 tile.
+        // One 16×16 workgroup per 64×64 tile.
         (
             Kernel::new(shader, entry),
             [

@@ -37,7 +37,7 @@ pub fn column_sum_dispatch(
     out: Binding<'_>,
 ) -> Result<Dispatch, GpuError> {
     // Row-parallel on GPUs, one invocation per column on lavapipe (as batch norm's sums).
-    let (features, rows) = if ctx.gpu_kernels() {
+    let (features, rows) = if ctx.kernels().parallel_reductions {
         (16u32, 16u32)
     } else {
         (64, 1)
@@ -141,7 +141,7 @@ mod tests {
                 let g = GpuTensor::from_slice(ctx, &x, &[n, d], "x").unwrap();
                 let got: Vec<f32> = column_sum(ctx, &g).unwrap().read(ctx).unwrap();
                 let tol = Tolerance::new(1e-6 * (n as f32).sqrt(), 1e-5);
-                let label = format!("column_sum {n}x{d} gpu kernels {}", ctx.gpu_kernels());
+                let label = format!("column_sum {n}x{d} gpu kernels {}", ctx.kernels().parallel_reductions);
                 assert_close(&label, &got, &reference_column_sum(&x, d), tol);
             }
         }
