@@ -300,8 +300,16 @@ pub fn run_all(
     let k = ctx.kernels();
     let family = format!(
         "{} matmul, {} reductions",
-        if k.tiled_matmul { "tiled" } else { "register-blocked" },
-        if k.parallel_reductions { "row-parallel" } else { "per-column" }
+        if k.tiled_matmul {
+            "tiled"
+        } else {
+            "register-blocked"
+        },
+        if k.parallel_reductions {
+            "row-parallel"
+        } else {
+            "per-column"
+        }
     );
     let gpu = format!(
         "wgnn {} on {}, {family}",

@@ -268,3 +268,158 @@ fn info_lists_the_adapter_and_its_limits() {
         "{text}"
     );
 }
+
+/// Metrics rows without the wall-clock columns (seconds, samples/s).
+fn metrics_without_timing(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            [&f[..5], &f[7..]].concat().join(",")
+        })
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    let args = |out: &Path, epochs: &str| {
+        wgnn(&[
+            "train",
+            "--data",
+            "data/breast_cancer.csv",
+            "--loss",
+            "bce",
+            "--epochs",
+            epochs,
+            "--batch-size",
+            "50",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    assert!(args(&whole, "4").status.success());
+    assert!(args(&split, "2").status.success());
+    let o = wgnn(&[
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("resuming"), "{}", stdout(&o));
+    for file in ["checkpoint.safetensors", "training_state.safetensors"] {
+        let a = StateDict::read(&whole.join(file)).unwrap();
+        let b = StateDict::read(&split.join(file)).unwrap();
+        assert_eq!(a.tensors, b.tensors, "{file}: every tensor bit for bit");
+    }
+    assert_eq!(
+        metrics_without_timing(&whole),
+        metrics_without_timing(&split)
+    );
+    // Resuming a finished run trains nothing more.
+    let o = wgnn(&["train", "--resume", split.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(metrics_without_timing(&split).len(), 5);
+}
+
+#[test]
+fn broken_data_files_are_one_line_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // An IDX images file with a wrong magic number, and one cut short.
+    let bad_magic = write(
+        "bad-images-idx3-ubyte",
+        &[0, 0, 9, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4],
+    );
+    write("bad-labels-idx1-ubyte", &[0, 0, 8, 1, 0, 0, 0, 1, 5]);
+    assert_fails_with(
+        &wgnn(&["train", "--data", &bad_magic, "--out", out]),
+        &["bad-images-idx3-ubyte"],
+    );
+    let short = write(
+        "short-images-idx3-ubyte",
+        &[0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3],
+    );
+    write("short-labels-idx1-ubyte", &[0, 0, 8, 1, 0, 0, 0, 2, 5, 6]);
+    assert_fails_with(
+        &wgnn(&["train", "--data", &short, "--out", out]),
+        &["short-images-idx3-ubyte", "expected 8 bytes, found 3"],
+    );
+    // A CIFAR-10 batch whose length is not a whole number of records.
+    let cifar = write("data_batch_1.bin", &vec![1u8; 3073 + 100]);
+    assert_fails_with(
+        &wgnn(&["train", "--data", &cifar, "--out", out]),
+        &["data_batch_1.bin", "3073"],
+    );
+    // A CSV row with a missing column, and a label that is not an integer.
+    let csv = write("rows.csv", b"a,b,label\n1,2,0\n3,1\n");
+    assert_fails_with(
+        &wgnn(&["train", "--data", &csv, "--out", out]),
+        &["rows.csv line 3", "expected 3 columns, found 2"],
+    );
+    let csv = write("labels.csv", b"a,b,label\n1,2,0\n3,1,1.5\n");
+    assert_fails_with(
+        &wgnn(&["train", "--data", &csv, "--out", out]),
+        &["labels.csv", "1.5"],
+    );
+    // A safetensors file with a corrupt header.
+    let st = write(
+        "data.safetensors",
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json",
+    );
+    assert_fails_with(
+        &wgnn(&["train", "--data", &st, "--out", out]),
+        &["data.safetensors"],
+    );
+}
+
+#[test]
+fn check_finite_rejects_nan_inputs_naming_sample_and_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut features = vec![0.5f32; 20 * 3];
+    features[7 * 3 + 2] = f32::NAN;
+    let labels: Vec<u32> = (0..20).map(|i| i % 2).collect();
+    let data = wgnn::data::Dataset::new(features, vec![3], labels, "nan").unwrap();
+    let path = dir.path().join("nan.safetensors");
+    std::fs::write(&path, wgnn::data::safetensors::encode(&data).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let o = wgnn(&[
+        "train",
+        "--data",
+        path.to_str().unwrap(),
+        "--check-finite",
+        "--normalize",
+        "none",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_with(&o, &["sample 7", "feature 2", "not finite"]);
+}
+
+#[test]
+fn no_matching_adapter_is_a_clear_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+        .args(["train", "--epochs", "1"])
+        .env("WGNN_ADAPTER", "no-such-adapter")
+        .output()
+        .unwrap();
+    assert_fails_with(&o, &["no adapter matches", "no-such-adapter", "available:"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+        .args(["info"])
+        .env("WGNN_BACKEND", "glide")
+        .output()
+        .unwrap();
+    assert_fails_with(&o, &["unknown backend", "glide"]);
+}

@@ -42,8 +42,16 @@ pub fn run() -> Result<()> {
     println!(
         "wgnn uses: {} ({} matmul, {} reductions)",
         chosen.adapter(),
-        if k.tiled_matmul { "tiled" } else { "register-blocked" },
-        if k.parallel_reductions { "row-parallel" } else { "per-column" }
+        if k.tiled_matmul {
+            "tiled"
+        } else {
+            "register-blocked"
+        },
+        if k.parallel_reductions {
+            "row-parallel"
+        } else {
+            "per-column"
+        }
     );
     Ok(())
 }

@@ -80,8 +80,9 @@ pub struct TrainArgs {
     /// lecture's MLP with as many outputs as the data has classes, one for --loss bce).
     #[arg(long)]
     pub arch: Option<String>,
-    #[arg(long, default_value_t = 12)]
-    pub epochs: usize,
+    /// Epochs to train [default: 12]; with --resume, the run's total (default: the run's own).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value = "sgd")]

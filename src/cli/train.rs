@@ -12,12 +12,17 @@ use wgnn::train::{EpochMetrics, FitOptions, fit};
 use super::progress::Bar;
 use super::{NormalizeArg, TrainArgs, open_gpu};
 
+/// Epochs of a new run unless --epochs says otherwise.
+const DEFAULT_EPOCHS: usize = 12;
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let ctx = open_gpu()?;
     let (mut model, run, epochs_done, mut history) = match &args.resume {
         Some(dir) => {
             let (model, mut run, done) = run::resume(ctx, dir)?;
-            run.epochs = run.epochs.max(args.epochs);
+            if let Some(epochs) = args.epochs {
+                run.epochs = epochs;
+            }
             let history = read_history(&dir.join("metrics.csv"), done)?;
             println!(
                 "resuming {} after epoch {done} of {}",
@@ -161,7 +166,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         momentum: args.momentum,
         weight_decay,
         batch_size: args.batch_size,
-        epochs: args.epochs,
+        epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
         seed: args.seed,
         shuffle: !args.no_shuffle,
         drop_last: args.drop_last,

@@ -5,8 +5,8 @@ mod kernel;
 mod tensor;
 
 pub use context::{
-    ADAPTER_ENV, AdapterRequest, AdapterSummary, BACKEND_ENV, GpuContext, KERNELS_ENV, KernelChoice,
-    list_adapters, parse_backend,
+    ADAPTER_ENV, AdapterRequest, AdapterSummary, BACKEND_ENV, GpuContext, KERNELS_ENV,
+    KernelChoice, list_adapters, parse_backend,
 };
 pub use kernel::{Binding, Dispatch, Kernel, ResourceCounters, Shader, grid_1d};
 pub use tensor::{GpuTensor, TENSOR_USAGE, byte_len, map_and_read, read_buffer};
@@ -25,7 +25,9 @@ pub enum GpuError {
     AdapterNotFound { wanted: String, available: String },
     #[error("unknown backend {0:?} in WGNN_BACKEND: expected vulkan, metal, dx12 or gl")]
     UnknownBackend(String),
-    #[error("unknown kernel choice {0:?} in WGNN_KERNELS: expected gpu, cpu, or a comma list of tiled and parallel")]
+    #[error(
+        "unknown kernel choice {0:?} in WGNN_KERNELS: expected gpu, cpu, or a comma list of tiled and parallel"
+    )]
     UnknownKernels(String),
     #[error("could not open the device on adapter {0}")]
     RequestDevice(String),

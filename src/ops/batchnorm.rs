@@ -210,7 +210,11 @@ const WG: u32 = 256;
 /// GPUs split a feature's rows over 16 invocations; lavapipe, whose barriers are costly, uses
 /// one invocation per feature.
 fn reduction_shape(ctx: &GpuContext) -> (u32, u32) {
-    if ctx.kernels().parallel_reductions { (16, 16) } else { (64, 1) }
+    if ctx.kernels().parallel_reductions {
+        (16, 16)
+    } else {
+        (64, 1)
+    }
 }
 
 // @binding numbers in shaders/batchnorm.wgsl.

@@ -141,7 +141,10 @@ mod tests {
                 let g = GpuTensor::from_slice(ctx, &x, &[n, d], "x").unwrap();
                 let got: Vec<f32> = column_sum(ctx, &g).unwrap().read(ctx).unwrap();
                 let tol = Tolerance::new(1e-6 * (n as f32).sqrt(), 1e-5);
-                let label = format!("column_sum {n}x{d} gpu kernels {}", ctx.kernels().parallel_reductions);
+                let label = format!(
+                    "column_sum {n}x{d} gpu kernels {}",
+                    ctx.kernels().parallel_reductions
+                );
                 assert_close(&label, &got, &reference_column_sum(&x, d), tol);
             }
         }
