@@ -43,13 +43,7 @@ const FLAG_COUNT_BATCH: u32 = 8u;
 // (ROWS = 16); lavapipe, where barriers are costly, takes ROWS = 1.
 override WG_FEATURES: u32 = 64u;
 override ROWS: u32 = 1u;
-override WG: u32 = 256u;
-
 var<workgroup> partial: array<vec2<f32>, 256>;
-
-fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
-}
 
 // Sums the workgroup's ROWS partials of each feature; every invocation gets its feature's total.
 fn reduce_rows(lid: vec3<u32>, value: vec2<f32>) -> vec2<f32> {
@@ -95,16 +89,26 @@ fn stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocatio
     running[p.d + f] = (1.0 - m) * running[p.d + f] + m * var_unbiased;
 }
 
+// Element-wise kernels run on a 2-D grid — x over features, y (and z) over rows — so no
+// invocation divides to find its feature (integer division is scalar per lane on lavapipe).
+const MAP_X: u32 = 64u;
+const MAP_Y: u32 = 4u;
+
+fn map_row(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y + gid.z * nwg.y * MAP_Y;
+}
+
 // y = x̂·γ + β (then ReLU), with x̂ from the batch stats or the running stats.
-@compute @workgroup_size(WG)
+@compute @workgroup_size(MAP_X, MAP_Y)
 fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(gid, nwg);
-    if (i == 0u && (p.flags & FLAG_COUNT_BATCH) != 0u) {
+    let f = gid.x;
+    let r = map_row(gid, nwg);
+    if (f == 0u && r == 0u && (p.flags & FLAG_COUNT_BATCH) != 0u) {
         // After stats has read it (a dispatch boundary separates them).
         num_batches_tracked[0] += 1u;
     }
-    if (i >= p.n * p.d) { return; }
-    let f = i % p.d;
+    if (f >= p.d || r >= p.n) { return; }
+    let i = r * p.d + f;
     var invstd = saved[p.d + f];
     if ((p.flags & FLAG_FROM_VARIANCE) != 0u) {
         invstd = inverseSqrt(saved[p.d + f] + p.eps);
@@ -139,11 +143,12 @@ fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local
     dgamma[f] = s.y;
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(MAP_X, MAP_Y)
 fn backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(gid, nwg);
-    if (i >= p.n * p.d) { return; }
-    let f = i % p.d;
+    let f = gid.x;
+    let r = map_row(gid, nwg);
+    if (f >= p.d || r >= p.n) { return; }
+    let i = r * p.d + f;
     let invstd = saved[p.d + f];
     let xhat = (x[i] - saved[f]) * invstd;
     let n = f32(p.n);

@@ -204,8 +204,6 @@ const FLAG_FROM_VARIANCE: u32 = 2;
 const FLAG_CUMULATIVE: u32 = 4;
 const FLAG_COUNT_BATCH: u32 = 8;
 
-const WG: u32 = 256;
-
 /// Shape of the per-feature reductions' workgroups: (features, rows sharing a feature).
 /// GPUs split a feature's rows over 16 invocations; lavapipe, whose barriers are costly, uses
 /// one invocation per feature.
@@ -251,18 +249,19 @@ fn kernel(ctx: &GpuContext, entry: &'static str) -> Kernel {
     Kernel::new(Shader::BatchNorm, entry)
         .with("WG_FEATURES", features)
         .with("ROWS", rows)
-        .with("WG", WG)
 }
 
 fn feature_grid(ctx: &GpuContext, d: usize) -> [u32; 3] {
     [groups(d, reduction_shape(ctx).0), 1, 1]
 }
 
-fn element_grid(ctx: &GpuContext, len: usize) -> [u32; 3] {
-    grid_1d(
-        groups(len, WG),
-        ctx.limits().max_compute_workgroups_per_dimension,
-    )
+/// Grid of the element-wise kernels: x over features (64 per workgroup), y and z over rows
+/// (4 per workgroup), as `map_row` in the shader reads them.
+fn element_grid(ctx: &GpuContext, n: usize, d: usize) -> [u32; 3] {
+    let max = ctx.limits().max_compute_workgroups_per_dimension;
+    let row_groups = groups(n, 4);
+    let [y, z, _] = grid_1d(row_groups, max);
+    [groups(d, 64), y, z]
 }
 
 /// The GPU buffers of one BatchNorm1d layer.
@@ -313,7 +312,7 @@ pub fn train_dispatches(
             (BETA, layer.beta),
             (NUM_BATCHES, layer.num_batches_tracked),
         ],
-        element_grid(ctx, n * d),
+        element_grid(ctx, n, d),
     )?;
     Ok([stats, normalize])
 }
@@ -342,7 +341,7 @@ pub fn eval_dispatch(
             (BETA, layer.beta),
             (NUM_BATCHES, layer.num_batches_tracked),
         ],
-        element_grid(ctx, n * d),
+        element_grid(ctx, n, d),
     )
 }
 
@@ -391,7 +390,7 @@ pub fn backward_dispatches(
             (DGAMMA, dgamma),
             (DBETA, dbeta),
         ],
-        element_grid(ctx, n * d),
+        element_grid(ctx, n, d),
     )?;
     Ok([reduce, dx])
 }
