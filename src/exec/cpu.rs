@@ -307,3 +307,51 @@ fn loss_rows(g: &Graph, logits: &[f32], labels: &[u32]) -> (Vec<f32>, Vec<f32>, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{CrossEntropyLoss, Sequential};
+    use crate::optim::{Optimizer, Sgd};
+
+    /// The CPU reference graph's parameter gradients (autodiff through Linear, BatchNorm,
+    /// ReLU and cross-entropy) against central finite differences of its loss.
+    #[test]
+    fn whole_model_gradients_match_finite_differences() {
+        let model = Sequential::lecture_mlp(5, 3, 0.0);
+        // lr 0: a "training step" computes the gradients and leaves the parameters.
+        let sgd = Optimizer::Sgd(Sgd {
+            lr: 0.0,
+            ..Sgd::default()
+        });
+        let loss = Loss::CrossEntropy(CrossEntropyLoss::new());
+        let graph = graph::build(&model, &loss, &sgd, &[5], 6).unwrap();
+        let state = HostState::init(&graph, &model, 11);
+        let mut cpu = CpuExecutor::new(model, graph, state, 0);
+        let x: Vec<f32> = (0..30)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let y = vec![0u32, 1, 2, 2, 1, 0];
+        cpu.run(Mode::Train, &x, &y).unwrap();
+        let grads = cpu.grads.clone();
+        // Small enough to stay on one side of the ReLUs, large enough for f32 losses.
+        let h = 1e-3f32;
+        for (p, grad) in grads.iter().enumerate() {
+            for i in [0, grad.len() / 2, grad.len() - 1] {
+                let mut at = |delta: f32| {
+                    cpu.state.params[p][i] += delta;
+                    let l = cpu.run(Mode::Train, &x, &y).unwrap().loss;
+                    cpu.state.params[p][i] -= delta;
+                    f64::from(l)
+                };
+                let fd = ((at(h) - at(-h)) / (2.0 * f64::from(h))) as f32;
+                let name = &cpu.graph.params[p].name;
+                assert!(
+                    (fd - grad[i]).abs() < 2e-3 + 2e-2 * grad[i].abs(),
+                    "{name}[{i}]: finite difference {fd}, autodiff {}",
+                    grad[i]
+                );
+            }
+        }
+    }
+}
