@@ -82,7 +82,9 @@ fn matmuls(c: &mut Criterion) {
         )
         .unwrap();
         group.bench_function(BenchmarkId::new("gpu", &name), |bench| {
-            bench.iter_custom(|iters| time_dispatches(&ctx, &[&d], iters))
+            bench.iter_custom(|iters| {
+                time_dispatches(&ctx, &d.dispatches.iter().collect::<Vec<_>>(), iters)
+            })
         });
         if shape.m * shape.n * shape.k <= 1 << 30 {
             group.bench_function(BenchmarkId::new("cpu_reference", &name), |bench| {

@@ -5,8 +5,11 @@
 //   nn_bvec4  A [M,K], B [K,N]            (Linear dX: dy · W)         needs N % 4 == 0
 //   tn_bvec4  A [K,M], B [K,N]            (Linear dW: dyᵀ · x)        needs N % 4 == 0
 //   general   any layout, via strides, 4×4 outputs per invocation (no alignment needed)
+//   tiled     any layout, 64×64 tiles through workgroup memory (GPUs); when the tiles are too
+//             few to fill the GPU, K is split over workgroups (z) into partial products that
+//             splitk_reduce sums
 //
-// Each invocation keeps an 8×8 block of C in registers. Invocations along x share their rows of
+// The register variants keep an 8×8 block of C per invocation. Invocations along x share their rows of
 // A, so A's loads are uniform across a SIMD batch; on lavapipe, where every storage load is
 // costly, this keeps loads per FMA low (1024³: 25 GFLOP/s vs 3 for one output per invocation).
 // Rows past M are clamped on load and skipped on store, so any M works.
@@ -22,10 +25,15 @@ struct Params {
     a_col: u32,
     b_row: u32,
     b_col: u32,
+    // split-K (tiled only): each z-slice of workgroups sums k_chunk of K into its own [M, N]
+    k_chunk: u32,
+    splits: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_RELU: u32 = 2u;
+// Write raw partial sums (split-K); splitk_reduce applies the epilogue.
+const FLAG_PARTIAL: u32 = 4u;
 
 override WG_X: u32 = 8u;
 override WG_Y: u32 = 8u;

@@ -16,13 +16,13 @@ const TK: u32 = 16u;
 var<workgroup> a_tile: array<vec4<f32>, 256>;
 var<workgroup> b_tile: array<vec4<f32>, 256>;
 
-fn load_a(m: u32, k: u32) -> f32 {
-    if (m >= p.m || k >= p.k) { return 0.0; }
+fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
+    if (m >= p.m || k >= k_end) { return 0.0; }
     return a[m * p.a_row + k * p.a_col];
 }
 
-fn load_b(k: u32, n: u32) -> f32 {
-    if (k >= p.k || n >= p.n) { return 0.0; }
+fn load_b(k: u32, n: u32, k_end: u32) -> f32 {
+    if (k >= k_end || n >= p.n) { return 0.0; }
     return b[k * p.b_row + n * p.b_col];
 }
 
@@ -35,19 +35,23 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+    let k_begin = wid.z * p.k_chunk;
+    let k_end = min(k_begin + p.k_chunk, p.k);
+    for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         // Each invocation stages one vec4 of each tile: 4 rows (or columns) at one k. The
         // fastest-varying index follows the operand's contiguous dimension so reads coalesce.
         var ka: u32; var ma: u32;
         if (p.a_col == 1u) { ka = tid % TK; ma = tid / TK; } else { ma = tid % 16u; ka = tid / 16u; }
         let am = row0 + 4u * ma;
         a_tile[ka * 16u + ma] = vec4<f32>(
-            load_a(am, k0 + ka), load_a(am + 1u, k0 + ka), load_a(am + 2u, k0 + ka), load_a(am + 3u, k0 + ka));
+            load_a(am, k0 + ka, k_end), load_a(am + 1u, k0 + ka, k_end),
+            load_a(am + 2u, k0 + ka, k_end), load_a(am + 3u, k0 + ka, k_end));
         var kb: u32; var nb: u32;
         if (p.b_col == 1u) { nb = tid % 16u; kb = tid / 16u; } else { kb = tid % TK; nb = tid / TK; }
         let bn = col0 + 4u * nb;
         b_tile[kb * 16u + nb] = vec4<f32>(
-            load_b(k0 + kb, bn), load_b(k0 + kb, bn + 1u), load_b(k0 + kb, bn + 2u), load_b(k0 + kb, bn + 3u));
+            load_b(k0 + kb, bn, k_end), load_b(k0 + kb, bn + 1u, k_end),
+            load_b(k0 + kb, bn + 2u, k_end), load_b(k0 + kb, bn + 3u, k_end));
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
             let av = a_tile[k * 16u + lid.y];
@@ -61,18 +65,35 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
     }
     let row = row0 + 4u * lid.y;
     let col = col0 + 4u * lid.x;
-    store_row(row, col, acc0);
-    store_row(row + 1u, col, acc1);
-    store_row(row + 2u, col, acc2);
-    store_row(row + 3u, col, acc3);
+    // A split's partial product goes to its own [M, N] slice of the scratch buffer.
+    let base = wid.z * p.m * p.n;
+    store_row(base, row, col, acc0);
+    store_row(base, row + 1u, col, acc1);
+    store_row(base, row + 2u, col, acc2);
+    store_row(base, row + 3u, col, acc3);
 }
 
-fn store_row(row: u32, col: u32, v: vec4<f32>) {
+fn store_row(base: u32, row: u32, col: u32, v: vec4<f32>) {
     if (row >= p.m) { return; }
     let last = arrayLength(&bias) - 1u;
+    let partial = (p.flags & FLAG_PARTIAL) != 0u;
     for (var j = 0u; j < 4u; j++) {
         if (col + j < p.n) {
-            c[row * p.n + col + j] = epilogue1(v[j], bias[min(col + j, last)]);
+            let out = select(epilogue1(v[j], bias[min(col + j, last)]), v[j], partial);
+            c[base + row * p.n + col + j] = out;
         }
     }
+}
+
+// C = epilogue(Σ_s partial_s): one invocation per element of C; `a` holds the
+// [splits, M, N] partial products.
+@compute @workgroup_size(256)
+fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let len = p.m * p.n;
+    if (i >= len) { return; }
+    var s = 0.0;
+    for (var z = 0u; z < p.splits; z++) { s += a[z * len + i]; }
+    let last = arrayLength(&bias) - 1u;
+    c[i] = epilogue1(s, bias[min(i % p.n, last)]);
 }

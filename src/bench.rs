@@ -157,7 +157,7 @@ pub fn matmul_gpu(ctx: &GpuContext, shape: MatmulShape, budget: Budget) -> Resul
         c.binding(),
     )?;
     let seconds = time_per_rep(budget, |reps| {
-        let list: Vec<_> = (0..reps).map(|_| &d).collect();
+        let list: Vec<_> = (0..reps).flat_map(|_| d.dispatches.iter()).collect();
         ctx.submit(&list);
         Ok(ctx.wait_idle()?)
     })?;

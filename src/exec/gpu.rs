@@ -4,7 +4,7 @@
 
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
-use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, TENSOR_USAGE};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
 use crate::graph::{Graph, Mode, Op, ValueId};
 use crate::nn::Loss;
 use crate::ops::batchnorm::{self, LayerBindings};
@@ -32,6 +32,8 @@ pub struct GpuPlan {
     dispatches: Vec<Dispatch>,
     slots: Vec<wgpu::Buffer>,
     memory: MemoryPlan,
+    /// Buffers private to some dispatches (split-K partial products), kept alive with them.
+    _scratch: Vec<wgpu::Buffer>,
     /// The batch's samples [N, features], written by the host each step.
     pub input: wgpu::Buffer,
     /// The batch's targets [N] (i32 classes, or f32 for BCE), written by the host each step.
@@ -89,6 +91,7 @@ impl GpuPlan {
 
         let state = shared.state;
         let mut dispatches = Vec::new();
+        let mut scratch = Vec::new();
         for (_, node) in graph.nodes_for(mode) {
             let value = |i: usize| graph.value(node.inputs[i]);
             match &node.op {
@@ -100,19 +103,23 @@ impl GpuPlan {
                         n: w.shape[0],
                         k: w.shape[1],
                     };
-                    dispatches.push(matmul::dispatch(
-                        ctx,
-                        shape,
-                        Epilogue {
-                            bias: bias.is_some(),
-                            relu: *relu,
-                        },
-                        None,
-                        bind(node.inputs[0]),
-                        state.param_binding(graph, *weight),
-                        bias.map(|b| state.param_binding(graph, b)),
-                        bind(node.outputs[0]),
-                    )?);
+                    push_launch(
+                        &mut dispatches,
+                        &mut scratch,
+                        matmul::dispatch(
+                            ctx,
+                            shape,
+                            Epilogue {
+                                bias: bias.is_some(),
+                                relu: *relu,
+                            },
+                            None,
+                            bind(node.inputs[0]),
+                            state.param_binding(graph, *weight),
+                            bias.map(|b| state.param_binding(graph, b)),
+                            bind(node.outputs[0]),
+                        )?,
+                    );
                 }
                 Op::BatchNorm { bn, relu } => {
                     let info = &graph.batch_norms[*bn];
@@ -226,16 +233,20 @@ impl GpuPlan {
                         n: w.shape[1],
                         k: w.shape[0],
                     };
-                    dispatches.push(matmul::dispatch(
-                        ctx,
-                        shape,
-                        Epilogue::default(),
-                        None,
-                        bind(node.inputs[0]),
-                        state.param_binding(graph, *weight),
-                        None,
-                        bind(node.outputs[0]),
-                    )?);
+                    push_launch(
+                        &mut dispatches,
+                        &mut scratch,
+                        matmul::dispatch(
+                            ctx,
+                            shape,
+                            Epilogue::default(),
+                            None,
+                            bind(node.inputs[0]),
+                            state.param_binding(graph, *weight),
+                            None,
+                            bind(node.outputs[0]),
+                        )?,
+                    );
                 }
                 Op::LinearGradParams { weight, bias } => {
                     // dW[out, in] = dyᵀ[out, N] · x[N, in];  db = Σ_rows dy
@@ -246,16 +257,20 @@ impl GpuPlan {
                         n: w.shape[1],
                         k: value(0).rows,
                     };
-                    dispatches.push(matmul::dispatch(
-                        ctx,
-                        shape,
-                        Epilogue::default(),
-                        None,
-                        bind(node.inputs[0]),
-                        bind(node.inputs[1]),
-                        None,
-                        state.grad_binding(graph, *weight),
-                    )?);
+                    push_launch(
+                        &mut dispatches,
+                        &mut scratch,
+                        matmul::dispatch(
+                            ctx,
+                            shape,
+                            Epilogue::default(),
+                            None,
+                            bind(node.inputs[0]),
+                            bind(node.inputs[1]),
+                            None,
+                            state.grad_binding(graph, *weight),
+                        )?,
+                    );
                     if let Some(b) = bias {
                         dispatches.push(reduce::column_sum_dispatch(
                             ctx,
@@ -318,6 +333,7 @@ impl GpuPlan {
             dispatches,
             slots,
             memory,
+            _scratch: scratch,
             input,
             target,
             logits: graph.logits,
@@ -371,6 +387,12 @@ impl GpuPlan {
         let slot = self.memory.slot_of[self.logits.0].unwrap_or(0);
         (&self.slots[slot], self.logits_bytes)
     }
+}
+
+/// Appends a launch's dispatches to the plan and keeps its scratch buffers.
+fn push_launch(dispatches: &mut Vec<Dispatch>, scratch: &mut Vec<wgpu::Buffer>, launch: Launch) {
+    dispatches.extend(launch.dispatches);
+    scratch.extend(launch.scratch);
 }
 
 /// The first `len` floats of a flat state buffer.

@@ -161,6 +161,34 @@ impl Dispatch {
     }
 }
 
+/// Dispatches that run in order as one operation, with the buffers only they use (such as
+/// split-K partial products), which must live as long as the dispatches.
+pub struct Launch {
+    pub dispatches: Vec<Dispatch>,
+    pub scratch: Vec<wgpu::Buffer>,
+}
+
+impl Launch {
+    pub fn single(dispatch: Dispatch) -> Self {
+        Self {
+            dispatches: vec![dispatch],
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for d in &self.dispatches {
+            d.encode(pass);
+        }
+    }
+
+    /// Records the launch into its own command buffer and submits it, without waiting.
+    pub fn submit(&self, ctx: &GpuContext) -> wgpu::SubmissionIndex {
+        let list: Vec<&Dispatch> = self.dispatches.iter().collect();
+        ctx.submit(&list)
+    }
+}
+
 /// Splits `count` workgroups over x and y so neither exceeds the per-dimension limit; shaders
 /// rebuild the linear index from `num_workgroups`.
 pub fn grid_1d(count: u32, max_per_dim: u32) -> [u32; 3] {

@@ -7,7 +7,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{OpError, expect_matrix, groups};
-use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
+use crate::gpu::{
+    Binding, GpuContext, GpuError, GpuTensor, Kernel, Launch, Shader, TENSOR_USAGE, grid_1d,
+};
 
 /// Which operand is stored transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,9 +80,9 @@ pub enum Variant {
 
 impl Variant {
     /// The variant for `shape`: workgroup tiles for GPU kernels when the product fills at
-    /// least a tile, register blocks otherwise and on CPU adapters such as lavapipe.
+    /// least one 64×64 tile, register blocks otherwise and on CPU adapters such as lavapipe.
     pub fn for_adapter(shape: &MatmulShape, gpu_kernels: bool) -> Variant {
-        if gpu_kernels && shape.m >= 128 && shape.n >= 64 && shape.k >= 32 {
+        if gpu_kernels && shape.m >= 64 && shape.n >= 64 && shape.k >= 64 {
             Variant::Tiled
         } else {
             Variant::choose(shape)
@@ -119,11 +121,17 @@ struct Params {
     a_col: u32,
     b_row: u32,
     b_col: u32,
+    k_chunk: u32,
+    splits: u32,
+    _pad: [u32; 2],
 }
 
 const WG: u32 = 8;
+const FLAG_PARTIAL: u32 = 4;
 
-/// Builds the dispatch computing `c = op(a)·op(b)` (+ bias) (ReLU). `variant: None` chooses.
+/// Builds the dispatch(es) computing `c = op(a)·op(b)` (+ bias) (ReLU). `variant: None`
+/// chooses. A tiled product with too few tiles to fill a GPU splits K over workgroups: then
+/// the launch holds a second dispatch summing the partial products, and their scratch buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     ctx: &GpuContext,
@@ -134,7 +142,7 @@ pub fn dispatch(
     b: Binding<'_>,
     bias: Option<Binding<'_>>,
     c: Binding<'_>,
-) -> Result<Dispatch, GpuError> {
+) -> Result<Launch, GpuError> {
     let variant = variant
         .filter(|v| v.fits(&shape))
         .unwrap_or_else(|| Variant::for_adapter(&shape, ctx.kernels().tiled_matmul));
@@ -147,7 +155,7 @@ pub fn dispatch(
         Layout::NN | Layout::TN => (n, 1),
         Layout::NT => (1, k),
     };
-    let params = Params {
+    let mut params = Params {
         m: m as u32,
         n: n as u32,
         k: k as u32,
@@ -156,36 +164,97 @@ pub fn dispatch(
         a_col: a_col as u32,
         b_row: b_row as u32,
         b_col: b_col as u32,
+        k_chunk: k as u32,
+        splits: 1,
+        _pad: [0; 2],
     };
+    let bias = bias.unwrap_or_else(|| ctx.placeholder());
+    if variant == Variant::Tiled {
+        return tiled(ctx, shape, params, a, b, bias, c);
+    }
     let (shader, entry, cols_per_inv, rows_per_inv) = match variant {
         Variant::NtVec4 => (Shader::MatmulNtVec4, "nt_vec4", 8, 8),
         Variant::NnBvec4 => (Shader::MatmulBvec4, "nn_bvec4", 8, 8),
         Variant::TnBvec4 => (Shader::MatmulBvec4, "tn_bvec4", 8, 8),
-        Variant::General => (Shader::MatmulGeneral, "general", 4, 4),
-        Variant::Tiled => (Shader::MatmulTiled, "tiled", 64, 64),
+        Variant::General | Variant::Tiled => (Shader::MatmulGeneral, "general", 4, 4),
     };
-    let (kernel, workgroups) = if variant == Variant::Tiled {
-        // One 16×16 workgroup per 64×64 tile.
-        (
-            Kernel::new(shader, entry),
-            [
-                n.div_ceil(cols_per_inv) as u32,
-                m.div_ceil(rows_per_inv) as u32,
-                1,
-            ],
-        )
-    } else {
-        (
-            Kernel::new(shader, entry).with("WG_X", WG).with("WG_Y", WG),
-            [
-                groups(n.div_ceil(cols_per_inv), WG),
-                groups(m.div_ceil(rows_per_inv), WG),
-                1,
-            ],
-        )
+    let kernel = Kernel::new(shader, entry).with("WG_X", WG).with("WG_Y", WG);
+    let workgroups = [
+        groups(n.div_ceil(cols_per_inv), WG),
+        groups(m.div_ceil(rows_per_inv), WG),
+        1,
+    ];
+    params.splits = 1;
+    let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)?;
+    Ok(Launch::single(d))
+}
+
+/// Workgroups a tiled product aims for: about one per multiprocessor of a large GPU.
+const TARGET_WORKGROUPS: usize = 128;
+/// The least K a split-K slice sums.
+const MIN_K_CHUNK: usize = 128;
+/// Depth of the tiled kernel's K tiles (TK in the shader).
+const K_TILE: usize = 16;
+
+/// K-slices for a tiled product of `tiles` 64×64 tiles: enough workgroups to fill the GPU,
+/// each summing at least MIN_K_CHUNK of K.
+pub fn k_splits(shape: &MatmulShape, tiles: usize) -> usize {
+    if tiles >= TARGET_WORKGROUPS / 2 {
+        return 1;
+    }
+    (TARGET_WORKGROUPS / tiles.max(1))
+        .min(shape.k / MIN_K_CHUNK)
+        .clamp(1, 16)
+}
+
+fn tiled(
+    ctx: &GpuContext,
+    shape: MatmulShape,
+    mut params: Params,
+    a: Binding<'_>,
+    b: Binding<'_>,
+    bias: Binding<'_>,
+    c: Binding<'_>,
+) -> Result<Launch, GpuError> {
+    let (tiles_x, tiles_y) = (shape.n.div_ceil(64), shape.m.div_ceil(64));
+    let splits = k_splits(&shape, tiles_x * tiles_y);
+    let chunk = shape.k.div_ceil(splits).next_multiple_of(K_TILE);
+    let splits = shape.k.div_ceil(chunk).max(1);
+    params.k_chunk = chunk as u32;
+    params.splits = splits as u32;
+    let kernel = Kernel::new(Shader::MatmulTiled, "tiled");
+    let grid = [tiles_x as u32, tiles_y as u32, splits as u32];
+    if splits == 1 {
+        let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], grid)?;
+        return Ok(Launch::single(d));
+    }
+    // Partial products into scratch, then one pass summing them with the epilogue.
+    let partial_bytes = (splits * shape.m * shape.n * 4) as u64;
+    let scratch = ctx.create_buffer("split-K partials", partial_bytes, TENSOR_USAGE)?;
+    let partial = Params {
+        flags: params.flags | FLAG_PARTIAL,
+        ..params
     };
-    let bias = bias.unwrap_or_else(|| ctx.placeholder());
-    ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)
+    let products = ctx.dispatch(
+        &kernel,
+        Some(&partial),
+        &[a, b, bias, Binding::whole(&scratch)],
+        grid,
+    )?;
+    let reduce_grid = grid_1d(
+        groups(shape.m * shape.n, 256),
+        ctx.limits().max_compute_workgroups_per_dimension,
+    );
+    let reduce = ctx.dispatch_at(
+        &Kernel::new(Shader::MatmulTiled, "splitk_reduce"),
+        Some(&params),
+        &[(1, Binding::whole(&scratch)), (3, bias), (4, c)],
+        reduce_grid,
+    )?;
+    Ok(Launch {
+        dispatches: vec![products, reduce],
+        scratch: vec![scratch],
+    })
 }
 
 /// Multiplies GPU matrices, checking their shapes; returns C: [M, N].
@@ -206,7 +275,7 @@ pub fn matmul(
         bias: bias.is_some(),
         relu,
     };
-    let d = dispatch(
+    let launch = dispatch(
         ctx,
         shape,
         epilogue,
@@ -216,7 +285,7 @@ pub fn matmul(
         bias.map(GpuTensor::binding),
         c.binding(),
     )?;
-    ctx.submit(&[&d]);
+    launch.submit(ctx);
     Ok(c)
 }
 
@@ -344,7 +413,7 @@ mod tests {
             gc.binding(),
         )
         .unwrap();
-        ctx.submit(&[&d]);
+        d.submit(ctx);
         let got: Vec<f32> = gc.read(ctx).unwrap();
         let want = reference(shape, &a, &b, epi.bias.then_some(&bias[..]), epi.relu);
         // f32 sums of k products of magnitude ≤ 1 in a different order: error grows like √k·ε.
