@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Shorter rounds and no CPU reference.
     #[arg(long)]
     pub quick: bool,
+    /// Instead: time every dispatch of the lecture MLP's training and eval steps (784
+    /// inputs, batch 128 and 1024) on its own — where a step's time goes.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
