@@ -9,7 +9,7 @@ use crate::graph::{self, BuildError, Graph, Mode, Op, ValueId};
 use crate::nn::{Loss, Sequential};
 use crate::ops::batchnorm::{self, Saved};
 use crate::ops::dropout::{self, MaskStream};
-use crate::ops::matmul::{self, Layout, MatmulShape};
+use crate::ops::matmul::{self, MatmulShape};
 use crate::ops::reduce::{self, Totals};
 use crate::ops::softmax_xent::{self, Reduction};
 use crate::ops::{bce, elementwise};
@@ -80,13 +80,7 @@ impl CpuExecutor {
             let mut out: Vec<(ValueId, Vec<f32>)> = Vec::new();
             match &node.op {
                 Op::Linear { weight, bias, relu } => {
-                    let w = g.param(*weight);
-                    let shape = MatmulShape {
-                        layout: Layout::NT,
-                        m: rows(0),
-                        n: w.shape[0],
-                        k: w.shape[1],
-                    };
+                    let shape = MatmulShape::linear_forward(rows(0), &g.param(*weight).shape);
                     let b = bias.map(|b| self.state.params[b.0].as_slice());
                     let y =
                         matmul::reference(shape, get(0), &self.state.params[weight.0], b, *relu);
@@ -163,26 +157,14 @@ impl CpuExecutor {
                     elementwise::reference_relu_backward(get(0), get(1)),
                 )),
                 Op::LinearGradInput { weight } => {
-                    let w = g.param(*weight);
-                    let shape = MatmulShape {
-                        layout: Layout::NN,
-                        m: rows(0),
-                        n: w.shape[1],
-                        k: w.shape[0],
-                    };
+                    let shape = MatmulShape::linear_grad_input(rows(0), &g.param(*weight).shape);
                     let dx =
                         matmul::reference(shape, get(0), &self.state.params[weight.0], None, false);
                     out.push((node.outputs[0], dx));
                 }
                 Op::LinearGradParams { weight, bias } => {
-                    let w = g.param(*weight);
                     let dy = get(0);
-                    let shape = MatmulShape {
-                        layout: Layout::TN,
-                        m: w.shape[0],
-                        n: w.shape[1],
-                        k: rows(0),
-                    };
+                    let shape = MatmulShape::linear_grad_weight(rows(0), &g.param(*weight).shape);
                     self.grads[weight.0] = matmul::reference(shape, dy, get(1), None, false);
                     if let Some(b) = bias {
                         self.grads[b.0] = reduce::reference_column_sum(dy, cols(0));

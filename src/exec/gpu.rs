@@ -9,7 +9,7 @@ use crate::graph::{Graph, Mode, Op, ValueId};
 use crate::nn::Loss;
 use crate::ops::batchnorm::{self, LayerBindings};
 use crate::ops::dropout::{self, MaskStream};
-use crate::ops::matmul::{self, Epilogue, Layout, MatmulShape};
+use crate::ops::matmul::{self, Epilogue, MatmulShape};
 use crate::ops::softmax_xent::{self, XentBindings};
 use crate::ops::{bce, elementwise, reduce};
 use crate::optim;
@@ -96,13 +96,8 @@ impl GpuPlan {
             let value = |i: usize| graph.value(node.inputs[i]);
             match &node.op {
                 Op::Linear { weight, bias, relu } => {
-                    let w = graph.param(*weight);
-                    let shape = MatmulShape {
-                        layout: Layout::NT,
-                        m: value(0).rows,
-                        n: w.shape[0],
-                        k: w.shape[1],
-                    };
+                    let shape =
+                        MatmulShape::linear_forward(value(0).rows, &graph.param(*weight).shape);
                     push_launch(
                         &mut dispatches,
                         &mut scratch,
@@ -225,14 +220,8 @@ impl GpuPlan {
                     bind(node.outputs[0]),
                 )?),
                 Op::LinearGradInput { weight } => {
-                    // dx[N, in] = dy[N, out] · W[out, in]
-                    let w = graph.param(*weight);
-                    let shape = MatmulShape {
-                        layout: Layout::NN,
-                        m: value(0).rows,
-                        n: w.shape[1],
-                        k: w.shape[0],
-                    };
+                    let shape =
+                        MatmulShape::linear_grad_input(value(0).rows, &graph.param(*weight).shape);
                     push_launch(
                         &mut dispatches,
                         &mut scratch,
@@ -249,14 +238,8 @@ impl GpuPlan {
                     );
                 }
                 Op::LinearGradParams { weight, bias } => {
-                    // dW[out, in] = dyᵀ[out, N] · x[N, in];  db = Σ_rows dy
-                    let w = graph.param(*weight);
-                    let shape = MatmulShape {
-                        layout: Layout::TN,
-                        m: w.shape[0],
-                        n: w.shape[1],
-                        k: value(0).rows,
-                    };
+                    let shape =
+                        MatmulShape::linear_grad_weight(value(0).rows, &graph.param(*weight).shape);
                     push_launch(
                         &mut dispatches,
                         &mut scratch,

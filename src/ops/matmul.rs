@@ -47,10 +47,51 @@ impl MatmulShape {
         }
     }
 
+    /// A Linear layer's forward over `rows` samples with weight [out, in]: y = x·Wᵀ.
+    pub fn linear_forward(rows: usize, weight: &[usize]) -> Self {
+        let (out, inp) = linear_dims(weight);
+        Self {
+            layout: Layout::NT,
+            m: rows,
+            n: out,
+            k: inp,
+        }
+    }
+
+    /// Its input gradient: dx[rows, in] = dy[rows, out]·W.
+    pub fn linear_grad_input(rows: usize, weight: &[usize]) -> Self {
+        let (out, inp) = linear_dims(weight);
+        Self {
+            layout: Layout::NN,
+            m: rows,
+            n: inp,
+            k: out,
+        }
+    }
+
+    /// Its weight gradient: dW[out, in] = dyᵀ·x, summed over the rows.
+    pub fn linear_grad_weight(rows: usize, weight: &[usize]) -> Self {
+        let (out, inp) = linear_dims(weight);
+        Self {
+            layout: Layout::TN,
+            m: out,
+            n: inp,
+            k: rows,
+        }
+    }
+
     /// Floating-point operations of the product (2·M·N·K).
     pub fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64
     }
+}
+
+/// (out, in) of a Linear weight shaped [out, in].
+fn linear_dims(weight: &[usize]) -> (usize, usize) {
+    (
+        weight.first().copied().unwrap_or(0),
+        weight.get(1).copied().unwrap_or(0),
+    )
 }
 
 /// What happens to C after the product.
