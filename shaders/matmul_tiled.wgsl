@@ -3,6 +3,8 @@
 // rows 4ty.., columns 4tx.. in four vec4 registers. K advances 16 at a time through two
 // 16×64 tiles in workgroup memory, read back as vec4s; the inner loop is written out so that
 // no register array is indexed at run time.
+// tiled_wide: the same with 128×64 tiles and 8×4 blocks (two vec4 reads of A per four FMAs
+// of each row), for products with at least 128 rows.
 
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
@@ -15,6 +17,8 @@ const TK: u32 = 16u;
 // [TK][TILE / 4] vec4s: a_tile[k * 16 + i] holds A rows 4i..4i+3 at k; b_tile likewise columns.
 var<workgroup> a_tile: array<vec4<f32>, 256>;
 var<workgroup> b_tile: array<vec4<f32>, 256>;
+// [TK][32] vec4s: 128 rows of A at each k (tiled_wide).
+var<workgroup> a_wide_tile: array<vec4<f32>, 512>;
 
 fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
     if (m >= p.m || k >= k_end) { return 0.0; }
@@ -46,12 +50,7 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
         a_tile[ka * 16u + ma] = vec4<f32>(
             load_a(am, k0 + ka, k_end), load_a(am + 1u, k0 + ka, k_end),
             load_a(am + 2u, k0 + ka, k_end), load_a(am + 3u, k0 + ka, k_end));
-        var kb: u32; var nb: u32;
-        if (p.b_col == 1u) { nb = tid % 16u; kb = tid / 16u; } else { kb = tid % TK; nb = tid / TK; }
-        let bn = col0 + 4u * nb;
-        b_tile[kb * 16u + nb] = vec4<f32>(
-            load_b(k0 + kb, bn, k_end), load_b(k0 + kb, bn + 1u, k_end),
-            load_b(k0 + kb, bn + 2u, k_end), load_b(k0 + kb, bn + 3u, k_end));
+        stage_b(tid, col0, k0, k_end);
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
             let av = a_tile[k * 16u + lid.y];
@@ -71,6 +70,68 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
     store_row(base, row + 1u, col, acc1);
     store_row(base, row + 2u, col, acc2);
     store_row(base, row + 3u, col, acc3);
+}
+
+// Stages one vec4 of the B tile (4 columns at one k) per invocation.
+fn stage_b(tid: u32, col0: u32, k0: u32, k_end: u32) {
+    var kb: u32; var nb: u32;
+    if (p.b_col == 1u) { nb = tid % 16u; kb = tid / 16u; } else { kb = tid % TK; nb = tid / TK; }
+    let bn = col0 + 4u * nb;
+    b_tile[kb * 16u + nb] = vec4<f32>(
+        load_b(k0 + kb, bn, k_end), load_b(k0 + kb, bn + 1u, k_end),
+        load_b(k0 + kb, bn + 2u, k_end), load_b(k0 + kb, bn + 3u, k_end));
+}
+
+@compute @workgroup_size(16, 16)
+fn tiled_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * 128u;
+    let col0 = wid.x * TILE;
+    let tid = lid.y * 16u + lid.x;
+    var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0); var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0); var acc7 = vec4<f32>(0.0);
+    let k_begin = wid.z * p.k_chunk;
+    let k_end = min(k_begin + p.k_chunk, p.k);
+    for (var k0 = k_begin; k0 < k_end; k0 += TK) {
+        // Two vec4s of A per invocation (4 rows at one k each), one of B.
+        for (var half = 0u; half < 2u; half++) {
+            let e = tid + half * 256u;
+            var ka: u32; var ma: u32;
+            if (p.a_col == 1u) { ka = e % TK; ma = e / TK; } else { ma = e % 32u; ka = e / 32u; }
+            let am = row0 + 4u * ma;
+            a_wide_tile[ka * 32u + ma] = vec4<f32>(
+                load_a(am, k0 + ka, k_end), load_a(am + 1u, k0 + ka, k_end),
+                load_a(am + 2u, k0 + ka, k_end), load_a(am + 3u, k0 + ka, k_end));
+        }
+        stage_b(tid, col0, k0, k_end);
+        workgroupBarrier();
+        for (var k = 0u; k < TK; k++) {
+            let lo = a_wide_tile[k * 32u + 2u * lid.y];
+            let hi = a_wide_tile[k * 32u + 2u * lid.y + 1u];
+            let bv = b_tile[k * 16u + lid.x];
+            acc0 = fma(vec4<f32>(lo.x), bv, acc0);
+            acc1 = fma(vec4<f32>(lo.y), bv, acc1);
+            acc2 = fma(vec4<f32>(lo.z), bv, acc2);
+            acc3 = fma(vec4<f32>(lo.w), bv, acc3);
+            acc4 = fma(vec4<f32>(hi.x), bv, acc4);
+            acc5 = fma(vec4<f32>(hi.y), bv, acc5);
+            acc6 = fma(vec4<f32>(hi.z), bv, acc6);
+            acc7 = fma(vec4<f32>(hi.w), bv, acc7);
+        }
+        workgroupBarrier();
+    }
+    let row = row0 + 8u * lid.y;
+    let col = col0 + 4u * lid.x;
+    let base = wid.z * p.m * p.n;
+    store_row(base, row, col, acc0);
+    store_row(base, row + 1u, col, acc1);
+    store_row(base, row + 2u, col, acc2);
+    store_row(base, row + 3u, col, acc3);
+    store_row(base, row + 4u, col, acc4);
+    store_row(base, row + 5u, col, acc5);
+    store_row(base, row + 6u, col, acc6);
+    store_row(base, row + 7u, col, acc7);
 }
 
 fn store_row(base: u32, row: u32, col: u32, v: vec4<f32>) {

@@ -237,7 +237,7 @@ const MIN_K_CHUNK: usize = 128;
 /// Depth of the tiled kernel's K tiles (TK in the shader).
 const K_TILE: usize = 16;
 
-/// K-slices for a tiled product of `tiles` 64×64 tiles: enough workgroups to fill the GPU,
+/// K-slices for a tiled product of `tiles` tiles: enough workgroups to fill the GPU,
 /// each summing at least MIN_K_CHUNK of K.
 pub fn k_splits(shape: &MatmulShape, tiles: usize) -> usize {
     if tiles >= TARGET_WORKGROUPS / 2 {
@@ -257,13 +257,19 @@ fn tiled(
     bias: Binding<'_>,
     c: Binding<'_>,
 ) -> Result<Launch, GpuError> {
-    let (tiles_x, tiles_y) = (shape.n.div_ceil(64), shape.m.div_ceil(64));
+    // 128-row tiles (8×4 per invocation) once there are rows for them, else 64×64 (4×4).
+    let (entry, tile_rows) = if shape.m >= 128 {
+        ("tiled_wide", 128)
+    } else {
+        ("tiled", 64)
+    };
+    let (tiles_x, tiles_y) = (shape.n.div_ceil(64), shape.m.div_ceil(tile_rows));
     let splits = k_splits(&shape, tiles_x * tiles_y);
     let chunk = shape.k.div_ceil(splits).next_multiple_of(K_TILE);
     let splits = shape.k.div_ceil(chunk).max(1);
     params.k_chunk = chunk as u32;
     params.splits = splits as u32;
-    let kernel = Kernel::new(Shader::MatmulTiled, "tiled");
+    let kernel = Kernel::new(Shader::MatmulTiled, entry);
     let grid = [tiles_x as u32, tiles_y as u32, splits as u32];
     if splits == 1 {
         let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], grid)?;
