@@ -230,8 +230,9 @@ pub fn dispatch(
     Ok(Launch::single(d))
 }
 
-/// Workgroups a tiled product aims for: about one per multiprocessor of a large GPU.
-const TARGET_WORKGROUPS: usize = 128;
+/// Workgroups a tiled product aims for: a few per multiprocessor of a large GPU (an H200
+/// has 132), so that memory latency hides behind other workgroups.
+const TARGET_WORKGROUPS: usize = 512;
 /// The least K a split-K slice sums.
 const MIN_K_CHUNK: usize = 128;
 /// Depth of the tiled kernel's K tiles (TK in the shader).
@@ -240,7 +241,7 @@ const K_TILE: usize = 16;
 /// K-slices for a tiled product of `tiles` tiles: enough workgroups to fill the GPU,
 /// each summing at least MIN_K_CHUNK of K.
 pub fn k_splits(shape: &MatmulShape, tiles: usize) -> usize {
-    if tiles >= TARGET_WORKGROUPS / 2 {
+    if tiles >= TARGET_WORKGROUPS / 4 {
         return 1;
     }
     (TARGET_WORKGROUPS / tiles.max(1))
