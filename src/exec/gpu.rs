@@ -33,7 +33,7 @@ pub struct GpuPlan {
     slots: Vec<wgpu::Buffer>,
     memory: MemoryPlan,
     /// Buffers private to some dispatches (split-K partial products), kept alive with them.
-    _scratch: Vec<wgpu::Buffer>,
+    scratch: Vec<wgpu::Buffer>,
     /// The batch's samples [N, features], written by the host each step.
     pub input: wgpu::Buffer,
     /// The batch's targets [N] (i32 classes, or f32 for BCE), written by the host each step.
@@ -316,7 +316,7 @@ impl GpuPlan {
             dispatches,
             slots,
             memory,
-            _scratch: scratch,
+            scratch,
             input,
             target,
             logits: graph.logits,
@@ -355,9 +355,10 @@ impl GpuPlan {
         self.dispatches.len()
     }
 
-    /// Bytes of the activation and gradient buffers (after sharing).
+    /// Bytes of the activation and gradient buffers (after sharing), and of the scratch
+    /// buffers some kernels keep (split-K partial products).
     pub fn activation_bytes(&self) -> u64 {
-        self.memory.total_bytes()
+        self.memory.total_bytes() + self.scratch.iter().map(wgpu::Buffer::size).sum::<u64>()
     }
 
     /// Bytes of the per-batch upload buffers.
