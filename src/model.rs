@@ -147,6 +147,7 @@ impl Model {
     ) -> Result<Self> {
         let loss = loss.into();
         let graph = build_graph(&sequential, &loss, &optimizer, &config, config.batch_size)?;
+        check_parameters_fit(&graph, ctx.max_binding_bytes())?;
         let host = HostState::init(&graph, &sequential, config.seed);
         Self::assemble(ctx, sequential, loss, optimizer, config, graph, host)
     }
@@ -741,6 +742,23 @@ fn build_graph(
         &config.sample_shape,
         rows,
     )?)
+}
+
+/// Fails before anything is allocated when the parameters cannot fit one storage binding
+/// (they live in one flat buffer): the error names the largest layer and the limit.
+fn check_parameters_fit(graph: &Graph, limit: u64) -> Result<()> {
+    let bytes: u64 = graph.params.iter().map(|p| p.len() as u64 * 4).sum();
+    if bytes <= limit {
+        return Ok(());
+    }
+    let largest = graph.params.iter().max_by_key(|p| p.len());
+    let name = largest.map_or_else(String::new, |p| {
+        format!(" (largest: {} {:?})", p.name, p.shape)
+    });
+    Err(Error::Batch(format!(
+        "the model's parameters need {bytes} bytes{name}, over the device's \
+         max_storage_buffer_binding_size of {limit} bytes"
+    )))
 }
 
 /// A state whose tensors do not fit the graph is an error naming each mismatch.

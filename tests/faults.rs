@@ -182,6 +182,33 @@ fn a_batch_beyond_the_device_limit_names_the_limit_and_the_largest_batch() {
     );
 }
 
+#[test]
+fn a_model_too_large_for_the_device_is_refused_before_allocating() {
+    let ctx = Arc::new(GpuContext::new().unwrap());
+    let limit = ctx.max_binding_bytes();
+    let huge = (limit / 4 / 784 + 1) as usize;
+    let layers = Sequential::new()
+        .append(Linear::new(784, huge))
+        .append(ReLU)
+        .append(Linear::new(huge, 10));
+    let err = Model::new(
+        ctx,
+        layers,
+        CrossEntropyLoss::new(),
+        sgd(0.1),
+        config(784, 8),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("parameters need")
+            && err.contains("0.weight")
+            && err.contains("max_storage_buffer_binding_size"),
+        "{err}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
