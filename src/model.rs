@@ -597,7 +597,7 @@ impl Model {
             seed: self.config.seed,
         };
         let plan = GpuPlan::new(&self.ctx, graph, mode, &shared)
-            .map_err(|e| batch_limit_error(e, graph, self.ctx.max_binding_bytes()))?;
+            .map_err(|e| batch_limit_error(e, graph))?;
         self.plans.insert((mode, rows), plan);
         Ok(())
     }
@@ -828,7 +828,7 @@ fn check_state(graph: &Graph, state: &HostState) -> Result<()> {
 
 /// Turns a buffer-size failure into an error that names the limit and the largest batch
 /// that fits.
-fn batch_limit_error(error: GpuError, graph: &Graph, limit: u64) -> Error {
+fn batch_limit_error(error: GpuError, graph: &Graph) -> Error {
     if let GpuError::BufferTooLarge { what, bytes, limit } = &error {
         let widest = graph
             .values
@@ -844,7 +844,6 @@ fn batch_limit_error(error: GpuError, graph: &Graph, limit: u64) -> Error {
             graph.batch_size
         ));
     }
-    let _ = limit;
     Error::Gpu(error)
 }
 

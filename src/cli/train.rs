@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use wgnn::checkpoint::{StateDict, apply_state_dict, write_atomic};
-use wgnn::data::prepare::channels;
 use wgnn::error::{Error, Result};
 use wgnn::nn::spec;
 use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
@@ -153,7 +152,6 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         OptimizerKind::Adamw => 1e-2,
         _ => 0.0,
     });
-    let _ = channels(&sample_shape);
     Ok(RunConfig {
         arch,
         sample_shape,

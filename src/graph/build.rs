@@ -190,8 +190,8 @@ pub fn build(
     }
     let logits = x;
     let classes = shape[1];
-    let target_cols = 1;
-    let target = b.value(batch_size, target_cols, ValueKind::Target);
+    // One target per sample: a class index, or 0/1 for BCE.
+    let target = b.value(batch_size, 1, ValueKind::Target);
     let rows = b.value(batch_size, 4, ValueKind::LossRows);
     let dlogits = b.value(batch_size, classes, ValueKind::Gradient);
     let loss_op = match loss {
