@@ -23,6 +23,9 @@ pub enum Error {
     /// A batch that does not fit the model.
     #[error("batch: {0}")]
     Batch(String),
+    /// A model, a state or a setting that cannot work (with what is wrong).
+    #[error("{0}")]
+    Invalid(String),
     /// An operation called in the wrong mode.
     #[error("{0}")]
     Mode(String),

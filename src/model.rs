@@ -731,7 +731,7 @@ fn build_graph(
         Loss::BceWithLogits(b) => b.config.reduction,
     };
     if reduction == softmax_xent::Reduction::None {
-        return Err(Error::Batch(
+        return Err(Error::Invalid(
             "a loss with reduction 'none' gives no scalar to train on: use mean or sum".into(),
         ));
     }
@@ -755,7 +755,7 @@ fn check_parameters_fit(graph: &Graph, limit: u64) -> Result<()> {
     let name = largest.map_or_else(String::new, |p| {
         format!(" (largest: {} {:?})", p.name, p.shape)
     });
-    Err(Error::Batch(format!(
+    Err(Error::Invalid(format!(
         "the model's parameters need {bytes} bytes{name}, over the device's \
          max_storage_buffer_binding_size of {limit} bytes"
     )))
@@ -819,7 +819,7 @@ fn check_state(graph: &Graph, state: &HostState) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::Batch(format!(
+        Err(Error::Invalid(format!(
             "state does not fit the model: {}",
             problems.join("; ")
         )))

@@ -21,7 +21,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     .load_options();
     let mut data = load_with(&args.data, split, &options)?;
     if data.sample_shape != run.sample_shape {
-        return Err(wgnn::Error::Batch(format!(
+        return Err(wgnn::Error::Invalid(format!(
             "{}: samples are shaped {:?} but the checkpoint's model takes {:?}",
             args.data.display(),
             data.sample_shape,

@@ -69,13 +69,13 @@ fn read_samples(
         "safetensors" => {
             let sd = StateDict::read(path)?;
             let Some(x) = sd.tensors.get("x") else {
-                return Err(Error::Batch(format!(
+                return Err(Error::Invalid(format!(
                     "{}: no tensor \"x\" holding the samples",
                     path.display()
                 )));
             };
             let TensorData::F32(values) = &x.data else {
-                return Err(Error::Batch(format!(
+                return Err(Error::Invalid(format!(
                     "{}: tensor \"x\" is {}, not a float tensor",
                     path.display(),
                     x.dtype
@@ -145,7 +145,7 @@ fn write_output(
             );
             Ok(sd.write(path)?)
         }
-        _ => Err(Error::Batch(format!(
+        _ => Err(Error::Invalid(format!(
             "--output {}: use a .safetensors or .npy file name",
             path.display()
         ))),

@@ -122,7 +122,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         LossKind::Ce => classes,
         LossKind::Bce => {
             if classes > 2 {
-                return Err(Error::Batch(format!(
+                return Err(Error::Invalid(format!(
                     "--loss bce needs labels 0 and 1, but the data has {classes} classes"
                 )));
             }
@@ -186,14 +186,14 @@ fn check_outputs(
     });
     match last {
         Some(n) if n == outputs || (loss == LossKind::Ce && n > outputs) => Ok(()),
-        Some(n) => Err(Error::Batch(format!(
+        Some(n) => Err(Error::Invalid(format!(
             "--arch {arch:?} ends with {n} outputs, but {} needs {outputs}",
             match loss {
                 LossKind::Ce => "the data's classes",
                 LossKind::Bce => "--loss bce",
             }
         ))),
-        None => Err(Error::Batch(format!(
+        None => Err(Error::Invalid(format!(
             "--arch {arch:?} has no linear layer to produce logits"
         ))),
     }
@@ -230,7 +230,7 @@ fn read_history(path: &Path, done: usize) -> Result<Vec<EpochMetrics>> {
     for (i, line) in text.lines().enumerate().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
         let bad = || {
-            Error::Batch(format!(
+            Error::Invalid(format!(
                 "{} line {}: not a metrics row: {line:?}",
                 path.display(),
                 i + 1
