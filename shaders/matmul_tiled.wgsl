@@ -32,6 +32,16 @@ fn load_b(k: u32, n: u32, k_end: u32) -> f32 {
     return b[k * p.b_row + n * p.b_col];
 }
 
+// Rows m..m+3 of A at one k, as a tile stores them.
+fn a_quad(m: u32, k: u32, k_end: u32) -> vec4<f32> {
+    return vec4<f32>(load_a(m, k, k_end), load_a(m + 1u, k, k_end), load_a(m + 2u, k, k_end), load_a(m + 3u, k, k_end));
+}
+
+// Columns n..n+3 of B at one k.
+fn b_quad(k: u32, n: u32, k_end: u32) -> vec4<f32> {
+    return vec4<f32>(load_b(k, n, k_end), load_b(k, n + 1u, k_end), load_b(k, n + 2u, k_end), load_b(k, n + 3u, k_end));
+}
+
 @compute @workgroup_size(16, 16)
 fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let row0 = wid.y * TILE;
@@ -48,10 +58,7 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
         // fastest-varying index follows the operand's contiguous dimension so reads coalesce.
         var ka: u32; var ma: u32;
         if (p.a_col == 1u) { ka = tid % TK; ma = tid / TK; } else { ma = tid % 16u; ka = tid / 16u; }
-        let am = row0 + 4u * ma;
-        a_tile[ka * 16u + ma] = vec4<f32>(
-            load_a(am, k0 + ka, k_end), load_a(am + 1u, k0 + ka, k_end),
-            load_a(am + 2u, k0 + ka, k_end), load_a(am + 3u, k0 + ka, k_end));
+        a_tile[ka * 16u + ma] = a_quad(row0 + 4u * ma, k0 + ka, k_end);
         stage_b(tid, col0, k0, k_end);
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
@@ -78,10 +85,7 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
 fn stage_b(tid: u32, col0: u32, k0: u32, k_end: u32) {
     var kb: u32; var nb: u32;
     if (p.b_col == 1u) { nb = tid % 16u; kb = tid / 16u; } else { kb = tid % TK; nb = tid / TK; }
-    let bn = col0 + 4u * nb;
-    b_tile[kb * 16u + nb] = vec4<f32>(
-        load_b(k0 + kb, bn, k_end), load_b(k0 + kb, bn + 1u, k_end),
-        load_b(k0 + kb, bn + 2u, k_end), load_b(k0 + kb, bn + 3u, k_end));
+    b_tile[kb * 16u + nb] = b_quad(k0 + kb, col0 + 4u * nb, k_end);
 }
 
 @compute @workgroup_size(16, 16)
@@ -133,10 +137,7 @@ fn stage_a_wide(tid: u32, row0: u32, k0: u32, k_end: u32) {
         let e = tid + half * 256u;
         var ka: u32; var ma: u32;
         if (p.a_col == 1u) { ka = e % TK; ma = e / TK; } else { ma = e % 32u; ka = e / 32u; }
-        let am = row0 + 4u * ma;
-        a_wide_tile[ka * 32u + ma] = vec4<f32>(
-            load_a(am, k0 + ka, k_end), load_a(am + 1u, k0 + ka, k_end),
-            load_a(am + 2u, k0 + ka, k_end), load_a(am + 3u, k0 + ka, k_end));
+        a_wide_tile[ka * 32u + ma] = a_quad(row0 + 4u * ma, k0 + ka, k_end);
     }
 }
 
@@ -146,10 +147,7 @@ fn stage_b_wide(tid: u32, col0: u32, k0: u32, k_end: u32) {
         let e = tid + half * 256u;
         var kb: u32; var nb: u32;
         if (p.b_col == 1u) { nb = e % 32u; kb = e / 32u; } else { kb = e % TK; nb = e / TK; }
-        let bn = col0 + 4u * nb;
-        b_wide_tile[kb * 32u + nb] = vec4<f32>(
-            load_b(k0 + kb, bn, k_end), load_b(k0 + kb, bn + 1u, k_end),
-            load_b(k0 + kb, bn + 2u, k_end), load_b(k0 + kb, bn + 3u, k_end));
+        b_wide_tile[kb * 32u + nb] = b_quad(k0 + kb, col0 + 4u * nb, k_end);
     }
 }
 

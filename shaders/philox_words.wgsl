@@ -1,17 +1,7 @@
 // Raw Philox words for counters (i, 0, step), so tests can compare the WGSL generator with the
-// CPU one word for word. Uses dropout's Params (key) and the step uniform.
+// CPU one word for word. Appended to dropout.wgsl: the key comes from its Params.
 
-struct Params {
-    len: u32,
-    threshold: u32,
-    scale: f32,
-    key0: u32,
-    key1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read_write> words: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read_write> words: array<vec4<u32>>;
 
 @compute @workgroup_size(64)
 fn philox_words(@builtin(global_invocation_id) gid: vec3<u32>) {

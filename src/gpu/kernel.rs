@@ -43,9 +43,11 @@ impl Shader {
             Shader::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
             Shader::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
             Shader::Dropout => &[STEP, PHILOX, include_str!("../../shaders/dropout.wgsl")],
+            // The dropout kernel's parameters and bindings, and an entry writing raw words.
             Shader::PhiloxWords => &[
                 STEP,
                 PHILOX,
+                include_str!("../../shaders/dropout.wgsl"),
                 include_str!("../../shaders/philox_words.wgsl"),
             ],
             Shader::SoftmaxXent => &[STEP, include_str!("../../shaders/softmax_xent.wgsl")],

@@ -182,10 +182,10 @@ mod tests {
         let p = DropProbability::new(0.5).unwrap();
         let kernel = Kernel::new(Shader::PhiloxWords, "philox_words");
         let d = ctx
-            .dispatch(
+            .dispatch_at(
                 &kernel,
                 Some(&params(n, p, STREAM)),
-                &[steps.binding(), words.binding()],
+                &[(1, steps.binding()), (4, words.binding())],
                 [groups(n, WG), 1, 1],
             )
             .unwrap();
