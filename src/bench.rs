@@ -297,24 +297,11 @@ pub fn run_all(
     budget: Budget,
     mut progress: impl FnMut(&Record),
 ) -> Result<Vec<Record>> {
-    let k = ctx.kernels();
-    let family = format!(
-        "{} matmul, {} reductions",
-        if k.tiled_matmul {
-            "tiled"
-        } else {
-            "register-blocked"
-        },
-        if k.parallel_reductions {
-            "row-parallel"
-        } else {
-            "per-column"
-        }
-    );
     let gpu = format!(
-        "wgnn {} on {}, {family}",
+        "wgnn {} on {}, {}",
         env!("CARGO_PKG_VERSION"),
-        ctx.adapter()
+        ctx.adapter(),
+        ctx.kernels()
     );
     let cpu = "wgnn CPU reference (1 thread)".to_string();
     let mut out = Vec::new();

@@ -278,11 +278,7 @@ impl Model {
     /// (or 0/1 for BCE) per row. Uploads the batch, records the whole step into one command
     /// buffer and submits it; nothing is read back.
     pub fn train_step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
-        if self.mode != Mode::Train {
-            return Err(Error::Mode(
-                "train_step needs train mode: call model.train() first".into(),
-            ));
-        }
+        self.require_mode(Mode::Train, "train_step")?;
         let rows = self.check_batch(x, labels)?;
         self.check_batch_norm_rows(rows)?;
         self.run(Mode::Train, rows, x, labels)?;
@@ -293,15 +289,25 @@ impl Model {
 
     /// Forward in eval mode on a labelled batch; its loss and accuracy join the totals.
     pub fn eval_step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
-        if self.mode != Mode::Eval {
-            return Err(Error::Mode(
-                "eval_step needs eval mode: call model.eval() first".into(),
-            ));
-        }
+        self.require_mode(Mode::Eval, "eval_step")?;
         let rows = self.check_batch(x, labels)?;
         self.run(Mode::Eval, rows, x, labels)?;
         self.counters.eval_steps += 1;
         Ok(())
+    }
+
+    /// Fails unless the model is in `mode` (what `operation` needs).
+    fn require_mode(&self, mode: Mode, operation: &str) -> Result<()> {
+        if self.mode == mode {
+            return Ok(());
+        }
+        let (name, call) = match mode {
+            Mode::Train => ("train", "model.train()"),
+            Mode::Eval => ("eval", "model.eval()"),
+        };
+        Err(Error::Mode(format!(
+            "{operation} needs {name} mode: call {call} first"
+        )))
     }
 
     /// Uploads a batch once, to be stepped on many times without another upload (data
@@ -327,11 +333,7 @@ impl Model {
 
     /// [`Model::train_step`] on a batch already on the device.
     pub fn train_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
-        if self.mode != Mode::Train {
-            return Err(Error::Mode(
-                "train_step needs train mode: call model.train() first".into(),
-            ));
-        }
+        self.require_mode(Mode::Train, "train_step")?;
         self.check_batch_norm_rows(batch.rows)?;
         self.run_on(
             Mode::Train,
@@ -346,11 +348,7 @@ impl Model {
 
     /// [`Model::eval_step`] on a batch already on the device.
     pub fn eval_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
-        if self.mode != Mode::Eval {
-            return Err(Error::Mode(
-                "eval_step needs eval mode: call model.eval() first".into(),
-            ));
-        }
+        self.require_mode(Mode::Eval, "eval_step")?;
         self.run_on(
             Mode::Eval,
             batch.rows,
@@ -363,11 +361,7 @@ impl Model {
 
     /// Logits [rows, classes] of a batch in eval mode (blocking: it reads them back).
     pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
-        if self.mode != Mode::Eval {
-            return Err(Error::Mode(
-                "predict needs eval mode: call model.eval() first".into(),
-            ));
-        }
+        self.require_mode(Mode::Eval, "predict")?;
         let features = self.features();
         if x.is_empty() || !x.len().is_multiple_of(features) {
             return Err(Error::Batch(format!(

@@ -38,20 +38,6 @@ pub fn run() -> Result<()> {
     }
     let request = AdapterRequest::from_env()?;
     let chosen = GpuContext::with_request(&request)?;
-    let k = chosen.kernels();
-    println!(
-        "wgnn uses: {} ({} matmul, {} reductions)",
-        chosen.adapter(),
-        if k.tiled_matmul {
-            "tiled"
-        } else {
-            "register-blocked"
-        },
-        if k.parallel_reductions {
-            "row-parallel"
-        } else {
-            "per-column"
-        }
-    );
+    println!("wgnn uses: {} ({})", chosen.adapter(), chosen.kernels());
     Ok(())
 }

@@ -24,6 +24,22 @@ pub struct KernelChoice {
     pub parallel_reductions: bool,
 }
 
+impl std::fmt::Display for KernelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let matmul = if self.tiled_matmul {
+            "tiled"
+        } else {
+            "register-blocked"
+        };
+        let reductions = if self.parallel_reductions {
+            "row-parallel"
+        } else {
+            "per-column"
+        };
+        write!(f, "{matmul} matmul, {reductions} reductions")
+    }
+}
+
 impl KernelChoice {
     pub fn all(on: bool) -> Self {
         Self {
