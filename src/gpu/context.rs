@@ -22,14 +22,17 @@ pub struct KernelChoice {
     /// Per-column reductions (batch-norm statistics and gradients, bias gradients) split
     /// each column's rows over 16 invocations.
     pub parallel_reductions: bool,
+    /// Register-blocked matmuls with enough work share A's loads through subgroup
+    /// broadcasts. Only honoured where the adapter has subgroups of at least 8 lanes.
+    pub subgroup_matmul: bool,
 }
 
 impl std::fmt::Display for KernelChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let matmul = if self.tiled_matmul {
-            "tiled"
-        } else {
-            "register-blocked"
+        let matmul = match (self.tiled_matmul, self.subgroup_matmul) {
+            (true, _) => "tiled",
+            (false, true) => "subgroup-broadcast",
+            (false, false) => "register-blocked",
         };
         let reductions = if self.parallel_reductions {
             "row-parallel"
@@ -41,10 +44,12 @@ impl std::fmt::Display for KernelChoice {
 }
 
 impl KernelChoice {
+    /// The GPU kernels (`on`) or the CPU-adapter ones; both use subgroups where available.
     pub fn all(on: bool) -> Self {
         Self {
             tiled_matmul: on,
             parallel_reductions: on,
+            subgroup_matmul: true,
         }
     }
 
@@ -55,11 +60,16 @@ impl KernelChoice {
             "cpu" => return Ok(Self::all(false)),
             _ => {}
         }
-        let mut choice = Self::all(false);
+        let mut choice = Self {
+            subgroup_matmul: false,
+            ..Self::all(false)
+        };
         for part in value.split(',').map(str::trim) {
             match part.to_ascii_lowercase().as_str() {
                 "tiled" => choice.tiled_matmul = true,
                 "parallel" => choice.parallel_reductions = true,
+                "subgroup" => choice.subgroup_matmul = true,
+                "register" => {}
                 _ => return Err(GpuError::UnknownKernels(value.to_string())),
             }
         }
@@ -187,7 +197,8 @@ impl GpuContext {
         let limits = adapter.limits();
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("wgnn"),
-            required_features: wgpu::Features::empty(),
+            // Subgroup operations where the adapter has them: the broadcast matmul uses them.
+            required_features: adapter.features() & wgpu::Features::SUBGROUP,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -218,10 +229,14 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         };
+        let mut kernels = request
+            .kernels
+            .unwrap_or(KernelChoice::all(info.device_type != wgpu::DeviceType::Cpu));
+        // The broadcast matmul hands lanes 0..8 of a subgroup to every lane.
+        kernels.subgroup_matmul &=
+            adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
         Ok(Self {
-            kernels: request
-                .kernels
-                .unwrap_or(KernelChoice::all(info.device_type != wgpu::DeviceType::Cpu)),
+            kernels,
             placeholder: placeholder_buffer("absent input"),
             placeholder_out: placeholder_buffer("absent output"),
             pipelines: PipelineCache::default(),

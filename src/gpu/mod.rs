@@ -26,7 +26,7 @@ pub enum GpuError {
     #[error("unknown backend {0:?} in WGNN_BACKEND: expected vulkan, metal, dx12 or gl")]
     UnknownBackend(String),
     #[error(
-        "unknown kernel choice {0:?} in WGNN_KERNELS: expected gpu, cpu, or a comma list of tiled and parallel"
+        "unknown kernel choice {0:?} in WGNN_KERNELS: expected gpu, cpu, or a comma list of tiled, parallel, subgroup and register"
     )]
     UnknownKernels(String),
     #[error("could not open the device on adapter {0}")]
@@ -61,4 +61,11 @@ pub enum GpuError {
     Map(String),
     #[error("the GPU device reported an error: {0}")]
     Device(String),
+    #[error("{kernel}: binding {binding} holds {size} bytes but the launch reads {needed}")]
+    BindingTooSmall {
+        kernel: String,
+        binding: String,
+        size: u64,
+        needed: u64,
+    },
 }

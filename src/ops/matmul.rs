@@ -8,7 +8,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{OpError, expect_matrix, groups};
 use crate::gpu::{
-    Binding, GpuContext, GpuError, GpuTensor, Kernel, Launch, Shader, TENSOR_USAGE, grid_1d,
+    Binding, GpuContext, GpuError, GpuTensor, Kernel, KernelChoice, Launch, Shader, TENSOR_USAGE,
+    grid_1d,
 };
 
 /// Which operand is stored transposed.
@@ -112,6 +113,9 @@ pub enum Variant {
     NnBvec4,
     /// TN with B and C as vec4 along N; needs N % 4 == 0.
     TnBvec4,
+    /// Any layout and shape: 16 rows × 64 columns per workgroup, A's loads shared through
+    /// subgroup broadcasts. For CPU adapters with subgroups of at least 8 lanes.
+    Broadcast,
     /// Any layout and shape, scalar loads.
     General,
     /// Any layout and shape, 64×64 tiles staged in workgroup memory: for discrete GPUs,
@@ -120,11 +124,16 @@ pub enum Variant {
 }
 
 impl Variant {
-    /// The variant for `shape`: workgroup tiles for GPU kernels when the product fills at
-    /// least one 64×64 tile, register blocks otherwise and on CPU adapters such as lavapipe.
-    pub fn for_adapter(shape: &MatmulShape, gpu_kernels: bool) -> Variant {
-        if gpu_kernels && shape.m >= 64 && shape.n >= 64 && shape.k >= 64 {
+    /// The variant for `shape` under the adapter's kernel choice: workgroup tiles for GPU
+    /// kernels when the product fills at least one 64×64 tile; else subgroup broadcasts when
+    /// the product has the columns to fill a workgroup and the depth to amortize its start;
+    /// else register blocks.
+    pub fn for_adapter(shape: &MatmulShape, kernels: KernelChoice) -> Variant {
+        let fills_tile = shape.m >= 64 && shape.n >= 64 && shape.k >= 64;
+        if kernels.tiled_matmul && fills_tile {
             Variant::Tiled
+        } else if kernels.subgroup_matmul && shape.n >= 64 && shape.k >= 64 {
+            Variant::Broadcast
         } else {
             Variant::choose(shape)
         }
@@ -145,7 +154,7 @@ impl Variant {
             Variant::NtVec4 => shape.layout == Layout::NT && shape.k.is_multiple_of(4),
             Variant::NnBvec4 => shape.layout == Layout::NN && shape.n.is_multiple_of(4),
             Variant::TnBvec4 => shape.layout == Layout::TN && shape.n.is_multiple_of(4),
-            Variant::General | Variant::Tiled => true,
+            Variant::Broadcast | Variant::General | Variant::Tiled => true,
         }
     }
 }
@@ -168,6 +177,8 @@ struct Params {
 }
 
 const WG: u32 = 8;
+/// Rows of C per workgroup of the broadcast variant (ROWS in its shader).
+const BROADCAST_ROWS: u32 = 16;
 const FLAG_PARTIAL: u32 = 4;
 
 /// Builds the dispatch(es) computing `c = op(a)·op(b)` (+ bias) (ReLU). `variant: None`
@@ -184,9 +195,10 @@ pub fn dispatch(
     bias: Option<Binding<'_>>,
     c: Binding<'_>,
 ) -> Result<Launch, GpuError> {
+    let kernels = ctx.kernels();
     let variant = variant
-        .filter(|v| v.fits(&shape))
-        .unwrap_or_else(|| Variant::for_adapter(&shape, ctx.kernels().tiled_matmul));
+        .filter(|v| v.fits(&shape) && (*v != Variant::Broadcast || kernels.subgroup_matmul))
+        .unwrap_or_else(|| Variant::for_adapter(&shape, kernels));
     let MatmulShape { m, n, k, layout } = shape;
     let (a_row, a_col) = match layout {
         Layout::NN | Layout::NT => (k, 1),
@@ -213,11 +225,31 @@ pub fn dispatch(
     if variant == Variant::Tiled {
         return tiled(ctx, shape, params, a, b, bias, c);
     }
+    if variant == Variant::Broadcast {
+        // Its module has no runtime bounds checks: the bindings must hold the shape.
+        for (name, binding, elements) in [("A", &a, m * k), ("B", &b, k * n), ("C", &c, m * n)] {
+            let needed = (elements * 4) as u64;
+            if binding.size < needed {
+                return Err(GpuError::BindingTooSmall {
+                    kernel: format!("{m}×{n}×{k} broadcast matmul"),
+                    binding: name.to_string(),
+                    size: binding.size,
+                    needed,
+                });
+            }
+        }
+        let kernel = Kernel::new(Shader::MatmulBroadcast, "broadcast");
+        let workgroups = [groups(n, 64), groups(m, BROADCAST_ROWS), 1];
+        let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)?;
+        return Ok(Launch::single(d));
+    }
     let (shader, entry, cols_per_inv, rows_per_inv) = match variant {
         Variant::NtVec4 => (Shader::MatmulNtVec4, "nt_vec4", 8, 8),
         Variant::NnBvec4 => (Shader::MatmulBvec4, "nn_bvec4", 8, 8),
         Variant::TnBvec4 => (Shader::MatmulBvec4, "tn_bvec4", 8, 8),
-        Variant::General | Variant::Tiled => (Shader::MatmulGeneral, "general", 4, 4),
+        Variant::General | Variant::Tiled | Variant::Broadcast => {
+            (Shader::MatmulGeneral, "general", 4, 4)
+        }
     };
     let kernel = Kernel::new(shader, entry).with("WG_X", WG).with("WG_Y", WG);
     let workgroups = [
@@ -536,8 +568,90 @@ mod tests {
             n: 64,
             k: 3072,
         };
-        assert_eq!(Variant::for_adapter(&big, true), Variant::Tiled);
-        assert_eq!(Variant::for_adapter(&big, false), Variant::TnBvec4);
+        let gpu = KernelChoice::all(true);
+        let cpu = KernelChoice::all(false);
+        let cpu_without_subgroups = KernelChoice {
+            subgroup_matmul: false,
+            ..cpu
+        };
+        assert_eq!(Variant::for_adapter(&big, gpu), Variant::Tiled);
+        assert_eq!(Variant::for_adapter(&big, cpu), Variant::Broadcast);
+        assert_eq!(
+            Variant::for_adapter(&big, cpu_without_subgroups),
+            Variant::TnBvec4
+        );
+        // Too few columns to fill a broadcast workgroup: register blocks.
+        let narrow = MatmulShape { n: 32, ..big };
+        assert_eq!(Variant::for_adapter(&narrow, cpu), Variant::TnBvec4);
+    }
+
+    #[test]
+    fn broadcast_variant_matches_reference_on_every_layout() {
+        let ctx = ctx();
+        if !ctx.kernels().subgroup_matmul {
+            // lavapipe, where the suite runs, has 8-lane subgroups: there this must not skip.
+            assert!(
+                !ctx.adapter().is_cpu(),
+                "a CPU adapter without 8-lane subgroups"
+            );
+            eprintln!("skipped: {} lacks subgroups of 8 lanes", ctx.adapter().name);
+            return;
+        }
+        let epi = Epilogue {
+            bias: true,
+            relu: true,
+        };
+        // K below 8, not a multiple of 8, and long; M and N off every tile.
+        let shapes = [(17, 65, 13), (33, 130, 1000), (16, 64, 64), (1, 200, 9)];
+        for &(m, n, k) in SHAPES.iter().chain(&shapes) {
+            for layout in [Layout::NN, Layout::NT, Layout::TN] {
+                check_on(ctx, layout, m, n, k, Some(Variant::Broadcast), epi);
+            }
+        }
+        check_on(
+            ctx,
+            Layout::NT,
+            65,
+            70,
+            100,
+            Some(Variant::Broadcast),
+            Epilogue::default(),
+        );
+    }
+
+    #[test]
+    fn broadcast_variant_refuses_bindings_smaller_than_the_shape() {
+        let ctx = ctx();
+        if !ctx.kernels().subgroup_matmul {
+            eprintln!("skipped: {} lacks subgroups of 8 lanes", ctx.adapter().name);
+            return;
+        }
+        let shape = MatmulShape {
+            layout: Layout::NN,
+            m: 64,
+            n: 64,
+            k: 64,
+        };
+        let a = GpuTensor::zeros(ctx, &[64, 64], "a").unwrap();
+        let short_b = GpuTensor::zeros(ctx, &[63, 64], "b").unwrap();
+        let c = GpuTensor::zeros(ctx, &[64, 64], "c").unwrap();
+        let result = dispatch(
+            ctx,
+            shape,
+            Epilogue::default(),
+            Some(Variant::Broadcast),
+            a.binding(),
+            short_b.binding(),
+            None,
+            c.binding(),
+        );
+        let Err(error) = result else {
+            panic!("a short B binding was accepted");
+        };
+        assert_eq!(
+            error.to_string(),
+            "64×64×64 broadcast matmul: binding B holds 16128 bytes but the launch reads 16384"
+        );
     }
 
     #[test]
