@@ -113,9 +113,11 @@ pub enum Variant {
     NnBvec4,
     /// TN with B and C as vec4 along N; needs N % 4 == 0.
     TnBvec4,
-    /// Any layout and shape: 16 rows × 64 columns per workgroup, A's loads shared through
-    /// subgroup broadcasts. For CPU adapters with subgroups of at least 8 lanes.
-    Broadcast,
+    /// NT with B as vec4 along K (K % 4 == 0): 12 rows × 64 columns per workgroup, A's loads
+    /// shared through subgroup broadcasts. For CPU adapters with subgroups of at least 8 lanes.
+    BroadcastNt,
+    /// NN or TN with B and C as vec2 along N (N % 2 == 0), otherwise as `BroadcastNt`.
+    BroadcastNn,
     /// Any layout and shape, scalar loads.
     General,
     /// Any layout and shape, 64×64 tiles staged in workgroup memory: for discrete GPUs,
@@ -133,7 +135,10 @@ impl Variant {
         if kernels.tiled_matmul && fills_tile {
             Variant::Tiled
         } else if kernels.subgroup_matmul && shape.n >= 64 && shape.k >= 64 {
-            Variant::Broadcast
+            [Variant::BroadcastNt, Variant::BroadcastNn]
+                .into_iter()
+                .find(|v| v.fits(shape))
+                .unwrap_or_else(|| Variant::choose(shape))
         } else {
             Variant::choose(shape)
         }
@@ -149,12 +154,18 @@ impl Variant {
         }
     }
 
+    fn uses_subgroups(self) -> bool {
+        matches!(self, Variant::BroadcastNt | Variant::BroadcastNn)
+    }
+
     fn fits(self, shape: &MatmulShape) -> bool {
         match self {
             Variant::NtVec4 => shape.layout == Layout::NT && shape.k.is_multiple_of(4),
             Variant::NnBvec4 => shape.layout == Layout::NN && shape.n.is_multiple_of(4),
             Variant::TnBvec4 => shape.layout == Layout::TN && shape.n.is_multiple_of(4),
-            Variant::Broadcast | Variant::General | Variant::Tiled => true,
+            Variant::BroadcastNt => shape.layout == Layout::NT && shape.k.is_multiple_of(4),
+            Variant::BroadcastNn => shape.layout != Layout::NT && shape.n.is_multiple_of(2),
+            Variant::General | Variant::Tiled => true,
         }
     }
 }
@@ -177,8 +188,9 @@ struct Params {
 }
 
 const WG: u32 = 8;
-/// Rows of C per workgroup of the broadcast variant (ROWS in its shader).
-const BROADCAST_ROWS: u32 = 16;
+/// Rows and columns of C per workgroup of the broadcast variants (ROWS in their shaders).
+const BROADCAST_ROWS: u32 = 12;
+const BROADCAST_COLS: u32 = 64;
 const FLAG_PARTIAL: u32 = 4;
 
 /// Builds the dispatch(es) computing `c = op(a)·op(b)` (+ bias) (ReLU). `variant: None`
@@ -197,7 +209,7 @@ pub fn dispatch(
 ) -> Result<Launch, GpuError> {
     let kernels = ctx.kernels();
     let variant = variant
-        .filter(|v| v.fits(&shape) && (*v != Variant::Broadcast || kernels.subgroup_matmul))
+        .filter(|v| v.fits(&shape) && (!v.uses_subgroups() || kernels.subgroup_matmul))
         .unwrap_or_else(|| Variant::for_adapter(&shape, kernels));
     let MatmulShape { m, n, k, layout } = shape;
     let (a_row, a_col) = match layout {
@@ -225,31 +237,14 @@ pub fn dispatch(
     if variant == Variant::Tiled {
         return tiled(ctx, shape, params, a, b, bias, c);
     }
-    if variant == Variant::Broadcast {
-        // Its module has no runtime bounds checks: the bindings must hold the shape.
-        for (name, binding, elements) in [("A", &a, m * k), ("B", &b, k * n), ("C", &c, m * n)] {
-            let needed = (elements * 4) as u64;
-            if binding.size < needed {
-                return Err(GpuError::BindingTooSmall {
-                    kernel: format!("{m}×{n}×{k} broadcast matmul"),
-                    binding: name.to_string(),
-                    size: binding.size,
-                    needed,
-                });
-            }
-        }
-        let kernel = Kernel::new(Shader::MatmulBroadcast, "broadcast");
-        let workgroups = [groups(n, 64), groups(m, BROADCAST_ROWS), 1];
-        let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)?;
-        return Ok(Launch::single(d));
+    if variant.uses_subgroups() {
+        return broadcast(ctx, variant, shape, &params, [a, b, bias, c]);
     }
     let (shader, entry, cols_per_inv, rows_per_inv) = match variant {
         Variant::NtVec4 => (Shader::MatmulNtVec4, "nt_vec4", 8, 8),
         Variant::NnBvec4 => (Shader::MatmulBvec4, "nn_bvec4", 8, 8),
         Variant::TnBvec4 => (Shader::MatmulBvec4, "tn_bvec4", 8, 8),
-        Variant::General | Variant::Tiled | Variant::Broadcast => {
-            (Shader::MatmulGeneral, "general", 4, 4)
-        }
+        _ => (Shader::MatmulGeneral, "general", 4, 4),
     };
     let kernel = Kernel::new(shader, entry).with("WG_X", WG).with("WG_Y", WG);
     let workgroups = [
@@ -259,6 +254,36 @@ pub fn dispatch(
     ];
     params.splits = 1;
     let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)?;
+    Ok(Launch::single(d))
+}
+
+/// The subgroup-broadcast variants. Their modules have no runtime bounds checks, so the
+/// bindings must hold the shape.
+fn broadcast(
+    ctx: &GpuContext,
+    variant: Variant,
+    shape: MatmulShape,
+    params: &Params,
+    [a, b, bias, c]: [Binding<'_>; 4],
+) -> Result<Launch, GpuError> {
+    let MatmulShape { m, n, k, .. } = shape;
+    for (name, binding, elements) in [("A", &a, m * k), ("B", &b, k * n), ("C", &c, m * n)] {
+        let needed = (elements * 4) as u64;
+        if binding.size < needed {
+            return Err(GpuError::BindingTooSmall {
+                kernel: format!("{m}×{n}×{k} {variant:?} matmul"),
+                binding: name.to_string(),
+                size: binding.size,
+                needed,
+            });
+        }
+    }
+    let kernel = match variant {
+        Variant::BroadcastNt => Kernel::new(Shader::MatmulBroadcastNt, "broadcast_nt"),
+        _ => Kernel::new(Shader::MatmulBroadcastNn, "broadcast_nn"),
+    };
+    let workgroups = [groups(n, BROADCAST_COLS), groups(m, BROADCAST_ROWS), 1];
+    let d = ctx.dispatch(&kernel, Some(params), &[a, b, bias, c], workgroups)?;
     Ok(Launch::single(d))
 }
 
@@ -575,57 +600,102 @@ mod tests {
             ..cpu
         };
         assert_eq!(Variant::for_adapter(&big, gpu), Variant::Tiled);
-        assert_eq!(Variant::for_adapter(&big, cpu), Variant::Broadcast);
+        assert_eq!(Variant::for_adapter(&big, cpu), Variant::BroadcastNn);
         assert_eq!(
             Variant::for_adapter(&big, cpu_without_subgroups),
             Variant::TnBvec4
         );
-        // Too few columns to fill a broadcast workgroup: register blocks.
+        let forward = MatmulShape {
+            layout: Layout::NT,
+            m: 128,
+            n: 64,
+            k: 784,
+        };
+        assert_eq!(Variant::for_adapter(&forward, cpu), Variant::BroadcastNt);
+        // Too few columns to fill a broadcast workgroup, or a shape neither variant takes:
+        // register blocks.
         let narrow = MatmulShape { n: 32, ..big };
         assert_eq!(Variant::for_adapter(&narrow, cpu), Variant::TnBvec4);
+        let odd_k = MatmulShape { k: 783, ..forward };
+        assert_eq!(Variant::for_adapter(&odd_k, cpu), Variant::General);
+    }
+
+    /// The context for the broadcast variants, or None (after saying so) where the adapter
+    /// lacks 8-lane subgroups. lavapipe, where the suite runs, has them: there it must not skip.
+    fn subgroup_ctx() -> Option<&'static GpuContext> {
+        let ctx = ctx();
+        if ctx.kernels().subgroup_matmul {
+            return Some(ctx);
+        }
+        assert!(
+            !ctx.adapter().is_cpu(),
+            "a CPU adapter without 8-lane subgroups"
+        );
+        eprintln!("skipped: {} lacks subgroups of 8 lanes", ctx.adapter().name);
+        None
     }
 
     #[test]
-    fn broadcast_variant_matches_reference_on_every_layout() {
-        let ctx = ctx();
-        if !ctx.kernels().subgroup_matmul {
-            // lavapipe, where the suite runs, has 8-lane subgroups: there this must not skip.
-            assert!(
-                !ctx.adapter().is_cpu(),
-                "a CPU adapter without 8-lane subgroups"
-            );
-            eprintln!("skipped: {} lacks subgroups of 8 lanes", ctx.adapter().name);
-            return;
-        }
+    fn broadcast_variants_match_reference() {
+        let Some(ctx) = subgroup_ctx() else { return };
         let epi = Epilogue {
             bias: true,
             relu: true,
         };
-        // K below 8, not a multiple of 8, and long; M and N off every tile.
-        let shapes = [(17, 65, 13), (33, 130, 1000), (16, 64, 64), (1, 200, 9)];
-        for &(m, n, k) in SHAPES.iter().chain(&shapes) {
-            for layout in [Layout::NN, Layout::NT, Layout::TN] {
-                check_on(ctx, layout, m, n, k, Some(Variant::Broadcast), epi);
+        // M and N off every tile; K below 8, with a tail of 4 (NT) or of 1..7 (NN, TN), long.
+        let nt = [
+            (1, 1, 4),
+            (3, 7, 12),
+            (65, 33, 16),
+            (1000, 10, 32),
+            (128, 64, 3072),
+            (9, 64, 784),
+            (13, 65, 20),
+            (33, 130, 1000),
+        ];
+        for (m, n, k) in nt {
+            check_on(ctx, Layout::NT, m, n, k, Some(Variant::BroadcastNt), epi);
+        }
+        let nn = [
+            (1, 2, 1),
+            (3, 6, 5),
+            (65, 34, 17),
+            (1000, 10, 32),
+            (128, 64, 3072),
+            (7, 12, 8),
+            (9, 64, 784),
+            (17, 66, 13),
+            (33, 130, 1000),
+        ];
+        for (m, n, k) in nn {
+            for layout in [Layout::NN, Layout::TN] {
+                check_on(ctx, layout, m, n, k, Some(Variant::BroadcastNn), epi);
             }
         }
+        let plain = Epilogue::default();
         check_on(
             ctx,
             Layout::NT,
             65,
             70,
             100,
-            Some(Variant::Broadcast),
-            Epilogue::default(),
+            Some(Variant::BroadcastNt),
+            plain,
+        );
+        check_on(
+            ctx,
+            Layout::TN,
+            64,
+            784,
+            128,
+            Some(Variant::BroadcastNn),
+            plain,
         );
     }
 
     #[test]
-    fn broadcast_variant_refuses_bindings_smaller_than_the_shape() {
-        let ctx = ctx();
-        if !ctx.kernels().subgroup_matmul {
-            eprintln!("skipped: {} lacks subgroups of 8 lanes", ctx.adapter().name);
-            return;
-        }
+    fn broadcast_variants_refuse_bindings_smaller_than_the_shape() {
+        let Some(ctx) = subgroup_ctx() else { return };
         let shape = MatmulShape {
             layout: Layout::NN,
             m: 64,
@@ -639,7 +709,7 @@ mod tests {
             ctx,
             shape,
             Epilogue::default(),
-            Some(Variant::Broadcast),
+            Some(Variant::BroadcastNn),
             a.binding(),
             short_b.binding(),
             None,
@@ -650,7 +720,7 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "64×64×64 broadcast matmul: binding B holds 16128 bytes but the launch reads 16384"
+            "64×64×64 BroadcastNn matmul: binding B holds 16128 bytes but the launch reads 16384"
         );
     }
 
