@@ -153,10 +153,10 @@ fn batch_norm(c: &mut Criterion) {
         .throughput(Throughput::Elements((n * d) as u64))
         .measurement_time(Duration::from_secs(2));
     group.bench_function("gpu_forward_train", |b| {
-        b.iter_custom(|iters| time_dispatches(&ctx, &[&forward[0], &forward[1]], iters))
+        b.iter_custom(|iters| time_dispatches(&ctx, &forward.iter().collect::<Vec<_>>(), iters))
     });
     group.bench_function("gpu_backward", |b| {
-        b.iter_custom(|iters| time_dispatches(&ctx, &[&backward[0], &backward[1]], iters))
+        b.iter_custom(|iters| time_dispatches(&ctx, &backward.iter().collect::<Vec<_>>(), iters))
     });
     let mut running = RunningStats::new(d);
     group.bench_function("cpu_reference_forward_train", |b| {

@@ -73,12 +73,19 @@ fn stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocatio
     }
     s = reduce_rows(lid, s);
     if (f >= p.d || lid.y != 0u) { return; }
+    save_stats(f, shift, s);
+}
+
+// Writes feature f's mean and 1/std (from its shifted sums Σv, Σv²) and updates its running
+// statistics; returns (mean, 1/std).
+fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
     let n = f32(p.n);
     let mean_shifted = s.x / n;
     let var_biased = max(s.y / n - mean_shifted * mean_shifted, 0.0);
     let mean = shift + mean_shifted;
+    let invstd = inverseSqrt(var_biased + p.eps);
     saved[f] = mean;
-    saved[p.d + f] = inverseSqrt(var_biased + p.eps);
+    saved[p.d + f] = invstd;
 
     var m = p.momentum;
     if ((p.flags & FLAG_CUMULATIVE) != 0u) {
@@ -87,6 +94,36 @@ fn stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocatio
     let var_unbiased = var_biased * n / max(n - 1.0, 1.0);
     running[f] = (1.0 - m) * running[f] + m * mean;
     running[p.d + f] = (1.0 - m) * running[p.d + f] + m * var_unbiased;
+    return vec2<f32>(mean, invstd);
+}
+
+// y[i] of feature f: x̂·γ + β (then ReLU).
+fn normalized(i: u32, f: u32, mean: f32, invstd: f32) -> f32 {
+    var v = (x[i] - mean) * invstd * gamma[f] + beta[f];
+    if ((p.flags & FLAG_RELU) != 0u) { v = max(v, 0.0); }
+    return v;
+}
+
+// CPU adapters: stats and normalize in one dispatch, one invocation per feature walking its
+// column twice. On lavapipe a dispatch costs tens of microseconds, more than this pass over
+// a small batch. Not for the cumulative average: it reads num_batches_tracked, which this
+// dispatch also counts, and workgroups have no order.
+@compute @workgroup_size(WG_FEATURES, 1)
+fn stats_normalize(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let f = gid.x;
+    if (f >= p.d) { return; }
+    let shift = x[f];
+    var s = vec2<f32>(0.0);
+    for (var r = 0u; r < p.n; r++) {
+        let v = x[r * p.d + f] - shift;
+        s += vec2<f32>(v, v * v);
+    }
+    let stats = save_stats(f, shift, s);
+    if (f == 0u) { num_batches_tracked[0] += 1u; }
+    for (var r = 0u; r < p.n; r++) {
+        let i = r * p.d + f;
+        y[i] = normalized(i, f, stats.x, stats.y);
+    }
 }
 
 // Element-wise kernels run on a 2-D grid — x over features, y (and z) over rows — so no
@@ -113,9 +150,7 @@ fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if ((p.flags & FLAG_FROM_VARIANCE) != 0u) {
         invstd = inverseSqrt(saved[p.d + f] + p.eps);
     }
-    var v = (x[i] - saved[f]) * invstd * gamma[f] + beta[f];
-    if ((p.flags & FLAG_RELU) != 0u) { v = max(v, 0.0); }
-    y[i] = v;
+    y[i] = normalized(i, f, saved[f], invstd);
 }
 
 fn upstream(i: u32) -> f32 {
@@ -141,6 +176,31 @@ fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local
     if (f >= p.d || lid.y != 0u) { return; }
     dbeta[f] = s.x;
     dgamma[f] = s.y;
+}
+
+// CPU adapters: backward_reduce and backward_dx in one dispatch, one invocation per feature
+// walking its column twice.
+@compute @workgroup_size(WG_FEATURES, 1)
+fn backward_column(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let f = gid.x;
+    if (f >= p.d) { return; }
+    let mean = saved[f];
+    let invstd = saved[p.d + f];
+    var s = vec2<f32>(0.0);
+    for (var r = 0u; r < p.n; r++) {
+        let i = r * p.d + f;
+        let g = upstream(i);
+        s += vec2<f32>(g, g * (x[i] - mean) * invstd);
+    }
+    dbeta[f] = s.x;
+    dgamma[f] = s.y;
+    let n = f32(p.n);
+    let scale = gamma[f] * invstd / n;
+    for (var r = 0u; r < p.n; r++) {
+        let i = r * p.d + f;
+        let xhat = (x[i] - mean) * invstd;
+        dx[i] = scale * (n * upstream(i) - s.x - xhat * s.y);
+    }
 }
 
 @compute @workgroup_size(MAP_X, MAP_Y)

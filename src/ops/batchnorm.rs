@@ -275,8 +275,18 @@ pub struct LayerBindings<'a> {
     pub num_batches_tracked: Binding<'a>,
 }
 
+/// Workgroup width of the one-pass kernels (`stats_normalize`, `backward_column`): 8
+/// features, one SIMD batch on lavapipe, so a 64-feature layer still spreads over 8 workgroups.
+const COLUMN_FEATURES: u32 = 8;
+
+/// The one-pass kernel `entry`, one invocation per feature.
+fn column_kernel(entry: &'static str) -> Kernel {
+    Kernel::new(Shader::BatchNorm, entry).with("WG_FEATURES", COLUMN_FEATURES)
+}
+
 /// Train-mode forward: batch statistics (saved: [mean; invstd], 2·D floats), running-stat
-/// update, normalization (+ ReLU). Two dispatches.
+/// update, normalization (+ ReLU). One dispatch on CPU adapters (per-column reductions) with
+/// a set momentum, else two.
 #[allow(clippy::too_many_arguments)]
 pub fn train_dispatches(
     ctx: &GpuContext,
@@ -288,7 +298,25 @@ pub fn train_dispatches(
     x: Binding<'_>,
     saved: Binding<'_>,
     y: Binding<'_>,
-) -> Result<[Dispatch; 2], GpuError> {
+) -> Result<Vec<Dispatch>, GpuError> {
+    let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
+    if !ctx.kernels().parallel_reductions && config.momentum.is_some() {
+        let pass = ctx.dispatch_at(
+            &column_kernel("stats_normalize"),
+            Some(&params(n, d, config, flags)),
+            &[
+                (X, x),
+                (Y, y),
+                (SAVED, saved),
+                (RUNNING, layer.running),
+                (GAMMA, layer.gamma),
+                (BETA, layer.beta),
+                (NUM_BATCHES, layer.num_batches_tracked),
+            ],
+            [groups(d, COLUMN_FEATURES), 1, 1],
+        )?;
+        return Ok(vec![pass]);
+    }
     let stats = ctx.dispatch_at(
         &kernel(ctx, "stats"),
         Some(&params(n, d, config, 0)),
@@ -300,7 +328,6 @@ pub fn train_dispatches(
         ],
         feature_grid(ctx, d),
     )?;
-    let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
     let normalize = ctx.dispatch_at(
         &kernel(ctx, "normalize"),
         Some(&params(n, d, config, flags)),
@@ -314,7 +341,7 @@ pub fn train_dispatches(
         ],
         element_grid(ctx, n, d),
     )?;
-    Ok([stats, normalize])
+    Ok(vec![stats, normalize])
 }
 
 /// Eval-mode forward with the running statistics (+ ReLU). One dispatch.
@@ -345,8 +372,9 @@ pub fn eval_dispatch(
     )
 }
 
-/// Backward of the train-mode forward: dγ and dβ (one reduction), then dx. `y` is the forward's
-/// output, used for the fused ReLU's mask.
+/// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch on
+/// CPU adapters (per-column reductions), else two. `y` is the forward's output, used for the
+/// fused ReLU's mask.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_dispatches(
     ctx: &GpuContext,
@@ -361,9 +389,27 @@ pub fn backward_dispatches(
     dgamma: Binding<'_>,
     dbeta: Binding<'_>,
     dx: Binding<'_>,
-) -> Result<[Dispatch; 2], GpuError> {
+) -> Result<Vec<Dispatch>, GpuError> {
     let config = BatchNormConfig::default();
     let flags = if relu { FLAG_RELU } else { 0 };
+    if !ctx.kernels().parallel_reductions {
+        let pass = ctx.dispatch_at(
+            &column_kernel("backward_column"),
+            Some(&params(n, d, config, flags)),
+            &[
+                (X, x),
+                (Y, y),
+                (DY, dy),
+                (DX, dx),
+                (SAVED, saved),
+                (GAMMA, gamma),
+                (DGAMMA, dgamma),
+                (DBETA, dbeta),
+            ],
+            [groups(d, COLUMN_FEATURES), 1, 1],
+        )?;
+        return Ok(vec![pass]);
+    }
     let reduce = ctx.dispatch_at(
         &kernel(ctx, "backward_reduce"),
         Some(&params(n, d, config, flags)),
@@ -392,7 +438,7 @@ pub fn backward_dispatches(
         ],
         element_grid(ctx, n, d),
     )?;
-    Ok([reduce, dx])
+    Ok(vec![reduce, dx])
 }
 
 /// A BatchNorm1d layer's state on the GPU, for running the op on its own.
@@ -454,7 +500,7 @@ impl GpuBatchNorm {
         let (n, d) = self.check_input(x)?;
         let saved = GpuTensor::zeros(ctx, &[2, d], "bn.saved")?;
         let y = GpuTensor::zeros(ctx, &[n, d], "bn.y")?;
-        let [a, b] = train_dispatches(
+        let dispatches = train_dispatches(
             ctx,
             n,
             d,
@@ -465,7 +511,7 @@ impl GpuBatchNorm {
             saved.binding(),
             y.binding(),
         )?;
-        ctx.submit(&[&a, &b]);
+        ctx.submit(&dispatches.iter().collect::<Vec<_>>());
         Ok((y, saved))
     }
 
@@ -507,7 +553,7 @@ impl GpuBatchNorm {
         let dx = GpuTensor::zeros(ctx, &[n, d], "bn.dx")?;
         let dgamma = GpuTensor::zeros(ctx, &[d], "bn.dweight")?;
         let dbeta = GpuTensor::zeros(ctx, &[d], "bn.dbias")?;
-        let [a, b] = backward_dispatches(
+        let dispatches = backward_dispatches(
             ctx,
             n,
             d,
@@ -521,7 +567,7 @@ impl GpuBatchNorm {
             dbeta.binding(),
             dx.binding(),
         )?;
-        ctx.submit(&[&a, &b]);
+        ctx.submit(&dispatches.iter().collect::<Vec<_>>());
         Ok((dx, dgamma, dbeta))
     }
 

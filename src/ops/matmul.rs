@@ -128,13 +128,13 @@ pub enum Variant {
 impl Variant {
     /// The variant for `shape` under the adapter's kernel choice: workgroup tiles for GPU
     /// kernels when the product fills at least one 64×64 tile; else subgroup broadcasts when
-    /// the product has the columns to fill a workgroup and the depth to amortize its start;
-    /// else register blocks.
+    /// the product has the columns to fill half a workgroup and the depth to amortize its
+    /// start; else register blocks.
     pub fn for_adapter(shape: &MatmulShape, kernels: KernelChoice) -> Variant {
         let fills_tile = shape.m >= 64 && shape.n >= 64 && shape.k >= 64;
         if kernels.tiled_matmul && fills_tile {
             Variant::Tiled
-        } else if kernels.subgroup_matmul && shape.n >= 64 && shape.k >= 64 {
+        } else if kernels.subgroup_matmul && shape.n >= 32 && shape.k >= 32 {
             [Variant::BroadcastNt, Variant::BroadcastNn]
                 .into_iter()
                 .find(|v| v.fits(shape))
@@ -614,7 +614,7 @@ mod tests {
         assert_eq!(Variant::for_adapter(&forward, cpu), Variant::BroadcastNt);
         // Too few columns to fill a broadcast workgroup, or a shape neither variant takes:
         // register blocks.
-        let narrow = MatmulShape { n: 32, ..big };
+        let narrow = MatmulShape { n: 16, ..big };
         assert_eq!(Variant::for_adapter(&narrow, cpu), Variant::TnBvec4);
         let odd_k = MatmulShape { k: 783, ..forward };
         assert_eq!(Variant::for_adapter(&odd_k, cpu), Variant::General);
