@@ -120,6 +120,7 @@ fn batch_norm(c: &mut Criterion) {
         beta: bn.beta.binding(),
         running: bn.running.binding(),
         num_batches_tracked: bn.num_batches_tracked.binding(),
+        step: bn.steps.binding(),
     };
     let forward = batchnorm::train_dispatches(
         &ctx,
@@ -127,6 +128,7 @@ fn batch_norm(c: &mut Criterion) {
         d,
         BatchNormConfig::default(),
         true,
+        None,
         layer,
         gx.binding(),
         saved.binding(),
@@ -138,6 +140,7 @@ fn batch_norm(c: &mut Criterion) {
         n,
         d,
         true,
+        None,
         gx.binding(),
         gy.binding(),
         gx.binding(),

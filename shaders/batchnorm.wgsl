@@ -3,9 +3,12 @@
 //          running_mean ← (1-m)·running_mean + m·μ_B, running_var ← (1-m)·running_var + m·σ²_B·N/(N-1)
 //          (m = momentum, or 1/num_batches_tracked for the cumulative average).
 //   eval:  the same with running_mean / running_var.
-//   Optionally fused with a following ReLU.
+//   Optionally fused with a following ReLU, and after it a dropout (train mode: dropout.wgsl's
+//   mask, same key, counter and step).
 // Backward (train mode), with x̂ = (x - μ)·invstd and dy masked by the ReLU:
 //   dβ = Σ dy, dγ = Σ dy·x̂, dx = γ·invstd/N·(N·dy - dβ - x̂·dγ).
+// With the dropout, y is 0 wherever the ReLU or the dropout stopped the gradient and positive
+// elsewhere, so the backward scales dy by 1/(1-p) where y > 0 and needs no mask of its own.
 
 struct Params {
     n: u32,
@@ -13,6 +16,11 @@ struct Params {
     eps: f32,
     momentum: f32,
     flags: u32,
+    // The fused dropout's, as in dropout.wgsl.
+    threshold: u32,
+    scale: f32,
+    key0: u32,
+    key1: u32,
 }
 
 const FLAG_RELU: u32 = 1u;
@@ -22,6 +30,8 @@ const FLAG_FROM_VARIANCE: u32 = 2u;
 const FLAG_CUMULATIVE: u32 = 4u;
 // Count the batch in num_batches_tracked.
 const FLAG_COUNT_BATCH: u32 = 8u;
+// A dropout follows the ReLU (train mode only, and only with FLAG_RELU).
+const FLAG_DROPOUT: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -37,6 +47,7 @@ const FLAG_COUNT_BATCH: u32 = 8u;
 @group(0) @binding(9) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(11) var<storage, read_write> num_batches_tracked: array<u32>;
+@group(0) @binding(12) var<uniform> step: Step;
 
 // Per-feature reductions use WG_FEATURES × ROWS invocations per workgroup: ROWS invocations
 // share a feature's rows and combine their partial sums in workgroup memory. A GPU wants many
@@ -97,10 +108,16 @@ fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(mean, invstd);
 }
 
-// y[i] of feature f: x̂·γ + β (then ReLU).
+// y[i] of feature f: x̂·γ + β (then ReLU, then dropout).
 fn normalized(i: u32, f: u32, mean: f32, invstd: f32) -> f32 {
     var v = (x[i] - mean) * invstd * gamma[f] + beta[f];
     if ((p.flags & FLAG_RELU) != 0u) { v = max(v, 0.0); }
+    if ((p.flags & FLAG_DROPOUT) != 0u) {
+        // Element i's word of the draw dropout.wgsl makes for its group of four.
+        let bits = philox4x32_10(vec4<u32>(i >> 2u, 0u, step.step_lo, step.step_hi), vec2<u32>(p.key0, p.key1));
+        let keep = (bits[i & 3u] >> 8u) >= p.threshold;
+        v = select(0.0, v * p.scale, keep);
+    }
     return v;
 }
 
@@ -154,8 +171,9 @@ fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 }
 
 fn upstream(i: u32) -> f32 {
-    // Through the fused ReLU: its output y is 0 exactly where the gradient stops.
+    // Through the fused ReLU (and dropout): its output y is 0 exactly where the gradient stops.
     if ((p.flags & FLAG_RELU) != 0u && y[i] <= 0.0) { return 0.0; }
+    if ((p.flags & FLAG_DROPOUT) != 0u) { return dy[i] * p.scale; }
     return dy[i];
 }
 

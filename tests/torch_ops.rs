@@ -151,7 +151,7 @@ fn batch_norm_matches_pytorch_in_train_eval_and_backward() {
     )
     .unwrap();
     let x = GpuTensor::from_slice(&ctx, &f(&sd, "bn.x"), &[n, d], "x").unwrap();
-    let (y, saved) = bn.forward_train(&ctx, &x, false).unwrap();
+    let (y, saved) = bn.forward_train(&ctx, &x, false, None, 0).unwrap();
     assert_close("bn.y", &y.read(&ctx).unwrap(), &f(&sd, "bn.y"), TOL);
     let running = bn.running_stats(&ctx).unwrap();
     assert_close(
@@ -167,7 +167,7 @@ fn batch_norm_matches_pytorch_in_train_eval_and_backward() {
         TOL,
     );
     let dy = GpuTensor::from_slice(&ctx, &f(&sd, "bn.dy"), &[n, d], "dy").unwrap();
-    let (dx, dgamma, dbeta) = bn.backward(&ctx, &x, &y, &dy, &saved, false).unwrap();
+    let (dx, dgamma, dbeta) = bn.backward(&ctx, &x, &y, &dy, &saved, false, None).unwrap();
     assert_close(
         "bn.dx",
         &dx.read(&ctx).unwrap(),
@@ -208,7 +208,7 @@ fn batch_norm_matches_pytorch_in_train_eval_and_backward() {
     for i in 0..3 {
         let xi =
             GpuTensor::from_slice(&ctx, &f(&sd, &format!("bn_cma.x{i}")), &[13, 6], "x").unwrap();
-        cma.forward_train(&ctx, &xi, false).unwrap();
+        cma.forward_train(&ctx, &xi, false, None, 0).unwrap();
     }
     let running = cma.running_stats(&ctx).unwrap();
     assert_eq!(running.num_batches_tracked, 3);

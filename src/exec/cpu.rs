@@ -86,7 +86,7 @@ impl CpuExecutor {
                         matmul::reference(shape, get(0), &self.state.params[weight.0], b, *relu);
                     out.push((node.outputs[0], y));
                 }
-                Op::BatchNorm { bn, relu } => {
+                Op::BatchNorm { bn, relu, dropout } => {
                     let info = &g.batch_norms[*bn];
                     let x = get(0);
                     let gamma = &self.state.params[info.gamma.0];
@@ -103,6 +103,10 @@ impl CpuExecutor {
                                 &mut self.state.running[*bn],
                                 *relu,
                             );
+                            let y = match dropout {
+                                Some(d) => dropout::reference(&y, d.p, self.stream(d.stream), step),
+                                None => y,
+                            };
                             out.push((node.outputs[0], y));
                             out.push((node.outputs[1], [saved.mean, saved.invstd].concat()));
                         }
@@ -170,7 +174,7 @@ impl CpuExecutor {
                         self.grads[b.0] = reduce::reference_column_sum(dy, cols(0));
                     }
                 }
-                Op::BatchNormBackward { bn, relu } => {
+                Op::BatchNormBackward { bn, relu, dropout } => {
                     let info = &g.batch_norms[*bn];
                     let d = info.features;
                     let s = get(3);
@@ -178,10 +182,17 @@ impl CpuExecutor {
                         mean: s[..d].to_vec(),
                         invstd: s[d..].to_vec(),
                     };
+                    // Through the dropout first (its mask, recomputed), then the ReLU: the
+                    // dropout's output is 0 where either stopped the gradient, so it masks
+                    // as the ReLU's own output would.
                     let y = get(1);
+                    let dy = match dropout {
+                        Some(d) => dropout::reference(get(2), d.p, self.stream(d.stream), step),
+                        None => get(2).to_vec(),
+                    };
                     let grads = batchnorm::reference_backward(
                         get(0),
-                        get(2),
+                        &dy,
                         rows(0),
                         d,
                         &self.state.params[info.gamma.0],

@@ -5,9 +5,9 @@
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
-use crate::graph::{Graph, Mode, Op, ValueId};
+use crate::graph::{FoldedDropout, Graph, Mode, Op, ValueId};
 use crate::nn::Loss;
-use crate::ops::batchnorm::{self, LayerBindings};
+use crate::ops::batchnorm::{self, FusedDropout, LayerBindings};
 use crate::ops::dropout::{self, MaskStream};
 use crate::ops::matmul::{self, Epilogue, MatmulShape};
 use crate::ops::softmax_xent::{self, XentBindings};
@@ -23,6 +23,19 @@ pub struct Shared<'a> {
     pub totals: Binding<'a>,
     /// Seed of the dropout masks.
     pub seed: u64,
+}
+
+impl Shared<'_> {
+    /// A dropout folded into a batch norm, with this model's mask stream.
+    fn fused(&self, dropout: FoldedDropout) -> FusedDropout {
+        FusedDropout {
+            p: dropout.p,
+            stream: MaskStream {
+                seed: self.seed,
+                layer: dropout.stream,
+            },
+        }
+    }
 }
 
 /// A graph compiled for the GPU in one mode.
@@ -116,13 +129,14 @@ impl GpuPlan {
                         )?,
                     );
                 }
-                Op::BatchNorm { bn, relu } => {
+                Op::BatchNorm { bn, relu, dropout } => {
                     let info = &graph.batch_norms[*bn];
                     let layer = LayerBindings {
                         gamma: state.param_binding(graph, info.gamma),
                         beta: state.param_binding(graph, info.beta),
                         running: state.running_binding(*bn, info.features),
                         num_batches_tracked: state.counter_binding(*bn),
+                        step: shared.step,
                     };
                     let (n, d) = (value(0).rows, info.features);
                     match mode {
@@ -132,6 +146,7 @@ impl GpuPlan {
                             d,
                             info.config,
                             *relu,
+                            dropout.map(|f| shared.fused(f)),
                             layer,
                             bind(node.inputs[0]),
                             bind(node.outputs[1]),
@@ -264,13 +279,14 @@ impl GpuPlan {
                         )?);
                     }
                 }
-                Op::BatchNormBackward { bn, relu } => {
+                Op::BatchNormBackward { bn, relu, dropout } => {
                     let info = &graph.batch_norms[*bn];
                     dispatches.extend(batchnorm::backward_dispatches(
                         ctx,
                         value(0).rows,
                         info.features,
                         *relu,
+                        dropout.map(|f| shared.fused(f)),
                         bind(node.inputs[0]),
                         bind(node.inputs[1]),
                         bind(node.inputs[2]),

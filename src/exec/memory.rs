@@ -111,7 +111,7 @@ pub fn plan(graph: &Graph, mode: Mode, keep: &[ValueId]) -> MemoryPlan {
 mod tests {
     use super::*;
     use crate::graph::build;
-    use crate::nn::{Loss, Sequential};
+    use crate::nn::{Dropout, Flatten, Linear, Loss, ReLU, Sequential};
     use crate::optim::{Optimizer, Sgd};
 
     fn graph() -> Graph {
@@ -179,7 +179,15 @@ mod tests {
 
     #[test]
     fn eval_plan_aliases_dropout_and_skips_gradients() {
-        let g = graph();
+        // Dropout after Linear → ReLU stays a node of its own (after a batch norm it folds).
+        let model = Sequential::new()
+            .append(Flatten)
+            .append(Linear::new(784, 32))
+            .append(ReLU)
+            .append(Dropout::new(0.2))
+            .append(Linear::new(32, 10));
+        let sgd = Optimizer::Sgd(Sgd::default());
+        let g = build(&model, &Loss::default(), &sgd, &[1, 28, 28], 64).unwrap();
         let m = plan(&g, Mode::Eval, &[g.logits]);
         check_no_overlap(&g, Mode::Eval, &m);
         for (v, value) in g.values.iter().enumerate() {

@@ -50,7 +50,7 @@ impl Shader {
                 MATMUL,
                 include_str!("../../shaders/matmul_broadcast_nn.wgsl"),
             ],
-            Shader::BatchNorm => &[include_str!("../../shaders/batchnorm.wgsl")],
+            Shader::BatchNorm => &[STEP, PHILOX, include_str!("../../shaders/batchnorm.wgsl")],
             Shader::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
             Shader::Dropout => &[STEP, PHILOX, include_str!("../../shaders/dropout.wgsl")],
             // The dropout kernel's parameters and bindings, and an entry writing raw words.

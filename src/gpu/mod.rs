@@ -61,6 +61,8 @@ pub enum GpuError {
     Map(String),
     #[error("the GPU device reported an error: {0}")]
     Device(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{kernel}: binding {binding} holds {size} bytes but the launch reads {needed}")]
     BindingTooSmall {
         kernel: String,

@@ -69,12 +69,12 @@ pub(super) fn append_backward(graph: &mut Graph, dlogits: ValueId) {
                     None
                 }
             }
-            Op::BatchNorm { bn, relu } => {
+            Op::BatchNorm { bn, relu, dropout } => {
                 // Always run: it also gives dγ and dβ. dx is produced regardless.
                 let saved = node.outputs[1];
                 push(
                     graph,
-                    Op::BatchNormBackward { bn, relu },
+                    Op::BatchNormBackward { bn, relu, dropout },
                     vec![x, y, dy, saved],
                     true,
                 )

@@ -1,8 +1,8 @@
 //! From a Sequential, a loss and an optimizer to a graph, inferring every shape.
 
 use super::{
-    BatchNormState, BuildError, Graph, Mode, Node, Op, Param, ParamId, Phase, Value, ValueId,
-    ValueKind, autodiff,
+    BatchNormState, BuildError, FoldedDropout, Graph, Mode, Node, Op, Param, ParamId, Phase, Value,
+    ValueId, ValueKind, autodiff,
 };
 use crate::nn::{Layer, Loss, Sequential};
 use crate::ops::dropout::DropProbability;
@@ -123,6 +123,7 @@ pub fn build(
                     Op::BatchNorm {
                         bn: bn_id,
                         relu: false,
+                        dropout: None,
                     },
                     vec![x],
                     vec![y, saved],
@@ -164,6 +165,23 @@ pub fn build(
                         "[N, features] (add a Flatten before it)".into(),
                         &shape,
                     ));
+                }
+                // Folded into a batch norm whose ReLU is fused and whose output x has no other
+                // use: one pass instead of two, and the backward reads the mask off the zeros.
+                if p.get() > 0.0
+                    && let Some(last) = b.nodes.last_mut()
+                    && last.outputs.first() == Some(&x)
+                    && let Op::BatchNorm {
+                        relu: true,
+                        dropout: dropout @ None,
+                        ..
+                    } = &mut last.op
+                {
+                    *dropout = Some(FoldedDropout {
+                        p,
+                        stream: index as u32,
+                    });
+                    continue;
                 }
                 // p = 0 is the identity in both modes: no node at all.
                 if p.get() > 0.0 {
@@ -314,10 +332,19 @@ mod tests {
         let model = Sequential::lecture_mlp(3072, 10, 0.2);
         let g = build(&model, &Loss::default(), &sgd(), &[3, 32, 32], 128).unwrap();
         let forward: Vec<_> = g.nodes_for(Mode::Eval).map(|(_, n)| &n.op).collect();
+        // Linear, then BatchNorm with its ReLU and dropout folded in, twice; Linear, loss.
         assert!(
-            matches!(forward[1], Op::BatchNorm { relu: true, .. }),
+            matches!(
+                forward[1],
+                Op::BatchNorm {
+                    relu: true,
+                    dropout: Some(FoldedDropout { stream: 4, .. }),
+                    ..
+                }
+            ),
             "{forward:?}"
         );
+        assert!(!forward.iter().any(|op| matches!(op, Op::Dropout { .. })));
         assert_eq!(g.value(g.logits).cols, 10);
         assert_eq!(g.params.len(), 10);
         assert_eq!(g.params[0].shape, vec![64, 3072]);
@@ -334,8 +361,8 @@ mod tests {
             .iter()
             .filter(|n| n.phase == Phase::Backward)
             .count();
-        // dropout×2, BN×2, Linear params×3, Linear inputs×2
-        assert_eq!(backward, 9);
+        // BN×2 (through their dropouts), Linear params×3, Linear inputs×2
+        assert_eq!(backward, 7);
     }
 
     #[test]

@@ -95,6 +95,14 @@ pub enum Phase {
     Update,
 }
 
+/// A dropout folded into the batch norm before it (BatchNorm1d → ReLU → Dropout): its
+/// probability and mask stream (the Dropout layer's index).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FoldedDropout {
+    pub p: DropProbability,
+    pub stream: u32,
+}
+
 /// Operations. Inputs and outputs are listed per variant as (inputs) → (outputs).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -105,8 +113,13 @@ pub enum Op {
         relu: bool,
     },
     /// (x) → (y, saved). Train: batch statistics, running-stat update, saved = [mean; invstd].
-    /// Eval: running statistics; `saved` is not produced.
-    BatchNorm { bn: usize, relu: bool },
+    /// Eval: running statistics; `saved` is not produced. A folded dropout (only after the
+    /// fused ReLU) applies in train mode: y is then the dropout's output.
+    BatchNorm {
+        bn: usize,
+        relu: bool,
+        dropout: Option<FoldedDropout>,
+    },
     /// (x) → (y)
     Relu,
     /// (x) → (y). Eval: identity (y is x).
@@ -126,8 +139,13 @@ pub enum Op {
         weight: ParamId,
         bias: Option<ParamId>,
     },
-    /// (x, y, dy, saved) → (dx), with dγ, dβ into the gradient buffer.
-    BatchNormBackward { bn: usize, relu: bool },
+    /// (x, y, dy, saved) → (dx), with dγ, dβ into the gradient buffer; through the folded
+    /// dropout too.
+    BatchNormBackward {
+        bn: usize,
+        relu: bool,
+        dropout: Option<FoldedDropout>,
+    },
     /// (dy) → (dx): the forward's mask, recomputed.
     DropoutBackward { p: DropProbability, stream: u32 },
     /// () → (): every parameter updated from its gradient.

@@ -8,6 +8,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::dropout::{DropProbability, MaskStream};
+use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_matrix, expect_shape, groups};
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader, grid_1d};
 
@@ -52,6 +54,15 @@ impl RunningStats {
 pub struct Saved {
     pub mean: Vec<f32>,
     pub invstd: Vec<f32>,
+}
+
+/// A dropout fused after the batch norm's ReLU (BatchNorm1d → ReLU → Dropout). Train mode
+/// drops with [`dropout`]'s mask for the same stream and step; the backward passes the
+/// gradient, scaled by 1/(1-p), only where the output is positive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FusedDropout {
+    pub p: DropProbability,
+    pub stream: MaskStream,
 }
 
 /// Errors for a train-mode batch that PyTorch rejects.
@@ -196,6 +207,10 @@ struct Params {
     eps: f32,
     momentum: f32,
     flags: u32,
+    threshold: u32,
+    scale: f32,
+    key0: u32,
+    key1: u32,
     _pad: [u32; 3],
 }
 
@@ -203,6 +218,7 @@ const FLAG_RELU: u32 = 1;
 const FLAG_FROM_VARIANCE: u32 = 2;
 const FLAG_CUMULATIVE: u32 = 4;
 const FLAG_COUNT_BATCH: u32 = 8;
+const FLAG_DROPOUT: u32 = 16;
 
 /// Shape of the per-feature reductions' workgroups: (features, rows sharing a feature).
 /// GPUs split a feature's rows over 16 invocations; lavapipe, whose barriers are costly, uses
@@ -227,21 +243,52 @@ const BETA: u32 = 8;
 const DGAMMA: u32 = 9;
 const DBETA: u32 = 10;
 const NUM_BATCHES: u32 = 11;
+const STEP: u32 = 12;
 
-fn params(n: usize, d: usize, config: BatchNormConfig, flags: u32) -> Params {
+fn params(
+    n: usize,
+    d: usize,
+    config: BatchNormConfig,
+    flags: u32,
+    dropout: Option<FusedDropout>,
+) -> Params {
     let cumulative = if config.momentum.is_none() {
         FLAG_CUMULATIVE
     } else {
         0
     };
-    Params {
+    let mut params = Params {
         n: n as u32,
         d: d as u32,
         eps: config.eps,
         momentum: config.momentum.unwrap_or(0.0),
         flags: flags | cumulative,
+        threshold: 0,
+        scale: 1.0,
+        key0: 0,
+        key1: 0,
         _pad: [0; 3],
+    };
+    if let Some(FusedDropout { p, stream }) = dropout {
+        let [key0, key1] = stream.key();
+        params.flags |= FLAG_DROPOUT;
+        params.threshold = p.threshold();
+        params.scale = p.scale();
+        params.key0 = key0;
+        params.key1 = key1;
     }
+    params
+}
+
+/// The fused dropout runs after the fused ReLU, never alone: its backward reads the dropped
+/// elements off the output's zeros, which only the ReLU makes unambiguous.
+fn check_fusion(relu: bool, dropout: Option<FusedDropout>) -> Result<(), GpuError> {
+    if dropout.is_some() && !relu {
+        return Err(GpuError::Unsupported(
+            "batch norm: a fused dropout needs the fused ReLU before it".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn kernel(ctx: &GpuContext, entry: &'static str) -> Kernel {
@@ -273,6 +320,8 @@ pub struct LayerBindings<'a> {
     pub running: Binding<'a>,
     /// One u32.
     pub num_batches_tracked: Binding<'a>,
+    /// The per-step uniform (`StepBuffer`): the fused dropout's step.
+    pub step: Binding<'a>,
 }
 
 /// Workgroup width of the one-pass kernels (`stats_normalize`, `backward_column`): 8
@@ -285,8 +334,8 @@ fn column_kernel(entry: &'static str) -> Kernel {
 }
 
 /// Train-mode forward: batch statistics (saved: [mean; invstd], 2·D floats), running-stat
-/// update, normalization (+ ReLU). One dispatch on CPU adapters (per-column reductions) with
-/// a set momentum, else two.
+/// update, normalization (+ ReLU) (+ dropout). One dispatch on CPU adapters (per-column
+/// reductions) with a set momentum, else two.
 #[allow(clippy::too_many_arguments)]
 pub fn train_dispatches(
     ctx: &GpuContext,
@@ -294,16 +343,19 @@ pub fn train_dispatches(
     d: usize,
     config: BatchNormConfig,
     relu: bool,
+    dropout: Option<FusedDropout>,
     layer: LayerBindings<'_>,
     x: Binding<'_>,
     saved: Binding<'_>,
     y: Binding<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    check_fusion(relu, dropout)?;
     let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
+    let params = params(n, d, config, flags, dropout);
     if !ctx.kernels().parallel_reductions && config.momentum.is_some() {
         let pass = ctx.dispatch_at(
             &column_kernel("stats_normalize"),
-            Some(&params(n, d, config, flags)),
+            Some(&params),
             &[
                 (X, x),
                 (Y, y),
@@ -312,6 +364,7 @@ pub fn train_dispatches(
                 (GAMMA, layer.gamma),
                 (BETA, layer.beta),
                 (NUM_BATCHES, layer.num_batches_tracked),
+                (STEP, layer.step),
             ],
             [groups(d, COLUMN_FEATURES), 1, 1],
         )?;
@@ -319,7 +372,10 @@ pub fn train_dispatches(
     }
     let stats = ctx.dispatch_at(
         &kernel(ctx, "stats"),
-        Some(&params(n, d, config, 0)),
+        Some(&Params {
+            flags: params.flags & FLAG_CUMULATIVE,
+            ..params
+        }),
         &[
             (X, x),
             (SAVED, saved),
@@ -330,7 +386,7 @@ pub fn train_dispatches(
     )?;
     let normalize = ctx.dispatch_at(
         &kernel(ctx, "normalize"),
-        Some(&params(n, d, config, flags)),
+        Some(&params),
         &[
             (X, x),
             (Y, y),
@@ -338,6 +394,7 @@ pub fn train_dispatches(
             (GAMMA, layer.gamma),
             (BETA, layer.beta),
             (NUM_BATCHES, layer.num_batches_tracked),
+            (STEP, layer.step),
         ],
         element_grid(ctx, n, d),
     )?;
@@ -359,7 +416,7 @@ pub fn eval_dispatch(
     let flags = FLAG_FROM_VARIANCE | if relu { FLAG_RELU } else { 0 };
     ctx.dispatch_at(
         &kernel(ctx, "normalize"),
-        Some(&params(n, d, config, flags)),
+        Some(&params(n, d, config, flags, None)),
         &[
             (X, x),
             (Y, y),
@@ -367,6 +424,7 @@ pub fn eval_dispatch(
             (GAMMA, layer.gamma),
             (BETA, layer.beta),
             (NUM_BATCHES, layer.num_batches_tracked),
+            (STEP, layer.step),
         ],
         element_grid(ctx, n, d),
     )
@@ -374,13 +432,14 @@ pub fn eval_dispatch(
 
 /// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch on
 /// CPU adapters (per-column reductions), else two. `y` is the forward's output, used for the
-/// fused ReLU's mask.
+/// fused ReLU's (and dropout's) mask.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_dispatches(
     ctx: &GpuContext,
     n: usize,
     d: usize,
     relu: bool,
+    dropout: Option<FusedDropout>,
     x: Binding<'_>,
     y: Binding<'_>,
     dy: Binding<'_>,
@@ -390,12 +449,13 @@ pub fn backward_dispatches(
     dbeta: Binding<'_>,
     dx: Binding<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    let config = BatchNormConfig::default();
+    check_fusion(relu, dropout)?;
     let flags = if relu { FLAG_RELU } else { 0 };
+    let params = params(n, d, BatchNormConfig::default(), flags, dropout);
     if !ctx.kernels().parallel_reductions {
         let pass = ctx.dispatch_at(
             &column_kernel("backward_column"),
-            Some(&params(n, d, config, flags)),
+            Some(&params),
             &[
                 (X, x),
                 (Y, y),
@@ -412,7 +472,7 @@ pub fn backward_dispatches(
     }
     let reduce = ctx.dispatch_at(
         &kernel(ctx, "backward_reduce"),
-        Some(&params(n, d, config, flags)),
+        Some(&params),
         &[
             (X, x),
             (Y, y),
@@ -425,7 +485,7 @@ pub fn backward_dispatches(
     )?;
     let dx = ctx.dispatch_at(
         &kernel(ctx, "backward_dx"),
-        Some(&params(n, d, config, flags)),
+        Some(&params),
         &[
             (X, x),
             (Y, y),
@@ -450,6 +510,8 @@ pub struct GpuBatchNorm {
     /// [running_mean; running_var]
     pub running: GpuTensor,
     pub num_batches_tracked: GpuTensor,
+    /// The step a fused dropout draws its mask for.
+    pub steps: StepBuffer,
 }
 
 impl GpuBatchNorm {
@@ -477,6 +539,7 @@ impl GpuBatchNorm {
                 &[1],
                 "bn.num_batches_tracked",
             )?,
+            steps: StepBuffer::new(ctx)?,
         })
     }
 
@@ -486,26 +549,32 @@ impl GpuBatchNorm {
             beta: self.beta.binding(),
             running: self.running.binding(),
             num_batches_tracked: self.num_batches_tracked.binding(),
+            step: self.steps.binding(),
         }
     }
 
-    /// Train-mode forward; returns y and the saved [mean; invstd].
+    /// Train-mode forward at training step `step` (the fused dropout's); returns y and the
+    /// saved [mean; invstd].
     pub fn forward_train(
         &self,
         ctx: &GpuContext,
         x: &GpuTensor,
         relu: bool,
+        dropout: Option<FusedDropout>,
+        step: u64,
     ) -> Result<(GpuTensor, GpuTensor), OpError> {
         check_train_batch(x.shape())?;
         let (n, d) = self.check_input(x)?;
         let saved = GpuTensor::zeros(ctx, &[2, d], "bn.saved")?;
         let y = GpuTensor::zeros(ctx, &[n, d], "bn.y")?;
+        self.steps.write(ctx, &StepParams::at_step(step));
         let dispatches = train_dispatches(
             ctx,
             n,
             d,
             self.config,
             relu,
+            dropout,
             self.bindings(),
             x.binding(),
             saved.binding(),
@@ -539,6 +608,7 @@ impl GpuBatchNorm {
     }
 
     /// Backward of [`forward_train`](Self::forward_train): (dx, dγ, dβ).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         ctx: &GpuContext,
@@ -547,6 +617,7 @@ impl GpuBatchNorm {
         dy: &GpuTensor,
         saved: &GpuTensor,
         relu: bool,
+        dropout: Option<FusedDropout>,
     ) -> Result<(GpuTensor, GpuTensor, GpuTensor), OpError> {
         let (n, d) = self.check_input(x)?;
         expect_shape("batch norm backward", "grad_output", dy.shape(), &[n, d])?;
@@ -558,6 +629,7 @@ impl GpuBatchNorm {
             n,
             d,
             relu,
+            dropout,
             x.binding(),
             y.binding(),
             dy.binding(),
@@ -628,30 +700,58 @@ mod tests {
 
     /// Both kernel families: lavapipe's (one invocation per feature) and GPUs' (row-parallel
     /// sums in workgroup memory).
-    fn check_train(c: &Case, config: BatchNormConfig, relu: bool, tol: Tolerance) {
-        check_train_on(ctx(), c, config, relu, tol);
-        check_train_on(gpu_style_ctx(), c, config, relu, tol);
+    fn check_train(
+        c: &Case,
+        config: BatchNormConfig,
+        relu: bool,
+        dropout: Option<FusedDropout>,
+        tol: Tolerance,
+    ) {
+        check_train_on(ctx(), c, config, relu, dropout, tol);
+        check_train_on(gpu_style_ctx(), c, config, relu, dropout, tol);
     }
 
+    /// The step the fused dropout draws for.
+    const STEP: u64 = 11;
+
+    fn fused_dropout(p: f32) -> FusedDropout {
+        FusedDropout {
+            p: DropProbability::new(p).unwrap(),
+            stream: MaskStream {
+                seed: 0xfeed,
+                layer: 4,
+            },
+        }
+    }
+
+    /// Checks the train forward, backward and eval forward against the reference; a fused
+    /// dropout against the reference dropout applied after the batch norm (and before it in
+    /// the backward).
     fn check_train_on(
         ctx: &GpuContext,
         c: &Case,
         config: BatchNormConfig,
         relu: bool,
+        dropout: Option<FusedDropout>,
         tol: Tolerance,
     ) {
         let label = format!(
-            "bn {}x{} relu {relu} gpu kernels {}",
+            "bn {}x{} relu {relu} dropout {:?} gpu kernels {}",
             c.n,
             c.d,
+            dropout.map(|d| d.p.get()),
             ctx.kernels().parallel_reductions
         );
+        let drop = |v: &[f32]| match dropout {
+            Some(d) => super::super::dropout::reference(v, d.p, d.stream, STEP),
+            None => v.to_vec(),
+        };
         let mut running = RunningStats::new(c.d);
         running.mean = uniform(3, c.d, -1.0, 1.0);
         running.num_batches_tracked = 4;
         let bn = GpuBatchNorm::new(ctx, &c.gamma, &c.beta, &running, config).unwrap();
         let gx = GpuTensor::from_slice(ctx, &c.x, &[c.n, c.d], "x").unwrap();
-        let (gy, gsaved) = bn.forward_train(ctx, &gx, relu).unwrap();
+        let (gy, gsaved) = bn.forward_train(ctx, &gx, relu, dropout, STEP).unwrap();
 
         let (y, saved) = reference_train(
             &c.x,
@@ -663,6 +763,7 @@ mod tests {
             &mut running,
             relu,
         );
+        let y = drop(&y);
         assert_close(&format!("{label} y"), &gy.read(ctx).unwrap(), &y, tol);
         let s: Vec<f32> = gsaved.read(ctx).unwrap();
         // The mean of values of magnitude ~2 is exact to a few ulps of 2, not of itself.
@@ -695,10 +796,12 @@ mod tests {
 
         let dy = uniform(99, c.n * c.d, -1.0, 1.0);
         let gdy = GpuTensor::from_slice(ctx, &dy, &[c.n, c.d], "dy").unwrap();
-        let (gdx, gdgamma, gdbeta) = bn.backward(ctx, &gx, &gy, &gdy, &gsaved, relu).unwrap();
+        let (gdx, gdgamma, gdbeta) = bn
+            .backward(ctx, &gx, &gy, &gdy, &gsaved, relu, dropout)
+            .unwrap();
         let want = reference_backward(
             &c.x,
-            &dy,
+            &drop(&dy),
             c.n,
             c.d,
             &c.gamma,
@@ -739,10 +842,20 @@ mod tests {
     fn train_eval_and_backward_match_reference_on_odd_shapes() {
         let tol = Tolerance::new(1e-5, 1e-4);
         for &(n, d) in &[(2usize, 1usize), (3, 7), (65, 33), (1000, 10), (128, 3072)] {
-            for relu in [false, true] {
-                check_train(&case(n, d, 0.3, 2.0), BatchNormConfig::default(), relu, tol);
-            }
+            let c = case(n, d, 0.3, 2.0);
+            let config = BatchNormConfig::default();
+            check_train(&c, config, false, None, tol);
+            check_train(&c, config, true, None, tol);
+            check_train(&c, config, true, Some(fused_dropout(0.3)), tol);
         }
+        // p = 1 drops everything: zeros forward, and no gradient through.
+        check_train(
+            &case(9, 5, 0.3, 2.0),
+            BatchNormConfig::default(),
+            true,
+            Some(fused_dropout(1.0)),
+            tol,
+        );
     }
 
     #[test]
@@ -751,11 +864,14 @@ mod tests {
             momentum: None,
             ..Default::default()
         };
+        let tol = Tolerance::new(1e-5, 1e-4);
+        check_train(&case(17, 5, 1.0, 1.0), config, false, None, tol);
         check_train(
             &case(17, 5, 1.0, 1.0),
             config,
-            false,
-            Tolerance::new(1e-5, 1e-4),
+            true,
+            Some(fused_dropout(0.5)),
+            tol,
         );
     }
 
@@ -774,7 +890,7 @@ mod tests {
             )
             .unwrap();
             let gx = GpuTensor::from_slice(ctx, &c.x, &[n, d], "x").unwrap();
-            let (gy, gsaved) = bn.forward_train(ctx, &gx, false).unwrap();
+            let (gy, gsaved) = bn.forward_train(ctx, &gx, false, None, 0).unwrap();
             let mut running = RunningStats::new(d);
             let (y, saved) = reference_train(
                 &c.x,
@@ -811,13 +927,13 @@ mod tests {
         )
         .unwrap();
         let x = GpuTensor::from_slice(ctx, &[1.0f32; 4], &[1, 4], "x").unwrap();
-        let err = bn.forward_train(ctx, &x, false).unwrap_err();
+        let err = bn.forward_train(ctx, &x, false, None, 0).unwrap_err();
         assert!(matches!(err, OpError::SingleSampleBatch(_)));
         assert!(err.to_string().contains("[1, 4]"), "{err}");
         // Eval mode accepts one sample.
         assert!(bn.forward_eval(ctx, &x, false).is_ok());
         let wrong = GpuTensor::from_slice(ctx, &[1.0f32; 6], &[2, 3], "x").unwrap();
-        let err = bn.forward_train(ctx, &wrong, false).unwrap_err();
+        let err = bn.forward_train(ctx, &wrong, false, None, 0).unwrap_err();
         assert!(
             err.to_string().contains("[2, 3]") && err.to_string().contains("[N, 4]"),
             "{err}"
