@@ -108,9 +108,9 @@ fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(mean, invstd);
 }
 
-// y[i] of feature f: x̂·γ + β (then ReLU, then dropout).
-fn normalized(i: u32, f: u32, mean: f32, invstd: f32) -> f32 {
-    var v = (x[i] - mean) * invstd * gamma[f] + beta[f];
+// y[i] from its feature's statistics, γ and β: x̂·γ + β (then ReLU, then dropout).
+fn normalized(i: u32, mean: f32, invstd: f32, g: f32, b: f32) -> f32 {
+    var v = (x[i] - mean) * invstd * g + b;
     if ((p.flags & FLAG_RELU) != 0u) { v = max(v, 0.0); }
     if ((p.flags & FLAG_DROPOUT) != 0u) {
         // Element i's word of the draw dropout.wgsl makes for its group of four.
@@ -137,10 +137,34 @@ fn stats_normalize(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let stats = save_stats(f, shift, s);
     if (f == 0u) { num_batches_tracked[0] += 1u; }
+    normalize_column(f, stats.x, stats.y);
+}
+
+// Feature f's column of y, its γ and β loaded once.
+fn normalize_column(f: u32, mean: f32, invstd: f32) {
+    let g = gamma[f];
+    let b = beta[f];
     for (var r = 0u; r < p.n; r++) {
         let i = r * p.d + f;
-        y[i] = normalized(i, f, stats.x, stats.y);
+        y[i] = normalized(i, mean, invstd, g, b);
     }
+}
+
+// Feature f's 1/std from the saved binding: saved as is, or from the running variance.
+fn saved_invstd(f: u32) -> f32 {
+    if ((p.flags & FLAG_FROM_VARIANCE) != 0u) {
+        return inverseSqrt(saved[p.d + f] + p.eps);
+    }
+    return saved[p.d + f];
+}
+
+// CPU adapters, eval mode: normalize's work with one invocation per feature walking its
+// column, so the feature's statistics, γ and β are loaded once rather than per element.
+@compute @workgroup_size(WG_FEATURES, 1)
+fn normalize_columns(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let f = gid.x;
+    if (f >= p.d) { return; }
+    normalize_column(f, saved[f], saved_invstd(f));
 }
 
 // Element-wise kernels run on a 2-D grid — x over features, y (and z) over rows — so no
@@ -163,11 +187,7 @@ fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
     if (f >= p.d || r >= p.n) { return; }
     let i = r * p.d + f;
-    var invstd = saved[p.d + f];
-    if ((p.flags & FLAG_FROM_VARIANCE) != 0u) {
-        invstd = inverseSqrt(saved[p.d + f] + p.eps);
-    }
-    y[i] = normalized(i, f, saved[f], invstd);
+    y[i] = normalized(i, saved[f], saved_invstd(f), gamma[f], beta[f]);
 }
 
 fn upstream(i: u32) -> f32 {

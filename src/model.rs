@@ -4,11 +4,11 @@
 //! and come back only when asked.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::exec::gpu::{GpuPlan, Shared};
+use crate::exec::gpu::{BatchDispatches, GpuPlan, Shared};
 use crate::exec::state::{GpuState, HostState};
 use crate::gpu::{GpuContext, GpuError, TENSOR_USAGE};
 use crate::graph::{self, Graph, Mode};
@@ -85,12 +85,16 @@ impl std::fmt::Display for PlanReport {
     }
 }
 
-/// A batch kept on the device ([`Model::upload_batch`]).
+/// A batch kept on the device ([`Model::upload_batch`]). Steps read it where it is: on its
+/// first step in a mode, the model rebuilds the dispatches that read the batch on its
+/// buffers and keeps them here.
 pub struct DeviceBatch {
     x: wgpu::Buffer,
     target: wgpu::Buffer,
     rows: usize,
     loss_scale: f32,
+    /// (model id, mode) → that plan's dispatches on this batch's buffers.
+    bound: Mutex<Vec<(u64, Mode, BatchDispatches)>>,
 }
 
 impl DeviceBatch {
@@ -103,7 +107,7 @@ impl DeviceBatch {
 enum BatchSource<'a> {
     /// Written through the queue from host memory.
     Host { x: &'a [f32], target: &'a [u8] },
-    /// Copied on the device from a resident batch.
+    /// Read in place from a resident batch.
     Device(&'a DeviceBatch),
 }
 
@@ -134,7 +138,12 @@ pub struct Model {
     in_flight: VecDeque<wgpu::SubmissionIndex>,
     readback: MetricsReadback,
     counters: Counters,
+    /// Tells this model's dispatches apart in a [`DeviceBatch`] used by several models.
+    id: u64,
 }
+
+/// Source of [`Model`] ids.
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Model {
     /// Builds the graph and both plans, and initializes the parameters as PyTorch does.
@@ -206,6 +215,7 @@ impl Model {
                 mapping: false,
             },
             counters: Counters::default(),
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
         };
         let batch = model.config.batch_size;
         model.graphs.insert(batch, graph);
@@ -319,15 +329,14 @@ impl Model {
             x: self.ctx.create_buffer_init(
                 "resident batch",
                 bytemuck::cast_slice(x),
-                wgpu::BufferUsages::COPY_SRC,
+                TENSOR_USAGE,
             )?,
-            target: self.ctx.create_buffer_init(
-                "resident targets",
-                &target,
-                wgpu::BufferUsages::COPY_SRC,
-            )?,
+            target: self
+                .ctx
+                .create_buffer_init("resident targets", &target, TENSOR_USAGE)?,
             rows,
             loss_scale,
+            bound: Mutex::new(Vec::new()),
         })
     }
 
@@ -584,16 +593,20 @@ impl Model {
             self.graphs.insert(rows, graph);
         }
         let graph = &self.graphs[&rows];
-        let shared = Shared {
+        let plan = GpuPlan::new(&self.ctx, graph, mode, &self.shared())
+            .map_err(|e| batch_limit_error(e, graph))?;
+        self.plans.insert((mode, rows), plan);
+        Ok(())
+    }
+
+    /// What the plans share: the resident state and the per-step buffers.
+    fn shared(&self) -> Shared<'_> {
+        Shared {
             state: &self.state,
             step: self.step_buffer.binding(),
             totals: crate::gpu::Binding::whole(&self.totals),
             seed: self.config.seed,
-        };
-        let plan = GpuPlan::new(&self.ctx, graph, mode, &shared)
-            .map_err(|e| batch_limit_error(e, graph))?;
-        self.plans.insert((mode, rows), plan);
-        Ok(())
+        }
     }
 
     /// The targets as the loss kernel reads them (i32 classes or f32 0/1) and the loss's
@@ -649,30 +662,43 @@ impl Model {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
-        match source {
-            BatchSource::Host { x, target } => {
-                queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(x));
-                queue.write_buffer(&plan.target, 0, target);
-            }
-            // Resident data: a device-side copy at the head of the step's command buffer.
-            BatchSource::Device(batch) => {
-                encoder.copy_buffer_to_buffer(&batch.x, 0, &plan.input, 0, batch.x.size());
-                encoder.copy_buffer_to_buffer(
-                    &batch.target,
-                    0,
-                    &plan.target,
-                    0,
-                    batch.target.size(),
-                );
-            }
-        }
         self.step_buffer.write(&self.ctx, &params);
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("step"),
                 timestamp_writes: None,
             });
-            plan.encode(&mut pass);
+            match source {
+                BatchSource::Host { x, target } => {
+                    queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(x));
+                    queue.write_buffer(&plan.target, 0, target);
+                    plan.encode(&mut pass);
+                }
+                BatchSource::Device(batch) => {
+                    let mut bound = batch.bound.lock().map_err(|_| {
+                        Error::Invalid("a resident batch's lock is poisoned".into())
+                    })?;
+                    let known = bound
+                        .iter()
+                        .position(|(id, m, _)| *id == self.id && *m == mode);
+                    let at = match known {
+                        Some(at) => at,
+                        None => {
+                            let graph = &self.graphs[&rows];
+                            let dispatches = plan.bind_batch(
+                                &self.ctx,
+                                graph,
+                                &self.shared(),
+                                &batch.x,
+                                &batch.target,
+                            )?;
+                            bound.push((self.id, mode, dispatches));
+                            bound.len() - 1
+                        }
+                    };
+                    plan.encode_with(&mut pass, &bound[at].2);
+                }
+            }
         }
         let copy_metrics = std::mem::take(&mut self.readback.copy_requested);
         if copy_metrics {

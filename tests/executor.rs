@@ -249,6 +249,81 @@ fn mode_switches_and_long_runs_allocate_nothing_and_repeat_bit_for_bit() {
 }
 
 #[test]
+fn resident_batches_train_and_evaluate_exactly_as_uploaded_ones() {
+    // A context of its own: the counters below must see only this test's buffers.
+    let own = std::sync::Arc::new(wgnn::gpu::GpuContext::new().unwrap());
+    let new_model = || {
+        Model::new(
+            own.clone(),
+            Sequential::lecture_mlp(50, 10, 0.2),
+            Loss::default(),
+            Optimizer::Sgd(Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                ..Sgd::default()
+            }),
+            config(&[50], 32),
+        )
+        .unwrap()
+    };
+    let (mut host, mut resident, mut second) = (new_model(), new_model(), new_model());
+    // The batch size, and a partial batch with a plan of its own.
+    let batches: Vec<_> = (0..3)
+        .map(|k| batch(k, if k == 2 { 27 } else { 32 }, 50, 10))
+        .collect();
+    let uploaded: Vec<_> = batches
+        .iter()
+        .map(|(x, y)| resident.upload_batch(x, y).unwrap())
+        .collect();
+    let bits = |m: &mut Model| {
+        let s = m.state().unwrap();
+        let metrics = m.read_metrics().unwrap();
+        let mut words: Vec<u32> = s.params.iter().flatten().map(|v| v.to_bits()).collect();
+        words.push(metrics.last_loss.to_bits());
+        words
+    };
+    for step in 0..12 {
+        let k = step % 3;
+        let (x, y) = &batches[k];
+        host.train_step(x, y).unwrap();
+        resident.train_step_on(&uploaded[k]).unwrap();
+        // The same resident batches on a second model: its own dispatches, its own state.
+        second.train_step_on(&uploaded[k]).unwrap();
+    }
+    let want = bits(&mut host);
+    assert_eq!(
+        bits(&mut resident),
+        want,
+        "resident batches train as uploaded ones"
+    );
+    assert_eq!(bits(&mut second), want, "a batch shared by two models");
+
+    for model in [&mut host, &mut resident] {
+        model.eval();
+    }
+    for (k, (x, y)) in batches.iter().enumerate() {
+        host.eval_step(x, y).unwrap();
+        resident.eval_step_on(&uploaded[k]).unwrap();
+    }
+    assert_eq!(
+        bits(&mut resident),
+        bits(&mut host),
+        "eval on resident batches"
+    );
+
+    // Once a batch has run in a mode, its steps create nothing.
+    resident.train();
+    resident.train_step_on(&uploaded[0]).unwrap();
+    resident.synchronize().unwrap();
+    let before = own.counters();
+    for _ in 0..20 {
+        resident.train_step_on(&uploaded[0]).unwrap();
+    }
+    resident.synchronize().unwrap();
+    assert_eq!(own.counters(), before);
+}
+
+#[test]
 fn a_training_step_is_one_submit_without_blocking_readback() {
     let mut model = Model::new(
         ctx(),

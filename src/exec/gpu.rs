@@ -5,7 +5,7 @@
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
-use crate::graph::{FoldedDropout, Graph, Mode, Op, ValueId};
+use crate::graph::{FoldedDropout, Graph, Mode, Node, Op, ValueId};
 use crate::nn::Loss;
 use crate::ops::batchnorm::{self, FusedDropout, LayerBindings};
 use crate::ops::dropout::{self, MaskStream};
@@ -38,6 +38,15 @@ impl Shared<'_> {
     }
 }
 
+/// A plan's dispatches rebuilt on a resident batch's buffers ([`GpuPlan::bind_batch`]).
+#[derive(Default)]
+pub struct BatchDispatches {
+    /// Ranges of the plan's dispatches, in order, and what replaces them.
+    replaced: Vec<(std::ops::Range<usize>, Vec<Dispatch>)>,
+    /// Scratch buffers of the rebuilt dispatches (split-K partial products).
+    scratch: Vec<wgpu::Buffer>,
+}
+
 /// A graph compiled for the GPU in one mode.
 pub struct GpuPlan {
     pub mode: Mode,
@@ -47,14 +56,17 @@ pub struct GpuPlan {
     memory: MemoryPlan,
     /// Buffers private to some dispatches (split-K partial products), kept alive with them.
     scratch: Vec<wgpu::Buffer>,
+    /// The nodes that read the batch (by graph index) and their range of `dispatches`, which
+    /// [`GpuPlan::bind_batch`] rebuilds on a resident batch's own buffers.
+    batch_nodes: Vec<(usize, std::ops::Range<usize>)>,
     /// The batch's samples [N, features], written by the host each step.
     pub input: wgpu::Buffer,
     /// The batch's targets [N] (i32 classes, or f32 for BCE), written by the host each step.
     pub target: wgpu::Buffer,
     logits: ValueId,
     logits_bytes: u64,
-    /// Class weights of the cross-entropy, kept alive for the bind group.
-    _class_weight: Option<wgpu::Buffer>,
+    /// Class weights of the cross-entropy.
+    class_weight: Option<wgpu::Buffer>,
 }
 
 impl GpuPlan {
@@ -85,244 +97,25 @@ impl GpuPlan {
             Loss::BceWithLogits(_) => None,
         };
 
-        let bind = |v: ValueId| -> Binding<'_> {
-            let buffer = if v == graph.input {
-                &input
-            } else if v == graph.target {
-                &target
-            } else {
-                // The planner gives a slot to every value the mode touches, so the fallback
-                // is never bound.
-                memory.slot_of[v.0].map_or(&input, |slot| &slots[slot])
-            };
-            Binding {
-                buffer,
-                offset: 0,
-                size: value_bytes(v),
-            }
+        let builder = Builder {
+            ctx,
+            graph,
+            mode,
+            shared,
+            memory: &memory,
+            slots: &slots,
+            input: &input,
+            target: &target,
+            class_weight: class_weight.as_ref(),
         };
-
-        let state = shared.state;
         let mut dispatches = Vec::new();
         let mut scratch = Vec::new();
-        for (_, node) in graph.nodes_for(mode) {
-            let value = |i: usize| graph.value(node.inputs[i]);
-            match &node.op {
-                Op::Linear { weight, bias, relu } => {
-                    let shape =
-                        MatmulShape::linear_forward(value(0).rows, &graph.param(*weight).shape);
-                    push_launch(
-                        &mut dispatches,
-                        &mut scratch,
-                        matmul::dispatch(
-                            ctx,
-                            shape,
-                            Epilogue {
-                                bias: bias.is_some(),
-                                relu: *relu,
-                            },
-                            None,
-                            bind(node.inputs[0]),
-                            state.param_binding(graph, *weight),
-                            bias.map(|b| state.param_binding(graph, b)),
-                            bind(node.outputs[0]),
-                        )?,
-                    );
-                }
-                Op::BatchNorm { bn, relu, dropout } => {
-                    let info = &graph.batch_norms[*bn];
-                    let layer = LayerBindings {
-                        gamma: state.param_binding(graph, info.gamma),
-                        beta: state.param_binding(graph, info.beta),
-                        running: state.running_binding(*bn, info.features),
-                        num_batches_tracked: state.counter_binding(*bn),
-                        step: shared.step,
-                    };
-                    let (n, d) = (value(0).rows, info.features);
-                    match mode {
-                        Mode::Train => dispatches.extend(batchnorm::train_dispatches(
-                            ctx,
-                            n,
-                            d,
-                            info.config,
-                            *relu,
-                            dropout.map(|f| shared.fused(f)),
-                            layer,
-                            bind(node.inputs[0]),
-                            bind(node.outputs[1]),
-                            bind(node.outputs[0]),
-                        )?),
-                        Mode::Eval => dispatches.push(batchnorm::eval_dispatch(
-                            ctx,
-                            n,
-                            d,
-                            info.config,
-                            *relu,
-                            layer,
-                            bind(node.inputs[0]),
-                            bind(node.outputs[0]),
-                        )?),
-                    }
-                }
-                Op::Relu => dispatches.push(elementwise::relu_dispatch(
-                    ctx,
-                    value(0).len(),
-                    bind(node.inputs[0]),
-                    bind(node.outputs[0]),
-                )?),
-                Op::Dropout { p, stream } => {
-                    if mode == Mode::Train {
-                        dispatches.push(dropout::dispatch(
-                            ctx,
-                            value(0).len(),
-                            *p,
-                            MaskStream {
-                                seed: shared.seed,
-                                layer: *stream,
-                            },
-                            shared.step,
-                            bind(node.inputs[0]),
-                            bind(node.outputs[0]),
-                        )?);
-                    }
-                }
-                Op::CrossEntropy => {
-                    let Loss::CrossEntropy(ce) = &graph.loss else {
-                        continue;
-                    };
-                    dispatches.push(softmax_xent::dispatch(
-                        ctx,
-                        value(0).rows,
-                        value(0).cols,
-                        &ce.config,
-                        XentBindings {
-                            step: shared.step,
-                            logits: bind(node.inputs[0]),
-                            targets: bind(node.inputs[1]),
-                            weight: class_weight.as_ref().map(Binding::whole),
-                            rows: bind(node.outputs[0]),
-                            grad: (mode == Mode::Train).then(|| bind(node.outputs[1])),
-                        },
-                    )?);
-                }
-                Op::BceWithLogits => {
-                    let Loss::BceWithLogits(b) = &graph.loss else {
-                        continue;
-                    };
-                    dispatches.push(bce::dispatch(
-                        ctx,
-                        value(0).rows,
-                        b.config,
-                        shared.step,
-                        bind(node.inputs[0]),
-                        bind(node.inputs[1]),
-                        bind(node.outputs[0]),
-                        (mode == Mode::Train).then(|| bind(node.outputs[1])),
-                    )?);
-                }
-                Op::Metrics => dispatches.push(reduce::metrics_dispatch(
-                    ctx,
-                    value(0).rows,
-                    shared.step,
-                    bind(node.inputs[0]),
-                    shared.totals,
-                )?),
-                Op::ReluBackward => dispatches.push(elementwise::relu_backward_dispatch(
-                    ctx,
-                    value(0).len(),
-                    bind(node.inputs[0]),
-                    bind(node.inputs[1]),
-                    bind(node.outputs[0]),
-                )?),
-                Op::LinearGradInput { weight } => {
-                    let shape =
-                        MatmulShape::linear_grad_input(value(0).rows, &graph.param(*weight).shape);
-                    push_launch(
-                        &mut dispatches,
-                        &mut scratch,
-                        matmul::dispatch(
-                            ctx,
-                            shape,
-                            Epilogue::default(),
-                            None,
-                            bind(node.inputs[0]),
-                            state.param_binding(graph, *weight),
-                            None,
-                            bind(node.outputs[0]),
-                        )?,
-                    );
-                }
-                Op::LinearGradParams { weight, bias } => {
-                    let shape =
-                        MatmulShape::linear_grad_weight(value(0).rows, &graph.param(*weight).shape);
-                    push_launch(
-                        &mut dispatches,
-                        &mut scratch,
-                        matmul::dispatch(
-                            ctx,
-                            shape,
-                            Epilogue::default(),
-                            None,
-                            bind(node.inputs[0]),
-                            bind(node.inputs[1]),
-                            None,
-                            state.grad_binding(graph, *weight),
-                        )?,
-                    );
-                    if let Some(b) = bias {
-                        dispatches.push(reduce::column_sum_dispatch(
-                            ctx,
-                            value(0).rows,
-                            value(0).cols,
-                            bind(node.inputs[0]),
-                            state.grad_binding(graph, *b),
-                        )?);
-                    }
-                }
-                Op::BatchNormBackward { bn, relu, dropout } => {
-                    let info = &graph.batch_norms[*bn];
-                    dispatches.extend(batchnorm::backward_dispatches(
-                        ctx,
-                        value(0).rows,
-                        info.features,
-                        *relu,
-                        dropout.map(|f| shared.fused(f)),
-                        bind(node.inputs[0]),
-                        bind(node.inputs[1]),
-                        bind(node.inputs[2]),
-                        bind(node.inputs[3]),
-                        state.param_binding(graph, info.gamma),
-                        state.grad_binding(graph, info.gamma),
-                        state.grad_binding(graph, info.beta),
-                        bind(node.outputs[0]),
-                    )?);
-                }
-                Op::DropoutBackward { p, stream } => dispatches.push(dropout::dispatch(
-                    ctx,
-                    value(0).len(),
-                    *p,
-                    MaskStream {
-                        seed: shared.seed,
-                        layer: *stream,
-                    },
-                    shared.step,
-                    bind(node.inputs[0]),
-                    bind(node.outputs[0]),
-                )?),
-                Op::OptimizerStep => {
-                    let len = state.layout.params_len;
-                    let flat = |b| flat_binding(b, len);
-                    let opt_state: Vec<Binding<'_>> = state.optimizer.iter().map(flat).collect();
-                    dispatches.push(optim::dispatch(
-                        ctx,
-                        &graph.optimizer,
-                        state.layout.params_len,
-                        shared.step,
-                        flat(&state.params),
-                        flat(&state.grads),
-                        &opt_state,
-                    )?);
-                }
+        let mut batch_nodes = Vec::new();
+        for (index, node) in graph.nodes_for(mode) {
+            let first = dispatches.len();
+            builder.node(node, &mut dispatches, &mut scratch)?;
+            if node.inputs.contains(&graph.input) || node.inputs.contains(&graph.target) {
+                batch_nodes.push((index, first..dispatches.len()));
             }
         }
         let logits_bytes = value_bytes(graph.logits);
@@ -333,17 +126,66 @@ impl GpuPlan {
             slots,
             memory,
             scratch,
+            batch_nodes,
             input,
             target,
             logits: graph.logits,
             logits_bytes,
-            _class_weight: class_weight,
+            class_weight,
         })
     }
 
     /// Records every dispatch of the plan into `pass`.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
         for d in &self.dispatches {
+            d.encode(pass);
+        }
+    }
+
+    /// The dispatches of the nodes that read the batch, rebuilt to read `x` and `target`
+    /// (a resident batch of this plan's size) instead of the upload buffers: a step on
+    /// resident data then copies nothing.
+    pub fn bind_batch(
+        &self,
+        ctx: &GpuContext,
+        graph: &Graph,
+        shared: &Shared<'_>,
+        x: &wgpu::Buffer,
+        target: &wgpu::Buffer,
+    ) -> Result<BatchDispatches, GpuError> {
+        let builder = Builder {
+            ctx,
+            graph,
+            mode: self.mode,
+            shared,
+            memory: &self.memory,
+            slots: &self.slots,
+            input: x,
+            target,
+            class_weight: self.class_weight.as_ref(),
+        };
+        let mut bound = BatchDispatches::default();
+        for (index, range) in &self.batch_nodes {
+            let mut dispatches = Vec::with_capacity(range.len());
+            builder.node(&graph.nodes[*index], &mut dispatches, &mut bound.scratch)?;
+            bound.replaced.push((range.clone(), dispatches));
+        }
+        Ok(bound)
+    }
+
+    /// Records the plan into `pass` with `batch`'s dispatches for the nodes that read it.
+    pub fn encode_with(&self, pass: &mut wgpu::ComputePass<'_>, batch: &BatchDispatches) {
+        let mut next = 0;
+        for (range, dispatches) in &batch.replaced {
+            for d in &self.dispatches[next..range.start] {
+                d.encode(pass);
+            }
+            for d in dispatches {
+                d.encode(pass);
+            }
+            next = range.end;
+        }
+        for d in &self.dispatches[next..] {
             d.encode(pass);
         }
     }
@@ -386,6 +228,280 @@ impl GpuPlan {
     pub fn logits(&self) -> (&wgpu::Buffer, u64) {
         let slot = self.memory.slot_of[self.logits.0].unwrap_or(0);
         (&self.slots[slot], self.logits_bytes)
+    }
+}
+
+/// Builds the dispatches of a plan's nodes over its buffers; the batch's buffers are
+/// either the plan's upload buffers or a resident batch's own.
+struct Builder<'a> {
+    ctx: &'a GpuContext,
+    graph: &'a Graph,
+    mode: Mode,
+    shared: &'a Shared<'a>,
+    memory: &'a MemoryPlan,
+    slots: &'a [wgpu::Buffer],
+    input: &'a wgpu::Buffer,
+    target: &'a wgpu::Buffer,
+    class_weight: Option<&'a wgpu::Buffer>,
+}
+
+impl<'a> Builder<'a> {
+    fn value_bytes(&self, v: ValueId) -> u64 {
+        self.graph.value(v).len() as u64 * 4
+    }
+
+    fn bind(&self, v: ValueId) -> Binding<'a> {
+        let buffer = if v == self.graph.input {
+            self.input
+        } else if v == self.graph.target {
+            self.target
+        } else {
+            // The planner gives a slot to every value the mode touches, so the fallback is
+            // never bound.
+            self.memory.slot_of[v.0].map_or(self.input, |slot| &self.slots[slot])
+        };
+        Binding {
+            buffer,
+            offset: 0,
+            size: self.value_bytes(v),
+        }
+    }
+
+    /// Appends the dispatches of `node` (and the scratch buffers they keep).
+    fn node(
+        &self,
+        node: &Node,
+        dispatches: &mut Vec<Dispatch>,
+        scratch: &mut Vec<wgpu::Buffer>,
+    ) -> Result<(), GpuError> {
+        let Self {
+            ctx,
+            graph,
+            mode,
+            shared,
+            ..
+        } = *self;
+        let state = shared.state;
+        let bind = |v: ValueId| self.bind(v);
+        let class_weight = self.class_weight;
+        let value = |i: usize| graph.value(node.inputs[i]);
+        match &node.op {
+            Op::Linear { weight, bias, relu } => {
+                let shape = MatmulShape::linear_forward(value(0).rows, &graph.param(*weight).shape);
+                push_launch(
+                    dispatches,
+                    scratch,
+                    matmul::dispatch(
+                        ctx,
+                        shape,
+                        Epilogue {
+                            bias: bias.is_some(),
+                            relu: *relu,
+                        },
+                        None,
+                        bind(node.inputs[0]),
+                        state.param_binding(graph, *weight),
+                        bias.map(|b| state.param_binding(graph, b)),
+                        bind(node.outputs[0]),
+                    )?,
+                );
+            }
+            Op::BatchNorm { bn, relu, dropout } => {
+                let info = &graph.batch_norms[*bn];
+                let layer = LayerBindings {
+                    gamma: state.param_binding(graph, info.gamma),
+                    beta: state.param_binding(graph, info.beta),
+                    running: state.running_binding(*bn, info.features),
+                    num_batches_tracked: state.counter_binding(*bn),
+                    step: shared.step,
+                };
+                let (n, d) = (value(0).rows, info.features);
+                match mode {
+                    Mode::Train => dispatches.extend(batchnorm::train_dispatches(
+                        ctx,
+                        n,
+                        d,
+                        info.config,
+                        *relu,
+                        dropout.map(|f| shared.fused(f)),
+                        layer,
+                        bind(node.inputs[0]),
+                        bind(node.outputs[1]),
+                        bind(node.outputs[0]),
+                    )?),
+                    Mode::Eval => dispatches.push(batchnorm::eval_dispatch(
+                        ctx,
+                        n,
+                        d,
+                        info.config,
+                        *relu,
+                        layer,
+                        bind(node.inputs[0]),
+                        bind(node.outputs[0]),
+                    )?),
+                }
+            }
+            Op::Relu => dispatches.push(elementwise::relu_dispatch(
+                ctx,
+                value(0).len(),
+                bind(node.inputs[0]),
+                bind(node.outputs[0]),
+            )?),
+            Op::Dropout { p, stream } => {
+                if mode == Mode::Train {
+                    dispatches.push(dropout::dispatch(
+                        ctx,
+                        value(0).len(),
+                        *p,
+                        MaskStream {
+                            seed: shared.seed,
+                            layer: *stream,
+                        },
+                        shared.step,
+                        bind(node.inputs[0]),
+                        bind(node.outputs[0]),
+                    )?);
+                }
+            }
+            Op::CrossEntropy => {
+                let Loss::CrossEntropy(ce) = &graph.loss else {
+                    return Ok(());
+                };
+                dispatches.push(softmax_xent::dispatch(
+                    ctx,
+                    value(0).rows,
+                    value(0).cols,
+                    &ce.config,
+                    XentBindings {
+                        step: shared.step,
+                        logits: bind(node.inputs[0]),
+                        targets: bind(node.inputs[1]),
+                        weight: class_weight.map(Binding::whole),
+                        rows: bind(node.outputs[0]),
+                        grad: (mode == Mode::Train).then(|| bind(node.outputs[1])),
+                    },
+                )?);
+            }
+            Op::BceWithLogits => {
+                let Loss::BceWithLogits(b) = &graph.loss else {
+                    return Ok(());
+                };
+                dispatches.push(bce::dispatch(
+                    ctx,
+                    value(0).rows,
+                    b.config,
+                    shared.step,
+                    bind(node.inputs[0]),
+                    bind(node.inputs[1]),
+                    bind(node.outputs[0]),
+                    (mode == Mode::Train).then(|| bind(node.outputs[1])),
+                )?);
+            }
+            Op::Metrics => dispatches.push(reduce::metrics_dispatch(
+                ctx,
+                value(0).rows,
+                shared.step,
+                bind(node.inputs[0]),
+                shared.totals,
+            )?),
+            Op::ReluBackward => dispatches.push(elementwise::relu_backward_dispatch(
+                ctx,
+                value(0).len(),
+                bind(node.inputs[0]),
+                bind(node.inputs[1]),
+                bind(node.outputs[0]),
+            )?),
+            Op::LinearGradInput { weight } => {
+                let shape =
+                    MatmulShape::linear_grad_input(value(0).rows, &graph.param(*weight).shape);
+                push_launch(
+                    dispatches,
+                    scratch,
+                    matmul::dispatch(
+                        ctx,
+                        shape,
+                        Epilogue::default(),
+                        None,
+                        bind(node.inputs[0]),
+                        state.param_binding(graph, *weight),
+                        None,
+                        bind(node.outputs[0]),
+                    )?,
+                );
+            }
+            Op::LinearGradParams { weight, bias } => {
+                let shape =
+                    MatmulShape::linear_grad_weight(value(0).rows, &graph.param(*weight).shape);
+                push_launch(
+                    dispatches,
+                    scratch,
+                    matmul::dispatch(
+                        ctx,
+                        shape,
+                        Epilogue::default(),
+                        None,
+                        bind(node.inputs[0]),
+                        bind(node.inputs[1]),
+                        None,
+                        state.grad_binding(graph, *weight),
+                    )?,
+                );
+                if let Some(b) = bias {
+                    dispatches.push(reduce::column_sum_dispatch(
+                        ctx,
+                        value(0).rows,
+                        value(0).cols,
+                        bind(node.inputs[0]),
+                        state.grad_binding(graph, *b),
+                    )?);
+                }
+            }
+            Op::BatchNormBackward { bn, relu, dropout } => {
+                let info = &graph.batch_norms[*bn];
+                dispatches.extend(batchnorm::backward_dispatches(
+                    ctx,
+                    value(0).rows,
+                    info.features,
+                    *relu,
+                    dropout.map(|f| shared.fused(f)),
+                    bind(node.inputs[0]),
+                    bind(node.inputs[1]),
+                    bind(node.inputs[2]),
+                    bind(node.inputs[3]),
+                    state.param_binding(graph, info.gamma),
+                    state.grad_binding(graph, info.gamma),
+                    state.grad_binding(graph, info.beta),
+                    bind(node.outputs[0]),
+                )?);
+            }
+            Op::DropoutBackward { p, stream } => dispatches.push(dropout::dispatch(
+                ctx,
+                value(0).len(),
+                *p,
+                MaskStream {
+                    seed: shared.seed,
+                    layer: *stream,
+                },
+                shared.step,
+                bind(node.inputs[0]),
+                bind(node.outputs[0]),
+            )?),
+            Op::OptimizerStep => {
+                let len = state.layout.params_len;
+                let flat = |b| flat_binding(b, len);
+                let opt_state: Vec<Binding<'_>> = state.optimizer.iter().map(flat).collect();
+                dispatches.push(optim::dispatch(
+                    ctx,
+                    &graph.optimizer,
+                    state.layout.params_len,
+                    shared.step,
+                    flat(&state.params),
+                    flat(&state.grads),
+                    &opt_state,
+                )?);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -401,7 +401,8 @@ pub fn train_dispatches(
     Ok(vec![stats, normalize])
 }
 
-/// Eval-mode forward with the running statistics (+ ReLU). One dispatch.
+/// Eval-mode forward with the running statistics (+ ReLU). One dispatch: per column on CPU
+/// adapters, per element on GPUs.
 #[allow(clippy::too_many_arguments)]
 pub fn eval_dispatch(
     ctx: &GpuContext,
@@ -414,20 +415,28 @@ pub fn eval_dispatch(
     y: Binding<'_>,
 ) -> Result<Dispatch, GpuError> {
     let flags = FLAG_FROM_VARIANCE | if relu { FLAG_RELU } else { 0 };
-    ctx.dispatch_at(
-        &kernel(ctx, "normalize"),
-        Some(&params(n, d, config, flags, None)),
-        &[
-            (X, x),
-            (Y, y),
-            (SAVED, layer.running),
-            (GAMMA, layer.gamma),
-            (BETA, layer.beta),
-            (NUM_BATCHES, layer.num_batches_tracked),
-            (STEP, layer.step),
-        ],
-        element_grid(ctx, n, d),
-    )
+    let params = params(n, d, config, flags, None);
+    let mut bindings = vec![
+        (X, x),
+        (Y, y),
+        (SAVED, layer.running),
+        (GAMMA, layer.gamma),
+        (BETA, layer.beta),
+        (STEP, layer.step),
+    ];
+    if !ctx.kernels().parallel_reductions {
+        let kernel = column_kernel("normalize_columns");
+        return ctx.dispatch_at(
+            &kernel,
+            Some(&params),
+            &bindings,
+            [groups(d, COLUMN_FEATURES), 1, 1],
+        );
+    }
+    // normalize also counts train batches: the binding is there, the flag is not.
+    bindings.push((NUM_BATCHES, layer.num_batches_tracked));
+    let grid = element_grid(ctx, n, d);
+    ctx.dispatch_at(&kernel(ctx, "normalize"), Some(&params), &bindings, grid)
 }
 
 /// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch on
