@@ -23,7 +23,8 @@ pub struct KernelChoice {
     /// each column's rows over 16 invocations.
     pub parallel_reductions: bool,
     /// Register-blocked matmuls with enough work share A's loads through subgroup
-    /// broadcasts. Only honoured where the adapter has subgroups of at least 8 lanes.
+    /// broadcasts: the CPU-adapter choice (lavapipe), where a storage load costs far more
+    /// than a register shuffle. Only honoured where subgroups have at least 8 lanes.
     pub subgroup_matmul: bool,
 }
 
@@ -44,12 +45,13 @@ impl std::fmt::Display for KernelChoice {
 }
 
 impl KernelChoice {
-    /// The GPU kernels (`on`) or the CPU-adapter ones; both use subgroups where available.
+    /// The GPU kernels (`on`) or the CPU-adapter ones, which share A through subgroups where
+    /// the adapter has them.
     pub fn all(on: bool) -> Self {
         Self {
             tiled_matmul: on,
             parallel_reductions: on,
-            subgroup_matmul: true,
+            subgroup_matmul: !on,
         }
     }
 
@@ -61,8 +63,9 @@ impl KernelChoice {
             _ => {}
         }
         let mut choice = Self {
+            tiled_matmul: false,
+            parallel_reductions: false,
             subgroup_matmul: false,
-            ..Self::all(false)
         };
         for part in value.split(',').map(str::trim) {
             match part.to_ascii_lowercase().as_str() {
@@ -382,4 +385,30 @@ fn choose_adapter(
         (kind, backend)
     });
     Ok(candidates.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_choices_parse_as_documented() {
+        let gpu = KernelChoice::parse("GPU").unwrap();
+        assert!(gpu.tiled_matmul && gpu.parallel_reductions && !gpu.subgroup_matmul);
+        let cpu = KernelChoice::parse("cpu").unwrap();
+        assert!(!cpu.tiled_matmul && !cpu.parallel_reductions && cpu.subgroup_matmul);
+        let mixed = KernelChoice::parse("tiled, subgroup").unwrap();
+        assert!(mixed.tiled_matmul && !mixed.parallel_reductions && mixed.subgroup_matmul);
+        let plain = KernelChoice::parse("register").unwrap();
+        assert!(!plain.tiled_matmul && !plain.parallel_reductions && !plain.subgroup_matmul);
+        assert_eq!(
+            plain.to_string(),
+            "register-blocked matmul, per-column reductions"
+        );
+        let err = KernelChoice::parse("tiled,fast").unwrap_err().to_string();
+        assert!(
+            err.contains("\"tiled,fast\"") && err.contains("subgroup"),
+            "{err}"
+        );
+    }
 }

@@ -595,6 +595,11 @@ mod tests {
         };
         let gpu = KernelChoice::all(true);
         let cpu = KernelChoice::all(false);
+        // GPU kernels keep register blocks below a tile.
+        assert_eq!(
+            Variant::for_adapter(&MatmulShape { m: 32, ..big }, gpu),
+            Variant::TnBvec4
+        );
         let cpu_without_subgroups = KernelChoice {
             subgroup_matmul: false,
             ..cpu
