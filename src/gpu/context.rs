@@ -181,6 +181,8 @@ pub struct GpuContext {
     placeholder_out: wgpu::Buffer,
     /// Kernel variants for GPUs or for CPU adapters such as lavapipe.
     kernels: KernelChoice,
+    /// Subgroup operations are enabled and subgroups have at least 8 lanes.
+    subgroups_of_8: bool,
 }
 
 impl GpuContext {
@@ -232,14 +234,18 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         };
-        let mut kernels = request
+        // The broadcast matmuls hand lanes 0..8 of a subgroup to every lane.
+        let subgroups_of_8 =
+            adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
+        let kernels = request
             .kernels
             .unwrap_or(KernelChoice::all(info.device_type != wgpu::DeviceType::Cpu));
-        // The broadcast matmul hands lanes 0..8 of a subgroup to every lane.
-        kernels.subgroup_matmul &=
-            adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
         Ok(Self {
-            kernels,
+            kernels: KernelChoice {
+                subgroup_matmul: kernels.subgroup_matmul && subgroups_of_8,
+                ..kernels
+            },
+            subgroups_of_8,
             placeholder: placeholder_buffer("absent input"),
             placeholder_out: placeholder_buffer("absent output"),
             pipelines: PipelineCache::default(),
@@ -271,8 +277,18 @@ impl GpuContext {
     /// Chooses every kernel as for a GPU (`true`) or a CPU adapter, whatever the adapter is:
     /// for testing every variant on one adapter, or for comparing them.
     pub fn with_gpu_kernels(mut self, gpu: bool) -> Self {
-        self.kernels = KernelChoice::all(gpu);
+        let all = KernelChoice::all(gpu);
+        self.kernels = KernelChoice {
+            subgroup_matmul: all.subgroup_matmul && self.subgroups_of_8,
+            ..all
+        };
         self
+    }
+
+    /// Whether the subgroup-broadcast kernels can run here (subgroups of at least 8 lanes),
+    /// whether or not the kernel choice picks them.
+    pub fn has_subgroups_of_8(&self) -> bool {
+        self.subgroups_of_8
     }
 
     pub fn adapter(&self) -> &AdapterSummary {
