@@ -92,9 +92,34 @@ pub struct DeviceBatch {
     x: wgpu::Buffer,
     target: wgpu::Buffer,
     rows: usize,
+    features: usize,
+    /// The labels, kept to check and scale the batch for a model other than its uploader.
+    labels: Vec<u32>,
+    /// How `target` encodes the labels, and the uploader's loss scale.
+    encoding: TargetEncoding,
     loss_scale: f32,
+    /// The model that uploaded it.
+    uploader: u64,
     /// (model id, mode) → that plan's dispatches on this batch's buffers.
     bound: Mutex<Vec<(u64, Mode, BatchDispatches)>>,
+}
+
+/// How a loss reads its targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetEncoding {
+    /// i32 class indices (cross-entropy).
+    Classes,
+    /// f32 0/1 (BCE with logits).
+    Binary,
+}
+
+impl std::fmt::Display for TargetEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TargetEncoding::Classes => "class indices (cross-entropy)",
+            TargetEncoding::Binary => "0/1 targets (BCE with logits)",
+        })
+    }
 }
 
 impl DeviceBatch {
@@ -326,6 +351,10 @@ impl Model {
         let rows = self.check_batch(x, labels)?;
         let (target, loss_scale) = self.encode_targets(labels);
         Ok(DeviceBatch {
+            features: self.features(),
+            labels: labels.to_vec(),
+            encoding: self.target_encoding(),
+            uploader: self.id,
             x: self.ctx.create_buffer_init(
                 "resident batch",
                 bytemuck::cast_slice(x),
@@ -344,11 +373,12 @@ impl Model {
     pub fn train_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
         self.require_mode(Mode::Train, "train_step")?;
         self.check_batch_norm_rows(batch.rows)?;
+        let loss_scale = self.resident_loss_scale(batch)?;
         self.run_on(
             Mode::Train,
             batch.rows,
             BatchSource::Device(batch),
-            batch.loss_scale,
+            loss_scale,
         )?;
         self.step += 1;
         self.counters.train_steps += 1;
@@ -358,11 +388,12 @@ impl Model {
     /// [`Model::eval_step`] on a batch already on the device.
     pub fn eval_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
         self.require_mode(Mode::Eval, "eval_step")?;
+        let loss_scale = self.resident_loss_scale(batch)?;
         self.run_on(
             Mode::Eval,
             batch.rows,
             BatchSource::Device(batch),
-            batch.loss_scale,
+            loss_scale,
         )?;
         self.counters.eval_steps += 1;
         Ok(())
@@ -525,6 +556,37 @@ impl Model {
         self.config.sample_shape.iter().product()
     }
 
+    fn target_encoding(&self) -> TargetEncoding {
+        match &self.loss {
+            Loss::CrossEntropy(_) => TargetEncoding::Classes,
+            Loss::BceWithLogits(_) => TargetEncoding::Binary,
+        }
+    }
+
+    /// The loss scale of a resident batch for this model, after checking that the batch
+    /// suits it when another model uploaded it (features, target encoding, label range).
+    fn resident_loss_scale(&self, batch: &DeviceBatch) -> Result<f32> {
+        if batch.uploader == self.id {
+            return Ok(batch.loss_scale);
+        }
+        if batch.features != self.features() {
+            return Err(Error::Batch(format!(
+                "the resident batch holds {} features per sample; this model takes {}",
+                batch.features,
+                self.features()
+            )));
+        }
+        if batch.encoding != self.target_encoding() {
+            return Err(Error::Batch(format!(
+                "the resident batch holds {}; this model's loss reads {}",
+                batch.encoding,
+                self.target_encoding()
+            )));
+        }
+        self.check_labels(&batch.labels)?;
+        Ok(self.encode_targets(&batch.labels).1)
+    }
+
     fn check_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
         let features = self.features();
         let rows = labels.len();
@@ -538,6 +600,12 @@ impl Model {
                 x.len()
             )));
         }
+        self.check_labels(labels)?;
+        Ok(rows)
+    }
+
+    /// Every label within the loss's range: a class index, or 0/1 for BCE.
+    fn check_labels(&self, labels: &[u32]) -> Result<()> {
         let classes = self.graph().classes();
         match &self.loss {
             Loss::CrossEntropy(_) => {
@@ -555,7 +623,7 @@ impl Model {
                 }
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     fn check_batch_norm_rows(&self, rows: usize) -> Result<()> {

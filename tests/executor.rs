@@ -422,3 +422,41 @@ fn bad_batches_are_typed_errors() {
     );
     assert!(model.predict(&[0.0; 7]).is_err());
 }
+
+#[test]
+fn a_resident_batch_is_checked_against_the_model_that_runs_it() {
+    let model = |features: usize, classes: usize, loss: Loss| {
+        Model::new(
+            ctx(),
+            Sequential::lecture_mlp(features, classes, 0.0),
+            loss,
+            Optimizer::Sgd(Sgd::default()),
+            config(&[features], 4),
+        )
+        .unwrap()
+    };
+    let uploader = model(8, 3, Loss::default());
+    let batch = uploader.upload_batch(&[0.5; 16], &[0, 2]).unwrap();
+
+    let mut wider = model(9, 3, Loss::default());
+    let err = wider.train_step_on(&batch).unwrap_err().to_string();
+    assert!(
+        err.contains("8 features") && err.contains("takes 9"),
+        "{err}"
+    );
+
+    let mut fewer_classes = model(8, 2, Loss::default());
+    let err = fewer_classes.train_step_on(&batch).unwrap_err().to_string();
+    assert!(err.contains("target 2 at index 1"), "{err}");
+
+    let mut binary = model(8, 1, wgnn::nn::BCEWithLogitsLoss::new().into());
+    let err = binary.train_step_on(&batch).unwrap_err().to_string();
+    assert!(
+        err.contains("holds class indices") && err.contains("reads 0/1 targets"),
+        "{err}"
+    );
+
+    // A model of the same shape runs it.
+    let mut twin = model(8, 3, Loss::default());
+    twin.train_step_on(&batch).unwrap();
+}
