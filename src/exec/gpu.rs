@@ -4,7 +4,7 @@
 
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
-use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, TENSOR_USAGE};
 use crate::graph::{FoldedDropout, Graph, Mode, Node, Op, ValueId};
 use crate::nn::Loss;
 use crate::ops::batchnorm::{self, FusedDropout, LayerBindings};
@@ -285,26 +285,27 @@ impl<'a> Builder<'a> {
         let bind = |v: ValueId| self.bind(v);
         let class_weight = self.class_weight;
         let value = |i: usize| graph.value(node.inputs[i]);
+        // c = a·b (+ bias) (ReLU), with its dispatches and scratch buffers kept.
+        let mut matmul = |shape, epilogue, [a, b, c]: [Binding<'a>; 3], bias| {
+            let launch = matmul::dispatch(ctx, shape, epilogue, None, a, b, bias, c)?;
+            dispatches.extend(launch.dispatches);
+            scratch.extend(launch.scratch);
+            Ok::<(), GpuError>(())
+        };
         match &node.op {
             Op::Linear { weight, bias, relu } => {
                 let shape = MatmulShape::linear_forward(value(0).rows, &graph.param(*weight).shape);
-                push_launch(
-                    dispatches,
-                    scratch,
-                    matmul::dispatch(
-                        ctx,
-                        shape,
-                        Epilogue {
-                            bias: bias.is_some(),
-                            relu: *relu,
-                        },
-                        None,
-                        bind(node.inputs[0]),
-                        state.param_binding(graph, *weight),
-                        bias.map(|b| state.param_binding(graph, b)),
-                        bind(node.outputs[0]),
-                    )?,
-                );
+                let epilogue = Epilogue {
+                    bias: bias.is_some(),
+                    relu: *relu,
+                };
+                let operands = [
+                    bind(node.inputs[0]),
+                    state.param_binding(graph, *weight),
+                    bind(node.outputs[0]),
+                ];
+                let bias = bias.map(|b| state.param_binding(graph, b));
+                matmul(shape, epilogue, operands, bias)?;
             }
             Op::BatchNorm { bn, relu, dropout } => {
                 let info = &graph.batch_norms[*bn];
@@ -414,38 +415,22 @@ impl<'a> Builder<'a> {
             Op::LinearGradInput { weight } => {
                 let shape =
                     MatmulShape::linear_grad_input(value(0).rows, &graph.param(*weight).shape);
-                push_launch(
-                    dispatches,
-                    scratch,
-                    matmul::dispatch(
-                        ctx,
-                        shape,
-                        Epilogue::default(),
-                        None,
-                        bind(node.inputs[0]),
-                        state.param_binding(graph, *weight),
-                        None,
-                        bind(node.outputs[0]),
-                    )?,
-                );
+                let operands = [
+                    bind(node.inputs[0]),
+                    state.param_binding(graph, *weight),
+                    bind(node.outputs[0]),
+                ];
+                matmul(shape, Epilogue::default(), operands, None)?;
             }
             Op::LinearGradParams { weight, bias } => {
                 let shape =
                     MatmulShape::linear_grad_weight(value(0).rows, &graph.param(*weight).shape);
-                push_launch(
-                    dispatches,
-                    scratch,
-                    matmul::dispatch(
-                        ctx,
-                        shape,
-                        Epilogue::default(),
-                        None,
-                        bind(node.inputs[0]),
-                        bind(node.inputs[1]),
-                        None,
-                        state.grad_binding(graph, *weight),
-                    )?,
-                );
+                let operands = [
+                    bind(node.inputs[0]),
+                    bind(node.inputs[1]),
+                    state.grad_binding(graph, *weight),
+                ];
+                matmul(shape, Epilogue::default(), operands, None)?;
                 if let Some(b) = bias {
                     dispatches.push(reduce::column_sum_dispatch(
                         ctx,
@@ -503,12 +488,6 @@ impl<'a> Builder<'a> {
         }
         Ok(())
     }
-}
-
-/// Appends a launch's dispatches to the plan and keeps its scratch buffers.
-fn push_launch(dispatches: &mut Vec<Dispatch>, scratch: &mut Vec<wgpu::Buffer>, launch: Launch) {
-    dispatches.extend(launch.dispatches);
-    scratch.extend(launch.scratch);
 }
 
 /// The first `len` floats of a flat state buffer.

@@ -461,52 +461,31 @@ pub fn backward_dispatches(
     check_fusion(relu, dropout)?;
     let flags = if relu { FLAG_RELU } else { 0 };
     let params = params(n, d, BatchNormConfig::default(), flags, dropout);
+    // backward_column and backward_dx read all of these; backward_reduce all but dx and γ.
+    let all = [
+        (X, x),
+        (Y, y),
+        (DY, dy),
+        (SAVED, saved),
+        (DGAMMA, dgamma),
+        (DBETA, dbeta),
+        (DX, dx),
+        (GAMMA, gamma),
+    ];
     if !ctx.kernels().parallel_reductions {
-        let pass = ctx.dispatch_at(
-            &column_kernel("backward_column"),
-            Some(&params),
-            &[
-                (X, x),
-                (Y, y),
-                (DY, dy),
-                (DX, dx),
-                (SAVED, saved),
-                (GAMMA, gamma),
-                (DGAMMA, dgamma),
-                (DBETA, dbeta),
-            ],
-            [groups(d, COLUMN_FEATURES), 1, 1],
-        )?;
+        let grid = [groups(d, COLUMN_FEATURES), 1, 1];
+        let pass = ctx.dispatch_at(&column_kernel("backward_column"), Some(&params), &all, grid)?;
         return Ok(vec![pass]);
     }
+    let reduce_grid = feature_grid(ctx, d);
     let reduce = ctx.dispatch_at(
         &kernel(ctx, "backward_reduce"),
         Some(&params),
-        &[
-            (X, x),
-            (Y, y),
-            (DY, dy),
-            (SAVED, saved),
-            (DGAMMA, dgamma),
-            (DBETA, dbeta),
-        ],
-        feature_grid(ctx, d),
+        &all[..6],
+        reduce_grid,
     )?;
-    let dx = ctx.dispatch_at(
-        &kernel(ctx, "backward_dx"),
-        Some(&params),
-        &[
-            (X, x),
-            (Y, y),
-            (DY, dy),
-            (DX, dx),
-            (SAVED, saved),
-            (GAMMA, gamma),
-            (DGAMMA, dgamma),
-            (DBETA, dbeta),
-        ],
-        element_grid(ctx, n, d),
-    )?;
+    let dx_grid = element_grid(ctx, n, d);
+    let dx = ctx.dispatch_at(&kernel(ctx, "backward_dx"), Some(&params), &all, dx_grid)?;
     Ok(vec![reduce, dx])
 }
 
