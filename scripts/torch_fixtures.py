@@ -12,7 +12,8 @@ Run from the repository root:
 Files written (see tests/fixtures/README.md for the full key list):
 
     tests/fixtures/lecture_mlp.safetensors  lecture MLP (Linear/BN/ReLU/Dropout(0)), 50 SGD steps
-    tests/fixtures/adam_mlp.safetensors     MLP without BN, 50 Adam steps and 50 AdamW steps
+    tests/fixtures/adam_mlp.safetensors     MLP without BN, 50 steps each of Adam, AdamW and
+                                            Adam with AMSGrad
     tests/fixtures/ops.safetensors          single-op references (cross-entropy, BCE-with-logits,
                                             BatchNorm1d, softmax/log_softmax)
 
@@ -181,6 +182,20 @@ def adam_mlp():
                             weight_decay=1e-2, amsgrad=False, foreach=False)
     d["adamw.losses"] = train(model, opt, batches, STEPS)
     put_state(d, "adamw.", model)
+
+    # β2 = 0.9 lets the second moment fall, so AMSGrad's running maximum departs from it.
+    model = build()
+    model.load_state_dict(init)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.9), eps=1e-8,
+                           weight_decay=0.0, amsgrad=True, foreach=False)
+    d["amsgrad.losses"] = train(model, opt, batches, STEPS)
+    put_state(d, "amsgrad.", model)
+    departed = 0
+    for name, p in model.named_parameters():
+        st = opt.state[p]
+        d[f"amsgrad.max_exp_avg_sq.{name}"] = st["max_exp_avg_sq"]
+        departed += int((st["max_exp_avg_sq"] > st["exp_avg_sq"]).sum())
+    assert departed > 0
     return check_and_save(d, "adam_mlp.safetensors")
 
 

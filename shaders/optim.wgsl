@@ -8,11 +8,13 @@
 // Adam: g = grad + wd·param (Adam) | param *= 1 - lr·wd (AdamW)
 //       m = lerp(m, g, 1 - β1);  v = β2·v + (1 - β2)·g²
 //       param -= step_size · m / (√v / √(1 - β2^t) + eps),  step_size = lr / (1 - β1^t)
+//       AMSGrad: v_max = max(v_max, v), and √v_max in place of √v
 
 struct Params {
     // vec4s to update
     len: u32,
-    // bit 0: momentum buffer in use, bit 1: nesterov, bit 2: AdamW (decoupled weight decay)
+    // bit 0: momentum buffer in use, bit 1: nesterov, bit 2: AdamW (decoupled weight decay),
+    // bit 3: AMSGrad
     flags: u32,
     momentum: f32,
     dampening: f32,
@@ -25,6 +27,7 @@ struct Params {
 const FLAG_MOMENTUM: u32 = 1u;
 const FLAG_NESTEROV: u32 = 2u;
 const FLAG_DECOUPLED: u32 = 4u;
+const FLAG_AMSGRAD: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -33,6 +36,7 @@ const FLAG_DECOUPLED: u32 = 4u;
 @group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> state0: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> state1: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> state2: array<vec4<f32>>;
 
 override WG: u32 = 256u;
 
@@ -73,6 +77,11 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let v = p.beta2 * state1[i] + (1.0 - p.beta2) * g * g;
     state0[i] = m;
     state1[i] = v;
-    let denom = sqrt(v) / step.adam_bias_correction2_sqrt + p.eps;
+    var second = v;
+    if ((p.flags & FLAG_AMSGRAD) != 0u) {
+        second = max(state2[i], v);
+        state2[i] = second;
+    }
+    let denom = sqrt(second) / step.adam_bias_correction2_sqrt + p.eps;
     param[i] = w - step.adam_step_size * m / denom;
 }

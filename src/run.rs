@@ -58,6 +58,9 @@ pub struct RunConfig {
     pub lr: f32,
     pub momentum: f32,
     pub weight_decay: f32,
+    /// Adam and AdamW: the AMSGrad variant (absent from runs saved before it existed).
+    #[serde(default)]
+    pub amsgrad: bool,
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
@@ -144,12 +147,14 @@ impl RunConfig {
             OptimizerKind::Adam => Optimizer::Adam(Adam {
                 lr: self.lr,
                 weight_decay: self.weight_decay,
+                amsgrad: self.amsgrad,
                 ..Adam::default()
             }),
             OptimizerKind::Adamw => Optimizer::Adam(Adam {
                 lr: self.lr,
                 weight_decay: self.weight_decay,
                 decoupled_weight_decay: true,
+                amsgrad: self.amsgrad,
                 ..Adam::default()
             }),
         }

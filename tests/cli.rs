@@ -235,6 +235,10 @@ fn user_errors_exit_with_one_line() {
         &["bce", "10 classes"],
     );
     assert_fails_with(
+        &wgnn(&["train", "--amsgrad", "--out", out]),
+        &["--amsgrad", "not sgd"],
+    );
+    assert_fails_with(
         &wgnn(&[
             "eval",
             "--checkpoint",
@@ -283,10 +287,16 @@ fn metrics_without_timing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
+    // SGD with momentum (the default), and AdamW with AMSGrad's third state tensor.
+    resumed_run_matches(&[]);
+    resumed_run_matches(&["--optimizer", "adamw", "--amsgrad"]);
+}
+
+fn resumed_run_matches(optimizer: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
     let args = |out: &Path, epochs: &str| {
-        wgnn(&[
+        let mut args = vec![
             "train",
             "--data",
             "data/breast_cancer.csv",
@@ -299,7 +309,9 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
             "--quiet",
             "--out",
             out.to_str().unwrap(),
-        ])
+        ];
+        args.extend_from_slice(optimizer);
+        wgnn(&args)
     };
     assert!(args(&whole, "4").status.success());
     assert!(args(&split, "2").status.success());
@@ -317,6 +329,13 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
         let a = StateDict::read(&whole.join(file)).unwrap();
         let b = StateDict::read(&split.join(file)).unwrap();
         assert_eq!(a.tensors, b.tensors, "{file}: every tensor bit for bit");
+        if file == "training_state.safetensors" && optimizer.contains(&"--amsgrad") {
+            assert!(
+                a.tensors.keys().any(|k| k.contains("max_exp_avg_sq")),
+                "{:?}",
+                a.tensors.keys().collect::<Vec<_>>()
+            );
+        }
     }
     assert_eq!(
         metrics_without_timing(&whole),

@@ -44,6 +44,7 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
         lr: 0.05,
         momentum: 0.9,
         weight_decay: 0.0,
+        amsgrad: false,
         batch_size: 8,
         epochs: 1,
         seed: 1,

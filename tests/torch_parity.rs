@@ -186,7 +186,7 @@ fn adam_model() -> Sequential {
 }
 
 #[test]
-fn fifty_adam_and_adamw_steps_match_pytorch() {
+fn fifty_adam_adamw_and_amsgrad_steps_match_pytorch() {
     let sd = fixture("adam_mlp.safetensors");
     let data = batches(&fixture("lecture_mlp.safetensors"));
     let sequential = adam_model();
@@ -205,6 +205,15 @@ fn fifty_adam_and_adamw_steps_match_pytorch() {
                 ..Adam::adamw()
             }),
         ),
+        (
+            "amsgrad",
+            Optimizer::Adam(Adam {
+                lr: 1e-3,
+                betas: (0.9, 0.9),
+                amsgrad: true,
+                ..Adam::default()
+            }),
+        ),
     ] {
         let mut model = model_from(sequential.clone(), optimizer, &sd, "init.");
         let losses = train(&mut model, &data, 50);
@@ -215,18 +224,22 @@ fn fifty_adam_and_adamw_steps_match_pytorch() {
             TOL,
         );
         compare_state(&mut model, &sequential, &sd, &format!("{name}."));
-        if name == "adam" {
-            let state = model.state().unwrap();
-            for (i, p) in model.graph().params.iter().enumerate() {
-                for (k, moment) in ["exp_avg", "exp_avg_sq"].iter().enumerate() {
-                    let want = floats(&sd, &format!("adam.{moment}.{}", p.name));
-                    assert_close(
-                        &format!("{moment} {}", p.name),
-                        &state.optimizer[k][i],
-                        &want,
-                        TOL,
-                    );
-                }
+        // The state PyTorch's fixture holds: Adam's moments, AMSGrad's running maximum.
+        let moments: &[(usize, &str)] = match name {
+            "adam" => &[(0, "exp_avg"), (1, "exp_avg_sq")],
+            "amsgrad" => &[(2, "max_exp_avg_sq")],
+            _ => &[],
+        };
+        let state = model.state().unwrap();
+        for (i, p) in model.graph().params.iter().enumerate() {
+            for &(k, moment) in moments {
+                let want = floats(&sd, &format!("{name}.{moment}.{}", p.name));
+                assert_close(
+                    &format!("{name} {moment} {}", p.name),
+                    &state.optimizer[k][i],
+                    &want,
+                    TOL,
+                );
             }
         }
     }

@@ -100,6 +100,9 @@ pub struct TrainArgs {
     /// Weight decay (L2 for SGD and Adam, decoupled for AdamW; default 0, AdamW 0.01).
     #[arg(long)]
     pub weight_decay: Option<f32>,
+    /// Adam and AdamW: the AMSGrad variant (normalize by the largest second moment so far).
+    #[arg(long)]
+    pub amsgrad: bool,
     #[arg(long, value_enum, default_value = "ce")]
     pub loss: LossKindArg,
     /// Cross-entropy label smoothing ε.

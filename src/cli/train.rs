@@ -152,6 +152,11 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         OptimizerKind::Adamw => 1e-2,
         _ => 0.0,
     });
+    if args.amsgrad && optimizer == OptimizerKind::Sgd {
+        return Err(Error::Invalid(
+            "--amsgrad applies to --optimizer adam or adamw, not sgd".into(),
+        ));
+    }
     Ok(RunConfig {
         arch,
         sample_shape,
@@ -163,6 +168,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         lr,
         momentum: args.momentum,
         weight_decay,
+        amsgrad: args.amsgrad,
         batch_size: args.batch_size,
         epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
         seed: args.seed,

@@ -1,5 +1,5 @@
 //! Optimizers, as `torch.optim` defines them: SGD (momentum, dampening, Nesterov, weight
-//! decay), Adam and AdamW. Kernel: `shaders/optim.wgsl`, one dispatch for every parameter
+//! decay), Adam and AdamW (with or without AMSGrad). Kernel: `shaders/optim.wgsl`, one dispatch for every parameter
 //! (they live in one flat buffer).
 
 use bytemuck::{Pod, Zeroable};
@@ -38,6 +38,9 @@ pub struct Adam {
     pub eps: f32,
     pub weight_decay: f32,
     pub decoupled_weight_decay: bool,
+    /// Normalize by the largest second moment seen so far (a third state tensor,
+    /// `max_exp_avg_sq`).
+    pub amsgrad: bool,
 }
 
 impl Default for Adam {
@@ -49,6 +52,7 @@ impl Default for Adam {
             eps: 1e-8,
             weight_decay: 0.0,
             decoupled_weight_decay: false,
+            amsgrad: false,
         }
     }
 }
@@ -115,21 +119,19 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Optimizer state tensors per parameter: SGD's momentum buffer, Adam's two moments.
+    /// Optimizer state tensors per parameter: SGD's momentum buffer, Adam's two moments
+    /// (and AMSGrad's running maximum of the second).
     pub fn state_count(&self) -> usize {
-        match self {
-            Optimizer::Sgd(s) if s.momentum != 0.0 => 1,
-            Optimizer::Sgd(_) => 0,
-            Optimizer::Adam(_) => 2,
-        }
+        self.state_names().len()
     }
 
     /// PyTorch's names for the state tensors, in state order.
     pub fn state_names(&self) -> &'static [&'static str] {
-        match self.state_count() {
-            0 => &[],
-            1 => &["momentum_buffer"],
-            _ => &["exp_avg", "exp_avg_sq"],
+        match self {
+            Optimizer::Sgd(s) if s.momentum != 0.0 => &["momentum_buffer"],
+            Optimizer::Sgd(_) => &[],
+            Optimizer::Adam(a) if a.amsgrad => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+            Optimizer::Adam(_) => &["exp_avg", "exp_avg_sq"],
         }
     }
 
@@ -189,7 +191,11 @@ pub fn reference_step(
             }
         }
         Optimizer::Adam(a) => {
-            let [m, v] = state else { return };
+            let (m, v, mut max_v) = match state {
+                [m, v] => (m, v, None),
+                [m, v, max_v] => (m, v, Some(max_v)),
+                _ => return,
+            };
             for i in 0..param.len() {
                 let mut g = grad[i];
                 if a.decoupled_weight_decay {
@@ -199,7 +205,14 @@ pub fn reference_step(
                 }
                 m[i] += (1.0 - a.betas.0) * (g - m[i]);
                 v[i] = a.betas.1 * v[i] + (1.0 - a.betas.1) * g * g;
-                let denom = v[i].sqrt() / p.adam_bias_correction2_sqrt + a.eps;
+                let second = match max_v.as_deref_mut() {
+                    Some(max_v) => {
+                        max_v[i] = max_v[i].max(v[i]);
+                        max_v[i]
+                    }
+                    None => v[i],
+                };
+                let denom = second.sqrt() / p.adam_bias_correction2_sqrt + a.eps;
                 param[i] -= p.adam_step_size * m[i] / denom;
             }
         }
@@ -253,7 +266,7 @@ pub fn dispatch<'a>(
             "adam",
             Params {
                 len: vec4s as u32,
-                flags: u32::from(a.decoupled_weight_decay) << 2,
+                flags: (u32::from(a.decoupled_weight_decay) << 2) | (u32::from(a.amsgrad) << 3),
                 momentum: 0.0,
                 dampening: 0.0,
                 weight_decay: a.weight_decay,
@@ -271,9 +284,11 @@ pub fn dispatch<'a>(
     for (i, s) in state.iter().enumerate() {
         bindings.push((4 + i as u32, whole(*s)));
     }
-    // SGD without momentum never touches its buffer, but the kernel still declares it.
-    if entry == "sgd" && state.is_empty() {
-        bindings.push((4, ctx.placeholder_out()));
+    // SGD without momentum never touches its buffer, nor Adam without AMSGrad its third,
+    // but the kernels still declare them.
+    let declared = if entry == "sgd" { 1 } else { 3 };
+    for i in state.len()..declared {
+        bindings.push((4 + i as u32, ctx.placeholder_out()));
     }
     let workgroups = grid_1d(
         groups(vec4s, WG),

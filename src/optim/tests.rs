@@ -117,7 +117,42 @@ fn adam_and_adamw_match_reference() {
             len,
             6,
         );
+        // β2 = 0.5 lets v fall whenever g² < v, so the running maximum departs from v.
+        for adam in [Adam::default(), Adam::adamw()] {
+            let amsgrad = Adam {
+                betas: (0.9, 0.5),
+                amsgrad: true,
+                ..adam
+            };
+            check(Optimizer::Adam(amsgrad), len, 8);
+        }
     }
+}
+
+#[test]
+fn amsgrad_normalizes_by_the_largest_second_moment() {
+    let adam = Adam {
+        lr: 0.1,
+        betas: (0.0, 0.5),
+        eps: 0.0,
+        ..Adam::default()
+    };
+    let amsgrad = Optimizer::Adam(Adam {
+        amsgrad: true,
+        ..adam
+    });
+    assert_eq!(
+        amsgrad.state_names(),
+        ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+    );
+    // Gradients 4 then 1: v = 8, then 4.5; the maximum stays 8.
+    let (mut p, mut state) = (vec![0.0f32], vec![vec![0.0f32]; 3]);
+    reference_step(&amsgrad, 0, &mut p, &[4.0], &mut state);
+    reference_step(&amsgrad, 1, &mut p, &[1.0], &mut state);
+    assert_eq!((state[1][0], state[2][0]), (4.5, 8.0));
+    // Second step: m = 1 (β1 = 0), step size 0.1, √(1 - 0.25) bias correction.
+    let second_step = 0.1 * 1.0 / (8.0f32.sqrt() / 0.75f32.sqrt());
+    assert!((p[0] - (-0.1 - second_step)).abs() < 1e-6, "{p:?}");
 }
 
 /// Hand-computed first steps: SGD's buffer starts as the gradient; Adam's first step is lr·sign(g).
