@@ -109,15 +109,41 @@ pub fn encode(dataset: &Dataset) -> Result<Vec<u8>, DataError> {
     safetensors::serialize(tensors, None).map_err(|e| fail(path, e.to_string()))
 }
 
-/// Parses the header. The safetensors crate (0.8) can overflow an addition
-/// on crafted offsets, which panics in debug builds; that is caught here and
-/// reported as a bad header instead.
+/// Parses the header. The safetensors crate (0.8) adds the tensors' end offset to the header
+/// length unchecked, which overflows (and panics in debug builds) on crafted offsets: offsets
+/// past the end of the file are refused first, and a panic left over is still caught.
 pub(crate) fn read_metadata(bytes: &[u8], path: &Path) -> Result<(usize, Metadata), DataError> {
+    if let Some(end) = largest_data_offset(bytes)
+        && end > bytes.len() as u64
+    {
+        return Err(fail(
+            path,
+            format!(
+                "tensor data offsets reach byte {end} of a {}-byte file",
+                bytes.len()
+            ),
+        ));
+    }
     match catch_unwind(AssertUnwindSafe(|| SafeTensors::read_metadata(bytes))) {
         Ok(Ok(parsed)) => Ok(parsed),
         Ok(Err(e)) => Err(fail(path, e.to_string())),
         Err(_) => Err(fail(path, "tensor offsets in the header overflow".into())),
     }
+}
+
+/// The largest `data_offsets` value in the header, when the header reads as JSON (otherwise
+/// the crate reports what is wrong with it).
+fn largest_data_offset(bytes: &[u8]) -> Option<u64> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header = bytes.get(8..8usize.checked_add(usize::try_from(len).ok()?)?)?;
+    let value: serde_json::Value = serde_json::from_slice(header).ok()?;
+    value
+        .as_object()?
+        .values()
+        .filter_map(|tensor| tensor.get("data_offsets")?.as_array())
+        .flatten()
+        .filter_map(serde_json::Value::as_u64)
+        .max()
 }
 
 /// Looks up a tensor and its bytes, slicing with checked bounds rather than
@@ -408,6 +434,7 @@ mod tests {
         bytes.extend_from_slice(header.as_bytes());
         let err = parse(&bytes, p()).unwrap_err();
         assert!(matches!(err, DataError::Safetensors { .. }));
+        assert!(err.to_string().contains("offsets reach byte"), "{err}");
     }
 
     proptest! {
