@@ -126,6 +126,33 @@ impl DeviceBatch {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// Hands `encode` the dispatches of `model`'s plan in `mode` on this batch, made by
+    /// `build` on first use.
+    fn encode_bound(
+        &self,
+        model: u64,
+        mode: Mode,
+        build: impl FnOnce() -> Result<BatchDispatches>,
+        encode: impl FnOnce(&BatchDispatches),
+    ) -> Result<()> {
+        let mut bound = self
+            .bound
+            .lock()
+            .map_err(|_| Error::Invalid("a resident batch's lock is poisoned".into()))?;
+        let known = bound
+            .iter()
+            .position(|(id, m, _)| *id == model && *m == mode);
+        let at = match known {
+            Some(at) => at,
+            None => {
+                bound.push((model, mode, build()?));
+                bound.len() - 1
+            }
+        };
+        encode(&bound[at].2);
+        Ok(())
+    }
 }
 
 /// Where a step's batch comes from.
@@ -742,30 +769,16 @@ impl Model {
                     queue.write_buffer(&plan.target, 0, target);
                     plan.encode(&mut pass);
                 }
-                BatchSource::Device(batch) => {
-                    let mut bound = batch.bound.lock().map_err(|_| {
-                        Error::Invalid("a resident batch's lock is poisoned".into())
-                    })?;
-                    let known = bound
-                        .iter()
-                        .position(|(id, m, _)| *id == self.id && *m == mode);
-                    let at = match known {
-                        Some(at) => at,
-                        None => {
-                            let graph = &self.graphs[&rows];
-                            let dispatches = plan.bind_batch(
-                                &self.ctx,
-                                graph,
-                                &self.shared(),
-                                &batch.x,
-                                &batch.target,
-                            )?;
-                            bound.push((self.id, mode, dispatches));
-                            bound.len() - 1
-                        }
-                    };
-                    plan.encode_with(&mut pass, &bound[at].2);
-                }
+                BatchSource::Device(batch) => batch.encode_bound(
+                    self.id,
+                    mode,
+                    || {
+                        let graph = &self.graphs[&rows];
+                        let shared = self.shared();
+                        Ok(plan.bind_batch(&self.ctx, graph, &shared, &batch.x, &batch.target)?)
+                    },
+                    |dispatches| plan.encode_with(&mut pass, dispatches),
+                )?,
             }
         }
         let copy_metrics = std::mem::take(&mut self.readback.copy_requested);
