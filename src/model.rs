@@ -14,7 +14,7 @@ use crate::gpu::{GpuContext, GpuError, TENSOR_USAGE};
 use crate::graph::{self, Graph, Mode};
 use crate::nn::{Loss, Sequential};
 use crate::ops::batchnorm::check_train_batch;
-use crate::ops::reduce::{TOTALS_LEN, Totals};
+use crate::ops::reduce::{RawTotals, TOTALS_LEN, Totals};
 use crate::ops::step::{StepBuffer, StepParams};
 use crate::ops::{bce, softmax_xent};
 use crate::optim::Optimizer;
@@ -456,10 +456,27 @@ impl Model {
 
     /// Reads the totals now (blocking).
     pub fn read_metrics(&mut self) -> Result<Totals> {
+        Ok(Totals::from_raw(&self.raw_totals()?))
+    }
+
+    /// The totals buffer's words now (blocking): what a checkpoint within an epoch keeps so
+    /// that the resumed epoch reports what an uninterrupted one would.
+    pub fn raw_totals(&mut self) -> Result<RawTotals> {
         let raw = crate::gpu::read_buffer(&self.ctx, &self.totals, 0, (TOTALS_LEN * 4) as u64)?;
         self.counters.blocking_readbacks += 1;
         self.in_flight.clear();
-        Ok(Totals::from_raw(&raw))
+        let mut words = [0.0; TOTALS_LEN];
+        for (word, value) in words.iter_mut().zip(raw) {
+            *word = value;
+        }
+        Ok(words)
+    }
+
+    /// Puts back totals read by [`Model::raw_totals`] (lands before the next step).
+    pub fn set_raw_totals(&mut self, raw: &RawTotals) {
+        self.ctx
+            .queue
+            .write_buffer(&self.totals, 0, bytemuck::cast_slice(raw));
     }
 
     /// Asks for the totals as of the next step, without waiting: the copy rides in that

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
 use crate::nn::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, Sequential, spec};
+use crate::ops::reduce::{RawTotals, TOTALS_LEN};
 use crate::optim::{Adam, Optimizer, Sgd};
 use crate::{Model, ModelConfig};
 
@@ -23,6 +24,18 @@ use crate::{Model, ModelConfig};
 pub const RUN_KEY: &str = "wgnn.run";
 /// Metadata key of the completed epochs in `training_state.safetensors`.
 pub const EPOCH_KEY: &str = "epoch";
+/// Metadata keys of a checkpoint taken within an epoch: the batches of the next epoch done,
+/// and that epoch's running totals (the totals buffer's words, as hexadecimal bits).
+pub const BATCH_KEY: &str = "batches_done";
+pub const TOTALS_KEY: &str = "epoch_totals";
+
+/// Where a run stands in its data: epochs done and, within the next one, the batches done
+/// with their running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Position {
+    pub epochs_done: usize,
+    pub within: Option<(usize, RawTotals)>,
+}
 
 /// `--loss`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,8 +196,9 @@ impl RunConfig {
 }
 
 /// Writes `dir/checkpoint.safetensors` (the state_dict and this run) and
-/// `dir/training_state.safetensors` (optimizer state, step, epochs done), each atomically.
-pub fn save(dir: &Path, model: &mut Model, run: &RunConfig, epochs_done: usize) -> Result<()> {
+/// `dir/training_state.safetensors` (optimizer state, step, position in the data), each
+/// atomically.
+pub fn save(dir: &Path, model: &mut Model, run: &RunConfig, position: Position) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.display().to_string(),
         source,
@@ -200,7 +214,17 @@ pub fn save(dir: &Path, model: &mut Model, run: &RunConfig, epochs_done: usize) 
     let mut training = checkpoint::optimizer_state_dict(model.graph(), &state);
     training
         .metadata
-        .insert(EPOCH_KEY.into(), epochs_done.to_string());
+        .insert(EPOCH_KEY.into(), position.epochs_done.to_string());
+    if let Some((batches, totals)) = position.within {
+        let words: Vec<String> = totals
+            .iter()
+            .map(|v| format!("{:08x}", v.to_bits()))
+            .collect();
+        training
+            .metadata
+            .insert(BATCH_KEY.into(), batches.to_string());
+        training.metadata.insert(TOTALS_KEY.into(), words.join(","));
+    }
     training.write(&dir.join(TRAINING_FILE))?;
     Ok(())
 }
@@ -244,8 +268,8 @@ pub fn restore(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> 
     Ok((model, run))
 }
 
-/// A model and its epochs done, exactly as a run left it (for `--resume`).
-pub fn resume(ctx: Arc<GpuContext>, dir: &Path) -> Result<(Model, RunConfig, usize)> {
+/// A model and its position in the data, exactly as a run left it (for `--resume`).
+pub fn resume(ctx: Arc<GpuContext>, dir: &Path) -> Result<(Model, RunConfig, Position)> {
     let (run, sd) = load(dir)?;
     let mut model = run.build(ctx, None)?;
     let base = model.state()?;
@@ -253,14 +277,43 @@ pub fn resume(ctx: Arc<GpuContext>, dir: &Path) -> Result<(Model, RunConfig, usi
     let training_path = dir.join(TRAINING_FILE);
     let training = StateDict::read(&training_path)?;
     let state = apply_optimizer_state(&training, model.graph(), &state)?;
-    let epochs = training
-        .metadata
+    let bad = |key: &str| CheckpointError::Format {
+        path: training_path.display().to_string(),
+        message: format!("metadata {key:?} is missing or malformed"),
+    };
+    let metadata = &training.metadata;
+    let epochs_done = metadata
         .get(EPOCH_KEY)
         .and_then(|e| e.parse().ok())
-        .ok_or_else(|| CheckpointError::Format {
-            path: training_path.display().to_string(),
-            message: format!("metadata {EPOCH_KEY:?} is missing or not a number"),
-        })?;
+        .ok_or_else(|| bad(EPOCH_KEY))?;
+    let within = match metadata.get(BATCH_KEY) {
+        None => None,
+        Some(batches) => {
+            let batches = batches.parse().map_err(|_| bad(BATCH_KEY))?;
+            let totals = metadata
+                .get(TOTALS_KEY)
+                .and_then(|t| parse_totals(t))
+                .ok_or_else(|| bad(TOTALS_KEY))?;
+            Some((batches, totals))
+        }
+    };
     model.load_state(&state)?;
-    Ok((model, run, epochs))
+    Ok((
+        model,
+        run,
+        Position {
+            epochs_done,
+            within,
+        },
+    ))
+}
+
+/// The totals words as [`save`] writes them: hexadecimal bits, comma-separated.
+fn parse_totals(text: &str) -> Option<RawTotals> {
+    let mut totals = [0.0; TOTALS_LEN];
+    let mut words = text.split(',');
+    for slot in &mut totals {
+        *slot = f32::from_bits(u32::from_str_radix(words.next()?, 16).ok()?);
+    }
+    words.next().is_none().then_some(totals)
 }

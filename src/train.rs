@@ -1,13 +1,15 @@
 //! The training loop: epochs of seeded, shuffled batches on a [`Model`], with the test split
 //! evaluated after each epoch. Loss and accuracy accumulate on the GPU; the loop polls them
-//! asynchronously for progress and reads them once per epoch.
+//! asynchronously for progress and reads them once per epoch. It asks for checkpoints at
+//! every epoch's end and, optionally, every so many steps within one; it starts where such
+//! a checkpoint left off.
 
 use std::time::Instant;
 
 use crate::data::{BatchOrder, Dataset};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::reduce::Totals;
+use crate::ops::reduce::{RawTotals, Totals};
 
 /// How to train.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +23,14 @@ pub struct FitOptions {
     pub drop_last: bool,
     /// Epochs already done (when resuming).
     pub start_epoch: usize,
+    /// Batches of the epoch after them already done, and that epoch's totals so far (when
+    /// resuming from a checkpoint taken within an epoch).
+    pub start_within: Option<(usize, RawTotals)>,
+    /// Also ask for a checkpoint every this many steps within an epoch.
+    pub checkpoint_every: Option<u64>,
+    /// Stop once the model has taken this many optimizer steps, within an epoch or not
+    /// (asking for a checkpoint there).
+    pub max_steps: Option<u64>,
     /// Ask for the running totals every this many steps, for progress reports.
     pub poll_every: usize,
     /// Stop on a NaN or infinite loss (reported with its step).
@@ -35,6 +45,9 @@ impl Default for FitOptions {
             shuffle_seed: Some(0),
             drop_last: false,
             start_epoch: 0,
+            start_within: None,
+            checkpoint_every: None,
+            max_steps: None,
             poll_every: 20,
             stop_on_nonfinite: true,
         }
@@ -57,6 +70,20 @@ pub struct EpochMetrics {
     pub step: u64,
 }
 
+/// Where the loop stands when it asks for a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Checkpoint<'a> {
+    /// An epoch ended, with its figures.
+    EpochEnd(&'a EpochMetrics),
+    /// Within epoch `epoch` (0-based), `batches_done` of its batches done, with the epoch's
+    /// totals so far.
+    Within {
+        epoch: usize,
+        batches_done: usize,
+        totals: RawTotals,
+    },
+}
+
 /// What the loop reports as it goes (the CLI draws a progress bar).
 pub trait Progress {
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
@@ -69,15 +96,16 @@ pub trait Progress {
 pub struct Silent;
 impl Progress for Silent {}
 
-/// Trains `model` on `train`, evaluating `test` after each epoch. `on_epoch` runs after each
-/// epoch with the model back in train mode (the CLI writes checkpoints there).
+/// Trains `model` on `train`, evaluating `test` after each epoch. `on_checkpoint` runs after
+/// each epoch, every `checkpoint_every` steps within one and at `max_steps`, with the model in
+/// train mode (the CLI writes checkpoints there). Returns the figures of the epochs it ended.
 pub fn fit(
     model: &mut Model,
     train: &Dataset,
     test: &Dataset,
     options: &FitOptions,
     progress: &mut dyn Progress,
-    mut on_epoch: impl FnMut(&mut Model, &EpochMetrics) -> Result<()>,
+    mut on_checkpoint: impl FnMut(&mut Model, Checkpoint<'_>) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
     let order = BatchOrder::new(
         train.len(),
@@ -87,14 +115,26 @@ pub fn fit(
     )?;
     let mut history = Vec::new();
     let (mut x, mut y) = (Vec::new(), Vec::new());
+    let at_limit = |model: &Model| options.max_steps.is_some_and(|max| model.step() >= max);
     for epoch in options.start_epoch..options.epochs {
+        if at_limit(model) {
+            break;
+        }
         let batches = order.epoch_batches(epoch as u64);
         progress.epoch_start(epoch + 1, options.epochs, batches.len());
         model.train();
-        model.reset_metrics();
+        // Resuming within this epoch: its first batches are done and counted.
+        let (skip, totals) = match options.start_within {
+            Some((done, totals)) if epoch == options.start_epoch => (done, Some(totals)),
+            _ => (0, None),
+        };
+        match totals {
+            Some(totals) => model.set_raw_totals(&totals),
+            None => model.reset_metrics(),
+        }
         let start = Instant::now();
         let mut samples = 0usize;
-        for (i, indices) in batches.iter().enumerate() {
+        for (i, indices) in batches.iter().enumerate().skip(skip) {
             train.gather(indices, &mut x, &mut y)?;
             if options.poll_every > 0 && i % options.poll_every == options.poll_every - 1 {
                 model.request_metrics();
@@ -107,6 +147,23 @@ pub fn fit(
             }
             let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
             progress.batch(i + 1, rate, polled.as_ref());
+            let due = options
+                .checkpoint_every
+                .is_some_and(|every| every > 0 && model.step().is_multiple_of(every));
+            let last = i + 1 == batches.len();
+            if !last && (due || at_limit(model)) {
+                let totals = model.raw_totals()?;
+                check_finite(&Totals::from_raw(&totals), options)?;
+                let within = Checkpoint::Within {
+                    epoch,
+                    batches_done: i + 1,
+                    totals,
+                };
+                on_checkpoint(model, within)?;
+                if at_limit(model) {
+                    return Ok(history);
+                }
+            }
         }
         let totals = model.read_metrics()?;
         let seconds = start.elapsed().as_secs_f64();
@@ -124,7 +181,7 @@ pub fn fit(
         };
         model.train();
         progress.epoch_end(&metrics);
-        on_epoch(model, &metrics)?;
+        on_checkpoint(model, Checkpoint::EpochEnd(&metrics))?;
         history.push(metrics);
     }
     Ok(history)

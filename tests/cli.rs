@@ -348,6 +348,53 @@ fn resumed_run_matches(optimizer: &[&str]) {
 }
 
 #[test]
+fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    // 10 batches an epoch: checkpoints within epochs at steps 4, 8, 12 and the stop at 13.
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            "data/breast_cancer.csv",
+            "--loss",
+            "bce",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "50",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        wgnn(&args)
+    };
+    assert!(train(&whole, &[]).status.success());
+    let o = train(&split, &["--checkpoint-every", "4", "--max-steps", "13"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("stopped at step 13") && stdout(&o).contains("batch 3 of epoch 2"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(metrics_without_timing(&split).len(), 2, "one epoch done");
+    let o = wgnn(&["train", "--resume", split.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("batch 3 of epoch 2"), "{}", stdout(&o));
+    for file in ["checkpoint.safetensors", "training_state.safetensors"] {
+        let a = StateDict::read(&whole.join(file)).unwrap();
+        let b = StateDict::read(&split.join(file)).unwrap();
+        assert_eq!(a.tensors, b.tensors, "{file}: every tensor bit for bit");
+    }
+    assert_eq!(
+        metrics_without_timing(&whole),
+        metrics_without_timing(&split),
+        "the interrupted epoch's figures too"
+    );
+}
+
+#[test]
 fn broken_data_files_are_one_line_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

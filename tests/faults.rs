@@ -64,7 +64,11 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
     let (x, y) = batch(1, 8, 6, 3);
     model.train_step(&x, &y).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    wgnn::run::save(dir.path(), &mut model, &run, 1).unwrap();
+    let epoch = |epochs_done| wgnn::run::Position {
+        epochs_done,
+        within: None,
+    };
+    wgnn::run::save(dir.path(), &mut model, &run, epoch(1)).unwrap();
     let saved = std::fs::read(dir.path().join("checkpoint.safetensors")).unwrap();
 
     ctx.device.destroy();
@@ -81,7 +85,7 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
     }
     assert!(failed, "training on a lost device reports an error");
     assert!(
-        wgnn::run::save(dir.path(), &mut model, &run, 2).is_err(),
+        wgnn::run::save(dir.path(), &mut model, &run, epoch(2)).is_err(),
         "no checkpoint from a lost device"
     );
     assert_eq!(

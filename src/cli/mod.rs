@@ -134,6 +134,14 @@ pub struct TrainArgs {
     /// Keep training after a NaN or infinite loss.
     #[arg(long)]
     pub keep_going: bool,
+    /// Also write the checkpoint every N optimizer steps within an epoch (default: at each
+    /// epoch's end only); --resume continues from the batch it reached.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// Stop once the run has taken N optimizer steps in all, within an epoch or not, writing
+    /// the checkpoint there (--resume continues).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
     /// Where checkpoint.safetensors, training_state.safetensors, metrics.csv and curves.svg go.
     #[arg(long, default_value = "runs/latest")]
     pub out: PathBuf,

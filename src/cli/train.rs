@@ -6,7 +6,7 @@ use wgnn::checkpoint::{StateDict, apply_state_dict, write_atomic};
 use wgnn::error::{Error, Result};
 use wgnn::nn::spec;
 use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
-use wgnn::train::{EpochMetrics, FitOptions, fit};
+use wgnn::train::{Checkpoint, EpochMetrics, FitOptions, fit};
 
 use super::progress::Bar;
 use super::{NormalizeArg, TrainArgs, open_gpu};
@@ -16,19 +16,29 @@ const DEFAULT_EPOCHS: usize = 12;
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let ctx = open_gpu()?;
-    let (mut model, run, epochs_done, mut history) = match &args.resume {
+    let (mut model, run, position, mut history) = match &args.resume {
         Some(dir) => {
-            let (model, mut run, done) = run::resume(ctx, dir)?;
+            let (model, mut run, position) = run::resume(ctx, dir)?;
             if let Some(epochs) = args.epochs {
                 run.epochs = epochs;
             }
+            let done = position.epochs_done;
             let history = read_history(&dir.join("metrics.csv"), done)?;
-            println!(
-                "resuming {} after epoch {done} of {}",
-                dir.display(),
-                run.epochs
-            );
-            (model, run, done, history)
+            match position.within {
+                Some((batches, _)) => println!(
+                    "resuming {} at step {}: batch {batches} of epoch {} of {}",
+                    dir.display(),
+                    model.step(),
+                    done + 1,
+                    run.epochs
+                ),
+                None => println!(
+                    "resuming {} after epoch {done} of {}",
+                    dir.display(),
+                    run.epochs
+                ),
+            }
+            (model, run, position, history)
         }
         None => {
             let run = new_run(&args)?;
@@ -40,7 +50,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 model.load_state(&state)?;
                 println!("initialized from {}", init.display());
             }
-            (model, run, 0, Vec::new())
+            (model, run, run::Position::default(), Vec::new())
         }
     };
     let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
@@ -65,35 +75,72 @@ pub fn run(args: TrainArgs) -> Result<()> {
         batch_size: run.batch_size,
         shuffle_seed: run.shuffle.then_some(run.seed),
         drop_last: run.drop_last,
-        start_epoch: epochs_done,
+        start_epoch: position.epochs_done,
+        start_within: position.within,
+        checkpoint_every: args.checkpoint_every,
+        max_steps: args.max_steps,
         stop_on_nonfinite: !args.keep_going,
         ..FitOptions::default()
     };
     let mut bar = Bar::new(args.quiet);
+    // The last checkpoint written, for messages: (step, where, within an epoch).
+    let mut saved: Option<(u64, String, bool)> = None;
     let result = fit(
         &mut model,
         &splits.train,
         &splits.test,
         &options,
         &mut bar,
-        |model, m| {
-            history.push(*m);
-            run::save(&out, model, &run, m.epoch)?;
+        |model, checkpoint| {
+            let within = matches!(checkpoint, Checkpoint::Within { .. });
+            let (position, place) = match checkpoint {
+                Checkpoint::EpochEnd(m) => {
+                    history.push(*m);
+                    let position = run::Position {
+                        epochs_done: m.epoch,
+                        within: None,
+                    };
+                    (position, format!("epoch {}", m.epoch))
+                }
+                Checkpoint::Within {
+                    epoch,
+                    batches_done,
+                    totals,
+                } => {
+                    let position = run::Position {
+                        epochs_done: epoch,
+                        within: Some((batches_done, totals)),
+                    };
+                    (
+                        position,
+                        format!("batch {batches_done} of epoch {}", epoch + 1),
+                    )
+                }
+            };
+            run::save(&out, model, &run, position)?;
             write_history(&out.join("metrics.csv"), &history)?;
-            wgnn::plot::write_curves(&out.join("curves.svg"), &history)
+            wgnn::plot::write_curves(&out.join("curves.svg"), &history)?;
+            saved = Some((model.step(), place, within));
+            Ok(())
         },
     );
     if let Err(e) = result {
-        return Err(match history.last() {
-            Some(saved) => Error::Mode(format!(
-                "{e} (the checkpoint of epoch {} in {} is intact)",
-                saved.epoch,
+        return Err(match saved {
+            Some((_, place, _)) => Error::Mode(format!(
+                "{e} (the checkpoint of {place} in {} is intact)",
                 out.display()
             )),
             None => e,
         });
     }
-    if let Some(last) = history.last() {
+    // Only --max-steps ends a run within an epoch.
+    if let Some((step, place, true)) = &saved {
+        println!(
+            "stopped at step {step} (--max-steps); wrote the checkpoint of {place} to {}; `wgnn train --resume {}` continues",
+            out.display(),
+            out.display()
+        );
+    } else if let Some(last) = history.last() {
         println!(
             "final test accuracy {:.2}% (loss {:.4}) after {} epochs; wrote {}/{{checkpoint.safetensors, training_state.safetensors, metrics.csv, curves.svg}}",
             100.0 * last.test_accuracy,

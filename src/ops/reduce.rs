@@ -27,6 +27,8 @@ struct Params {
 
 /// Floats in the running totals buffer.
 pub const TOTALS_LEN: usize = 8;
+/// The totals buffer's words, as the metrics kernel leaves them.
+pub type RawTotals = [f32; TOTALS_LEN];
 
 /// out = column sums of x: [n, d].
 pub fn column_sum_dispatch(
