@@ -8,6 +8,8 @@
 //   tiled     any layout, 64×64 tiles through workgroup memory (GPUs); when the tiles are too
 //             few to fill the GPU, K is split over workgroups (z) into partial products that
 //             splitk_reduce sums
+//   broadcast_nt, broadcast_nn (matmul_broadcast_*.wgsl): CPU adapters with 8-lane subgroups,
+//             A shared through subgroupBroadcast; the choice there for 32 or more columns
 //
 // The register variants keep an 8×8 block of C per invocation. Invocations along x share their rows of
 // A, so A's loads are uniform across a SIMD batch; on lavapipe, where every storage load is
