@@ -326,6 +326,11 @@ impl Model {
 
     /// Sets a new learning rate from the next step on (the plans read it from the step
     /// uniform, so nothing is rebuilt).
+    /// The learning rate the next step uses.
+    pub fn lr(&self) -> f32 {
+        self.optimizer.lr()
+    }
+
     pub fn set_lr(&mut self, lr: f32) {
         match &mut self.optimizer {
             Optimizer::Sgd(s) => s.lr = lr,

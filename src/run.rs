@@ -17,7 +17,7 @@ use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
 use crate::nn::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, Sequential, spec};
 use crate::ops::reduce::{RawTotals, TOTALS_LEN};
-use crate::optim::{Adam, Optimizer, Sgd};
+use crate::optim::{Adam, LrSchedule, Optimizer, Sgd};
 use crate::{Model, ModelConfig};
 
 /// Metadata key of the run description in `checkpoint.safetensors`.
@@ -74,6 +74,9 @@ pub struct RunConfig {
     /// Adam and AdamW: the AMSGrad variant (absent from runs saved before it existed).
     #[serde(default)]
     pub amsgrad: bool,
+    /// The learning rate's schedule over epochs, from `lr` (none: constant).
+    #[serde(default)]
+    pub lr_schedule: Option<LrSchedule>,
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,

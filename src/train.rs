@@ -10,6 +10,7 @@ use crate::data::{BatchOrder, Dataset};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::reduce::{RawTotals, Totals};
+use crate::optim::LrSchedule;
 
 /// How to train.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +36,9 @@ pub struct FitOptions {
     pub poll_every: usize,
     /// Stop on a NaN or infinite loss (reported with its step).
     pub stop_on_nonfinite: bool,
+    /// A learning-rate schedule and the base rate it starts from: each epoch trains at the
+    /// schedule's rate for it.
+    pub lr_schedule: Option<(LrSchedule, f32)>,
 }
 
 impl Default for FitOptions {
@@ -50,6 +54,7 @@ impl Default for FitOptions {
             max_steps: None,
             poll_every: 20,
             stop_on_nonfinite: true,
+            lr_schedule: None,
         }
     }
 }
@@ -123,6 +128,9 @@ pub fn fit(
         let batches = order.epoch_batches(epoch as u64);
         progress.epoch_start(epoch + 1, options.epochs, batches.len());
         model.train();
+        if let Some((schedule, base)) = options.lr_schedule {
+            model.set_lr(schedule.lr(base, epoch));
+        }
         // Resuming within this epoch: its first batches are done and counted.
         let (skip, totals) = match options.start_within {
             Some((done, totals)) if epoch == options.start_epoch => (done, Some(totals)),
@@ -263,4 +271,57 @@ pub fn argmax(row: &[f32]) -> usize {
             if v > best.1 { (j, v) } else { best }
         })
         .0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::gpu::GpuContext;
+    use crate::nn::{CrossEntropyLoss, Sequential};
+    use crate::optim::{Optimizer, Sgd};
+    use crate::{Model, ModelConfig};
+
+    #[test]
+    fn each_epoch_trains_at_its_scheduled_rate_and_resumes_on_it() {
+        let ctx = Arc::new(GpuContext::new().unwrap());
+        let config = ModelConfig {
+            sample_shape: vec![6],
+            batch_size: 4,
+            seed: 3,
+        };
+        let sgd = Optimizer::Sgd(Sgd {
+            lr: 0.2,
+            ..Sgd::default()
+        });
+        let layers = Sequential::lecture_mlp(6, 3, 0.0);
+        let mut model = Model::new(ctx, layers, CrossEntropyLoss::new(), sgd, config).unwrap();
+        let x: Vec<f32> = (0..60).map(|i| (i % 7) as f32 / 7.0).collect();
+        let data = Dataset::new(x, vec![6], (0..10).map(|i| i % 3).collect(), "memory").unwrap();
+        let schedule = LrSchedule::Step {
+            step_size: 1,
+            gamma: 0.5,
+        };
+        let mut options = FitOptions {
+            epochs: 3,
+            batch_size: 4,
+            lr_schedule: Some((schedule, 0.2)),
+            ..FitOptions::default()
+        };
+        let mut rates = Vec::new();
+        let mut record = |model: &mut Model, checkpoint: Checkpoint<'_>| {
+            if let Checkpoint::EpochEnd(_) = checkpoint {
+                rates.push(model.lr());
+            }
+            Ok(())
+        };
+        fit(&mut model, &data, &data, &options, &mut Silent, &mut record).unwrap();
+        // Resumed at epoch 3 of 5: the schedule picks up from the epoch, not from the rate
+        // the model was left with.
+        options.start_epoch = 3;
+        options.epochs = 5;
+        fit(&mut model, &data, &data, &options, &mut Silent, &mut record).unwrap();
+        assert_eq!(rates, [0.2, 0.1, 0.05, 0.025, 0.0125]);
+    }
 }

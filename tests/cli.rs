@@ -239,6 +239,10 @@ fn user_errors_exit_with_one_line() {
         &["--amsgrad", "not sgd"],
     );
     assert_fails_with(
+        &wgnn(&["train", "--lr-schedule", "step:0:0.5", "--out", out]),
+        &["step_size must be at least 1"],
+    );
+    assert_fails_with(
         &wgnn(&[
             "eval",
             "--checkpoint",
@@ -287,9 +291,16 @@ fn metrics_without_timing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
-    // SGD with momentum (the default), and AdamW with AMSGrad's third state tensor.
+    // SGD with momentum (the default), and AdamW with AMSGrad's third state tensor and a
+    // learning rate halved every epoch (the resumed epochs must pick it up from the run).
     resumed_run_matches(&[]);
-    resumed_run_matches(&["--optimizer", "adamw", "--amsgrad"]);
+    resumed_run_matches(&[
+        "--optimizer",
+        "adamw",
+        "--amsgrad",
+        "--lr-schedule",
+        "step:1:0.5",
+    ]);
 }
 
 fn resumed_run_matches(optimizer: &[&str]) {

@@ -45,6 +45,7 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
         momentum: 0.9,
         weight_decay: 0.0,
         amsgrad: false,
+        lr_schedule: None,
         batch_size: 8,
         epochs: 1,
         seed: 1,

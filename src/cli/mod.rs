@@ -103,6 +103,10 @@ pub struct TrainArgs {
     /// Adam and AdamW: the AMSGrad variant (normalize by the largest second moment so far).
     #[arg(long)]
     pub amsgrad: bool,
+    /// Learning rate per epoch, from --lr: step:STEP_SIZE:GAMMA (StepLR) or
+    /// cosine:T_MAX[:ETA_MIN] (CosineAnnealingLR).
+    #[arg(long, value_name = "SCHEDULE")]
+    pub lr_schedule: Option<String>,
     #[arg(long, value_enum, default_value = "ce")]
     pub loss: LossKindArg,
     /// Cross-entropy label smoothing ε.

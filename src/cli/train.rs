@@ -5,6 +5,7 @@ use std::path::Path;
 use wgnn::checkpoint::{StateDict, apply_state_dict, write_atomic};
 use wgnn::error::{Error, Result};
 use wgnn::nn::spec;
+use wgnn::optim::LrSchedule;
 use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
 use wgnn::train::{Checkpoint, EpochMetrics, FitOptions, fit};
 
@@ -79,6 +80,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         start_within: position.within,
         checkpoint_every: args.checkpoint_every,
         max_steps: args.max_steps,
+        lr_schedule: run.lr_schedule.map(|schedule| (schedule, run.lr)),
         stop_on_nonfinite: !args.keep_going,
         ..FitOptions::default()
     };
@@ -199,6 +201,12 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         OptimizerKind::Adamw => 1e-2,
         _ => 0.0,
     });
+    let lr_schedule = args
+        .lr_schedule
+        .as_deref()
+        .map(LrSchedule::parse)
+        .transpose()
+        .map_err(Error::Invalid)?;
     if args.amsgrad && optimizer == OptimizerKind::Sgd {
         return Err(Error::Invalid(
             "--amsgrad applies to --optimizer adam or adamw, not sgd".into(),
@@ -216,6 +224,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         momentum: args.momentum,
         weight_decay,
         amsgrad: args.amsgrad,
+        lr_schedule,
         batch_size: args.batch_size,
         epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
         seed: args.seed,

@@ -4,6 +4,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+mod schedule;
+pub use schedule::LrSchedule;
+
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
 use crate::ops::step::StepParams;
 use crate::ops::{OpError, groups};
