@@ -26,7 +26,7 @@ const MAX_IN_FLIGHT: usize = 3;
 /// How to build a [`Model`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    /// Shape of one sample, e.g. [3, 32, 32] or [30].
+    /// Shape of one sample, e.g. `[3, 32, 32]` or `[30]`.
     pub sample_shape: Vec<usize>,
     /// Samples per batch; the plans for this size are built up front.
     pub batch_size: usize,

@@ -52,7 +52,7 @@ impl CpuExecutor {
         }
     }
 
-    /// Runs the graph on one batch: x [N, features], class labels [N]. In train mode this is
+    /// Runs the graph on one batch: x \[N, features\], class labels \[N\]. In train mode this is
     /// a whole training step (forward, backward, update).
     pub fn run(&mut self, mode: Mode, x: &[f32], labels: &[u32]) -> Result<StepOutput, BuildError> {
         let rows = labels.len();

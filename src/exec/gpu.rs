@@ -61,7 +61,7 @@ pub struct GpuPlan {
     batch_nodes: Vec<(usize, std::ops::Range<usize>)>,
     /// The batch's samples [N, features], written by the host each step.
     pub input: wgpu::Buffer,
-    /// The batch's targets [N] (i32 classes, or f32 for BCE), written by the host each step.
+    /// The batch's targets \[N\] (i32 classes, or f32 for BCE), written by the host each step.
     pub target: wgpu::Buffer,
     logits: ValueId,
     logits_bytes: u64,

@@ -1,6 +1,6 @@
 //! The static graph: a model, its loss and its optimizer become nodes over values whose
 //! shapes are all known at build time (batch size included). Reverse-mode autodiff appends
-//! the backward and the optimizer update to the same graph ([`autodiff`]), so one graph
+//! the backward and the optimizer update to the same graph (`autodiff`), so one graph
 //! serves both modes: train runs every node, eval only the forward ones.
 
 mod autodiff;
@@ -130,7 +130,7 @@ pub enum Op {
     BceWithLogits,
     /// (rows) → (): folds the batch's loss and accuracy into the running totals.
     Metrics,
-    /// (y, dy) → (dx): dx = dy·[y > 0].
+    /// (y, dy) → (dx): dx = dy·\[y > 0\].
     ReluBackward,
     /// (dy) → (dx): dx = dy·W.
     LinearGradInput { weight: ParamId },

@@ -57,7 +57,7 @@ pub struct Saved {
 }
 
 /// A dropout fused after the batch norm's ReLU (BatchNorm1d → ReLU → Dropout). Train mode
-/// drops with [`dropout`]'s mask for the same stream and step; the backward passes the
+/// drops with [`dropout`](super::dropout)'s mask for the same stream and step; the backward passes the
 /// gradient, scaled by 1/(1-p), only where the output is positive.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FusedDropout {

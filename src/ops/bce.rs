@@ -47,7 +47,7 @@ pub fn loss_scale(len: usize, reduction: Reduction) -> f32 {
     }
 }
 
-/// CPU reference in f64: (loss as reduced, ∂loss/∂x). x, y: [n].
+/// CPU reference in f64: (loss as reduced, ∂loss/∂x). x, y: \[n\].
 /// loss_i = (1 − y)·x + (1 + (pw − 1)·y)·log(1 + e^(−x)); ∂/∂x = (1 + (pw − 1)·y)·σ(x) − pw·y.
 pub fn reference(x: &[f32], y: &[f32], config: BceConfig) -> (Vec<f32>, Vec<f32>) {
     let pw = f64::from(config.pos_weight);

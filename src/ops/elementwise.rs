@@ -71,7 +71,7 @@ pub fn relu_dispatch(
     )
 }
 
-/// dx = dy · [y > 0] over `len` elements.
+/// dx = dy · \[y > 0\] over `len` elements.
 pub fn relu_backward_dispatch(
     ctx: &GpuContext,
     len: usize,

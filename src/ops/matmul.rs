@@ -421,7 +421,7 @@ pub fn infer_shape(layout: Layout, a: &[usize], b: &[usize]) -> Result<MatmulSha
     })
 }
 
-/// CPU reference. c: [M, N] = op(a)·op(b) (+ bias[N]) (ReLU).
+/// CPU reference. c: \[M, N\] = op(a)·op(b) (+ bias\[N\]) (ReLU).
 pub fn reference(
     shape: MatmulShape,
     a: &[f32],

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use super::{OpError, expect_matrix, groups};
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
 
-/// CPU reference: out[j] = Σ_i x[i, j] over x: [n, d].
+/// CPU reference: out\[j\] = Σ_i x\[i, j\] over x: \[n, d\].
 pub fn reference_column_sum(x: &[f32], d: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; d];
     for row in x.chunks(d) {

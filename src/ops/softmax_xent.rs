@@ -124,7 +124,7 @@ fn log_sum_exp(row: &[f32]) -> f64 {
         .ln()
 }
 
-/// CPU reference cross-entropy in f64. logits: [n, c], targets: [n].
+/// CPU reference cross-entropy in f64. logits: \[n, c\], targets: \[n\].
 /// Returns the loss (one value, or n for `Reduction::None`) and ∂loss/∂logits: [n, c]
 /// (for `None`, the gradient of the sum of the per-row losses).
 pub fn reference(
