@@ -303,27 +303,30 @@ fn a_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     ]);
 }
 
+/// `wgnn train` on the breast-cancer CSV (BCE, batches of 50: 10 an epoch) into `out`.
+fn train_breast_cancer(out: &Path, epochs: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        "data/breast_cancer.csv",
+        "--loss",
+        "bce",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "50",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    wgnn(&args)
+}
+
 fn resumed_run_matches(optimizer: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
-    let args = |out: &Path, epochs: &str| {
-        let mut args = vec![
-            "train",
-            "--data",
-            "data/breast_cancer.csv",
-            "--loss",
-            "bce",
-            "--epochs",
-            epochs,
-            "--batch-size",
-            "50",
-            "--quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(optimizer);
-        wgnn(&args)
-    };
+    let args = |out: &Path, epochs: &str| train_breast_cancer(out, epochs, optimizer);
     assert!(args(&whole, "4").status.success());
     assert!(args(&split, "2").status.success());
     let o = wgnn(&[
@@ -363,24 +366,7 @@ fn a_run_stopped_within_an_epoch_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
     // 10 batches an epoch: checkpoints within epochs at steps 4, 8, 12 and the stop at 13.
-    let train = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--data",
-            "data/breast_cancer.csv",
-            "--loss",
-            "bce",
-            "--epochs",
-            "3",
-            "--batch-size",
-            "50",
-            "--quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        wgnn(&args)
-    };
+    let train = |out: &Path, extra: &[&str]| train_breast_cancer(out, "3", extra);
     assert!(train(&whole, &[]).status.success());
     let o = train(&split, &["--checkpoint-every", "4", "--max-steps", "13"]);
     assert!(o.status.success(), "{}", stderr(&o));

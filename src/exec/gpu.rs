@@ -26,14 +26,19 @@ pub struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// A dropout folded into a batch norm, with this model's mask stream.
+    /// The dropout mask stream of a layer, under this model's seed.
+    fn stream(&self, layer: u32) -> MaskStream {
+        MaskStream {
+            seed: self.seed,
+            layer,
+        }
+    }
+
+    /// A dropout folded into a batch norm, with its mask stream.
     fn fused(&self, dropout: FoldedDropout) -> FusedDropout {
         FusedDropout {
             p: dropout.p,
-            stream: MaskStream {
-                seed: self.seed,
-                layer: dropout.stream,
-            },
+            stream: self.stream(dropout.stream),
         }
     }
 }
@@ -348,16 +353,15 @@ impl<'a> Builder<'a> {
                 bind(node.inputs[0]),
                 bind(node.outputs[0]),
             )?),
-            Op::Dropout { p, stream } => {
+            // Train: the mask drawn (forward) or drawn again (backward); eval runs no backward,
+            // and its dropout's output is its input.
+            Op::Dropout { p, stream } | Op::DropoutBackward { p, stream } => {
                 if mode == Mode::Train {
                     dispatches.push(dropout::dispatch(
                         ctx,
                         value(0).len(),
                         *p,
-                        MaskStream {
-                            seed: shared.seed,
-                            layer: *stream,
-                        },
+                        shared.stream(*stream),
                         shared.step,
                         bind(node.inputs[0]),
                         bind(node.outputs[0]),
@@ -459,18 +463,6 @@ impl<'a> Builder<'a> {
                     bind(node.outputs[0]),
                 )?);
             }
-            Op::DropoutBackward { p, stream } => dispatches.push(dropout::dispatch(
-                ctx,
-                value(0).len(),
-                *p,
-                MaskStream {
-                    seed: shared.seed,
-                    layer: *stream,
-                },
-                shared.step,
-                bind(node.inputs[0]),
-                bind(node.outputs[0]),
-            )?),
             Op::OptimizerStep => {
                 let len = state.layout.params_len;
                 let flat = |b| flat_binding(b, len);
