@@ -9,12 +9,13 @@
 //       m = lerp(m, g, 1 - β1);  v = β2·v + (1 - β2)·g²
 //       param -= step_size · m / (√v / √(1 - β2^t) + eps),  step_size = lr / (1 - β1^t)
 //       AMSGrad: v_max = max(v_max, v), and √v_max in place of √v
+// maximize (both): grad negated before anything else.
 
 struct Params {
     // vec4s to update
     len: u32,
     // bit 0: momentum buffer in use, bit 1: nesterov, bit 2: AdamW (decoupled weight decay),
-    // bit 3: AMSGrad
+    // bit 3: AMSGrad, bit 4: maximize (the gradient negated first)
     flags: u32,
     momentum: f32,
     dampening: f32,
@@ -28,6 +29,12 @@ const FLAG_MOMENTUM: u32 = 1u;
 const FLAG_NESTEROV: u32 = 2u;
 const FLAG_DECOUPLED: u32 = 4u;
 const FLAG_AMSGRAD: u32 = 8u;
+const FLAG_MAXIMIZE: u32 = 16u;
+
+fn gradient(i: u32) -> vec4<f32> {
+    if ((p.flags & FLAG_MAXIMIZE) != 0u) { return -grad[i]; }
+    return grad[i];
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -48,7 +55,7 @@ fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(gid, nwg);
     if (i >= p.len) { return; }
-    var g = grad[i];
+    var g = gradient(i);
     if (p.weight_decay != 0.0) { g += p.weight_decay * param[i]; }
     if ((p.flags & FLAG_MOMENTUM) != 0u) {
         var buf = g;
@@ -65,7 +72,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(gid, nwg);
     if (i >= p.len) { return; }
-    var g = grad[i];
+    var g = gradient(i);
     var w = param[i];
     if ((p.flags & FLAG_DECOUPLED) != 0u) {
         w *= 1.0 - step.lr * p.weight_decay;

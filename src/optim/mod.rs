@@ -19,6 +19,8 @@ pub struct Sgd {
     pub dampening: f32,
     pub weight_decay: f32,
     pub nesterov: bool,
+    /// Ascend the objective instead (the gradient's sign flipped first).
+    pub maximize: bool,
 }
 
 impl Default for Sgd {
@@ -29,6 +31,7 @@ impl Default for Sgd {
             dampening: 0.0,
             weight_decay: 0.0,
             nesterov: false,
+            maximize: false,
         }
     }
 }
@@ -44,6 +47,8 @@ pub struct Adam {
     /// Normalize by the largest second moment seen so far (a third state tensor,
     /// `max_exp_avg_sq`).
     pub amsgrad: bool,
+    /// Ascend the objective instead (the gradient's sign flipped first).
+    pub maximize: bool,
 }
 
 impl Default for Adam {
@@ -56,6 +61,7 @@ impl Default for Adam {
             weight_decay: 0.0,
             decoupled_weight_decay: false,
             amsgrad: false,
+            maximize: false,
         }
     }
 }
@@ -174,7 +180,7 @@ pub fn reference_step(
     match *optimizer {
         Optimizer::Sgd(s) => {
             for i in 0..param.len() {
-                let mut g = grad[i];
+                let mut g = if s.maximize { -grad[i] } else { grad[i] };
                 if s.weight_decay != 0.0 {
                     g += s.weight_decay * param[i];
                 }
@@ -200,7 +206,7 @@ pub fn reference_step(
                 _ => return,
             };
             for i in 0..param.len() {
-                let mut g = grad[i];
+                let mut g = if a.maximize { -grad[i] } else { grad[i] };
                 if a.decoupled_weight_decay {
                     param[i] *= 1.0 - a.lr * a.weight_decay;
                 } else if a.weight_decay != 0.0 {
@@ -256,7 +262,9 @@ pub fn dispatch<'a>(
             "sgd",
             Params {
                 len: vec4s as u32,
-                flags: u32::from(s.momentum != 0.0) | (u32::from(s.nesterov) << 1),
+                flags: u32::from(s.momentum != 0.0)
+                    | (u32::from(s.nesterov) << 1)
+                    | (u32::from(s.maximize) << 4),
                 momentum: s.momentum,
                 dampening: s.dampening,
                 weight_decay: s.weight_decay,
@@ -269,7 +277,9 @@ pub fn dispatch<'a>(
             "adam",
             Params {
                 len: vec4s as u32,
-                flags: (u32::from(a.decoupled_weight_decay) << 2) | (u32::from(a.amsgrad) << 3),
+                flags: (u32::from(a.decoupled_weight_decay) << 2)
+                    | (u32::from(a.amsgrad) << 3)
+                    | (u32::from(a.maximize) << 4),
                 momentum: 0.0,
                 dampening: 0.0,
                 weight_decay: a.weight_decay,

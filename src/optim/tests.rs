@@ -58,6 +58,17 @@ fn sgd_variants_match_reference() {
         check(
             Optimizer::Sgd(Sgd {
                 lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 0.01,
+                maximize: true,
+                ..Sgd::default()
+            }),
+            len,
+            5,
+        );
+        check(
+            Optimizer::Sgd(Sgd {
+                lr: 0.1,
                 ..Sgd::default()
             }),
             len,
@@ -117,6 +128,14 @@ fn adam_and_adamw_match_reference() {
             len,
             6,
         );
+        check(
+            Optimizer::Adam(Adam {
+                maximize: true,
+                ..Adam::adamw()
+            }),
+            len,
+            6,
+        );
         // β2 = 0.5 lets v fall whenever g² < v, so the running maximum departs from v.
         for adam in [Adam::default(), Adam::adamw()] {
             let amsgrad = Adam {
@@ -126,6 +145,28 @@ fn adam_and_adamw_match_reference() {
             };
             check(Optimizer::Adam(amsgrad), len, 8);
         }
+    }
+}
+
+#[test]
+fn maximize_ascends_where_the_default_descends() {
+    for maximize in [false, true] {
+        let sgd = Optimizer::Sgd(Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.5,
+            maximize,
+            ..Sgd::default()
+        });
+        let (mut p, mut state) = (vec![1.0f32], vec![vec![0.0f32]]);
+        reference_step(&sgd, 0, &mut p, &[2.0], &mut state);
+        // torch.optim.SGD: g = ±grad + wd·param = ±2 + 0.5, then param -= lr·g.
+        let want = if maximize {
+            1.0 - 0.1 * (-2.0 + 0.5)
+        } else {
+            1.0 - 0.1 * (2.0 + 0.5)
+        };
+        assert!((p[0] - want).abs() < 1e-6, "maximize {maximize}: {p:?}");
     }
 }
 
