@@ -633,7 +633,7 @@ impl Model {
             )));
         }
         self.check_labels(&batch.labels)?;
-        Ok(self.encode_targets(&batch.labels).1)
+        Ok(self.loss_scale(&batch.labels))
     }
 
     fn check_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
@@ -729,22 +729,27 @@ impl Model {
     /// The targets as the loss kernel reads them (i32 classes or f32 0/1) and the loss's
     /// per-row scale (1/Σ weights of the targets for a mean).
     fn encode_targets(&self, labels: &[u32]) -> (Vec<u8>, f32) {
+        let bytes = match &self.loss {
+            Loss::CrossEntropy(_) => {
+                let t32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+                bytemuck::cast_slice(&t32).to_vec()
+            }
+            Loss::BceWithLogits(_) => {
+                let t: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+                bytemuck::cast_slice(&t).to_vec()
+            }
+        };
+        (bytes, self.loss_scale(labels))
+    }
+
+    /// The loss's per-row scale for these labels (1/Σ weights of the targets for a mean).
+    fn loss_scale(&self, labels: &[u32]) -> f32 {
         match &self.loss {
             Loss::CrossEntropy(ce) => {
                 let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-                let t32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
-                (
-                    bytemuck::cast_slice(&t32).to_vec(),
-                    softmax_xent::loss_scale(&targets, &ce.config),
-                )
+                softmax_xent::loss_scale(&targets, &ce.config)
             }
-            Loss::BceWithLogits(b) => {
-                let t: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-                (
-                    bytemuck::cast_slice(&t).to_vec(),
-                    bce::loss_scale(labels.len(), b.config.reduction),
-                )
-            }
+            Loss::BceWithLogits(b) => bce::loss_scale(labels.len(), b.config.reduction),
         }
     }
 

@@ -94,7 +94,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &options,
         &mut bar,
         |model, checkpoint| {
-            let within = matches!(checkpoint, Checkpoint::Within { .. });
             let (position, place) = match checkpoint {
                 Checkpoint::EpochEnd(m) => {
                     history.push(*m);
@@ -119,6 +118,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     )
                 }
             };
+            let within = position.within.is_some();
             run::save(&out, model, &run, position)?;
             write_history(&out.join("metrics.csv"), &history)?;
             wgnn::plot::write_curves(&out.join("curves.svg"), &history)?;

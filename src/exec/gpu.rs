@@ -102,20 +102,23 @@ impl GpuPlan {
             Loss::BceWithLogits(_) => None,
         };
 
-        let builder = Builder {
-            ctx,
-            graph,
+        let logits_bytes = value_bytes(graph.logits);
+        let mut plan = Self {
             mode,
-            shared,
-            memory: &memory,
-            slots: &slots,
-            input: &input,
-            target: &target,
-            class_weight: class_weight.as_ref(),
+            batch_size: graph.batch_size,
+            dispatches: Vec::new(),
+            slots,
+            memory,
+            scratch: Vec::new(),
+            batch_nodes: Vec::new(),
+            input,
+            target,
+            logits: graph.logits,
+            logits_bytes,
+            class_weight,
         };
-        let mut dispatches = Vec::new();
-        let mut scratch = Vec::new();
-        let mut batch_nodes = Vec::new();
+        let (mut dispatches, mut scratch, mut batch_nodes) = (Vec::new(), Vec::new(), Vec::new());
+        let builder = plan.builder(ctx, graph, shared, &plan.input, &plan.target);
         for (index, node) in graph.nodes_for(mode) {
             let first = dispatches.len();
             builder.node(node, &mut dispatches, &mut scratch)?;
@@ -123,21 +126,32 @@ impl GpuPlan {
                 batch_nodes.push((index, first..dispatches.len()));
             }
         }
-        let logits_bytes = value_bytes(graph.logits);
-        Ok(Self {
-            mode,
-            batch_size: graph.batch_size,
-            dispatches,
-            slots,
-            memory,
-            scratch,
-            batch_nodes,
+        plan.dispatches = dispatches;
+        plan.scratch = scratch;
+        plan.batch_nodes = batch_nodes;
+        Ok(plan)
+    }
+
+    /// Builds dispatches over this plan's buffers, with `input` and `target` for the batch.
+    fn builder<'a>(
+        &'a self,
+        ctx: &'a GpuContext,
+        graph: &'a Graph,
+        shared: &'a Shared<'a>,
+        input: &'a wgpu::Buffer,
+        target: &'a wgpu::Buffer,
+    ) -> Builder<'a> {
+        Builder {
+            ctx,
+            graph,
+            mode: self.mode,
+            shared,
+            memory: &self.memory,
+            slots: &self.slots,
             input,
             target,
-            logits: graph.logits,
-            logits_bytes,
-            class_weight,
-        })
+            class_weight: self.class_weight.as_ref(),
+        }
     }
 
     /// Records every dispatch of the plan into `pass`.
@@ -158,17 +172,7 @@ impl GpuPlan {
         x: &wgpu::Buffer,
         target: &wgpu::Buffer,
     ) -> Result<BatchDispatches, GpuError> {
-        let builder = Builder {
-            ctx,
-            graph,
-            mode: self.mode,
-            shared,
-            memory: &self.memory,
-            slots: &self.slots,
-            input: x,
-            target,
-            class_weight: self.class_weight.as_ref(),
-        };
+        let builder = self.builder(ctx, graph, shared, x, target);
         let mut bound = BatchDispatches::default();
         for (index, range) in &self.batch_nodes {
             let mut dispatches = Vec::with_capacity(range.len());
