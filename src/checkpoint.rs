@@ -456,7 +456,7 @@ mod tests {
             ..Sgd::default()
         });
         let graph = build(&model, &Loss::default(), &sgd, &[12], 4).unwrap();
-        let mut state = HostState::init(&graph, &model, 3);
+        let mut state = HostState::init(&graph, 3);
         state.running[0].num_batches_tracked = 7;
         state.running[1].mean[2] = 0.25;
         state.optimizer[0][0][5] = 1.5;

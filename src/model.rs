@@ -209,7 +209,7 @@ impl Model {
         let loss = loss.into();
         let graph = build_graph(&sequential, &loss, &optimizer, &config, config.batch_size)?;
         check_parameters_fit(&graph, ctx.max_binding_bytes())?;
-        let host = HostState::init(&graph, &sequential, config.seed);
+        let host = HostState::init(&graph, config.seed);
         Self::assemble(ctx, sequential, loss, optimizer, config, graph, host)
     }
 

@@ -4,15 +4,10 @@
 
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
-use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, TENSOR_USAGE};
-use crate::graph::{FoldedDropout, Graph, Mode, Node, Op, ValueId};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
+use crate::graph::{Graph, Mode, Node, ParamId, ValueId};
 use crate::nn::Loss;
-use crate::ops::batchnorm::{self, FusedDropout, LayerBindings};
-use crate::ops::dropout::{self, MaskStream};
-use crate::ops::matmul::{self, Epilogue, MatmulShape};
-use crate::ops::softmax_xent::{self, XentBindings};
-use crate::ops::{bce, elementwise, reduce};
-use crate::optim;
+use crate::ops::dropout::MaskStream;
 
 /// What a plan shares with the model: its resident state and per-step buffers.
 pub struct Shared<'a> {
@@ -23,24 +18,6 @@ pub struct Shared<'a> {
     pub totals: Binding<'a>,
     /// Seed of the dropout masks.
     pub seed: u64,
-}
-
-impl Shared<'_> {
-    /// The dropout mask stream of a layer, under this model's seed.
-    fn stream(&self, layer: u32) -> MaskStream {
-        MaskStream {
-            seed: self.seed,
-            layer,
-        }
-    }
-
-    /// A dropout folded into a batch norm, with its mask stream.
-    fn fused(&self, dropout: FoldedDropout) -> FusedDropout {
-        FusedDropout {
-            p: dropout.p,
-            stream: self.stream(dropout.stream),
-        }
-    }
 }
 
 /// A plan's dispatches rebuilt on a resident batch's buffers ([`GpuPlan::bind_batch`]).
@@ -283,214 +260,88 @@ impl<'a> Builder<'a> {
         dispatches: &mut Vec<Dispatch>,
         scratch: &mut Vec<wgpu::Buffer>,
     ) -> Result<(), GpuError> {
-        let Self {
-            ctx,
-            graph,
-            mode,
-            shared,
-            ..
-        } = *self;
-        let state = shared.state;
-        let bind = |v: ValueId| self.bind(v);
-        let class_weight = self.class_weight;
-        let value = |i: usize| graph.value(node.inputs[i]);
-        // c = a·b (+ bias) (ReLU), with its dispatches and scratch buffers kept.
-        let mut matmul = |shape, epilogue, [a, b, c]: [Binding<'a>; 3], bias| {
-            let launch = matmul::dispatch(ctx, shape, epilogue, None, a, b, bias, c)?;
-            dispatches.extend(launch.dispatches);
-            scratch.extend(launch.scratch);
-            Ok::<(), GpuError>(())
+        let mut cx = GpuCx {
+            ctx: self.ctx,
+            graph: self.graph,
+            mode: self.mode,
+            state: self.shared.state,
+            step: self.shared.step,
+            totals: self.shared.totals,
+            class_weight: self.class_weight,
+            seed: self.shared.seed,
+            builder: self,
+            dispatches,
+            scratch,
         };
-        match &node.op {
-            Op::Linear { weight, bias, relu } => {
-                let shape = MatmulShape::linear_forward(value(0).rows, &graph.param(*weight).shape);
-                let epilogue = Epilogue {
-                    bias: bias.is_some(),
-                    relu: *relu,
-                };
-                let operands = [
-                    bind(node.inputs[0]),
-                    state.param_binding(graph, *weight),
-                    bind(node.outputs[0]),
-                ];
-                let bias = bias.map(|b| state.param_binding(graph, b));
-                matmul(shape, epilogue, operands, bias)?;
-            }
-            Op::BatchNorm { bn, relu, dropout } => {
-                let info = &graph.batch_norms[*bn];
-                let layer = LayerBindings {
-                    gamma: state.param_binding(graph, info.gamma),
-                    beta: state.param_binding(graph, info.beta),
-                    running: state.running_binding(*bn, info.features),
-                    num_batches_tracked: state.counter_binding(*bn),
-                    step: shared.step,
-                };
-                let (n, d) = (value(0).rows, info.features);
-                match mode {
-                    Mode::Train => dispatches.extend(batchnorm::train_dispatches(
-                        ctx,
-                        n,
-                        d,
-                        info.config,
-                        *relu,
-                        dropout.map(|f| shared.fused(f)),
-                        layer,
-                        bind(node.inputs[0]),
-                        bind(node.outputs[1]),
-                        bind(node.outputs[0]),
-                    )?),
-                    Mode::Eval => dispatches.push(batchnorm::eval_dispatch(
-                        ctx,
-                        n,
-                        d,
-                        info.config,
-                        *relu,
-                        layer,
-                        bind(node.inputs[0]),
-                        bind(node.outputs[0]),
-                    )?),
-                }
-            }
-            Op::Relu => dispatches.push(elementwise::relu_dispatch(
-                ctx,
-                value(0).len(),
-                bind(node.inputs[0]),
-                bind(node.outputs[0]),
-            )?),
-            // Train: the mask drawn (forward) or drawn again (backward); eval runs no backward,
-            // and its dropout's output is its input.
-            Op::Dropout { p, stream } | Op::DropoutBackward { p, stream } => {
-                if mode == Mode::Train {
-                    dispatches.push(dropout::dispatch(
-                        ctx,
-                        value(0).len(),
-                        *p,
-                        shared.stream(*stream),
-                        shared.step,
-                        bind(node.inputs[0]),
-                        bind(node.outputs[0]),
-                    )?);
-                }
-            }
-            Op::CrossEntropy => {
-                let Loss::CrossEntropy(ce) = &graph.loss else {
-                    return Ok(());
-                };
-                dispatches.push(softmax_xent::dispatch(
-                    ctx,
-                    value(0).rows,
-                    value(0).cols,
-                    &ce.config,
-                    XentBindings {
-                        step: shared.step,
-                        logits: bind(node.inputs[0]),
-                        targets: bind(node.inputs[1]),
-                        weight: class_weight.map(Binding::whole),
-                        rows: bind(node.outputs[0]),
-                        grad: (mode == Mode::Train).then(|| bind(node.outputs[1])),
-                    },
-                )?);
-            }
-            Op::BceWithLogits => {
-                let Loss::BceWithLogits(b) = &graph.loss else {
-                    return Ok(());
-                };
-                dispatches.push(bce::dispatch(
-                    ctx,
-                    value(0).rows,
-                    b.config,
-                    shared.step,
-                    bind(node.inputs[0]),
-                    bind(node.inputs[1]),
-                    bind(node.outputs[0]),
-                    (mode == Mode::Train).then(|| bind(node.outputs[1])),
-                )?);
-            }
-            Op::Metrics => dispatches.push(reduce::metrics_dispatch(
-                ctx,
-                value(0).rows,
-                shared.step,
-                bind(node.inputs[0]),
-                shared.totals,
-            )?),
-            Op::ReluBackward => dispatches.push(elementwise::relu_backward_dispatch(
-                ctx,
-                value(0).len(),
-                bind(node.inputs[0]),
-                bind(node.inputs[1]),
-                bind(node.outputs[0]),
-            )?),
-            Op::LinearGradInput { weight } => {
-                let shape =
-                    MatmulShape::linear_grad_input(value(0).rows, &graph.param(*weight).shape);
-                let operands = [
-                    bind(node.inputs[0]),
-                    state.param_binding(graph, *weight),
-                    bind(node.outputs[0]),
-                ];
-                matmul(shape, Epilogue::default(), operands, None)?;
-            }
-            Op::LinearGradParams { weight, bias } => {
-                let shape =
-                    MatmulShape::linear_grad_weight(value(0).rows, &graph.param(*weight).shape);
-                let operands = [
-                    bind(node.inputs[0]),
-                    bind(node.inputs[1]),
-                    state.grad_binding(graph, *weight),
-                ];
-                matmul(shape, Epilogue::default(), operands, None)?;
-                if let Some(b) = bias {
-                    dispatches.push(reduce::column_sum_dispatch(
-                        ctx,
-                        value(0).rows,
-                        value(0).cols,
-                        bind(node.inputs[0]),
-                        state.grad_binding(graph, *b),
-                    )?);
-                }
-            }
-            Op::BatchNormBackward { bn, relu, dropout } => {
-                let info = &graph.batch_norms[*bn];
-                dispatches.extend(batchnorm::backward_dispatches(
-                    ctx,
-                    value(0).rows,
-                    info.features,
-                    *relu,
-                    dropout.map(|f| shared.fused(f)),
-                    bind(node.inputs[0]),
-                    bind(node.inputs[1]),
-                    bind(node.inputs[2]),
-                    bind(node.inputs[3]),
-                    state.param_binding(graph, info.gamma),
-                    state.grad_binding(graph, info.gamma),
-                    state.grad_binding(graph, info.beta),
-                    bind(node.outputs[0]),
-                )?);
-            }
-            Op::OptimizerStep => {
-                let len = state.layout.params_len;
-                let flat = |b| flat_binding(b, len);
-                let opt_state: Vec<Binding<'_>> = state.optimizer.iter().map(flat).collect();
-                dispatches.push(optim::dispatch(
-                    ctx,
-                    &graph.optimizer,
-                    state.layout.params_len,
-                    shared.step,
-                    flat(&state.params),
-                    flat(&state.grads),
-                    &opt_state,
-                )?);
-            }
-        }
-        Ok(())
+        node.op.encode_gpu(node, &mut cx)
     }
 }
 
-/// The first `len` floats of a flat state buffer.
-fn flat_binding(buffer: &wgpu::Buffer, len: usize) -> Binding<'_> {
-    Binding {
-        buffer,
-        offset: 0,
-        size: (len * 4) as u64,
+/// What an op's GPU launcher sees while the plan is built: the buffers of the graph's values
+/// and of the resident state, and the plan's list of dispatches to append to.
+pub struct GpuCx<'a, 'p> {
+    pub ctx: &'a GpuContext,
+    pub graph: &'a Graph,
+    pub mode: Mode,
+    pub state: &'a GpuState,
+    /// The step uniform.
+    pub step: Binding<'a>,
+    /// Running loss and accuracy totals.
+    pub totals: Binding<'a>,
+    /// Class weights of the cross-entropy, when it has some.
+    pub class_weight: Option<&'a wgpu::Buffer>,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+    builder: &'p Builder<'a>,
+    dispatches: &'p mut Vec<Dispatch>,
+    scratch: &'p mut Vec<wgpu::Buffer>,
+}
+
+impl<'a> GpuCx<'a, '_> {
+    /// The buffer holding a value in this plan.
+    pub fn bind(&self, v: ValueId) -> Binding<'a> {
+        self.builder.bind(v)
+    }
+
+    /// The buffer of the node's `i`-th input and output.
+    pub fn input(&self, node: &Node, i: usize) -> Binding<'a> {
+        self.bind(node.inputs[i])
+    }
+
+    pub fn output(&self, node: &Node, i: usize) -> Binding<'a> {
+        self.bind(node.outputs[i])
+    }
+
+    /// Rows and columns of the node's `i`-th input.
+    pub fn input_shape(&self, node: &Node, i: usize) -> (usize, usize) {
+        let v = self.graph.value(node.inputs[i]);
+        (v.rows, v.cols)
+    }
+
+    /// A parameter's slice of the flat parameter buffer, and of the gradient buffer.
+    pub fn param(&self, id: ParamId) -> Binding<'a> {
+        self.state.param_binding(self.graph, id)
+    }
+
+    pub fn grad(&self, id: ParamId) -> Binding<'a> {
+        self.state.grad_binding(self.graph, id)
+    }
+
+    /// The dropout mask stream of a layer, under this model's seed.
+    pub fn stream(&self, layer: u32) -> MaskStream {
+        MaskStream {
+            seed: self.seed,
+            layer,
+        }
+    }
+
+    pub fn push(&mut self, dispatch: Dispatch) {
+        self.dispatches.push(dispatch);
+    }
+
+    /// Appends a launch's dispatches and keeps its scratch buffers alive with the plan.
+    pub fn launch(&mut self, launch: Launch) {
+        self.dispatches.extend(launch.dispatches);
+        self.scratch.extend(launch.scratch);
     }
 }

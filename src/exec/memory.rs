@@ -198,7 +198,7 @@ mod tests {
         let dropout = g
             .nodes
             .iter()
-            .find(|n| matches!(n.op, crate::graph::Op::Dropout { .. }))
+            .find(|n| n.op_as::<crate::ops::dropout::DropoutOp>().is_some())
             .unwrap();
         assert_eq!(
             m.slot_of[dropout.outputs[0].0],

@@ -4,3 +4,6 @@ pub mod cpu;
 pub mod gpu;
 pub mod memory;
 pub mod state;
+
+pub use cpu::CpuCx;
+pub use gpu::GpuCx;

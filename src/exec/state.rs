@@ -4,7 +4,7 @@
 
 use crate::gpu::{Binding, GpuContext, GpuError, TENSOR_USAGE, read_buffer};
 use crate::graph::Graph;
-use crate::nn::{Sequential, init_parameters};
+use crate::nn::init_parameters;
 use crate::ops::batchnorm::RunningStats;
 
 /// Where each tensor lives in the flat buffers, in elements. Offsets are aligned to the
@@ -66,15 +66,8 @@ pub struct HostState {
 
 impl HostState {
     /// PyTorch-style initialization from a seed.
-    pub fn init(graph: &Graph, model: &Sequential, seed: u64) -> Self {
-        let init = init_parameters(model, seed);
-        let find = |name: &str| init.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        let params = graph
-            .params
-            .iter()
-            .map(|p| find(&p.name).unwrap_or_else(|| vec![0.0; p.len()]))
-            .collect();
-        Self::with_params(graph, params)
+    pub fn init(graph: &Graph, seed: u64) -> Self {
+        Self::with_params(graph, init_parameters(&graph.params, seed))
     }
 
     /// Fresh optimizer and running state around the given parameters.

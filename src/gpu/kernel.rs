@@ -18,7 +18,8 @@ pub enum Shader {
     MatmulBroadcastNt,
     MatmulBroadcastNn,
     BatchNorm,
-    Elementwise,
+    /// `shaders/activation.wgsl` with one activation's functions (`shaders/activation/`).
+    Activation(&'static ActivationShader),
     Dropout,
     PhiloxWords,
     SoftmaxXent,
@@ -28,16 +29,34 @@ pub enum Shader {
     Bench,
 }
 
+/// One activation's WGSL functions, and the names its dispatches are reported under.
+#[derive(PartialEq, Eq, Hash)]
+pub struct ActivationShader {
+    /// The forward's name (`"gelu_tanh"`).
+    pub name: &'static str,
+    /// The backward's name (`"gelu_tanh_backward"`).
+    pub backward_name: &'static str,
+    pub source: &'static str,
+}
+
+impl std::fmt::Debug for ActivationShader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// The per-step uniform, shared by the kernels that read it.
 const STEP: &str = include_str!("../../shaders/step.wgsl");
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 /// Parameters and epilogue shared by the matmul variants.
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+/// The element-wise kernels every activation's functions are appended to.
+const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
 impl Shader {
     /// The WGSL files making up the module, in order.
-    fn parts(self) -> &'static [&'static str] {
-        match self {
+    fn parts(self) -> Vec<&'static str> {
+        let parts: &[&str] = match self {
             Shader::MatmulNtVec4 => &[MATMUL, include_str!("../../shaders/matmul_nt_vec4.wgsl")],
             Shader::MatmulBvec4 => &[MATMUL, include_str!("../../shaders/matmul_bvec4.wgsl")],
             Shader::MatmulGeneral => &[MATMUL, include_str!("../../shaders/matmul_general.wgsl")],
@@ -51,7 +70,7 @@ impl Shader {
                 include_str!("../../shaders/matmul_broadcast_nn.wgsl"),
             ],
             Shader::BatchNorm => &[STEP, PHILOX, include_str!("../../shaders/batchnorm.wgsl")],
-            Shader::Elementwise => &[include_str!("../../shaders/elementwise.wgsl")],
+            Shader::Activation(a) => return vec![ACTIVATION, a.source],
             Shader::Dropout => &[STEP, PHILOX, include_str!("../../shaders/dropout.wgsl")],
             // The dropout kernel's parameters and bindings, and an entry writing raw words.
             Shader::PhiloxWords => &[
@@ -65,7 +84,8 @@ impl Shader {
             Shader::Optim => &[STEP, include_str!("../../shaders/optim.wgsl")],
             Shader::Reduce => &[STEP, include_str!("../../shaders/reduce.wgsl")],
             Shader::Bench => &[include_str!("../../shaders/bench.wgsl")],
-        }
+        };
+        parts.to_vec()
     }
 
     fn source(self) -> String {
@@ -86,6 +106,8 @@ pub struct Kernel {
     pub shader: Shader,
     pub entry: &'static str,
     pub constants: Vec<(&'static str, f64)>,
+    /// The name its dispatches are reported under (the entry point's, unless set).
+    pub label: &'static str,
 }
 
 impl Kernel {
@@ -94,7 +116,14 @@ impl Kernel {
             shader,
             entry,
             constants: Vec::new(),
+            label: entry,
         }
+    }
+
+    /// Reports its dispatches under `label` (for entry points several shaders share).
+    pub fn labelled(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
     }
 
     pub fn with(mut self, name: &'static str, value: impl Into<f64>) -> Self {
@@ -426,7 +455,7 @@ impl GpuContext {
             });
         }
         Ok(Dispatch {
-            label: kernel.entry,
+            label: kernel.label,
             pipeline,
             bind_group,
             workgroups,

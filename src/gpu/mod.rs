@@ -8,7 +8,9 @@ pub use context::{
     ADAPTER_ENV, AdapterRequest, AdapterSummary, BACKEND_ENV, GpuContext, KERNELS_ENV,
     KernelChoice, list_adapters, parse_backend,
 };
-pub use kernel::{Binding, Dispatch, Kernel, Launch, ResourceCounters, Shader, grid_1d};
+pub use kernel::{
+    ActivationShader, Binding, Dispatch, Kernel, Launch, ResourceCounters, Shader, grid_1d,
+};
 pub use tensor::{GpuTensor, TENSOR_USAGE, byte_len, map_and_read, read_buffer};
 
 /// Errors from the GPU layer. Each names what failed and, where it can, how to fix it.

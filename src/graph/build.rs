@@ -1,11 +1,18 @@
 //! From a Sequential, a loss and an optimizer to a graph, inferring every shape.
 
+use std::sync::Arc;
+
 use super::{
-    BatchNormState, BuildError, FoldedDropout, Graph, Mode, Node, Op, Param, ParamId, Phase, Value,
-    ValueId, ValueKind, autodiff,
+    BatchNormState, BuildError, Graph, Init, Mode, Node, Op, Param, ParamId, Phase, Value, ValueId,
+    ValueKind, autodiff, fusion,
 };
+use crate::nn::kaiming_uniform_bound;
 use crate::nn::{Layer, Loss, Sequential};
-use crate::ops::dropout::DropProbability;
+use crate::ops::activation::ActivationOp;
+use crate::ops::batchnorm::BatchNormOp;
+use crate::ops::dropout::{DropProbability, DropoutOp};
+use crate::ops::linear::LinearOp;
+use crate::ops::reduce::MetricsOp;
 use crate::optim::Optimizer;
 
 /// Builds the graph of `model` for batches of `batch_size` samples shaped `sample_shape`.
@@ -50,6 +57,21 @@ pub fn build(
             expected,
             found: found.to_vec(),
         };
+        let layer_error = |message: String| BuildError::Layer {
+            index,
+            kind,
+            message,
+        };
+        let flat = |shape: &[usize]| {
+            if shape.len() == 2 {
+                Ok(shape[1])
+            } else {
+                Err(shape_error(
+                    "[N, features] (add a Flatten before it)".into(),
+                    shape,
+                ))
+            }
+        };
         match layer {
             Layer::Flatten(_) => {
                 shape = vec![batch_size, shape[1..].iter().product()];
@@ -64,25 +86,23 @@ pub fn build(
                     return Err(shape_error(format!("[N, {}]{hint}", l.in_features), &shape));
                 }
                 if l.out_features == 0 {
-                    return Err(BuildError::Layer {
-                        index,
-                        kind,
-                        message: "out_features must be at least 1".into(),
-                    });
+                    return Err(layer_error("out_features must be at least 1".into()));
                 }
-                let weight = b.param(index, "weight", vec![l.out_features, l.in_features]);
-                let bias = l.bias.then(|| b.param(index, "bias", vec![l.out_features]));
+                // PyTorch's Linear.reset_parameters: both uniform in ±1/√in_features.
+                let init = Init::Uniform {
+                    bound: kaiming_uniform_bound(l.in_features),
+                };
+                let weight = b.param(index, "weight", vec![l.out_features, l.in_features], init);
+                let bias = l
+                    .bias
+                    .then(|| b.param(index, "bias", vec![l.out_features], init));
                 let y = b.value(batch_size, l.out_features, ValueKind::Activation);
-                b.node(
-                    Op::Linear {
-                        weight,
-                        bias,
-                        relu: false,
-                    },
-                    vec![x],
-                    vec![y],
-                    index,
-                );
+                let op = LinearOp {
+                    weight,
+                    bias,
+                    relu: false,
+                };
+                b.node(op, vec![x], vec![y], index);
                 x = y;
                 shape = vec![batch_size, l.out_features];
             }
@@ -91,24 +111,19 @@ pub fn build(
                     return Err(shape_error(format!("[N, {}]", bn.num_features), &shape));
                 }
                 if !(bn.config.eps > 0.0) {
-                    return Err(BuildError::Layer {
-                        index,
-                        kind,
-                        message: format!("eps must be positive, got {}", bn.config.eps),
-                    });
+                    return Err(layer_error(format!(
+                        "eps must be positive, got {}",
+                        bn.config.eps
+                    )));
                 }
                 if let Some(m) = bn.config.momentum
                     && !(0.0..=1.0).contains(&m)
                 {
-                    return Err(BuildError::Layer {
-                        index,
-                        kind,
-                        message: format!("momentum must be in [0, 1], got {m}"),
-                    });
+                    return Err(layer_error(format!("momentum must be in [0, 1], got {m}")));
                 }
                 let d = bn.num_features;
-                let gamma = b.param(index, "weight", vec![d]);
-                let beta = b.param(index, "bias", vec![d]);
+                let gamma = b.param(index, "weight", vec![d], Init::Constant(1.0));
+                let beta = b.param(index, "bias", vec![d], Init::Constant(0.0));
                 let bn_id = b.batch_norms.len();
                 b.batch_norms.push(BatchNormState {
                     layer: index,
@@ -119,87 +134,38 @@ pub fn build(
                 });
                 let y = b.value(batch_size, d, ValueKind::Activation);
                 let saved = b.value(2, d, ValueKind::Saved);
-                b.node(
-                    Op::BatchNorm {
-                        bn: bn_id,
-                        relu: false,
-                        dropout: None,
-                    },
-                    vec![x],
-                    vec![y, saved],
-                    index,
-                );
+                let op = BatchNormOp {
+                    bn: bn_id,
+                    relu: false,
+                    dropout: None,
+                };
+                b.node(op, vec![x], vec![y, saved], index);
                 x = y;
             }
-            Layer::ReLU(_) => {
-                if shape.len() != 2 {
-                    return Err(shape_error(
-                        "[N, features] (add a Flatten before it)".into(),
-                        &shape,
-                    ));
-                }
-                // Fused into the producing Linear or BatchNorm when x has no other use.
-                if let Some(last) = b.nodes.last_mut()
-                    && last.outputs.first() == Some(&x)
-                {
-                    match &mut last.op {
-                        Op::Linear { relu, .. } | Op::BatchNorm { relu, .. } if !*relu => {
-                            *relu = true;
-                            continue;
-                        }
-                        _ => {}
-                    }
-                }
-                let y = b.value(batch_size, shape[1], ValueKind::Activation);
-                b.node(Op::Relu, vec![x], vec![y], index);
+            Layer::Activation(a) => {
+                let features = flat(&shape)?;
+                let y = b.value(batch_size, features, ValueKind::Activation);
+                b.node(ActivationOp::new(a.clone()), vec![x], vec![y], index);
                 x = y;
             }
             Layer::Dropout(d) => {
-                let p = DropProbability::new(d.p).map_err(|e| BuildError::Layer {
-                    index,
-                    kind,
-                    message: e.to_string(),
-                })?;
-                if shape.len() != 2 {
-                    return Err(shape_error(
-                        "[N, features] (add a Flatten before it)".into(),
-                        &shape,
-                    ));
-                }
-                // Folded into a batch norm whose ReLU is fused and whose output x has no other
-                // use: one pass instead of two, and the backward reads the mask off the zeros.
-                if p.get() > 0.0
-                    && let Some(last) = b.nodes.last_mut()
-                    && last.outputs.first() == Some(&x)
-                    && let Op::BatchNorm {
-                        relu: true,
-                        dropout: dropout @ None,
-                        ..
-                    } = &mut last.op
-                {
-                    *dropout = Some(FoldedDropout {
-                        p,
-                        stream: index as u32,
-                    });
-                    continue;
-                }
+                let p = DropProbability::new(d.p).map_err(|e| layer_error(e.to_string()))?;
+                let features = flat(&shape)?;
                 // p = 0 is the identity in both modes: no node at all.
                 if p.get() > 0.0 {
-                    let y = b.value(batch_size, shape[1], ValueKind::Activation);
-                    b.node(
-                        Op::Dropout {
-                            p,
-                            stream: index as u32,
-                        },
-                        vec![x],
-                        vec![y],
-                        index,
-                    );
+                    let y = b.value(batch_size, features, ValueKind::Activation);
+                    let op = DropoutOp {
+                        p,
+                        stream: index as u32,
+                    };
+                    b.node(op, vec![x], vec![y], index);
                     x = y;
                 }
             }
         }
     }
+    // Linear → ReLU, BatchNorm → ReLU (→ Dropout): see each op's `absorb`.
+    fusion::fuse(&mut b.nodes);
 
     if shape.len() != 2 {
         return Err(BuildError::Loss(format!(
@@ -212,40 +178,7 @@ pub fn build(
     let target = b.value(batch_size, 1, ValueKind::Target);
     let rows = b.value(batch_size, 4, ValueKind::LossRows);
     let dlogits = b.value(batch_size, classes, ValueKind::Gradient);
-    let loss_op = match loss {
-        Loss::CrossEntropy(ce) => {
-            if let Some(w) = &ce.config.weight
-                && w.len() != classes
-            {
-                return Err(BuildError::Loss(format!(
-                    "CrossEntropyLoss has {} class weights but the model outputs {classes} classes",
-                    w.len()
-                )));
-            }
-            if !(0.0..=1.0).contains(&ce.config.label_smoothing) {
-                return Err(BuildError::Loss(format!(
-                    "label_smoothing must be in [0, 1], got {}",
-                    ce.config.label_smoothing
-                )));
-            }
-            Op::CrossEntropy
-        }
-        Loss::BceWithLogits(bce) => {
-            if classes != 1 {
-                return Err(BuildError::Loss(format!(
-                    "BCEWithLogitsLoss needs one output per sample, but the model outputs {classes} \
-                     (end the model with a Linear(…, 1))"
-                )));
-            }
-            if !(bce.config.pos_weight >= 0.0) {
-                return Err(BuildError::Loss(format!(
-                    "pos_weight must be non-negative, got {}",
-                    bce.config.pos_weight
-                )));
-            }
-            Op::BceWithLogits
-        }
-    };
+    let loss_op = loss.op(classes).map_err(BuildError::Loss)?;
     b.nodes.push(Node {
         op: loss_op,
         inputs: vec![logits, target],
@@ -254,7 +187,7 @@ pub fn build(
         layer: None,
     });
     b.nodes.push(Node {
-        op: Op::Metrics,
+        op: Arc::new(MetricsOp),
         inputs: vec![rows],
         outputs: vec![],
         phase: Phase::Forward,
@@ -297,18 +230,19 @@ impl Builder {
         ValueId(self.values.len() - 1)
     }
 
-    fn param(&mut self, layer: usize, name: &str, shape: Vec<usize>) -> ParamId {
+    fn param(&mut self, layer: usize, name: &str, shape: Vec<usize>, init: Init) -> ParamId {
         self.params.push(Param {
             name: format!("{layer}.{name}"),
             shape,
             layer,
+            init,
         });
         ParamId(self.params.len() - 1)
     }
 
-    fn node(&mut self, op: Op, inputs: Vec<ValueId>, outputs: Vec<ValueId>, layer: usize) {
+    fn node(&mut self, op: impl Op, inputs: Vec<ValueId>, outputs: Vec<ValueId>, layer: usize) {
         self.nodes.push(Node {
-            op,
+            op: Arc::new(op),
             inputs,
             outputs,
             phase: Phase::Forward,
@@ -320,7 +254,9 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::FoldedDropout;
     use crate::nn::{BCEWithLogitsLoss, BatchNorm1d, Dropout, Flatten, Linear, ReLU};
+    use crate::ops::linear::LinearGradInputOp;
     use crate::optim::Sgd;
 
     fn sgd() -> Optimizer {
@@ -331,20 +267,22 @@ mod tests {
     fn lecture_mlp_builds_with_fused_relus_and_a_full_backward() {
         let model = Sequential::lecture_mlp(3072, 10, 0.2);
         let g = build(&model, &Loss::default(), &sgd(), &[3, 32, 32], 128).unwrap();
-        let forward: Vec<_> = g.nodes_for(Mode::Eval).map(|(_, n)| &n.op).collect();
+        let forward: Vec<_> = g.nodes_for(Mode::Eval).map(|(_, n)| n).collect();
         // Linear, then BatchNorm with its ReLU and dropout folded in, twice; Linear, loss.
+        let bn = forward[1].op_as::<BatchNormOp>();
         assert!(
             matches!(
-                forward[1],
-                Op::BatchNorm {
+                bn,
+                Some(BatchNormOp {
                     relu: true,
                     dropout: Some(FoldedDropout { stream: 4, .. }),
                     ..
-                }
+                })
             ),
             "{forward:?}"
         );
-        assert!(!forward.iter().any(|op| matches!(op, Op::Dropout { .. })));
+        assert!(!forward.iter().any(|n| n.op_as::<DropoutOp>().is_some()));
+        assert!(!forward.iter().any(|n| n.op_as::<ActivationOp>().is_some()));
         assert_eq!(g.value(g.logits).cols, 10);
         assert_eq!(g.params.len(), 10);
         assert_eq!(g.params[0].shape, vec![64, 3072]);
@@ -352,10 +290,10 @@ mod tests {
         assert!(
             !g.nodes
                 .iter()
-                .any(|n| n.inputs.contains(&g.input) && matches!(n.op, Op::LinearGradInput { .. }))
+                .any(|n| n.inputs.contains(&g.input) && n.op_as::<LinearGradInputOp>().is_some())
         );
         let last = g.nodes.last().unwrap();
-        assert_eq!(last.op, Op::OptimizerStep);
+        assert!(last.op_as::<crate::optim::OptimizerStep>().is_some());
         let backward = g
             .nodes
             .iter()
@@ -418,10 +356,17 @@ mod tests {
             .append(ReLU)
             .append(Linear::new(4, 2));
         let g = build(&model, &Loss::default(), &sgd(), &[8], 3).unwrap();
-        let forward: Vec<_> = g.nodes_for(Mode::Eval).map(|(_, n)| n.op.clone()).collect();
-        assert!(matches!(forward[0], Op::Linear { relu: true, .. }));
+        let forward: Vec<_> = g.nodes_for(Mode::Eval).map(|(_, n)| n).collect();
+        assert!(matches!(
+            forward[0].op_as::<LinearOp>(),
+            Some(LinearOp { relu: true, .. })
+        ));
         // The second ReLU cannot fuse again: a standalone node.
-        assert_eq!(forward[1], Op::Relu);
-        assert!(!forward.iter().any(|op| matches!(op, Op::Dropout { .. })));
+        assert!(
+            forward[1]
+                .op_as::<ActivationOp>()
+                .is_some_and(ActivationOp::is_relu)
+        );
+        assert!(!forward.iter().any(|n| n.op_as::<DropoutOp>().is_some()));
     }
 }

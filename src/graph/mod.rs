@@ -5,8 +5,14 @@
 
 mod autodiff;
 mod build;
+mod fusion;
+mod op;
 
+use std::sync::Arc;
+
+pub use autodiff::Autodiff;
 pub use build::build;
+pub use op::Op;
 
 use crate::nn::Loss;
 use crate::ops::batchnorm::BatchNormConfig;
@@ -61,6 +67,17 @@ pub struct Param {
     pub shape: Vec<usize>,
     /// Index of its layer in the Sequential.
     pub layer: usize,
+    /// How its initial values are drawn.
+    pub init: Init,
+}
+
+/// A parameter's initial values, as PyTorch's `reset_parameters` draws them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Uniform in ±bound (Linear: bound = 1/√fan_in; 0 gives zeros).
+    Uniform { bound: f32 },
+    /// Every element the same (BatchNorm1d: γ = 1, β = 0).
+    Constant(f32),
 }
 
 impl Param {
@@ -103,59 +120,11 @@ pub struct FoldedDropout {
     pub stream: u32,
 }
 
-/// Operations. Inputs and outputs are listed per variant as (inputs) → (outputs).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Op {
-    /// (x) → (y): y = x·Wᵀ + b, then ReLU if fused.
-    Linear {
-        weight: ParamId,
-        bias: Option<ParamId>,
-        relu: bool,
-    },
-    /// (x) → (y, saved). Train: batch statistics, running-stat update, saved = [mean; invstd].
-    /// Eval: running statistics; `saved` is not produced. A folded dropout (only after the
-    /// fused ReLU) applies in train mode: y is then the dropout's output.
-    BatchNorm {
-        bn: usize,
-        relu: bool,
-        dropout: Option<FoldedDropout>,
-    },
-    /// (x) → (y)
-    Relu,
-    /// (x) → (y). Eval: identity (y is x).
-    Dropout { p: DropProbability, stream: u32 },
-    /// (logits, target) → (rows, dlogits). Eval produces no dlogits.
-    CrossEntropy,
-    /// (logits, target) → (rows, dlogits). Eval produces no dlogits.
-    BceWithLogits,
-    /// (rows) → (): folds the batch's loss and accuracy into the running totals.
-    Metrics,
-    /// (y, dy) → (dx): dx = dy·\[y > 0\].
-    ReluBackward,
-    /// (dy) → (dx): dx = dy·W.
-    LinearGradInput { weight: ParamId },
-    /// (dy, x) → (): dW = dyᵀ·x, db = Σ_rows dy, into the gradient buffer.
-    LinearGradParams {
-        weight: ParamId,
-        bias: Option<ParamId>,
-    },
-    /// (x, y, dy, saved) → (dx), with dγ, dβ into the gradient buffer; through the folded
-    /// dropout too.
-    BatchNormBackward {
-        bn: usize,
-        relu: bool,
-        dropout: Option<FoldedDropout>,
-    },
-    /// (dy) → (dx): the forward's mask, recomputed.
-    DropoutBackward { p: DropProbability, stream: u32 },
-    /// () → (): every parameter updated from its gradient.
-    OptimizerStep,
-}
-
-/// One operation with its operands.
-#[derive(Clone, Debug, PartialEq)]
+/// One operation with its operands. What the operation does, in both executors and in
+/// autodiff, is its [`Op`] implementation's business; the graph only wires values.
+#[derive(Clone, Debug)]
 pub struct Node {
-    pub op: Op,
+    pub op: Arc<dyn Op>,
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
     pub phase: Phase,
@@ -241,23 +210,21 @@ pub enum BuildError {
 }
 
 impl Node {
-    /// The outputs this node writes in `mode`: eval batch norm saves nothing, eval losses give
-    /// no gradient, and eval dropout writes nothing (its output is its input, see
-    /// [`Node::alias_in`]).
+    /// The outputs this node writes in `mode` (a leading part of its outputs: eval batch norm
+    /// saves nothing, eval losses give no gradient, eval dropout writes nothing).
     pub fn outputs_in(&self, mode: Mode) -> &[ValueId] {
-        match (&self.op, mode) {
-            (Op::Dropout { .. }, Mode::Eval) => &[],
-            (Op::BatchNorm { .. }, Mode::Eval)
-            | (Op::CrossEntropy | Op::BceWithLogits, Mode::Eval) => &self.outputs[..1],
-            _ => &self.outputs,
-        }
+        &self.outputs[..self.op.outputs_in(mode, self.outputs.len())]
     }
 
-    /// (output, input) when the output is the input itself in `mode`.
+    /// (output, input) when the output is the input itself in `mode` (eval dropout).
     pub fn alias_in(&self, mode: Mode) -> Option<(ValueId, ValueId)> {
-        match (&self.op, mode) {
-            (Op::Dropout { .. }, Mode::Eval) => Some((self.outputs[0], self.inputs[0])),
-            _ => None,
-        }
+        self.op
+            .aliases_input(mode)
+            .then(|| (self.outputs[0], self.inputs[0]))
+    }
+
+    /// The op as its concrete type, when it is one.
+    pub fn op_as<T: Op>(&self) -> Option<&T> {
+        self.op.as_any().downcast_ref()
     }
 }

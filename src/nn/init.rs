@@ -2,7 +2,7 @@
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use super::{Layer, Sequential};
+use crate::graph::{Init, Param};
 
 /// Bound of `kaiming_uniform_(w, a=√5)` for fan_in inputs: gain·√(3/fan_in) with
 /// gain = √(2/(1+a²)), which is 1/√fan_in — the same bound PyTorch uses for the bias.
@@ -14,58 +14,41 @@ pub fn kaiming_uniform_bound(fan_in: usize) -> f32 {
     }
 }
 
-/// Initial state of every layer, in state_dict order: Linear weight and bias uniform in
-/// ±1/√in_features; BatchNorm1d γ = 1, β = 0, running mean 0, variance 1. Seeded, so the same
-/// seed gives the same model (the values differ from PyTorch's own generator).
-pub fn init_parameters(model: &Sequential, seed: u64) -> Vec<(String, Vec<f32>)> {
+/// Initial values of every parameter, in the graph's (state_dict) order, each as its
+/// [`Init`] says: Linear weight and bias uniform in ±1/√in_features; BatchNorm1d γ = 1,
+/// β = 0 (running statistics start at mean 0, variance 1 in their own state). Seeded, so the
+/// same seed gives the same model (the values differ from PyTorch's own generator).
+pub fn init_parameters(params: &[Param], seed: u64) -> Vec<Vec<f32>> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    for (i, layer) in model.layers().iter().enumerate() {
-        match layer {
-            Layer::Linear(l) => {
-                let bound = kaiming_uniform_bound(l.in_features);
-                let mut draw = |len: usize| -> Vec<f32> {
-                    (0..len)
-                        .map(|_| {
-                            if bound > 0.0 {
-                                rng.random_range(-bound..bound)
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect()
-                };
-                out.push((format!("{i}.weight"), draw(l.out_features * l.in_features)));
-                if l.bias {
-                    out.push((format!("{i}.bias"), draw(l.out_features)));
-                }
-            }
-            Layer::BatchNorm1d(b) => {
-                let d = b.num_features;
-                out.push((format!("{i}.weight"), vec![1.0; d]));
-                out.push((format!("{i}.bias"), vec![0.0; d]));
-                out.push((format!("{i}.running_mean"), vec![0.0; d]));
-                out.push((format!("{i}.running_var"), vec![1.0; d]));
-            }
-            _ => {}
-        }
-    }
-    out
+    params
+        .iter()
+        .map(|p| match p.init {
+            Init::Uniform { bound } if bound > 0.0 => (0..p.len())
+                .map(|_| rng.random_range(-bound..bound))
+                .collect(),
+            Init::Uniform { .. } => vec![0.0; p.len()],
+            Init::Constant(v) => vec![v; p.len()],
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::{Loss, Sequential};
+    use crate::optim::{Optimizer, Sgd};
 
     #[test]
     fn linear_init_is_uniform_within_pytorch_bound_and_seeded() {
         let model = Sequential::lecture_mlp(3072, 10, 0.2);
-        let a = init_parameters(&model, 7);
-        let b = init_parameters(&model, 7);
+        let sgd = Optimizer::Sgd(Sgd::default());
+        let graph = crate::graph::build(&model, &Loss::default(), &sgd, &[3072], 4).unwrap();
+        let a = init_parameters(&graph.params, 7);
+        let b = init_parameters(&graph.params, 7);
         assert_eq!(a, b);
-        assert_ne!(a, init_parameters(&model, 8));
-        let (name, w) = &a[0];
-        assert_eq!(name, "1.weight");
+        assert_ne!(a, init_parameters(&graph.params, 8));
+        let w = &a[0];
+        assert_eq!(graph.params[0].name, "1.weight");
         let bound = 1.0 / 3072f32.sqrt();
         assert!(w.iter().all(|v| v.abs() <= bound));
         // Uniform on ±bound has variance bound²/3.
@@ -75,8 +58,9 @@ mod tests {
             "variance ratio {}",
             var / (bound * bound / 3.0)
         );
-        let bn: Vec<_> = a.iter().filter(|(n, _)| n.starts_with("2.")).collect();
-        assert_eq!(bn[0].1, vec![1.0; 64]);
-        assert_eq!(bn[3].1, vec![1.0; 64]);
+        // BatchNorm1d(64) at index 2: γ = 1, β = 0.
+        assert_eq!(graph.params[2].name, "2.weight");
+        assert_eq!(a[2], vec![1.0; 64]);
+        assert_eq!(a[3], vec![0.0; 64]);
     }
 }

@@ -1,14 +1,11 @@
 //! Layers and `Sequential`, mirroring torch.nn's constructors and state_dict names.
 
+use crate::ops::activation::{Activation, AnyActivation, ReLU};
 use crate::ops::batchnorm::BatchNormConfig;
 
 /// `torch.nn.Flatten()`: [N, d1, d2, …] → [N, d1·d2·…].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flatten;
-
-/// `torch.nn.ReLU()`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReLU;
 
 /// `torch.nn.Linear(in_features, out_features, bias=True)`: y = x·Wᵀ + b with W: [out, in].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,13 +70,14 @@ impl Dropout {
     }
 }
 
-/// One entry of a [`Sequential`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One entry of a [`Sequential`]. Every element-wise activation (ReLU, Sigmoid, Tanh,
+/// GELU, LeakyReLU, see [`crate::ops::activation`]) is one variant.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Layer {
     Flatten(Flatten),
     Linear(Linear),
     BatchNorm1d(BatchNorm1d),
-    ReLU(ReLU),
+    Activation(AnyActivation),
     Dropout(Dropout),
 }
 
@@ -90,7 +88,7 @@ impl Layer {
             Layer::Flatten(_) => "Flatten",
             Layer::Linear(_) => "Linear",
             Layer::BatchNorm1d(_) => "BatchNorm1d",
-            Layer::ReLU(_) => "ReLU",
+            Layer::Activation(a) => a.kind(),
             Layer::Dropout(_) => "Dropout",
         }
     }
@@ -107,7 +105,7 @@ impl Layer {
                 "running_var",
                 "num_batches_tracked",
             ],
-            _ => &[],
+            Layer::Flatten(_) | Layer::Activation(_) | Layer::Dropout(_) => &[],
         }
     }
 }
@@ -121,7 +119,19 @@ macro_rules! layer_from {
         }
     )*};
 }
-layer_from!(Flatten, Linear, BatchNorm1d, ReLU, Dropout);
+layer_from!(Flatten, Linear, BatchNorm1d, Dropout);
+
+impl<A: Activation> From<A> for Layer {
+    fn from(activation: A) -> Self {
+        Layer::Activation(AnyActivation::new(activation))
+    }
+}
+
+impl From<AnyActivation> for Layer {
+    fn from(activation: AnyActivation) -> Self {
+        Layer::Activation(activation)
+    }
+}
 
 /// `torch.nn.Sequential`: layers applied in order; entry i's state is named `"{i}.…"`.
 #[derive(Clone, Debug, Default, PartialEq)]

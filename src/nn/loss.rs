@@ -1,7 +1,10 @@
 //! Loss functions, as torch.nn's criteria.
 
-use crate::ops::bce::BceConfig;
-use crate::ops::softmax_xent::CrossEntropyConfig;
+use std::sync::Arc;
+
+use crate::graph::Op;
+use crate::ops::bce::{BceConfig, BceWithLogitsOp};
+use crate::ops::softmax_xent::{CrossEntropyConfig, CrossEntropyOp};
 
 /// `torch.nn.CrossEntropyLoss`: softmax + negative log-likelihood over class logits.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -52,6 +55,49 @@ impl BCEWithLogitsLoss {
 pub enum Loss {
     CrossEntropy(CrossEntropyLoss),
     BceWithLogits(BCEWithLogitsLoss),
+}
+
+impl Loss {
+    /// The graph's loss node for a model with `classes` outputs, once the loss's options are
+    /// checked against them (the message says what does not fit).
+    pub(crate) fn op(&self, classes: usize) -> Result<Arc<dyn Op>, String> {
+        match self {
+            Loss::CrossEntropy(ce) => {
+                if let Some(w) = &ce.config.weight
+                    && w.len() != classes
+                {
+                    return Err(format!(
+                        "CrossEntropyLoss has {} class weights but the model outputs {classes} classes",
+                        w.len()
+                    ));
+                }
+                if !(0.0..=1.0).contains(&ce.config.label_smoothing) {
+                    return Err(format!(
+                        "label_smoothing must be in [0, 1], got {}",
+                        ce.config.label_smoothing
+                    ));
+                }
+                Ok(Arc::new(CrossEntropyOp {
+                    config: ce.config.clone(),
+                }))
+            }
+            Loss::BceWithLogits(bce) => {
+                if classes != 1 {
+                    return Err(format!(
+                        "BCEWithLogitsLoss needs one output per sample, but the model outputs {classes} \
+                         (end the model with a Linear(…, 1))"
+                    ));
+                }
+                if !(bce.config.pos_weight >= 0.0) {
+                    return Err(format!(
+                        "pos_weight must be non-negative, got {}",
+                        bce.config.pos_weight
+                    ));
+                }
+                Ok(Arc::new(BceWithLogitsOp { config: bce.config }))
+            }
+        }
+    }
 }
 
 impl Default for Loss {

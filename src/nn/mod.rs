@@ -29,6 +29,7 @@ mod layers;
 mod loss;
 pub mod spec;
 
+pub use crate::ops::activation::layers::*;
 pub use init::{init_parameters, kaiming_uniform_bound};
-pub use layers::{BatchNorm1d, Dropout, Flatten, Layer, Linear, ReLU, Sequential};
+pub use layers::{BatchNorm1d, Dropout, Flatten, Layer, Linear, Sequential};
 pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss};

@@ -6,10 +6,17 @@
 //! | `flatten` | `nn.Flatten()` |
 //! | `linear:N` (`linear:N:nobias`) | `nn.Linear(in, N)`, `in` taken from the previous layer or the data |
 //! | `bn` (`batchnorm`) | `nn.BatchNorm1d(features)` |
-//! | `relu` | `nn.ReLU()` |
 //! | `dropout` (`dropout:P`) | `nn.Dropout(P)`, P = 0.5 by default as in PyTorch |
+//! | `relu` | `nn.ReLU()` |
+//! | `sigmoid` | `nn.Sigmoid()` |
+//! | `tanh` | `nn.Tanh()` |
+//! | `gelu` (`gelu:tanh`) | `nn.GELU()` (`nn.GELU(approximate='tanh')`) |
+//! | `leaky_relu` (`leaky_relu:SLOPE`) | `nn.LeakyReLU(SLOPE)`, SLOPE = 0.01 by default |
+//!
+//! The activations' tokens come from their own modules ([`crate::ops::activation::TOKENS`]).
 
-use super::{BatchNorm1d, Dropout, Flatten, Layer, Linear, ReLU, Sequential};
+use super::{BatchNorm1d, Dropout, Flatten, Layer, Linear, Sequential};
+use crate::ops::activation::{self, AnyActivation};
 
 /// The lecture's MLP with dropout 0.2; the output size is the number of classes.
 pub const LECTURE_SPEC: &str =
@@ -29,12 +36,12 @@ pub struct SpecError {
 }
 
 /// One parsed token, before the input size is known.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Token {
     Flatten,
     Linear { out: usize, bias: bool },
     BatchNorm,
-    Relu,
+    Activation(AnyActivation),
     Dropout(f32),
 }
 
@@ -86,7 +93,7 @@ pub fn parse(spec: &str, sample_shape: &[usize]) -> Result<Sequential, SpecError
                 }
             }
             Token::BatchNorm => BatchNorm1d::new(features.ok_or_else(|| needs_flat("bn"))?).into(),
-            Token::Relu => ReLU.into(),
+            Token::Activation(a) => a.into(),
             Token::Dropout(p) => Dropout::new(p).into(),
         };
         model.push(layer);
@@ -108,7 +115,6 @@ fn parse_token(token: &str) -> Result<Token, String> {
     };
     match name.as_str() {
         "flatten" => no_args(Token::Flatten),
-        "relu" => no_args(Token::Relu),
         "bn" | "batchnorm" | "batchnorm1d" => no_args(Token::BatchNorm),
         "linear" => {
             let out = args
@@ -143,9 +149,17 @@ fn parse_token(token: &str) -> Result<Token, String> {
             _ => Err("dropout takes one probability, e.g. dropout:0.2".into()),
         },
         "" => Err("empty token (two commas in a row?)".into()),
-        other => Err(format!(
-            "unknown layer {other:?}; expected flatten, linear:N, bn, relu or dropout:P"
-        )),
+        other => match activation::parse_token(other, &args) {
+            Some(parsed) => parsed.map(Token::Activation),
+            None => {
+                let activations: Vec<&str> = activation::TOKENS.iter().map(|t| t.usage).collect();
+                Err(format!(
+                    "unknown layer {other:?}; expected flatten, linear:N, bn, dropout:P or an \
+                     activation ({})",
+                    activations.join(", ")
+                ))
+            }
+        },
     }
 }
 
@@ -159,7 +173,7 @@ pub fn to_spec(model: &Sequential) -> String {
             Layer::Linear(l) if l.bias => format!("linear:{}", l.out_features),
             Layer::Linear(l) => format!("linear:{}:nobias", l.out_features),
             Layer::BatchNorm1d(_) => "bn".to_string(),
-            Layer::ReLU(_) => "relu".to_string(),
+            Layer::Activation(a) => a.spec(),
             Layer::Dropout(d) => format!("dropout:{}", d.p),
         })
         .collect::<Vec<_>>()

@@ -7,6 +7,10 @@ use super::softmax_xent::Reduction;
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_shape, groups};
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
+use std::any::Any;
+
+use crate::exec::{CpuCx, GpuCx};
+use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
 
 /// `torch.nn.BCEWithLogitsLoss`'s options (a scalar `pos_weight`: one output).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -158,6 +162,79 @@ pub fn bce_with_logits(
         }
     };
     Ok((loss, grad))
+}
+
+/// (logits, target) → (rows, dlogits): `nn.BCEWithLogitsLoss` as the graph's loss node over
+/// one logit per sample. Rows are per sample (scaled loss, correct, 1, 0); eval writes no
+/// gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BceWithLogitsOp {
+    pub config: BceConfig,
+}
+
+impl Op for BceWithLogitsOp {
+    fn name(&self) -> &'static str {
+        "bce_with_logits"
+    }
+
+    fn outputs_in(&self, mode: Mode, outputs: usize) -> usize {
+        match mode {
+            Mode::Train => outputs,
+            Mode::Eval => 1,
+        }
+    }
+
+    fn has_params(&self) -> bool {
+        false
+    }
+
+    fn backward(&self, _: &Node, _: ValueId, _: &mut Autodiff<'_>) -> Option<ValueId> {
+        // The loss node writes its own gradient (dlogits) in the forward pass.
+        None
+    }
+
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+        let logits = cx.input(node, 0);
+        let y: Vec<f32> = cx.labels.iter().map(|&l| l as f32).collect();
+        let scale = loss_scale(y.len(), self.config.reduction);
+        let none = BceConfig {
+            reduction: Reduction::None,
+            ..self.config
+        };
+        let (per_row, _) = reference(logits, &y, none);
+        let (reduced, grad) = reference(logits, &y, self.config);
+        let mut rows = Vec::with_capacity(y.len() * 4);
+        for ((&loss, &x), &t) in per_row.iter().zip(logits).zip(&y) {
+            let correct = (x > 0.0) == (t > 0.5);
+            rows.extend_from_slice(&[loss * scale, f32::from(u8::from(correct)), 1.0, 0.0]);
+        }
+        *cx.loss = reduced.first().copied().unwrap_or(f32::NAN);
+        match cx.mode {
+            Mode::Train => vec![rows, grad],
+            Mode::Eval => vec![rows],
+        }
+    }
+
+    fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
+        let rows = cx.input_shape(node, 0).0;
+        let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
+        let d = dispatch(
+            cx.ctx,
+            rows,
+            self.config,
+            cx.step,
+            cx.input(node, 0),
+            cx.input(node, 1),
+            cx.output(node, 0),
+            grad,
+        )?;
+        cx.push(d);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 #[cfg(test)]

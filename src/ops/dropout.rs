@@ -12,6 +12,10 @@ use super::philox::philox4x32_10;
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, groups};
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader, grid_1d};
+use std::any::Any;
+
+use crate::exec::{CpuCx, GpuCx};
+use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
 
 /// A validated drop probability.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -159,6 +163,127 @@ pub fn dropout(
     )?;
     ctx.submit(&[&d]);
     Ok(y)
+}
+
+/// (x) → (y): `nn.Dropout(p)` in the graph. Eval: identity (y is x, the same buffer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutOp {
+    pub p: DropProbability,
+    /// The mask stream: the Dropout layer's index.
+    pub stream: u32,
+}
+
+/// (dy) → (dx): the forward's mask, recomputed from (seed, layer, step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutBackwardOp {
+    pub p: DropProbability,
+    pub stream: u32,
+}
+
+impl Op for DropoutOp {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn outputs_in(&self, mode: Mode, outputs: usize) -> usize {
+        match mode {
+            Mode::Train => outputs,
+            Mode::Eval => 0,
+        }
+    }
+
+    fn aliases_input(&self, mode: Mode) -> bool {
+        mode == Mode::Eval
+    }
+
+    fn has_params(&self) -> bool {
+        false
+    }
+
+    fn backward(&self, node: &Node, dy: ValueId, ad: &mut Autodiff<'_>) -> Option<ValueId> {
+        let x = node.inputs[0];
+        let op = DropoutBackwardOp {
+            p: self.p,
+            stream: self.stream,
+        };
+        ad.needs_grad(x).then(|| ad.push_gradient(op, vec![dy], x))
+    }
+
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+        match cx.mode {
+            Mode::Train => vec![reference(
+                cx.input(node, 0),
+                self.p,
+                cx.stream(self.stream),
+                cx.step(),
+            )],
+            Mode::Eval => vec![],
+        }
+    }
+
+    fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
+        // Eval: the output is the input; nothing to run.
+        if cx.mode == Mode::Train {
+            encode_mask(node, self.p, self.stream, cx)?;
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Op for DropoutBackwardOp {
+    fn name(&self) -> &'static str {
+        "dropout_backward"
+    }
+
+    fn has_params(&self) -> bool {
+        false
+    }
+
+    fn backward(&self, _: &Node, _: ValueId, _: &mut Autodiff<'_>) -> Option<ValueId> {
+        None
+    }
+
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+        vec![reference(
+            cx.input(node, 0),
+            self.p,
+            cx.stream(self.stream),
+            cx.step(),
+        )]
+    }
+
+    fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
+        encode_mask(node, self.p, self.stream, cx)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// out = in · mask / (1 - p): the forward and its backward are the same map.
+fn encode_mask(
+    node: &Node,
+    p: DropProbability,
+    stream: u32,
+    cx: &mut GpuCx<'_, '_>,
+) -> Result<(), GpuError> {
+    let len = cx.graph.value(node.inputs[0]).len();
+    let d = dispatch(
+        cx.ctx,
+        len,
+        p,
+        cx.stream(stream),
+        cx.step,
+        cx.input(node, 0),
+        cx.output(node, 0),
+    )?;
+    cx.push(d);
+    Ok(())
 }
 
 #[cfg(test)]

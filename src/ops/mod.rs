@@ -1,10 +1,11 @@
 //! Operations: for each, its GPU launcher, its CPU reference (the specification, in plain
 //! loops) and the tests that hold one against the other. `shaders/<op>.wgsl` is beside each.
 
+pub mod activation;
 pub mod batchnorm;
 pub mod bce;
 pub mod dropout;
-pub mod elementwise;
+pub mod linear;
 pub mod matmul;
 pub mod philox;
 pub mod reduce;

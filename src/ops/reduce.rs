@@ -5,6 +5,10 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{OpError, expect_matrix, groups};
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
+use std::any::Any;
+
+use crate::exec::{CpuCx, GpuCx};
+use crate::graph::{Autodiff, Node, Op, ValueId};
 
 /// CPU reference: out\[j\] = Σ_i x\[i, j\] over x: \[n, d\].
 pub fn reference_column_sum(x: &[f32], d: usize) -> Vec<f32> {
@@ -124,6 +128,53 @@ impl Totals {
 
     pub fn accuracy(&self) -> f64 {
         self.correct / self.count
+    }
+}
+
+/// (rows) → (): folds the batch's per-row (loss, correct, counted) into the running totals,
+/// noting the first step whose loss is not finite.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MetricsOp;
+
+impl Op for MetricsOp {
+    fn name(&self) -> &'static str {
+        "metrics"
+    }
+
+    fn has_params(&self) -> bool {
+        false
+    }
+
+    fn backward(&self, _: &Node, _: ValueId, _: &mut Autodiff<'_>) -> Option<ValueId> {
+        None
+    }
+
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+        let r = cx.input(node, 0);
+        let batch_loss: f64 = r.chunks(4).map(|c| f64::from(c[0])).sum();
+        let counted: f64 = r.chunks(4).map(|c| f64::from(c[2])).sum();
+        let step = cx.step();
+        let t = &mut *cx.totals;
+        t.weighted_loss += batch_loss * counted;
+        t.correct += r.chunks(4).map(|c| f64::from(c[1])).sum::<f64>();
+        t.count += counted;
+        t.batches += 1;
+        t.last_loss = batch_loss as f32;
+        if !batch_loss.is_finite() && t.first_nonfinite_step.is_none() {
+            t.first_nonfinite_step = Some(step as u32);
+        }
+        vec![]
+    }
+
+    fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
+        let rows = cx.input_shape(node, 0).0;
+        let d = metrics_dispatch(cx.ctx, rows, cx.step, cx.input(node, 0), cx.totals)?;
+        cx.push(d);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

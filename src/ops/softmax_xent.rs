@@ -11,6 +11,10 @@ use bytemuck::{Pod, Zeroable};
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_matrix, expect_shape, groups};
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
+use std::any::Any;
+
+use crate::exec::{CpuCx, GpuCx};
+use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
 
 /// How per-sample losses are combined, as PyTorch's `reduction`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -350,6 +354,92 @@ pub fn cross_entropy(
         Reduction::Mean => vec![losses.iter().map(|&v| f64::from(v)).sum::<f64>() as f32],
     };
     Ok((loss, grad))
+}
+
+/// (logits, target) → (rows, dlogits): `nn.CrossEntropyLoss` as the graph's loss node. Rows
+/// are per sample (scaled loss, correct, counted, 0) for the metrics; eval writes no gradient.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CrossEntropyOp {
+    pub config: CrossEntropyConfig,
+}
+
+impl Op for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+
+    fn outputs_in(&self, mode: Mode, outputs: usize) -> usize {
+        match mode {
+            Mode::Train => outputs,
+            Mode::Eval => 1,
+        }
+    }
+
+    fn has_params(&self) -> bool {
+        false
+    }
+
+    fn backward(&self, _: &Node, _: ValueId, _: &mut Autodiff<'_>) -> Option<ValueId> {
+        // The loss node writes its own gradient (dlogits) in the forward pass.
+        None
+    }
+
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+        let logits = cx.input(node, 0);
+        let c = cx.input_shape(node, 0).1;
+        let targets: Vec<i64> = cx.labels.iter().map(|&l| i64::from(l)).collect();
+        let scale = loss_scale(&targets, &self.config);
+        let none = CrossEntropyConfig {
+            reduction: Reduction::None,
+            ..self.config.clone()
+        };
+        let (per_row, _) = reference(logits, c, &targets, &none);
+        let (reduced, grad) = reference(logits, c, &targets, &self.config);
+        let mut rows = Vec::with_capacity(targets.len() * 4);
+        for (r, (&loss, &t)) in per_row.iter().zip(&targets).enumerate() {
+            let row = &logits[r * c..(r + 1) * c];
+            let counted = t != self.config.ignore_index;
+            // torch.argmax: the first maximum.
+            let argmax = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
+                    if v > best.1 { (j, v) } else { best }
+                })
+                .0;
+            let correct = counted && argmax as i64 == t;
+            rows.extend_from_slice(&[
+                if counted { loss * scale } else { 0.0 },
+                f32::from(u8::from(correct)),
+                f32::from(u8::from(counted)),
+                0.0,
+            ]);
+        }
+        *cx.loss = reduced.first().copied().unwrap_or(f32::NAN);
+        match cx.mode {
+            Mode::Train => vec![rows, grad],
+            Mode::Eval => vec![rows],
+        }
+    }
+
+    fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
+        let (n, c) = cx.input_shape(node, 0);
+        let bindings = XentBindings {
+            step: cx.step,
+            logits: cx.input(node, 0),
+            targets: cx.input(node, 1),
+            weight: cx.class_weight.map(Binding::whole),
+            rows: cx.output(node, 0),
+            grad: (cx.mode == Mode::Train).then(|| cx.output(node, 1)),
+        };
+        let d = dispatch(cx.ctx, n, c, &self.config, bindings)?;
+        cx.push(d);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@ pub use schedule::LrSchedule;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
 use crate::ops::step::StepParams;
 use crate::ops::{OpError, groups};
+use std::any::Any;
+
+use crate::exec::{CpuCx, GpuCx};
+use crate::graph::{Autodiff, Node, Op, ValueId};
 
 /// `torch.optim.SGD`'s options.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -313,6 +317,77 @@ pub fn dispatch<'a>(
         &bindings,
         workgroups,
     )
+}
+
+/// () → (): every parameter updated from its gradient, in one pass over the flat buffers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimizerStep {
+    pub optimizer: Optimizer,
+}
+
+impl Op for OptimizerStep {
+    fn name(&self) -> &'static str {
+        "optimizer_step"
+    }
+
+    fn has_params(&self) -> bool {
+        true
+    }
+
+    fn backward(&self, _: &Node, _: ValueId, _: &mut Autodiff<'_>) -> Option<ValueId> {
+        None
+    }
+
+    fn run_cpu(&self, _: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+        let step = cx.state.step;
+        for (i, grad) in cx.grads.iter().enumerate() {
+            let mut state: Vec<Vec<f32>> = cx
+                .state
+                .optimizer
+                .iter_mut()
+                .map(|s| std::mem::take(&mut s[i]))
+                .collect();
+            reference_step(
+                &self.optimizer,
+                step,
+                &mut cx.state.params[i],
+                grad,
+                &mut state,
+            );
+            for (k, s) in state.into_iter().enumerate() {
+                cx.state.optimizer[k][i] = s;
+            }
+        }
+        cx.state.step += 1;
+        vec![]
+    }
+
+    fn encode_gpu(&self, _: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
+        let state = cx.state;
+        let len = state.layout.params_len;
+        // The first `len` floats of each flat buffer.
+        let flat = |buffer| Binding {
+            buffer,
+            offset: 0,
+            size: (len * 4) as u64,
+        };
+        let opt_state: Vec<Binding<'_>> = state.optimizer.iter().map(flat).collect();
+        let d = dispatch(
+            cx.ctx,
+            &self.optimizer,
+            len,
+            cx.step,
+            flat(&state.params),
+            flat(&state.grads),
+            &opt_state,
+        )?;
+        cx.push(d);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 #[cfg(test)]

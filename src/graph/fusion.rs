@@ -1,0 +1,43 @@
+//! Fusion as a rule over the graph: a node whose output 0 is read by exactly one node, that
+//! node having it as its only input, becomes one node when the producer's [`Op::absorb`]
+//! accepts the consumer. The pair's intermediate value then has no writer and no slot.
+
+use super::{Node, ValueId};
+
+/// Fuses every producer/consumer pair its ops allow, repeatedly (BatchNorm absorbs its ReLU,
+/// then the Dropout after it), in the layers' forward nodes (before the loss reads the
+/// model's output, which is always the last consumer's output and so survives).
+pub(super) fn fuse(nodes: &mut Vec<Node>) {
+    let mut i = 0;
+    while i < nodes.len() {
+        let Some(&y) = nodes[i].outputs.first() else {
+            i += 1;
+            continue;
+        };
+        let readers: Vec<usize> = readers_of(nodes, y).collect();
+        let fused = match readers.as_slice() {
+            [j] if nodes[*j].inputs == [y] => {
+                nodes[i].op.absorb(nodes[*j].op.as_ref()).map(|op| (*j, op))
+            }
+            _ => None,
+        };
+        match fused {
+            Some((j, op)) => {
+                let consumer: Node = nodes.remove(j);
+                let producer = &mut nodes[i];
+                producer.op = op;
+                producer.outputs[0] = consumer.outputs[0];
+                // Stay on this node: it may absorb the next one too.
+            }
+            None => i += 1,
+        }
+    }
+}
+
+fn readers_of(nodes: &[Node], v: ValueId) -> impl Iterator<Item = usize> + '_ {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(move |(_, n)| n.inputs.contains(&v))
+        .map(|(j, _)| j)
+}

@@ -1,0 +1,298 @@
+//! BatchNorm1d's kernels (`shaders/batchnorm.wgsl`): parameters, bindings and dispatches.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{BatchNormConfig, FusedDropout};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
+use crate::ops::groups;
+
+/// Mirrors `Params` in `shaders/batchnorm.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    d: u32,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    threshold: u32,
+    scale: f32,
+    key0: u32,
+    key1: u32,
+    _pad: [u32; 3],
+}
+
+const FLAG_RELU: u32 = 1;
+const FLAG_FROM_VARIANCE: u32 = 2;
+const FLAG_CUMULATIVE: u32 = 4;
+const FLAG_COUNT_BATCH: u32 = 8;
+const FLAG_DROPOUT: u32 = 16;
+
+/// Shape of the per-feature reductions' workgroups: (features, rows sharing a feature).
+/// GPUs split a feature's rows over 16 invocations; lavapipe, whose barriers are costly, uses
+/// one invocation per feature.
+fn reduction_shape(ctx: &GpuContext) -> (u32, u32) {
+    if ctx.kernels().parallel_reductions {
+        (16, 16)
+    } else {
+        (64, 1)
+    }
+}
+
+// @binding numbers in shaders/batchnorm.wgsl.
+const X: u32 = 1;
+const Y: u32 = 2;
+const DY: u32 = 3;
+const DX: u32 = 4;
+const SAVED: u32 = 5;
+const RUNNING: u32 = 6;
+const GAMMA: u32 = 7;
+const BETA: u32 = 8;
+const DGAMMA: u32 = 9;
+const DBETA: u32 = 10;
+const NUM_BATCHES: u32 = 11;
+const STEP: u32 = 12;
+
+fn params(
+    n: usize,
+    d: usize,
+    config: BatchNormConfig,
+    flags: u32,
+    dropout: Option<FusedDropout>,
+) -> Params {
+    let cumulative = if config.momentum.is_none() {
+        FLAG_CUMULATIVE
+    } else {
+        0
+    };
+    let mut params = Params {
+        n: n as u32,
+        d: d as u32,
+        eps: config.eps,
+        momentum: config.momentum.unwrap_or(0.0),
+        flags: flags | cumulative,
+        threshold: 0,
+        scale: 1.0,
+        key0: 0,
+        key1: 0,
+        _pad: [0; 3],
+    };
+    if let Some(FusedDropout { p, stream }) = dropout {
+        let [key0, key1] = stream.key();
+        params.flags |= FLAG_DROPOUT;
+        params.threshold = p.threshold();
+        params.scale = p.scale();
+        params.key0 = key0;
+        params.key1 = key1;
+    }
+    params
+}
+
+/// The fused dropout runs after the fused ReLU, never alone: its backward reads the dropped
+/// elements off the output's zeros, which only the ReLU makes unambiguous.
+fn check_fusion(relu: bool, dropout: Option<FusedDropout>) -> Result<(), GpuError> {
+    if dropout.is_some() && !relu {
+        return Err(GpuError::Unsupported(
+            "batch norm: a fused dropout needs the fused ReLU before it".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn kernel(ctx: &GpuContext, entry: &'static str) -> Kernel {
+    let (features, rows) = reduction_shape(ctx);
+    Kernel::new(Shader::BatchNorm, entry)
+        .with("WG_FEATURES", features)
+        .with("ROWS", rows)
+}
+
+fn feature_grid(ctx: &GpuContext, d: usize) -> [u32; 3] {
+    [groups(d, reduction_shape(ctx).0), 1, 1]
+}
+
+/// Grid of the element-wise kernels: x over features (64 per workgroup), y and z over rows
+/// (4 per workgroup), as `map_row` in the shader reads them.
+fn element_grid(ctx: &GpuContext, n: usize, d: usize) -> [u32; 3] {
+    let max = ctx.limits().max_compute_workgroups_per_dimension;
+    let row_groups = groups(n, 4);
+    let [y, z, _] = grid_1d(row_groups, max);
+    [groups(d, 64), y, z]
+}
+
+/// The GPU buffers of one BatchNorm1d layer.
+#[derive(Clone, Copy)]
+pub struct LayerBindings<'a> {
+    pub gamma: Binding<'a>,
+    pub beta: Binding<'a>,
+    /// [running_mean; running_var], 2·D floats.
+    pub running: Binding<'a>,
+    /// One u32.
+    pub num_batches_tracked: Binding<'a>,
+    /// The per-step uniform (`StepBuffer`): the fused dropout's step.
+    pub step: Binding<'a>,
+}
+
+/// Workgroup width of the one-pass kernels (`stats_normalize`, `backward_column`): 8
+/// features, one SIMD batch on lavapipe, so a 64-feature layer still spreads over 8 workgroups.
+const COLUMN_FEATURES: u32 = 8;
+
+/// The one-pass kernel `entry`, one invocation per feature.
+fn column_kernel(entry: &'static str) -> Kernel {
+    Kernel::new(Shader::BatchNorm, entry).with("WG_FEATURES", COLUMN_FEATURES)
+}
+
+/// Train-mode forward: batch statistics (saved: [mean; invstd], 2·D floats), running-stat
+/// update, normalization (+ ReLU) (+ dropout). One dispatch on CPU adapters (per-column
+/// reductions) with a set momentum, else two.
+#[allow(clippy::too_many_arguments)]
+pub fn train_dispatches(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    config: BatchNormConfig,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    layer: LayerBindings<'_>,
+    x: Binding<'_>,
+    saved: Binding<'_>,
+    y: Binding<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    check_fusion(relu, dropout)?;
+    let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
+    let params = params(n, d, config, flags, dropout);
+    if !ctx.kernels().parallel_reductions && config.momentum.is_some() {
+        let pass = ctx.dispatch_at(
+            &column_kernel("stats_normalize"),
+            Some(&params),
+            &[
+                (X, x),
+                (Y, y),
+                (SAVED, saved),
+                (RUNNING, layer.running),
+                (GAMMA, layer.gamma),
+                (BETA, layer.beta),
+                (NUM_BATCHES, layer.num_batches_tracked),
+                (STEP, layer.step),
+            ],
+            [groups(d, COLUMN_FEATURES), 1, 1],
+        )?;
+        return Ok(vec![pass]);
+    }
+    let stats = ctx.dispatch_at(
+        &kernel(ctx, "stats"),
+        Some(&Params {
+            flags: params.flags & FLAG_CUMULATIVE,
+            ..params
+        }),
+        &[
+            (X, x),
+            (SAVED, saved),
+            (RUNNING, layer.running),
+            (NUM_BATCHES, layer.num_batches_tracked),
+        ],
+        feature_grid(ctx, d),
+    )?;
+    let normalize = ctx.dispatch_at(
+        &kernel(ctx, "normalize"),
+        Some(&params),
+        &[
+            (X, x),
+            (Y, y),
+            (SAVED, saved),
+            (GAMMA, layer.gamma),
+            (BETA, layer.beta),
+            (NUM_BATCHES, layer.num_batches_tracked),
+            (STEP, layer.step),
+        ],
+        element_grid(ctx, n, d),
+    )?;
+    Ok(vec![stats, normalize])
+}
+
+/// Eval-mode forward with the running statistics (+ ReLU). One dispatch: per column on CPU
+/// adapters, per element on GPUs.
+#[allow(clippy::too_many_arguments)]
+pub fn eval_dispatch(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    config: BatchNormConfig,
+    relu: bool,
+    layer: LayerBindings<'_>,
+    x: Binding<'_>,
+    y: Binding<'_>,
+) -> Result<Dispatch, GpuError> {
+    let flags = FLAG_FROM_VARIANCE | if relu { FLAG_RELU } else { 0 };
+    let params = params(n, d, config, flags, None);
+    let mut bindings = vec![
+        (X, x),
+        (Y, y),
+        (SAVED, layer.running),
+        (GAMMA, layer.gamma),
+        (BETA, layer.beta),
+        (STEP, layer.step),
+    ];
+    if !ctx.kernels().parallel_reductions {
+        let kernel = column_kernel("normalize_columns");
+        return ctx.dispatch_at(
+            &kernel,
+            Some(&params),
+            &bindings,
+            [groups(d, COLUMN_FEATURES), 1, 1],
+        );
+    }
+    // normalize also counts train batches: the binding is there, the flag is not.
+    bindings.push((NUM_BATCHES, layer.num_batches_tracked));
+    let grid = element_grid(ctx, n, d);
+    ctx.dispatch_at(&kernel(ctx, "normalize"), Some(&params), &bindings, grid)
+}
+
+/// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch on
+/// CPU adapters (per-column reductions), else two. `y` is the forward's output, used for the
+/// fused ReLU's (and dropout's) mask.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_dispatches(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    x: Binding<'_>,
+    y: Binding<'_>,
+    dy: Binding<'_>,
+    saved: Binding<'_>,
+    gamma: Binding<'_>,
+    dgamma: Binding<'_>,
+    dbeta: Binding<'_>,
+    dx: Binding<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    check_fusion(relu, dropout)?;
+    let flags = if relu { FLAG_RELU } else { 0 };
+    let params = params(n, d, BatchNormConfig::default(), flags, dropout);
+    // backward_column and backward_dx read all of these; backward_reduce all but dx and γ.
+    let all = [
+        (X, x),
+        (Y, y),
+        (DY, dy),
+        (SAVED, saved),
+        (DGAMMA, dgamma),
+        (DBETA, dbeta),
+        (DX, dx),
+        (GAMMA, gamma),
+    ];
+    if !ctx.kernels().parallel_reductions {
+        let grid = [groups(d, COLUMN_FEATURES), 1, 1];
+        let pass = ctx.dispatch_at(&column_kernel("backward_column"), Some(&params), &all, grid)?;
+        return Ok(vec![pass]);
+    }
+    let reduce_grid = feature_grid(ctx, d);
+    let reduce = ctx.dispatch_at(
+        &kernel(ctx, "backward_reduce"),
+        Some(&params),
+        &all[..6],
+        reduce_grid,
+    )?;
+    let dx_grid = element_grid(ctx, n, d);
+    let dx = ctx.dispatch_at(&kernel(ctx, "backward_dx"), Some(&params), &all, dx_grid)?;
+    Ok(vec![reduce, dx])
+}

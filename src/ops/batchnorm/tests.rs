@@ -1,0 +1,344 @@
+use super::*;
+use crate::check::{Tolerance, assert_close};
+use crate::gpu::{GpuContext, GpuTensor};
+use crate::ops::OpError;
+use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
+
+struct Case {
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    n: usize,
+    d: usize,
+}
+
+fn case(n: usize, d: usize, mean: f32, spread: f32) -> Case {
+    Case {
+        x: uniform(
+            n as u64 * 31 + d as u64,
+            n * d,
+            mean - spread,
+            mean + spread,
+        ),
+        gamma: uniform(7, d, 0.5, 1.5),
+        beta: uniform(8, d, -0.5, 0.5),
+        n,
+        d,
+    }
+}
+
+/// Both kernel families: lavapipe's (one invocation per feature) and GPUs' (row-parallel
+/// sums in workgroup memory).
+fn check_train(
+    c: &Case,
+    config: BatchNormConfig,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    tol: Tolerance,
+) {
+    check_train_on(ctx(), c, config, relu, dropout, tol);
+    check_train_on(gpu_style_ctx(), c, config, relu, dropout, tol);
+}
+
+/// The step the fused dropout draws for.
+const STEP: u64 = 11;
+
+fn fused_dropout(p: f32) -> FusedDropout {
+    FusedDropout {
+        p: DropProbability::new(p).unwrap(),
+        stream: MaskStream {
+            seed: 0xfeed,
+            layer: 4,
+        },
+    }
+}
+
+/// Checks the train forward, backward and eval forward against the reference; a fused
+/// dropout against the reference dropout applied after the batch norm (and before it in
+/// the backward).
+fn check_train_on(
+    ctx: &GpuContext,
+    c: &Case,
+    config: BatchNormConfig,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    tol: Tolerance,
+) {
+    let label = format!(
+        "bn {}x{} relu {relu} dropout {:?} gpu kernels {}",
+        c.n,
+        c.d,
+        dropout.map(|d| d.p.get()),
+        ctx.kernels().parallel_reductions
+    );
+    let drop = |v: &[f32]| match dropout {
+        Some(d) => super::super::dropout::reference(v, d.p, d.stream, STEP),
+        None => v.to_vec(),
+    };
+    let mut running = RunningStats::new(c.d);
+    running.mean = uniform(3, c.d, -1.0, 1.0);
+    running.num_batches_tracked = 4;
+    let bn = GpuBatchNorm::new(ctx, &c.gamma, &c.beta, &running, config).unwrap();
+    let gx = GpuTensor::from_slice(ctx, &c.x, &[c.n, c.d], "x").unwrap();
+    let (gy, gsaved) = bn.forward_train(ctx, &gx, relu, dropout, STEP).unwrap();
+
+    let (y, saved) = reference_train(
+        &c.x,
+        c.n,
+        c.d,
+        &c.gamma,
+        &c.beta,
+        config,
+        &mut running,
+        relu,
+    );
+    let y = drop(&y);
+    assert_close(&format!("{label} y"), &gy.read(ctx).unwrap(), &y, tol);
+    let s: Vec<f32> = gsaved.read(ctx).unwrap();
+    // The mean of values of magnitude ~2 is exact to a few ulps of 2, not of itself.
+    assert_close(
+        &format!("{label} mean"),
+        &s[..c.d],
+        &saved.mean,
+        Tolerance::new(2e-6, 1e-6),
+    );
+    assert_close(
+        &format!("{label} invstd"),
+        &s[c.d..],
+        &saved.invstd,
+        Tolerance::new(0.0, 2e-4),
+    );
+    let got_running = bn.running_stats(ctx).unwrap();
+    assert_eq!(got_running.num_batches_tracked, running.num_batches_tracked);
+    assert_close(
+        &format!("{label} running_mean"),
+        &got_running.mean,
+        &running.mean,
+        Tolerance::new(1e-6, 1e-6),
+    );
+    assert_close(
+        &format!("{label} running_var"),
+        &got_running.var,
+        &running.var,
+        Tolerance::new(1e-6, 2e-4),
+    );
+
+    let dy = uniform(99, c.n * c.d, -1.0, 1.0);
+    let gdy = GpuTensor::from_slice(ctx, &dy, &[c.n, c.d], "dy").unwrap();
+    let (gdx, gdgamma, gdbeta) = bn
+        .backward(ctx, &gx, &gy, &gdy, &gsaved, relu, dropout)
+        .unwrap();
+    let want = reference_backward(
+        &c.x,
+        &drop(&dy),
+        c.n,
+        c.d,
+        &c.gamma,
+        &saved,
+        relu.then_some(&y[..]),
+    );
+    let grad_tol = Tolerance::new(tol.atol * 10.0, 1e-3);
+    assert_close(
+        &format!("{label} dbeta"),
+        &gdbeta.read(ctx).unwrap(),
+        &want.dbeta,
+        grad_tol,
+    );
+    assert_close(
+        &format!("{label} dgamma"),
+        &gdgamma.read(ctx).unwrap(),
+        &want.dgamma,
+        grad_tol,
+    );
+    assert_close(
+        &format!("{label} dx"),
+        &gdx.read(ctx).unwrap(),
+        &want.dx,
+        grad_tol,
+    );
+
+    let yeval = bn.forward_eval(ctx, &gx, relu).unwrap();
+    let want_eval = reference_eval(&c.x, c.d, &c.gamma, &c.beta, config, &running, relu);
+    assert_close(
+        &format!("{label} eval y"),
+        &yeval.read(ctx).unwrap(),
+        &want_eval,
+        Tolerance::new(1e-5, 1e-4),
+    );
+}
+
+#[test]
+fn train_eval_and_backward_match_reference_on_odd_shapes() {
+    let tol = Tolerance::new(1e-5, 1e-4);
+    for &(n, d) in &[(2usize, 1usize), (3, 7), (65, 33), (1000, 10), (128, 3072)] {
+        let c = case(n, d, 0.3, 2.0);
+        let config = BatchNormConfig::default();
+        check_train(&c, config, false, None, tol);
+        check_train(&c, config, true, None, tol);
+        check_train(&c, config, true, Some(fused_dropout(0.3)), tol);
+    }
+    // p = 1 drops everything: zeros forward, and no gradient through.
+    check_train(
+        &case(9, 5, 0.3, 2.0),
+        BatchNormConfig::default(),
+        true,
+        Some(fused_dropout(1.0)),
+        tol,
+    );
+}
+
+#[test]
+fn cumulative_average_when_momentum_is_none() {
+    let config = BatchNormConfig {
+        momentum: None,
+        ..Default::default()
+    };
+    let tol = Tolerance::new(1e-5, 1e-4);
+    check_train(&case(17, 5, 1.0, 1.0), config, false, None, tol);
+    check_train(
+        &case(17, 5, 1.0, 1.0),
+        config,
+        true,
+        Some(fused_dropout(0.5)),
+        tol,
+    );
+}
+
+#[test]
+fn large_mean_small_spread_keeps_its_variance() {
+    // Features with mean 1e4 and std ~1e-2: the GPU's variance must stay near the true one.
+    let (n, d) = (1000usize, 3usize);
+    let c = case(n, d, 1e4, 1.7e-2);
+    for ctx in [ctx(), gpu_style_ctx()] {
+        let bn = GpuBatchNorm::new(
+            ctx,
+            &c.gamma,
+            &c.beta,
+            &RunningStats::new(d),
+            BatchNormConfig::default(),
+        )
+        .unwrap();
+        let gx = GpuTensor::from_slice(ctx, &c.x, &[n, d], "x").unwrap();
+        let (gy, gsaved) = bn.forward_train(ctx, &gx, false, None, 0).unwrap();
+        let mut running = RunningStats::new(d);
+        let (y, saved) = reference_train(
+            &c.x,
+            n,
+            d,
+            &c.gamma,
+            &c.beta,
+            BatchNormConfig::default(),
+            &mut running,
+            false,
+        );
+        let s: Vec<f32> = gsaved.read(ctx).unwrap();
+        // invstd ≈ 100: 0.1 % agreement means the variance kept three digits.
+        assert_close("invstd", &s[d..], &saved.invstd, Tolerance::new(0.0, 1e-3));
+        // x - mean is exact to ~1e-3 in f32 at 1e4, i.e. 0.1 of a std after normalization.
+        assert_close("y", &gy.read(ctx).unwrap(), &y, Tolerance::new(0.15, 0.0));
+        let std: Vec<f32> = saved.invstd.iter().map(|v| 1.0 / v).collect();
+        assert!(
+            std.iter().all(|&s| (0.005..0.02).contains(&s)),
+            "reference std {std:?}"
+        );
+    }
+}
+
+#[test]
+fn single_sample_batch_is_an_error_in_train_mode() {
+    let ctx = ctx();
+    let bn = GpuBatchNorm::new(
+        ctx,
+        &[1.0; 4],
+        &[0.0; 4],
+        &RunningStats::new(4),
+        BatchNormConfig::default(),
+    )
+    .unwrap();
+    let x = GpuTensor::from_slice(ctx, &[1.0f32; 4], &[1, 4], "x").unwrap();
+    let err = bn.forward_train(ctx, &x, false, None, 0).unwrap_err();
+    assert!(matches!(err, OpError::SingleSampleBatch(_)));
+    assert!(err.to_string().contains("[1, 4]"), "{err}");
+    // Eval mode accepts one sample.
+    assert!(bn.forward_eval(ctx, &x, false).is_ok());
+    let wrong = GpuTensor::from_slice(ctx, &[1.0f32; 6], &[2, 3], "x").unwrap();
+    let err = bn.forward_train(ctx, &wrong, false, None, 0).unwrap_err();
+    assert!(
+        err.to_string().contains("[2, 3]") && err.to_string().contains("[N, 4]"),
+        "{err}"
+    );
+}
+
+/// The reference's gradients against central finite differences of L = Σ w·y.
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let (n, d) = (5usize, 3usize);
+    let c = case(n, d, 0.5, 1.0);
+    let w = uniform(17, n * d, -1.0, 1.0);
+    let config = BatchNormConfig::default();
+    for relu in [false, true] {
+        let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
+            let (y, _) = reference_train(
+                x,
+                n,
+                d,
+                gamma,
+                beta,
+                config,
+                &mut RunningStats::new(d),
+                relu,
+            );
+            y.iter()
+                .zip(&w)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
+        };
+        let (y, saved) = reference_train(
+            &c.x,
+            n,
+            d,
+            &c.gamma,
+            &c.beta,
+            config,
+            &mut RunningStats::new(d),
+            relu,
+        );
+        let g = reference_backward(&c.x, &w, n, d, &c.gamma, &saved, relu.then_some(&y[..]));
+        let h = 1e-3f32;
+        let fd = |f: &dyn Fn(f32) -> f64| ((f(h) - f(-h)) / (2.0 * f64::from(h))) as f32;
+        for i in 0..n * d {
+            let num = fd(&|e| {
+                let mut x = c.x.clone();
+                x[i] += e;
+                loss(&x, &c.gamma, &c.beta)
+            });
+            assert!(
+                (num - g.dx[i]).abs() < 2e-2,
+                "dx[{i}] fd {num} analytic {}",
+                g.dx[i]
+            );
+        }
+        for f in 0..d {
+            let num = fd(&|e| {
+                let mut gamma = c.gamma.clone();
+                gamma[f] += e;
+                loss(&c.x, &gamma, &c.beta)
+            });
+            assert!(
+                (num - g.dgamma[f]).abs() < 2e-2,
+                "dgamma[{f}] fd {num} analytic {}",
+                g.dgamma[f]
+            );
+            let num = fd(&|e| {
+                let mut beta = c.beta.clone();
+                beta[f] += e;
+                loss(&c.x, &c.gamma, &beta)
+            });
+            assert!(
+                (num - g.dbeta[f]).abs() < 2e-2,
+                "dbeta[{f}] fd {num} analytic {}",
+                g.dbeta[f]
+            );
+        }
+    }
+}
