@@ -41,8 +41,11 @@ fn floats(sd: &StateDict, key: &str) -> Vec<f32> {
     }
 }
 
-/// The fixture's cases, with the inputs where PyTorch's result is not the formula's.
-fn cases() -> Vec<(&'static str, AnyActivation, fn(f32) -> bool)> {
+/// A fixture case: its key, the activation, and the inputs where PyTorch's result is not
+/// the formula's.
+type Case = (&'static str, AnyActivation, fn(f32) -> bool);
+
+fn cases() -> Vec<Case> {
     fn none(_: f32) -> bool {
         false
     }
