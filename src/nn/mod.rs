@@ -31,4 +31,4 @@ pub mod spec;
 
 pub use init::{init_parameters, kaiming_uniform_bound};
 pub use layers::{BatchNorm1d, Dropout, Flatten, Layer, Linear, ReLU, Sequential};
-pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss};
+pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, TargetEncoding};
