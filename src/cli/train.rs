@@ -206,7 +206,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         .as_deref()
         .map(LrSchedule::parse)
         .transpose()
-        .map_err(Error::Invalid)?;
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     if args.amsgrad && optimizer == OptimizerKind::Sgd {
         return Err(Error::Invalid(
             "--amsgrad applies to --optimizer adam or adamw, not sgd".into(),
