@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use wgnn::checkpoint::{StateDict, apply_state_dict, write_atomic};
-use wgnn::error::{Error, Result};
-use wgnn::nn::spec;
+use wgnn::nn::{Layer, Sequential, spec};
 use wgnn::optim::LrSchedule;
 use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
 use wgnn::train::{Checkpoint, EpochMetrics, FitOptions, fit};
 
+use super::error::{CliError, Result};
 use super::progress::Bar;
 use super::{NormalizeArg, TrainArgs, open_gpu};
 
@@ -126,13 +126,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Ok(())
         },
     );
-    if let Err(e) = result {
+    if let Err(source) = result {
         return Err(match saved {
-            Some((_, place, _)) => Error::Mode(format!(
-                "{e} (the checkpoint of {place} in {} is intact)",
-                out.display()
-            )),
-            None => e,
+            Some((_, place, _)) => CliError::AfterCheckpoint {
+                source: Box::new(source),
+                place,
+                dir: out,
+            },
+            None => source.into(),
         });
     }
     // Only --max-steps ends a run within an epoch.
@@ -171,9 +172,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         LossKind::Ce => classes,
         LossKind::Bce => {
             if classes > 2 {
-                return Err(Error::Invalid(format!(
-                    "--loss bce needs labels 0 and 1, but the data has {classes} classes"
-                )));
+                return Err(CliError::BinaryLossClasses { classes });
             }
             1
         }
@@ -205,12 +204,9 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         .lr_schedule
         .as_deref()
         .map(LrSchedule::parse)
-        .transpose()
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        .transpose()?;
     if args.amsgrad && optimizer == OptimizerKind::Sgd {
-        return Err(Error::Invalid(
-            "--amsgrad applies to --optimizer adam or adamw, not sgd".into(),
-        ));
+        return Err(CliError::AmsgradWithSgd);
     }
     Ok(RunConfig {
         arch,
@@ -236,35 +232,27 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
 }
 
 /// The model's last Linear must give one logit per class (one for BCE).
-fn check_outputs(
-    model: &wgnn::nn::Sequential,
-    outputs: usize,
-    loss: LossKind,
-    arch: &str,
-) -> Result<()> {
+fn check_outputs(model: &Sequential, outputs: usize, loss: LossKind, arch: &str) -> Result<()> {
     let last = model.layers().iter().rev().find_map(|l| match l {
-        wgnn::nn::Layer::Linear(l) => Some(l.out_features),
+        Layer::Linear(l) => Some(l.out_features),
         _ => None,
     });
     match last {
         Some(n) if n == outputs || (loss == LossKind::Ce && n > outputs) => Ok(()),
-        Some(n) => Err(Error::Invalid(format!(
-            "--arch {arch:?} ends with {n} outputs, but {} needs {outputs}",
-            match loss {
-                LossKind::Ce => "the data's classes",
-                LossKind::Bce => "--loss bce",
-            }
-        ))),
-        None => Err(Error::Invalid(format!(
-            "--arch {arch:?} has no linear layer to produce logits"
-        ))),
+        Some(found) => Err(CliError::ArchOutputs {
+            arch: arch.into(),
+            found,
+            needed: outputs,
+            loss,
+        }),
+        None => Err(CliError::ArchWithoutLogits { arch: arch.into() }),
     }
 }
 
 const HEADER: &str =
     "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,step";
 
-fn write_history(path: &Path, history: &[EpochMetrics]) -> Result<()> {
+fn write_history(path: &Path, history: &[EpochMetrics]) -> wgnn::Result<()> {
     let mut csv = String::from(HEADER);
     csv.push('\n');
     for m in history {
@@ -291,12 +279,10 @@ fn read_history(path: &Path, done: usize) -> Result<Vec<EpochMetrics>> {
     let mut history = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
-        let bad = || {
-            Error::Invalid(format!(
-                "{} line {}: not a metrics row: {line:?}",
-                path.display(),
-                i + 1
-            ))
+        let bad = || CliError::MetricsRow {
+            path: path.to_path_buf(),
+            line: i + 1,
+            text: line.to_string(),
         };
         let [epoch, tl, ta, vl, va, s, sps, step] = fields[..] else {
             return Err(bad());
