@@ -14,6 +14,8 @@ use super::{NormalizeArg, TrainArgs, open_gpu};
 
 /// Epochs of a new run unless --epochs says otherwise.
 const DEFAULT_EPOCHS: usize = 12;
+/// Dropout of the default architecture, the lecture's MLP.
+const LECTURE_DROPOUT: f32 = 0.2;
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let ctx = open_gpu()?;
@@ -177,12 +179,15 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
             1
         }
     };
-    let arch = match &args.arch {
-        Some(a) => a.clone(),
-        None => spec::LECTURE_SPEC.replace("linear:10", &format!("linear:{outputs}")),
-    };
     let sample_shape = splits.train.sample_shape.clone();
-    let sequential = spec::parse(&arch, &sample_shape)?;
+    let (arch, sequential) = match &args.arch {
+        Some(arch) => (arch.clone(), spec::parse(arch, &sample_shape)?),
+        None => {
+            let features = sample_shape.iter().product();
+            let sequential = Sequential::lecture_mlp(features, outputs, LECTURE_DROPOUT);
+            (spec::to_spec(&sequential), sequential)
+        }
+    };
     check_outputs(&sequential, outputs, loss, &arch)?;
     let normalization = match args.normalize {
         NormalizeArg::PerChannel => {
