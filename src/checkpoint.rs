@@ -31,6 +31,7 @@ pub const TRAINING_FILE: &str = "training_state.safetensors";
 
 /// Errors reading, writing or applying a checkpoint.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     #[error("{path}: {message}")]
     Format { path: String, message: String },

@@ -1,12 +1,16 @@
-//! wgnn's error type: every failure a user can cause or meet, each naming what is wrong.
+//! wgnn's error type: every failure a user can cause or meet, each naming what is wrong and
+//! carrying the values that show it.
 
 use crate::data::DataError;
 use crate::gpu::GpuError;
-use crate::graph::BuildError;
+use crate::graph::{BuildError, Mode};
+use crate::model::{BatchError, StateProblem};
 use crate::ops::OpError;
+use crate::optim::ScheduleError;
 
 /// Any wgnn error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Gpu(#[from] GpuError),
@@ -20,15 +24,32 @@ pub enum Error {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error(transparent)]
     Spec(#[from] crate::nn::spec::SpecError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
     /// A batch that does not fit the model.
     #[error("batch: {0}")]
-    Batch(String),
-    /// A model, a state or a setting that cannot work (with what is wrong).
-    #[error("{0}")]
-    Invalid(String),
-    /// An operation called in the wrong mode.
-    #[error("{0}")]
-    Mode(String),
+    Batch(#[from] BatchError),
+    /// An operation called in the wrong mode: `op` needs the model in `needs`.
+    #[error("{op} needs {} mode: call model.{}() first", mode_name(*needs), mode_name(*needs))]
+    WrongMode { op: &'static str, needs: Mode },
+    /// A loss with `reduction = none`: per-row losses, no scalar to differentiate.
+    #[error("a loss with reduction 'none' gives no scalar to train on: use mean or sum")]
+    UnreducedLoss,
+    /// The flat parameter buffer would exceed one storage binding.
+    #[error(
+        "the model's parameters need {bytes} bytes (largest: {largest} {shape:?}), over the \
+         device's max_storage_buffer_binding_size of {limit} bytes"
+    )]
+    ParametersTooLarge {
+        bytes: u64,
+        limit: u64,
+        /// The largest parameter tensor's name and shape.
+        largest: String,
+        shape: Vec<usize>,
+    },
+    /// A state (e.g. from a checkpoint) whose tensors do not fit the model: every problem.
+    #[error("state does not fit the model: {}", join(problems))]
+    StateMismatch { problems: Vec<StateProblem> },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -41,4 +62,63 @@ pub enum Error {
     Diverged { step: u64, value: f32 },
 }
 
+/// `train` or `eval`, as in `model.train()` / `model.eval()`.
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Train => "train",
+        Mode::Eval => "eval",
+    }
+}
+
+fn join(problems: &[StateProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_values() {
+        let wrong = Error::WrongMode {
+            op: "train_step",
+            needs: Mode::Train,
+        };
+        assert_eq!(
+            wrong.to_string(),
+            "train_step needs train mode: call model.train() first"
+        );
+        let mismatch = Error::StateMismatch {
+            problems: vec![
+                StateProblem::ParameterCount {
+                    given: 2,
+                    expected: 4,
+                },
+                StateProblem::RunningFeatures {
+                    layer: 1,
+                    features: 64,
+                },
+            ],
+        };
+        assert_eq!(
+            mismatch.to_string(),
+            "state does not fit the model: 2 parameters given, the model has 4; \
+             layer 1 running stats: expected 64 features"
+        );
+        let label = Error::from(BatchError::LabelOutOfRange {
+            index: 1,
+            label: 3,
+            classes: 3,
+        });
+        assert_eq!(
+            label.to_string(),
+            "batch: target 3 at index 1 is out of bounds for 3 classes"
+        );
+    }
+}

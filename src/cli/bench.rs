@@ -1,10 +1,10 @@
 //! `wgnn bench`.
 
 use wgnn::bench::{Budget, Record, run_all};
-use wgnn::error::{Error, Result};
 use wgnn::gpu::GpuContext;
 
 use super::BenchArgs;
+use super::error::Result;
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let ctx = std::sync::Arc::new(GpuContext::new()?);
@@ -28,8 +28,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let records = run_all(ctx, budget, print)?;
     if args.json {
-        let json =
-            serde_json::to_string_pretty(&records).map_err(|e| Error::Mode(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&records)?;
         println!("{json}");
     }
     Ok(())

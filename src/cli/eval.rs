@@ -1,10 +1,10 @@
 //! `wgnn eval`.
 
 use wgnn::data::{Split, load_with};
-use wgnn::error::Result;
 use wgnn::run::{self, DataConfig};
 use wgnn::train::evaluate;
 
+use super::error::{CliError, Result};
 use super::{EvalArgs, SplitArg, open_gpu};
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -21,12 +21,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     .load_options();
     let mut data = load_with(&args.data, split, &options)?;
     if data.sample_shape != run.sample_shape {
-        return Err(wgnn::Error::Invalid(format!(
-            "{}: samples are shaped {:?} but the checkpoint's model takes {:?}",
-            args.data.display(),
-            data.sample_shape,
-            run.sample_shape
-        )));
+        let mut found = vec![data.len()];
+        found.extend(&data.sample_shape);
+        return Err(CliError::SampleShape {
+            path: args.data,
+            found,
+            expected: run.sample_shape,
+        });
     }
     if let Some(norm) = run.normalization()? {
         norm.apply(&mut data)?;

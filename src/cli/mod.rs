@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod bench;
+mod error;
 mod eval;
 mod info;
 mod predict;
@@ -240,13 +241,13 @@ pub struct PredictArgs {
 }
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> wgnn::Result<()> {
+pub fn run(cli: Cli) -> error::Result<()> {
     match cli.command {
         None => train::run(TrainDefaults::parse_from(["wgnn"]).args),
         Some(Command::Train(args)) => train::run(*args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Predict(args)) => predict::run(args),
-        Some(Command::Info) => info::run(),
+        Some(Command::Info) => Ok(info::run()?),
         Some(Command::Bench(args)) => bench::run(args),
     }
 }

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use wgnn::checkpoint::{StateDict, StateTensor, TensorData};
 use wgnn::data::{Split, load_with, npy};
-use wgnn::error::{Error, Result};
 use wgnn::run;
 use wgnn::train::argmax;
 
+use super::error::{CliError, Result};
 use super::{PredictArgs, open_gpu};
 
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -53,6 +53,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// The tensor of a .safetensors input that holds the samples.
+const SAMPLES: &str = "x";
+
 /// Samples from a file, flattened, checked against the model's sample shape.
 fn read_samples(
     path: &Path,
@@ -68,18 +71,18 @@ fn read_samples(
         }
         "safetensors" => {
             let sd = StateDict::read(path)?;
-            let Some(x) = sd.tensors.get("x") else {
-                return Err(Error::Invalid(format!(
-                    "{}: no tensor \"x\" holding the samples",
-                    path.display()
-                )));
+            let Some(x) = sd.tensors.get(SAMPLES) else {
+                return Err(CliError::MissingTensor {
+                    path: path.into(),
+                    name: SAMPLES,
+                });
             };
             let TensorData::F32(values) = &x.data else {
-                return Err(Error::Invalid(format!(
-                    "{}: tensor \"x\" is {}, not a float tensor",
-                    path.display(),
-                    x.dtype
-                )));
+                return Err(CliError::NotFloat {
+                    path: path.into(),
+                    name: SAMPLES,
+                    dtype: x.dtype.clone(),
+                });
             };
             (values.clone(), x.shape.clone())
         }
@@ -102,15 +105,11 @@ fn read_samples(
     let rows = dims.first().copied().unwrap_or(0);
     let sample: usize = dims.iter().skip(1).product();
     if rows == 0 || sample != features || data.len() != rows * features {
-        return Err(Error::Batch(format!(
-            "{}: samples shaped {dims:?}, but the model takes [N, {}] ({features} values per sample)",
-            path.display(),
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(CliError::SampleShape {
+            path: path.into(),
+            found: dims,
+            expected: shape.to_vec(),
+        });
     }
     Ok((data, rows))
 }
@@ -145,9 +144,6 @@ fn write_output(
             );
             Ok(sd.write(path)?)
         }
-        _ => Err(Error::Invalid(format!(
-            "--output {}: use a .safetensors or .npy file name",
-            path.display()
-        ))),
+        _ => Err(CliError::OutputFormat { path: path.into() }),
     }
 }

@@ -3,17 +3,19 @@
 use std::path::Path;
 
 use wgnn::checkpoint::{StateDict, apply_state_dict, write_atomic};
-use wgnn::error::{Error, Result};
-use wgnn::nn::spec;
+use wgnn::nn::{Layer, Sequential, spec};
 use wgnn::optim::LrSchedule;
 use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
 use wgnn::train::{Checkpoint, EpochMetrics, FitOptions, fit};
 
+use super::error::{CliError, Result};
 use super::progress::Bar;
 use super::{NormalizeArg, TrainArgs, open_gpu};
 
 /// Epochs of a new run unless --epochs says otherwise.
 const DEFAULT_EPOCHS: usize = 12;
+/// Dropout of the default architecture, the lecture's MLP.
+const LECTURE_DROPOUT: f32 = 0.2;
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let ctx = open_gpu()?;
@@ -126,13 +128,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Ok(())
         },
     );
-    if let Err(e) = result {
+    if let Err(source) = result {
         return Err(match saved {
-            Some((_, place, _)) => Error::Mode(format!(
-                "{e} (the checkpoint of {place} in {} is intact)",
-                out.display()
-            )),
-            None => e,
+            Some((_, place, _)) => CliError::AfterCheckpoint {
+                source: Box::new(source),
+                place,
+                dir: out,
+            },
+            None => source.into(),
         });
     }
     // Only --max-steps ends a run within an epoch.
@@ -171,19 +174,20 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         LossKind::Ce => classes,
         LossKind::Bce => {
             if classes > 2 {
-                return Err(Error::Invalid(format!(
-                    "--loss bce needs labels 0 and 1, but the data has {classes} classes"
-                )));
+                return Err(CliError::BinaryLossClasses { classes });
             }
             1
         }
     };
-    let arch = match &args.arch {
-        Some(a) => a.clone(),
-        None => spec::LECTURE_SPEC.replace("linear:10", &format!("linear:{outputs}")),
-    };
     let sample_shape = splits.train.sample_shape.clone();
-    let sequential = spec::parse(&arch, &sample_shape)?;
+    let (arch, sequential) = match &args.arch {
+        Some(arch) => (arch.clone(), spec::parse(arch, &sample_shape)?),
+        None => {
+            let features = sample_shape.iter().product();
+            let sequential = Sequential::lecture_mlp(features, outputs, LECTURE_DROPOUT);
+            (spec::to_spec(&sequential), sequential)
+        }
+    };
     check_outputs(&sequential, outputs, loss, &arch)?;
     let normalization = match args.normalize {
         NormalizeArg::PerChannel => {
@@ -205,12 +209,9 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         .lr_schedule
         .as_deref()
         .map(LrSchedule::parse)
-        .transpose()
-        .map_err(Error::Invalid)?;
+        .transpose()?;
     if args.amsgrad && optimizer == OptimizerKind::Sgd {
-        return Err(Error::Invalid(
-            "--amsgrad applies to --optimizer adam or adamw, not sgd".into(),
-        ));
+        return Err(CliError::AmsgradWithSgd);
     }
     Ok(RunConfig {
         arch,
@@ -236,35 +237,27 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
 }
 
 /// The model's last Linear must give one logit per class (one for BCE).
-fn check_outputs(
-    model: &wgnn::nn::Sequential,
-    outputs: usize,
-    loss: LossKind,
-    arch: &str,
-) -> Result<()> {
+fn check_outputs(model: &Sequential, outputs: usize, loss: LossKind, arch: &str) -> Result<()> {
     let last = model.layers().iter().rev().find_map(|l| match l {
-        wgnn::nn::Layer::Linear(l) => Some(l.out_features),
+        Layer::Linear(l) => Some(l.out_features),
         _ => None,
     });
     match last {
         Some(n) if n == outputs || (loss == LossKind::Ce && n > outputs) => Ok(()),
-        Some(n) => Err(Error::Invalid(format!(
-            "--arch {arch:?} ends with {n} outputs, but {} needs {outputs}",
-            match loss {
-                LossKind::Ce => "the data's classes",
-                LossKind::Bce => "--loss bce",
-            }
-        ))),
-        None => Err(Error::Invalid(format!(
-            "--arch {arch:?} has no linear layer to produce logits"
-        ))),
+        Some(found) => Err(CliError::ArchOutputs {
+            arch: arch.into(),
+            found,
+            needed: outputs,
+            loss,
+        }),
+        None => Err(CliError::ArchWithoutLogits { arch: arch.into() }),
     }
 }
 
 const HEADER: &str =
     "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,step";
 
-fn write_history(path: &Path, history: &[EpochMetrics]) -> Result<()> {
+fn write_history(path: &Path, history: &[EpochMetrics]) -> wgnn::Result<()> {
     let mut csv = String::from(HEADER);
     csv.push('\n');
     for m in history {
@@ -291,12 +284,10 @@ fn read_history(path: &Path, done: usize) -> Result<Vec<EpochMetrics>> {
     let mut history = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
-        let bad = || {
-            Error::Invalid(format!(
-                "{} line {}: not a metrics row: {line:?}",
-                path.display(),
-                i + 1
-            ))
+        let bad = || CliError::MetricsRow {
+            path: path.to_path_buf(),
+            line: i + 1,
+            text: line.to_string(),
         };
         let [epoch, tl, ta, vl, va, s, sps, step] = fields[..] else {
             return Err(bad());

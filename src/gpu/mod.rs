@@ -15,6 +15,7 @@ pub use tensor::{GpuTensor, TENSOR_USAGE, byte_len, map_and_read, read_buffer};
 
 /// Errors from the GPU layer. Each names what failed and, where it can, how to fix it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GpuError {
     #[error(
         "no GPU adapter found: install a Vulkan driver such as mesa-vulkan-drivers \

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::graph::Op;
-use crate::ops::bce::{BceConfig, BceWithLogitsOp};
-use crate::ops::softmax_xent::{CrossEntropyConfig, CrossEntropyOp};
+use crate::ops::bce::{self, BceConfig, BceWithLogitsOp};
+use crate::ops::softmax_xent::{self, CrossEntropyConfig, CrossEntropyOp, Reduction};
 
 /// `torch.nn.CrossEntropyLoss`: softmax + negative log-likelihood over class logits.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -100,6 +100,81 @@ impl Loss {
     }
 }
 
+/// How a loss reads its targets from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetEncoding {
+    /// i32 class indices (cross-entropy).
+    Classes,
+    /// f32 0/1 (BCE with logits).
+    Binary,
+}
+
+impl TargetEncoding {
+    /// The target buffer's bytes for these labels: i32 class indices or f32 0/1.
+    pub fn encode(self, labels: &[u32]) -> Vec<u8> {
+        match self {
+            TargetEncoding::Classes => {
+                let t: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+                bytemuck::cast_slice(&t).to_vec()
+            }
+            TargetEncoding::Binary => {
+                let t: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+                bytemuck::cast_slice(&t).to_vec()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TargetEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TargetEncoding::Classes => "class indices (cross-entropy)",
+            TargetEncoding::Binary => "0/1 targets (BCE with logits)",
+        })
+    }
+}
+
+/// What a model asks of its loss: how targets are encoded, which labels are valid, how a
+/// batch's rows are scaled, and whether there is a scalar to train on.
+impl Loss {
+    /// How the reduction folds the rows: mean, sum or none.
+    pub fn reduction(&self) -> Reduction {
+        match self {
+            Loss::CrossEntropy(ce) => ce.config.reduction,
+            Loss::BceWithLogits(b) => b.config.reduction,
+        }
+    }
+
+    /// How the loss kernel reads the targets.
+    pub fn target_encoding(&self) -> TargetEncoding {
+        match self {
+            Loss::CrossEntropy(_) => TargetEncoding::Classes,
+            Loss::BceWithLogits(_) => TargetEncoding::Binary,
+        }
+    }
+
+    /// How many labels a model with `outputs` logits takes (labels run from 0 to this − 1):
+    /// one per logit for cross-entropy, 0 and 1 for BCE's single logit.
+    pub fn label_count(&self, outputs: usize) -> usize {
+        match self {
+            Loss::CrossEntropy(_) => outputs,
+            Loss::BceWithLogits(_) => 2,
+        }
+    }
+
+    /// The per-row scale of a batch with these labels: 1/Σ weights of the targets for a
+    /// mean (so the host, which holds the labels, computes it), 1 for a sum.
+    pub fn loss_scale(&self, labels: &[u32]) -> f32 {
+        match self {
+            Loss::CrossEntropy(ce) => {
+                let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+                softmax_xent::loss_scale(&targets, &ce.config)
+            }
+            Loss::BceWithLogits(b) => bce::loss_scale(labels.len(), b.config.reduction),
+        }
+    }
+}
+
 impl Default for Loss {
     fn default() -> Self {
         Loss::CrossEntropy(CrossEntropyLoss::default())
@@ -115,5 +190,40 @@ impl From<CrossEntropyLoss> for Loss {
 impl From<BCEWithLogitsLoss> for Loss {
     fn from(loss: BCEWithLogitsLoss) -> Self {
         Loss::BceWithLogits(loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_loss_encodes_and_bounds_its_targets() {
+        let ce = Loss::from(CrossEntropyLoss::new());
+        let bce = Loss::from(BCEWithLogitsLoss::new());
+        assert_eq!(ce.target_encoding(), TargetEncoding::Classes);
+        assert_eq!(bce.target_encoding(), TargetEncoding::Binary);
+        let labels = [0u32, 2, 1];
+        let classes: Vec<i32> = bytemuck::pod_collect_to_vec(&ce.target_encoding().encode(&labels));
+        assert_eq!(classes, [0, 2, 1]);
+        let binary: Vec<f32> = bytemuck::pod_collect_to_vec(&bce.target_encoding().encode(&[1, 0]));
+        assert_eq!(binary, [1.0, 0.0]);
+        assert_eq!(ce.label_count(10), 10);
+        assert_eq!(bce.label_count(1), 2);
+    }
+
+    #[test]
+    fn loss_scale_follows_the_reduction_and_class_weights() {
+        let weighted = Loss::from(CrossEntropyLoss::new().weight(vec![1.0, 3.0]));
+        // Mean over weights of the targets: 1 / (1 + 3 + 3).
+        assert_eq!(weighted.loss_scale(&[0, 1, 1]), (1.0f64 / 7.0) as f32);
+        let mut sum = CrossEntropyLoss::new();
+        sum.config.reduction = Reduction::Sum;
+        let sum = Loss::from(sum);
+        assert_eq!(sum.reduction(), Reduction::Sum);
+        assert_eq!(sum.loss_scale(&[0, 1, 1]), 1.0);
+        let bce = Loss::from(BCEWithLogitsLoss::new());
+        assert_eq!(bce.reduction(), Reduction::Mean);
+        assert_eq!(bce.loss_scale(&[0, 1, 1, 0]), 0.25);
     }
 }

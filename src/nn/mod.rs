@@ -32,4 +32,4 @@ pub mod spec;
 pub use crate::ops::activation::layers::*;
 pub use init::{init_parameters, kaiming_uniform_bound};
 pub use layers::{BatchNorm1d, Dropout, Flatten, Layer, Linear, Sequential};
-pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss};
+pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, TargetEncoding};

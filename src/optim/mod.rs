@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 mod schedule;
-pub use schedule::LrSchedule;
+pub use schedule::{LrSchedule, ScheduleError};
 
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
 use crate::ops::step::StepParams;

@@ -4,8 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ops::OpError;
-
 /// A learning rate that changes from epoch to epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -35,34 +33,36 @@ impl LrSchedule {
     }
 
     /// Rejects what the PyTorch schedulers reject (or divide by).
-    pub fn validate(&self) -> Result<(), OpError> {
-        let message = match *self {
-            LrSchedule::Step { step_size: 0, .. } => "step_size must be at least 1".to_string(),
+    pub fn validate(&self) -> Result<(), ScheduleError> {
+        match *self {
+            LrSchedule::Step { step_size: 0, .. } => Err(ScheduleError::StepSizeZero),
             LrSchedule::Step { gamma, .. } if !(gamma > 0.0) => {
-                format!("gamma must be positive, got {gamma}")
+                Err(ScheduleError::GammaNotPositive { gamma })
             }
-            LrSchedule::Cosine { t_max: 0, .. } => "T_max must be at least 1".to_string(),
+            LrSchedule::Cosine { t_max: 0, .. } => Err(ScheduleError::TMaxZero),
             LrSchedule::Cosine { eta_min, .. } if !(eta_min >= 0.0) => {
-                format!("eta_min must be 0 or more, got {eta_min}")
+                Err(ScheduleError::EtaMinNegative { eta_min })
             }
-            _ => return Ok(()),
-        };
-        Err(OpError::Invalid {
-            op: "learning-rate schedule",
-            message,
-        })
+            _ => Ok(()),
+        }
     }
 
     /// `step:STEP_SIZE:GAMMA` or `cosine:T_MAX[:ETA_MIN]`, as `--lr-schedule` takes them.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ScheduleError> {
         let parts: Vec<&str> = text.split(':').collect();
-        let number = |s: &str, what: &str| {
-            s.parse::<f64>()
-                .map_err(|_| format!("{what} {s:?} in --lr-schedule {text:?} is not a number"))
+        let number = |s: &str, what| {
+            s.parse::<f64>().map_err(|_| ScheduleError::NotANumber {
+                what,
+                value: s.into(),
+                text: text.into(),
+            })
         };
-        let count = |s: &str, what: &str| {
-            s.parse::<usize>()
-                .map_err(|_| format!("{what} {s:?} in --lr-schedule {text:?} is not a count"))
+        let count = |s: &str, what| {
+            s.parse::<usize>().map_err(|_| ScheduleError::NotACount {
+                what,
+                value: s.into(),
+                text: text.into(),
+            })
         };
         let schedule = match parts[..] {
             ["step", size, gamma] => LrSchedule::Step {
@@ -77,15 +77,41 @@ impl LrSchedule {
                 t_max: count(t_max, "T_max")?,
                 eta_min: number(eta_min, "eta_min")? as f32,
             },
-            _ => {
-                return Err(format!(
-                    "--lr-schedule {text:?}: expected step:STEP_SIZE:GAMMA or cosine:T_MAX[:ETA_MIN]"
-                ));
-            }
+            _ => return Err(ScheduleError::Form { text: text.into() }),
         };
-        schedule.validate().map_err(|e| e.to_string())?;
+        schedule.validate()?;
         Ok(schedule)
     }
+}
+
+/// A learning-rate schedule that cannot be parsed or that PyTorch's schedulers reject.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScheduleError {
+    #[error("--lr-schedule {text:?}: expected step:STEP_SIZE:GAMMA or cosine:T_MAX[:ETA_MIN]")]
+    Form { text: String },
+    /// `what` (gamma, eta_min) is `value`, not a number, in the schedule `text`.
+    #[error("{what} {value:?} in --lr-schedule {text:?} is not a number")]
+    NotANumber {
+        what: &'static str,
+        value: String,
+        text: String,
+    },
+    /// `what` (step size, T_max) is `value`, not a count, in the schedule `text`.
+    #[error("{what} {value:?} in --lr-schedule {text:?} is not a count")]
+    NotACount {
+        what: &'static str,
+        value: String,
+        text: String,
+    },
+    #[error("learning-rate schedule: step_size must be at least 1")]
+    StepSizeZero,
+    #[error("learning-rate schedule: gamma must be positive, got {gamma}")]
+    GammaNotPositive { gamma: f32 },
+    #[error("learning-rate schedule: T_max must be at least 1")]
+    TMaxZero,
+    #[error("learning-rate schedule: eta_min must be 0 or more, got {eta_min}")]
+    EtaMinNegative { eta_min: f32 },
 }
 
 #[cfg(test)]
@@ -154,8 +180,20 @@ mod tests {
             ("cosine:x", "T_max \"x\""),
             ("linear:3", "expected step:STEP_SIZE:GAMMA"),
         ] {
-            let err = LrSchedule::parse(bad).unwrap_err();
+            let err = LrSchedule::parse(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad}: {err}");
         }
+        assert_eq!(
+            LrSchedule::parse("step:2:-1"),
+            Err(ScheduleError::GammaNotPositive { gamma: -1.0 })
+        );
+        assert_eq!(
+            LrSchedule::parse("cosine:x"),
+            Err(ScheduleError::NotACount {
+                what: "T_max",
+                value: "x".into(),
+                text: "cosine:x".into(),
+            })
+        );
     }
 }

@@ -1,0 +1,106 @@
+//! The command line's errors: the library's, and those of flags and files only the command
+//! line reads. `main` prints any of them on one line.
+
+use std::path::PathBuf;
+
+use wgnn::run::LossKind;
+
+/// A failure of a `wgnn` command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Wgnn(#[from] wgnn::Error),
+    /// Training failed after a checkpoint was written: the error, and where the run can be
+    /// resumed from.
+    #[error("{source} (the checkpoint of {place} in {} is intact)", dir.display())]
+    AfterCheckpoint {
+        source: Box<wgnn::Error>,
+        /// `epoch 3`, or `batch 7 of epoch 2`.
+        place: String,
+        dir: PathBuf,
+    },
+    #[error("--loss bce needs labels 0 and 1, but the data has {classes} classes")]
+    BinaryLossClasses { classes: usize },
+    #[error("--amsgrad applies to --optimizer adam or adamw, not sgd")]
+    AmsgradWithSgd,
+    /// The architecture's last Linear gives `found` logits where the loss needs `needed`.
+    #[error("--arch {arch:?} ends with {found} outputs, but {} needs {needed}", needer(*loss))]
+    ArchOutputs {
+        arch: String,
+        found: usize,
+        needed: usize,
+        loss: LossKind,
+    },
+    #[error("--arch {arch:?} has no linear layer to produce logits")]
+    ArchWithoutLogits { arch: String },
+    /// Samples of another shape than the checkpoint's model takes; both shapes lead with N.
+    #[error(
+        "{}: samples shaped {found:?}, but the model takes [N, {}] ({} values per sample)",
+        path.display(),
+        dims(expected),
+        expected.iter().product::<usize>()
+    )]
+    SampleShape {
+        path: PathBuf,
+        found: Vec<usize>,
+        /// One sample's shape.
+        expected: Vec<usize>,
+    },
+    #[error("{}: no tensor {name:?} holding the samples", path.display())]
+    MissingTensor { path: PathBuf, name: &'static str },
+    #[error("{}: tensor {name:?} is {dtype}, not a float tensor", path.display())]
+    NotFloat {
+        path: PathBuf,
+        name: &'static str,
+        dtype: String,
+    },
+    #[error("--output {}: use a .safetensors or .npy file name", path.display())]
+    OutputFormat { path: PathBuf },
+    /// A line of an earlier run's metrics.csv that does not parse (`line` is 1-based).
+    #[error("{} line {line}: not a metrics row: {text:?}", path.display())]
+    MetricsRow {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("writing the JSON report: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
+
+/// What a loss needs its logits to match, for [`CliError::ArchOutputs`].
+fn needer(loss: LossKind) -> &'static str {
+    match loss {
+        LossKind::Ce => "the data's classes",
+        LossKind::Bce => "--loss bce",
+    }
+}
+
+/// `1, 28, 28`.
+fn dims(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Errors of the library's own kinds convert through [`wgnn::Error`].
+macro_rules! from_wgnn {
+    ($($kind:ty),*) => {
+        $(impl From<$kind> for CliError {
+            fn from(error: $kind) -> Self {
+                CliError::Wgnn(error.into())
+            }
+        })*
+    };
+}
+
+from_wgnn!(
+    wgnn::gpu::GpuError,
+    wgnn::data::DataError,
+    wgnn::checkpoint::CheckpointError,
+    wgnn::nn::spec::SpecError,
+    wgnn::optim::ScheduleError
+);

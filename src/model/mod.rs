@@ -1,0 +1,286 @@
+//! A model resident on the GPU: its parameters, optimizer state and running statistics stay
+//! on the device, and a plan per mode (and batch size) runs it. One training step is one
+//! batch upload, one command buffer and one submit; loss and accuracy accumulate on the GPU
+//! and come back only when asked.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | the [`Model`] type, construction, `train()`/`eval()`, the step calls |
+//! | `plan.rs` | graphs and plans per (mode, batch size), built once; device-limit errors |
+//! | `submit.rs` | one step: step uniform, one command buffer, one submit, back-pressure |
+//! | `batch.rs` | [`DeviceBatch`], a batch resident on the device, and its dispatch cache |
+//! | `metrics.rs` | loss/accuracy totals: reset, blocking reads, the asynchronous read-back |
+//! | `state.rs` | state transfer host ↔ device and the check that a state fits |
+//! | `validate.rs` | [`BatchError`]: batch, label and mode checks before anything is sent |
+//! | `report.rs` | [`Counters`], [`PlanReport`], profiling and memory accounting |
+
+mod batch;
+mod metrics;
+mod plan;
+mod report;
+mod state;
+mod submit;
+mod validate;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use batch::DeviceBatch;
+pub use report::{Counters, PlanReport};
+pub use state::StateProblem;
+pub use validate::BatchError;
+
+use crate::error::Result;
+use crate::exec::gpu::GpuPlan;
+use crate::exec::state::{GpuState, HostState};
+use crate::gpu::GpuContext;
+use crate::graph::{Graph, Mode};
+use crate::nn::{Loss, Sequential};
+use crate::ops::step::StepBuffer;
+use crate::optim::Optimizer;
+
+use metrics::MetricTotals;
+use submit::BatchSource;
+
+/// How to build a [`Model`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Shape of one sample, e.g. `[3, 32, 32]` or `[30]`.
+    pub sample_shape: Vec<usize>,
+    /// Samples per batch; the plans for this size are built up front.
+    pub batch_size: usize,
+    /// Seeds parameter initialization and the dropout masks.
+    pub seed: u64,
+}
+
+/// A Sequential with its loss and optimizer, resident on the GPU.
+pub struct Model {
+    ctx: Arc<GpuContext>,
+    sequential: Sequential,
+    loss: Loss,
+    optimizer: Optimizer,
+    config: ModelConfig,
+    graphs: HashMap<usize, Graph>,
+    state: GpuState,
+    step_buffer: StepBuffer,
+    plans: HashMap<(Mode, usize), GpuPlan>,
+    mode: Mode,
+    step: u64,
+    in_flight: VecDeque<wgpu::SubmissionIndex>,
+    /// Loss/accuracy totals on the device and their read-back.
+    totals: MetricTotals,
+    counters: Counters,
+    /// Tells this model's dispatches apart in a [`DeviceBatch`] used by several models.
+    id: u64,
+}
+
+/// Source of [`Model`] ids.
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(0);
+
+impl Model {
+    /// Builds the graph and both plans, and initializes the parameters as PyTorch does.
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        sequential: Sequential,
+        loss: impl Into<Loss>,
+        optimizer: Optimizer,
+        config: ModelConfig,
+    ) -> Result<Self> {
+        let loss = loss.into();
+        let graph = plan::build_graph(&sequential, &loss, &optimizer, &config, config.batch_size)?;
+        plan::check_parameters_fit(&graph, ctx.max_binding_bytes())?;
+        let host = HostState::init(&graph, config.seed);
+        Self::assemble(ctx, sequential, loss, optimizer, config, graph, host)
+    }
+
+    /// Like [`Model::new`], starting from a given state (e.g. a checkpoint).
+    pub fn with_state(
+        ctx: Arc<GpuContext>,
+        sequential: Sequential,
+        loss: impl Into<Loss>,
+        optimizer: Optimizer,
+        config: ModelConfig,
+        state: HostState,
+    ) -> Result<Self> {
+        let loss = loss.into();
+        let graph = plan::build_graph(&sequential, &loss, &optimizer, &config, config.batch_size)?;
+        state::check_state(&graph, &state)?;
+        Self::assemble(ctx, sequential, loss, optimizer, config, graph, state)
+    }
+
+    fn assemble(
+        ctx: Arc<GpuContext>,
+        sequential: Sequential,
+        loss: Loss,
+        optimizer: Optimizer,
+        config: ModelConfig,
+        graph: Graph,
+        host: HostState,
+    ) -> Result<Self> {
+        let state = GpuState::new(&ctx, &graph, &host)?;
+        let step_buffer = StepBuffer::new(&ctx)?;
+        let totals = MetricTotals::new(&ctx)?;
+        let mut model = Self {
+            ctx,
+            sequential,
+            loss,
+            optimizer,
+            step: host.step,
+            config,
+            graphs: HashMap::new(),
+            state,
+            step_buffer,
+            plans: HashMap::new(),
+            mode: Mode::Train,
+            in_flight: VecDeque::new(),
+            totals,
+            counters: Counters::default(),
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+        };
+        let batch = model.config.batch_size;
+        model.graphs.insert(batch, graph);
+        model.plan(Mode::Train, batch)?;
+        model.plan(Mode::Eval, batch)?;
+        Ok(model)
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    pub fn sequential(&self) -> &Sequential {
+        &self.sequential
+    }
+
+    pub fn loss(&self) -> &Loss {
+        &self.loss
+    }
+
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The graph at the configured batch size.
+    pub fn graph(&self) -> &Graph {
+        &self.graphs[&self.config.batch_size]
+    }
+
+    /// Optimizer steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `model.train()`: batch statistics, dropout on. Builds nothing.
+    pub fn train(&mut self) {
+        self.mode = Mode::Train;
+    }
+
+    /// `model.eval()`: running statistics, dropout off. Builds nothing.
+    pub fn eval(&mut self) {
+        self.mode = Mode::Eval;
+    }
+
+    /// The learning rate the next step uses.
+    pub fn lr(&self) -> f32 {
+        self.optimizer.lr()
+    }
+
+    /// Sets a new learning rate from the next step on (the plans read it from the step
+    /// uniform, so nothing is rebuilt).
+    pub fn set_lr(&mut self, lr: f32) {
+        match &mut self.optimizer {
+            Optimizer::Sgd(s) => s.lr = lr,
+            Optimizer::Adam(a) => a.lr = lr,
+        }
+        for graph in self.graphs.values_mut() {
+            graph.optimizer = self.optimizer;
+        }
+    }
+
+    /// One training step on a batch: x holds `rows × features` values, `labels` one class
+    /// (or 0/1 for BCE) per row. Uploads the batch, records the whole step into one command
+    /// buffer and submits it; nothing is read back.
+    pub fn train_step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
+        self.require_mode(Mode::Train, "train_step")?;
+        let rows = self.check_batch(x, labels)?;
+        self.check_batch_norm_rows(rows)?;
+        self.run(Mode::Train, rows, x, labels)?;
+        self.step += 1;
+        self.counters.train_steps += 1;
+        Ok(())
+    }
+
+    /// Forward in eval mode on a labelled batch; its loss and accuracy join the totals.
+    pub fn eval_step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
+        self.require_mode(Mode::Eval, "eval_step")?;
+        let rows = self.check_batch(x, labels)?;
+        self.run(Mode::Eval, rows, x, labels)?;
+        self.counters.eval_steps += 1;
+        Ok(())
+    }
+
+    /// [`Model::train_step`] on a batch already on the device.
+    pub fn train_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
+        self.require_mode(Mode::Train, "train_step")?;
+        self.check_batch_norm_rows(batch.rows())?;
+        let loss_scale = self.resident_loss_scale(batch)?;
+        self.run_on(
+            Mode::Train,
+            batch.rows(),
+            BatchSource::Device(batch),
+            loss_scale,
+        )?;
+        self.step += 1;
+        self.counters.train_steps += 1;
+        Ok(())
+    }
+
+    /// [`Model::eval_step`] on a batch already on the device.
+    pub fn eval_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
+        self.require_mode(Mode::Eval, "eval_step")?;
+        let loss_scale = self.resident_loss_scale(batch)?;
+        self.run_on(
+            Mode::Eval,
+            batch.rows(),
+            BatchSource::Device(batch),
+            loss_scale,
+        )?;
+        self.counters.eval_steps += 1;
+        Ok(())
+    }
+
+    /// Logits [rows, classes] of a batch in eval mode (blocking: it reads them back).
+    pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        self.require_mode(Mode::Eval, "predict")?;
+        let rows = self.check_samples(x)?;
+        let labels = vec![0u32; rows];
+        self.run(Mode::Eval, rows, x, &labels)?;
+        let plan = &self.plans[&(Mode::Eval, rows)];
+        let (buffer, bytes) = plan.logits();
+        let logits = crate::gpu::read_buffer(&self.ctx, buffer, 0, bytes)?;
+        self.counters.blocking_readbacks += 1;
+        self.in_flight.clear();
+        Ok(logits)
+    }
+
+    /// Waits for all submitted work and surfaces any device error.
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.ctx.wait_idle()?;
+        self.in_flight.clear();
+        Ok(())
+    }
+
+    /// Values per sample (the sample shape flattened).
+    fn features(&self) -> usize {
+        self.config.sample_shape.iter().product()
+    }
+}

@@ -1,0 +1,116 @@
+//! The model's state between host and device: download, upload, and the check that a host
+//! state (from a checkpoint, say) fits the graph before any of it is sent.
+
+use crate::error::{Error, Result};
+use crate::exec::state::HostState;
+use crate::graph::Graph;
+use crate::optim::Optimizer;
+
+use super::Model;
+
+impl Model {
+    /// Downloads the whole state (blocking).
+    pub fn state(&mut self) -> Result<HostState> {
+        let graph = &self.graphs[&self.config.batch_size];
+        let host = self.state.download(&self.ctx, graph, self.step)?;
+        self.counters.blocking_readbacks += 1;
+        self.in_flight.clear();
+        Ok(host)
+    }
+
+    /// Replaces the whole state (parameters, optimizer state, running stats, step).
+    pub fn load_state(&mut self, state: &HostState) -> Result<()> {
+        check_state(self.graph(), state)?;
+        self.state.upload(&self.ctx, state);
+        self.step = state.step;
+        Ok(())
+    }
+}
+
+/// One way a [`HostState`] does not fit a model.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateProblem {
+    #[error("{given} parameters given, the model has {expected}")]
+    ParameterCount { given: usize, expected: usize },
+    #[error("{name}: {len} values for shape {shape:?}")]
+    ParameterLength {
+        name: String,
+        len: usize,
+        shape: Vec<usize>,
+    },
+    #[error("{given} optimizer state tensors per parameter given, {optimizer:?} keeps {expected}")]
+    OptimizerStateCount {
+        given: usize,
+        optimizer: Optimizer,
+        expected: usize,
+    },
+    #[error("optimizer state of {name}: {len} values for shape {shape:?}")]
+    OptimizerStateLength {
+        name: String,
+        len: usize,
+        shape: Vec<usize>,
+    },
+    #[error("{given} batch-norm states given, the model has {expected}")]
+    BatchNormCount { given: usize, expected: usize },
+    /// The running mean or variance of graph layer `layer` is not `features` long.
+    #[error("layer {layer} running stats: expected {features} features")]
+    RunningFeatures { layer: usize, features: usize },
+}
+
+/// A state whose tensors do not fit the graph is an error naming each mismatch.
+pub(super) fn check_state(graph: &Graph, state: &HostState) -> Result<()> {
+    let mut problems = Vec::new();
+    if state.params.len() != graph.params.len() {
+        problems.push(StateProblem::ParameterCount {
+            given: state.params.len(),
+            expected: graph.params.len(),
+        });
+    }
+    for (p, v) in graph.params.iter().zip(&state.params) {
+        if v.len() != p.len() {
+            problems.push(StateProblem::ParameterLength {
+                name: p.name.clone(),
+                len: v.len(),
+                shape: p.shape.clone(),
+            });
+        }
+    }
+    if state.optimizer.len() != graph.optimizer.state_count() {
+        problems.push(StateProblem::OptimizerStateCount {
+            given: state.optimizer.len(),
+            optimizer: graph.optimizer,
+            expected: graph.optimizer.state_count(),
+        });
+    }
+    for tensors in &state.optimizer {
+        for (p, v) in graph.params.iter().zip(tensors) {
+            if v.len() != p.len() {
+                problems.push(StateProblem::OptimizerStateLength {
+                    name: p.name.clone(),
+                    len: v.len(),
+                    shape: p.shape.clone(),
+                });
+            }
+        }
+    }
+    if state.running.len() != graph.batch_norms.len() {
+        problems.push(StateProblem::BatchNormCount {
+            given: state.running.len(),
+            expected: graph.batch_norms.len(),
+        });
+    }
+    for (b, r) in graph.batch_norms.iter().zip(&state.running) {
+        if r.mean.len() != b.features || r.var.len() != b.features {
+            problems.push(StateProblem::RunningFeatures {
+                layer: b.layer,
+                features: b.features,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::StateMismatch { problems })
+    }
+}

@@ -1,0 +1,158 @@
+//! Checks made before a step sends anything: the model's mode, the batch's length, every
+//! label against the loss's range, batch norm's "more than one sample", and a resident
+//! batch against a model other than its uploader. Each failure is a typed error.
+
+use crate::error::{Error, Result};
+use crate::graph::Mode;
+use crate::nn::{Layer, TargetEncoding};
+use crate::ops::batchnorm::check_train_batch;
+
+use super::{DeviceBatch, Model};
+
+/// A batch that does not fit the model (printed after "batch: ").
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    #[error("the batch is empty")]
+    Empty,
+    /// `rows` labels and `rows × features` values expected, `values` given.
+    #[error("{rows} labels need {} values ({rows} × {features}), got {values}", rows * features)]
+    Length {
+        rows: usize,
+        features: usize,
+        values: usize,
+    },
+    /// Unlabelled samples (predict) whose values do not divide into samples.
+    #[error("{values} values do not make whole samples of {features} features")]
+    PartialSample { values: usize, features: usize },
+    /// A label outside `0..classes` (`classes` is 2 for BCE's 0/1).
+    #[error("target {label} at index {index} is out of bounds for {classes} classes")]
+    LabelOutOfRange {
+        index: usize,
+        label: u32,
+        classes: usize,
+    },
+    #[error(
+        "a training batch of {rows} sample cannot be batch-normalized (PyTorch: \
+         \"Expected more than 1 value per channel when training\"); drop it (drop_last) or \
+         use another batch size"
+    )]
+    SingleSampleBatchNorm { rows: usize },
+    /// A resident batch uploaded by a model with another sample size.
+    #[error("the resident batch holds {batch} features per sample; this model takes {model}")]
+    ResidentFeatures { batch: usize, model: usize },
+    /// A resident batch whose targets another loss encoded.
+    #[error("the resident batch holds {batch}; this model's loss reads {model}")]
+    ResidentTargets {
+        batch: TargetEncoding,
+        model: TargetEncoding,
+    },
+    /// A batch size whose buffers exceed one storage binding; `largest` fits.
+    #[error(
+        "a batch of {batch_size} samples needs {bytes} bytes for {what}, over the device's \
+         max_storage_buffer_binding_size of {limit} bytes; the largest batch that fits is {largest}"
+    )]
+    TooLarge {
+        batch_size: usize,
+        what: String,
+        bytes: u64,
+        limit: u64,
+        largest: u64,
+    },
+}
+
+impl Model {
+    /// Fails unless the model is in `mode` (what `op` needs).
+    pub(super) fn require_mode(&self, mode: Mode, op: &'static str) -> Result<()> {
+        if self.mode == mode {
+            Ok(())
+        } else {
+            Err(Error::WrongMode { op, needs: mode })
+        }
+    }
+
+    /// The rows of a labelled batch, once its length and labels are checked.
+    pub(super) fn check_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
+        let features = self.features();
+        let rows = labels.len();
+        if rows == 0 {
+            return Err(BatchError::Empty.into());
+        }
+        if x.len() != rows * features {
+            return Err(BatchError::Length {
+                rows,
+                features,
+                values: x.len(),
+            }
+            .into());
+        }
+        self.check_labels(labels)?;
+        Ok(rows)
+    }
+
+    /// The rows of an unlabelled batch (whole, non-empty samples).
+    pub(super) fn check_samples(&self, x: &[f32]) -> Result<usize> {
+        let features = self.features();
+        if x.is_empty() || !x.len().is_multiple_of(features) {
+            return Err(BatchError::PartialSample {
+                values: x.len(),
+                features,
+            }
+            .into());
+        }
+        Ok(x.len() / features)
+    }
+
+    /// Every label within the loss's range: a class index, or 0/1 for BCE.
+    fn check_labels(&self, labels: &[u32]) -> Result<()> {
+        let classes = self.loss.label_count(self.graph().classes());
+        match labels.iter().position(|&l| l as usize >= classes) {
+            Some(index) => Err(BatchError::LabelOutOfRange {
+                index,
+                label: labels[index],
+                classes,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// A training batch of one sample cannot be batch-normalized (as in PyTorch).
+    pub(super) fn check_batch_norm_rows(&self, rows: usize) -> Result<()> {
+        let has_bn = || {
+            self.sequential
+                .layers()
+                .iter()
+                .any(|l| matches!(l, Layer::BatchNorm1d(_)))
+        };
+        if check_train_batch(&[rows, 1]).is_err() && has_bn() {
+            return Err(BatchError::SingleSampleBatchNorm { rows }.into());
+        }
+        Ok(())
+    }
+
+    /// The loss scale of a resident batch for this model, after checking that the batch
+    /// suits it when another model uploaded it (features, target encoding, label range).
+    pub(super) fn resident_loss_scale(&self, batch: &DeviceBatch) -> Result<f32> {
+        if batch.uploader == self.id {
+            return Ok(batch.loss_scale);
+        }
+        if batch.features != self.features() {
+            return Err(BatchError::ResidentFeatures {
+                batch: batch.features,
+                model: self.features(),
+            }
+            .into());
+        }
+        let encoding = self.loss.target_encoding();
+        if batch.encoding != encoding {
+            return Err(BatchError::ResidentTargets {
+                batch: batch.encoding,
+                model: encoding,
+            }
+            .into());
+        }
+        self.check_labels(&batch.labels)?;
+        Ok(self.loss.loss_scale(&batch.labels))
+    }
+}
