@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytemuck::{Pod, Zeroable};
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::exec::cpu::CpuExecutor;
+use crate::gpu::uniform_struct;
 use crate::gpu::{GpuContext, GpuTensor, Kernel, Shader};
 use crate::nn::{CrossEntropyLoss, Sequential};
 use crate::ops::matmul::{self, Epilogue, Layout, MatmulShape};
@@ -83,13 +83,13 @@ pub fn time_per_rep(budget: Budget, mut f: impl FnMut(usize) -> Result<()>) -> R
     Ok(samples[samples.len() / 2])
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct PeakParams {
-    iterations: u32,
-    scale: f32,
-    offset: f32,
-    _pad: u32,
+uniform_struct! {
+    struct PeakParams {
+        iterations: u32,
+        scale: f32,
+        offset: f32,
+        _pad: u32,
+    }
 }
 
 /// A register-only FMA kernel ready to dispatch: 8 independent vec4 chains per invocation.
@@ -371,4 +371,14 @@ pub fn run_all(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_mirrors_the_shader() {
+        crate::gpu::assert_mirrors::<PeakParams>(Shader::Bench, 0);
+    }
 }

@@ -88,7 +88,8 @@ impl Shader {
         parts.to_vec()
     }
 
-    fn source(self) -> String {
+    /// The module's WGSL source.
+    pub(crate) fn source(self) -> String {
         self.parts().concat()
     }
 

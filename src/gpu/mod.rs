@@ -2,6 +2,7 @@
 
 mod context;
 mod kernel;
+mod layout;
 mod tensor;
 
 pub use context::{
@@ -11,6 +12,10 @@ pub use context::{
 pub use kernel::{
     ActivationShader, Binding, Dispatch, Kernel, Launch, ResourceCounters, Shader, grid_1d,
 };
+pub use layout::UniformLayout;
+#[cfg(test)]
+pub(crate) use layout::assert_mirrors;
+pub(crate) use layout::uniform_struct;
 pub use tensor::{GpuTensor, TENSOR_USAGE, byte_len, map_and_read, read_buffer};
 
 /// Errors from the GPU layer. Each names what failed and, where it can, how to fix it.

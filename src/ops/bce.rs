@@ -1,11 +1,10 @@
 //! Binary cross-entropy with logits, the lecture's binary case: `torch.nn.BCEWithLogitsLoss`
 //! in its numerically stable form, with `pos_weight`. Kernel: `shaders/bce.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::softmax_xent::Reduction;
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_shape, groups};
+use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
 use std::any::Any;
 
@@ -75,14 +74,14 @@ pub fn reference(x: &[f32], y: &[f32], config: BceConfig) -> (Vec<f32>, Vec<f32>
     (loss, grad)
 }
 
-/// Mirrors `Params` in `shaders/bce.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    flags: u32,
-    pos_weight: f32,
-    _pad: u32,
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/bce.wgsl`.
+    struct Params {
+        n: u32,
+        flags: u32,
+        pos_weight: f32,
+        _pad: u32,
+    }
 }
 
 const WG: u32 = 64;
@@ -239,6 +238,11 @@ impl Op for BceWithLogitsOp {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uniform_mirrors_the_shader() {
+        crate::gpu::assert_mirrors::<Params>(Shader::Bce, 0);
+    }
+
     use super::*;
     use crate::check::{Tolerance, assert_close};
     use crate::ops::test_support::{ctx, uniform};

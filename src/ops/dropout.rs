@@ -6,11 +6,10 @@
 //! when the word's top 24 bits are ≥ round(p·2²⁴). Nothing is stored: the backward recomputes
 //! the mask, and the CPU reference draws the same bits.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::philox::philox4x32_10;
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, groups};
+use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader, grid_1d};
 use std::any::Any;
 
@@ -90,16 +89,16 @@ pub fn reference(x: &[f32], p: DropProbability, stream: MaskStream, step: u64) -
         .collect()
 }
 
-/// Mirrors `Params` in `shaders/dropout.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    len: u32,
-    threshold: u32,
-    scale: f32,
-    key0: u32,
-    key1: u32,
-    _pad: [u32; 3],
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/dropout.wgsl`.
+    struct Params {
+        len: u32,
+        threshold: u32,
+        scale: f32,
+        key0: u32,
+        key1: u32,
+        _pad: [u32; 3],
+    }
 }
 
 const WG: u32 = 64;
@@ -288,6 +287,13 @@ fn encode_mask(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uniforms_mirror_the_shaders() {
+        crate::gpu::assert_mirrors::<Params>(Shader::Dropout, 0);
+        crate::gpu::assert_mirrors::<Params>(Shader::PhiloxWords, 0);
+        crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(Shader::Dropout, 1);
+    }
+
     use super::*;
     use crate::ops::test_support::{ctx, uniform};
 

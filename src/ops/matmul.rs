@@ -4,9 +4,8 @@
 //! For `y = x·Wᵀ + b` with x: [N, in], W: [out, in] (PyTorch's layout):
 //! forward is `NT` (x · Wᵀ), `dx = dy · W` is `NN`, and `dW = dyᵀ · x` is `TN`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{OpError, expect_matrix, groups};
+use crate::gpu::uniform_struct;
 use crate::gpu::{
     Binding, GpuContext, GpuError, GpuTensor, Kernel, KernelChoice, Launch, Shader, TENSOR_USAGE,
     grid_1d,
@@ -170,21 +169,21 @@ impl Variant {
     }
 }
 
-/// Mirrors `Params` in `shaders/matmul.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    flags: u32,
-    a_row: u32,
-    a_col: u32,
-    b_row: u32,
-    b_col: u32,
-    k_chunk: u32,
-    splits: u32,
-    _pad: [u32; 2],
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/matmul.wgsl`.
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        flags: u32,
+        a_row: u32,
+        a_col: u32,
+        b_row: u32,
+        b_col: u32,
+        k_chunk: u32,
+        splits: u32,
+        _pad: [u32; 2],
+    }
 }
 
 const WG: u32 = 8;
@@ -473,6 +472,20 @@ pub fn reference(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uniform_mirrors_every_variant() {
+        for shader in [
+            Shader::MatmulNtVec4,
+            Shader::MatmulBvec4,
+            Shader::MatmulGeneral,
+            Shader::MatmulTiled,
+            Shader::MatmulBroadcastNt,
+            Shader::MatmulBroadcastNn,
+        ] {
+            crate::gpu::assert_mirrors::<Params>(shader, 0);
+        }
+    }
+
     use super::*;
     use crate::check::{Tolerance, assert_close};
     use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};

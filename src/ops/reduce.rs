@@ -1,9 +1,8 @@
 //! Reductions: column sums (a Linear layer's bias gradient) and the GPU-side accumulation of
 //! loss and accuracy, read back only when asked. Kernel: `shaders/reduce.wgsl`.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{OpError, expect_matrix, groups};
+use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
 use std::any::Any;
 
@@ -21,12 +20,12 @@ pub fn reference_column_sum(x: &[f32], d: usize) -> Vec<f32> {
     out
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    d: u32,
-    _pad: [u32; 2],
+uniform_struct! {
+    struct Params {
+        n: u32,
+        d: u32,
+        _pad: [u32; 2],
+    }
 }
 
 /// Floats in the running totals buffer.
@@ -180,6 +179,12 @@ impl Op for MetricsOp {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uniforms_mirror_the_shader() {
+        crate::gpu::assert_mirrors::<Params>(Shader::Reduce, 0);
+        crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(Shader::Reduce, 1);
+    }
+
     use super::*;
     use crate::check::{Tolerance, assert_close};
     use crate::ops::step::{StepBuffer, StepParams};

@@ -6,10 +6,9 @@
 //! The host holds the targets when it uploads them, so it computes that divisor
 //! ([`loss_scale`]) and passes it in the step uniform; the kernel needs no second pass.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_matrix, expect_shape, groups};
+use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
 use std::any::Any;
 
@@ -176,17 +175,17 @@ pub fn reference(
     (loss, grad)
 }
 
-/// Mirrors `Params` in `shaders/softmax_xent.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    c: u32,
-    ignore_index: i32,
-    flags: u32,
-    label_smoothing: f32,
-    weight_sum: f32,
-    _pad: [u32; 2],
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/softmax_xent.wgsl`.
+    struct Params {
+        n: u32,
+        c: u32,
+        ignore_index: i32,
+        flags: u32,
+        label_smoothing: f32,
+        weight_sum: f32,
+        _pad: [u32; 2],
+    }
 }
 
 const FLAG_WEIGHTS: u32 = 1;
@@ -444,6 +443,12 @@ impl Op for CrossEntropyOp {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uniforms_mirror_the_shader() {
+        crate::gpu::assert_mirrors::<Params>(Shader::SoftmaxXent, 0);
+        crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(Shader::SoftmaxXent, 1);
+    }
+
     use super::*;
     use crate::check::{Tolerance, assert_close};
     use crate::ops::test_support::{ctx, uniform};

@@ -1,21 +1,21 @@
 //! The per-step uniform: values the host writes once per training step, before its submit.
 
-use bytemuck::{Pod, Zeroable};
-
+use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, GpuContext, GpuError};
 
-/// Mirrors `Step` in `shaders/step.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
-pub struct StepParams {
-    pub step_lo: u32,
-    pub step_hi: u32,
-    pub lr: f32,
-    pub adam_step_size: f32,
-    pub adam_bias_correction2_sqrt: f32,
-    pub sgd_first_step: u32,
-    pub loss_scale: f32,
-    pub rows: u32,
+uniform_struct! {
+    /// Mirrors `Step` in `shaders/step.wgsl`.
+    #[derive(Debug, Default, PartialEq)]
+    pub struct StepParams {
+        pub step_lo: u32,
+        pub step_hi: u32,
+        pub lr: f32,
+        pub adam_step_size: f32,
+        pub adam_bias_correction2_sqrt: f32,
+        pub sgd_first_step: u32,
+        pub loss_scale: f32,
+        pub rows: u32,
+    }
 }
 
 impl StepParams {

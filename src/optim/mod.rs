@@ -2,11 +2,10 @@
 //! decay), Adam and AdamW (with or without AMSGrad). Kernel: `shaders/optim.wgsl`, one dispatch for every parameter
 //! (they live in one flat buffer).
 
-use bytemuck::{Pod, Zeroable};
-
 mod schedule;
 pub use schedule::{LrSchedule, ScheduleError};
 
+use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
 use crate::ops::step::StepParams;
 use crate::ops::{OpError, groups};
@@ -232,18 +231,18 @@ pub fn reference_step(
     }
 }
 
-/// Mirrors `Params` in `shaders/optim.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    len: u32,
-    flags: u32,
-    momentum: f32,
-    dampening: f32,
-    weight_decay: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/optim.wgsl`.
+    struct Params {
+        len: u32,
+        flags: u32,
+        momentum: f32,
+        dampening: f32,
+        weight_decay: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+    }
 }
 
 const WG: u32 = 256;

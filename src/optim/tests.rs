@@ -262,3 +262,9 @@ fn invalid_hyper_parameters_are_rejected() {
     );
     assert!(Optimizer::Adam(Adam::adamw()).validate().is_ok());
 }
+
+#[test]
+fn uniforms_mirror_the_shader() {
+    crate::gpu::assert_mirrors::<Params>(crate::gpu::Shader::Optim, 0);
+    crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(crate::gpu::Shader::Optim, 1);
+}

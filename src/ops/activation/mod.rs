@@ -13,10 +13,9 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{OpError, expect_shape, groups};
 use crate::exec::{CpuCx, GpuCx};
+use crate::gpu::uniform_struct;
 use crate::gpu::{
     ActivationShader, Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader, grid_1d,
 };
@@ -147,13 +146,13 @@ pub fn reference_backward(activation: &dyn Activation, v: &[f32], dy: &[f32]) ->
         .collect()
 }
 
-/// Mirrors `Params` in `shaders/activation.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    len: u32,
-    param: f32,
-    _pad: [u32; 2],
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/activation.wgsl`.
+    struct Params {
+        len: u32,
+        param: f32,
+        _pad: [u32; 2],
+    }
 }
 
 const WG: u32 = 256;

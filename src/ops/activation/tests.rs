@@ -142,3 +142,10 @@ fn mismatched_gradient_shape_is_an_error() {
     let err = backward(ctx, &Sigmoid, &y, &dy).unwrap_err().to_string();
     assert!(err.contains("[3, 2]") && err.contains("[2, 3]"), "{err}");
 }
+
+#[test]
+fn uniform_mirrors_the_shader_of_every_activation() {
+    for activation in every_activation() {
+        crate::gpu::assert_mirrors::<Params>(Shader::Activation(activation.shader()), 0);
+    }
+}

@@ -1,25 +1,24 @@
 //! BatchNorm1d's kernels (`shaders/batchnorm.wgsl`): parameters, bindings and dispatches.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{BatchNormConfig, FusedDropout};
+use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
 use crate::ops::groups;
 
-/// Mirrors `Params` in `shaders/batchnorm.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    d: u32,
-    eps: f32,
-    momentum: f32,
-    flags: u32,
-    threshold: u32,
-    scale: f32,
-    key0: u32,
-    key1: u32,
-    _pad: [u32; 3],
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/batchnorm.wgsl`.
+    pub(super) struct Params {
+        n: u32,
+        d: u32,
+        eps: f32,
+        momentum: f32,
+        flags: u32,
+        threshold: u32,
+        scale: f32,
+        key0: u32,
+        key1: u32,
+        _pad: [u32; 3],
+    }
 }
 
 const FLAG_RELU: u32 = 1;

@@ -342,3 +342,9 @@ fn reference_gradients_match_finite_differences() {
         }
     }
 }
+
+#[test]
+fn uniforms_mirror_the_shader() {
+    crate::gpu::assert_mirrors::<super::launch::Params>(crate::gpu::Shader::BatchNorm, 0);
+    crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(crate::gpu::Shader::BatchNorm, 12);
+}
