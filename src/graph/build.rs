@@ -6,12 +6,7 @@ use super::{
     BatchNormState, BuildError, Graph, Init, Mode, Node, Op, Param, ParamId, Phase, Value, ValueId,
     ValueKind, autodiff, fusion,
 };
-use crate::nn::kaiming_uniform_bound;
-use crate::nn::{Layer, Loss, Sequential};
-use crate::ops::activation::ActivationOp;
-use crate::ops::batchnorm::BatchNormOp;
-use crate::ops::dropout::{DropProbability, DropoutOp};
-use crate::ops::linear::LinearOp;
+use crate::nn::{Loss, Sequential};
 use crate::ops::reduce::MetricsOp;
 use crate::optim::Optimizer;
 
@@ -36,134 +31,27 @@ pub fn build(
         .validate()
         .map_err(|e| BuildError::Config(e.to_string()))?;
     let features: usize = sample_shape.iter().product();
-    let mut b = Builder {
+    let mut b = Lowering {
+        batch_size,
+        // The logical shape PyTorch would see; values themselves are always [N, features].
+        shape: std::iter::once(batch_size)
+            .chain(sample_shape.iter().copied())
+            .collect(),
+        x: ValueId(0),
+        index: 0,
+        kind: "",
         values: Vec::new(),
         nodes: Vec::new(),
         params: Vec::new(),
         batch_norms: Vec::new(),
     };
     let input = b.value(batch_size, features, ValueKind::Input);
-    // The logical shape PyTorch would see; values themselves are always [N, features].
-    let mut shape: Vec<usize> = std::iter::once(batch_size)
-        .chain(sample_shape.iter().copied())
-        .collect();
-    let mut x = input;
-
+    b.x = input;
     for (index, layer) in model.layers().iter().enumerate() {
-        let kind = layer.kind();
-        let shape_error = |expected: String, found: &[usize]| BuildError::Shape {
-            index,
-            kind,
-            expected,
-            found: found.to_vec(),
-        };
-        let layer_error = |message: String| BuildError::Layer {
-            index,
-            kind,
-            message,
-        };
-        let flat = |shape: &[usize]| {
-            if shape.len() == 2 {
-                Ok(shape[1])
-            } else {
-                Err(shape_error(
-                    "[N, features] (add a Flatten before it)".into(),
-                    shape,
-                ))
-            }
-        };
-        match layer {
-            Layer::Flatten(_) => {
-                shape = vec![batch_size, shape[1..].iter().product()];
-            }
-            Layer::Linear(l) => {
-                if shape.len() != 2 || shape[1] != l.in_features {
-                    let hint = if shape.len() > 2 {
-                        " (add a Flatten before it)"
-                    } else {
-                        ""
-                    };
-                    return Err(shape_error(format!("[N, {}]{hint}", l.in_features), &shape));
-                }
-                if l.out_features == 0 {
-                    return Err(layer_error("out_features must be at least 1".into()));
-                }
-                // PyTorch's Linear.reset_parameters: both uniform in ±1/√in_features.
-                let init = Init::Uniform {
-                    bound: kaiming_uniform_bound(l.in_features),
-                };
-                let weight = b.param(index, "weight", vec![l.out_features, l.in_features], init);
-                let bias = l
-                    .bias
-                    .then(|| b.param(index, "bias", vec![l.out_features], init));
-                let y = b.value(batch_size, l.out_features, ValueKind::Activation);
-                let op = LinearOp {
-                    weight,
-                    bias,
-                    relu: false,
-                };
-                b.node(op, vec![x], vec![y], index);
-                x = y;
-                shape = vec![batch_size, l.out_features];
-            }
-            Layer::BatchNorm1d(bn) => {
-                if shape.len() != 2 || shape[1] != bn.num_features {
-                    return Err(shape_error(format!("[N, {}]", bn.num_features), &shape));
-                }
-                if !(bn.config.eps > 0.0) {
-                    return Err(layer_error(format!(
-                        "eps must be positive, got {}",
-                        bn.config.eps
-                    )));
-                }
-                if let Some(m) = bn.config.momentum
-                    && !(0.0..=1.0).contains(&m)
-                {
-                    return Err(layer_error(format!("momentum must be in [0, 1], got {m}")));
-                }
-                let d = bn.num_features;
-                let gamma = b.param(index, "weight", vec![d], Init::Constant(1.0));
-                let beta = b.param(index, "bias", vec![d], Init::Constant(0.0));
-                let bn_id = b.batch_norms.len();
-                b.batch_norms.push(BatchNormState {
-                    layer: index,
-                    features: d,
-                    config: bn.config,
-                    gamma,
-                    beta,
-                });
-                let y = b.value(batch_size, d, ValueKind::Activation);
-                let saved = b.value(2, d, ValueKind::Saved);
-                let op = BatchNormOp {
-                    bn: bn_id,
-                    relu: false,
-                    dropout: None,
-                };
-                b.node(op, vec![x], vec![y, saved], index);
-                x = y;
-            }
-            Layer::Activation(a) => {
-                let features = flat(&shape)?;
-                let y = b.value(batch_size, features, ValueKind::Activation);
-                b.node(ActivationOp::new(a.clone()), vec![x], vec![y], index);
-                x = y;
-            }
-            Layer::Dropout(d) => {
-                let p = DropProbability::new(d.p).map_err(|e| layer_error(e.to_string()))?;
-                let features = flat(&shape)?;
-                // p = 0 is the identity in both modes: no node at all.
-                if p.get() > 0.0 {
-                    let y = b.value(batch_size, features, ValueKind::Activation);
-                    let op = DropoutOp {
-                        p,
-                        stream: index as u32,
-                    };
-                    b.node(op, vec![x], vec![y], index);
-                    x = y;
-                }
-            }
-        }
+        (b.index, b.kind) = (index, layer.kind());
+        layer.lower(&mut b)?;
     }
+    let (shape, x) = (b.shape.clone(), b.x);
     // Linear → ReLU, BatchNorm → ReLU (→ Dropout): see each op's `absorb`.
     fusion::fuse(&mut b.nodes);
 
@@ -217,37 +105,120 @@ pub fn build(
     Ok(graph)
 }
 
-struct Builder {
+/// What a layer's [`Module::lower`](crate::nn::Module::lower) sees and extends: the shape
+/// PyTorch would see at this point of the Sequential, the value holding it, and the graph so
+/// far. Errors it makes name the layer (index and kind).
+pub struct Lowering {
+    pub batch_size: usize,
+    shape: Vec<usize>,
+    x: ValueId,
+    index: usize,
+    kind: &'static str,
     values: Vec<Value>,
     nodes: Vec<Node>,
     params: Vec<Param>,
     batch_norms: Vec<BatchNormState>,
 }
 
-impl Builder {
-    fn value(&mut self, rows: usize, cols: usize, kind: ValueKind) -> ValueId {
-        self.values.push(Value { rows, cols, kind });
-        ValueId(self.values.len() - 1)
+impl Lowering {
+    /// The logical shape of the layer's input, batch first ([N, 3, 32, 32], [N, 64]).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
     }
 
-    fn param(&mut self, layer: usize, name: &str, shape: Vec<usize>, init: Init) -> ParamId {
+    /// The value holding the layer's input.
+    pub fn input(&self) -> ValueId {
+        self.x
+    }
+
+    /// The layer's index in the Sequential (its state_dict prefix, its dropout stream).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The features of a flat input [N, features], or an error asking for a Flatten.
+    pub fn flat_features(&self) -> Result<usize, BuildError> {
+        match self.shape[..] {
+            [_, features] => Ok(features),
+            _ => Err(self.shape_error("[N, features] (add a Flatten before it)".into())),
+        }
+    }
+
+    /// Checks that the input is [N, features], naming both shapes otherwise.
+    pub fn expect_features(&self, features: usize) -> Result<(), BuildError> {
+        match self.shape[..] {
+            [_, f] if f == features => Ok(()),
+            [_, _] => Err(self.shape_error(format!("[N, {features}]"))),
+            _ => Err(self.shape_error(format!("[N, {features}] (add a Flatten before it)"))),
+        }
+    }
+
+    /// An error for an input of the wrong shape: what was `expected`, and what came.
+    pub fn shape_error(&self, expected: String) -> BuildError {
+        BuildError::Shape {
+            index: self.index,
+            kind: self.kind,
+            expected,
+            found: self.shape.clone(),
+        }
+    }
+
+    /// An error in the layer's own settings.
+    pub fn error(&self, message: String) -> BuildError {
+        BuildError::Layer {
+            index: self.index,
+            kind: self.kind,
+            message,
+        }
+    }
+
+    /// A learnable parameter of this layer, named `"{index}.{name}"` as in its state_dict.
+    pub fn param(&mut self, name: &str, shape: Vec<usize>, init: Init) -> ParamId {
         self.params.push(Param {
-            name: format!("{layer}.{name}"),
+            name: format!("{}.{name}", self.index),
             shape,
-            layer,
+            layer: self.index,
             init,
         });
         ParamId(self.params.len() - 1)
     }
 
-    fn node(&mut self, op: impl Op, inputs: Vec<ValueId>, outputs: Vec<ValueId>, layer: usize) {
+    /// A batch norm's non-learnable state (running statistics); returns its index.
+    pub fn batch_norm(&mut self, state: BatchNormState) -> usize {
+        self.batch_norms.push(state);
+        self.batch_norms.len() - 1
+    }
+
+    /// A new value of the batch's rows and `cols` columns.
+    pub fn activation(&mut self, cols: usize) -> ValueId {
+        self.value(self.batch_size, cols, ValueKind::Activation)
+    }
+
+    /// A new value a forward saves for its backward, [rows, cols].
+    pub fn saved(&mut self, rows: usize, cols: usize) -> ValueId {
+        self.value(rows, cols, ValueKind::Saved)
+    }
+
+    /// Appends a forward node of this layer.
+    pub fn push(&mut self, op: impl Op, inputs: Vec<ValueId>, outputs: Vec<ValueId>) {
         self.nodes.push(Node {
             op: Arc::new(op),
             inputs,
             outputs,
             phase: Phase::Forward,
-            layer: Some(layer),
+            layer: Some(self.index),
         });
+    }
+
+    /// The layer's output: `value`, of logical shape `shape`.
+    pub fn set_output(&mut self, value: ValueId, shape: Vec<usize>) {
+        self.x = value;
+        self.shape = shape;
+    }
+
+    fn value(&mut self, rows: usize, cols: usize, kind: ValueKind) -> ValueId {
+        self.values.push(Value { rows, cols, kind });
+        ValueId(self.values.len() - 1)
     }
 }
 
@@ -256,7 +227,10 @@ mod tests {
     use super::*;
     use crate::graph::FoldedDropout;
     use crate::nn::{BCEWithLogitsLoss, BatchNorm1d, Dropout, Flatten, Linear, ReLU};
-    use crate::ops::linear::LinearGradInputOp;
+    use crate::ops::activation::ActivationOp;
+    use crate::ops::batchnorm::BatchNormOp;
+    use crate::ops::dropout::DropoutOp;
+    use crate::ops::linear::{LinearGradInputOp, LinearOp};
     use crate::optim::Sgd;
 
     fn sgd() -> Optimizer {

@@ -11,7 +11,7 @@ mod op;
 use std::sync::Arc;
 
 pub use autodiff::Autodiff;
-pub use build::build;
+pub use build::{Lowering, build};
 pub use op::Op;
 
 use crate::nn::Loss;

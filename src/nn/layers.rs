@@ -1,73 +1,26 @@
-//! Layers and `Sequential`, mirroring torch.nn's constructors and state_dict names.
+//! `Layer`, the [`Module`] every layer defines in its own file, and `Sequential`, mirroring
+//! torch.nn's constructors and state_dict names.
 
-use crate::ops::activation::{Activation, AnyActivation, ReLU};
-use crate::ops::batchnorm::BatchNormConfig;
+use super::{BatchNorm1d, Dropout, Flatten, Linear, batch_norm, dropout, flatten, linear};
+use crate::graph::{BuildError, Lowering};
+use crate::ops::activation::{self, Activation, AnyActivation, ReLU};
 
-/// `torch.nn.Flatten()`: [N, d1, d2, …] → [N, d1·d2·…].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Flatten;
+/// What every layer defines, in its own module: its torch.nn name, its spec token, its
+/// state_dict entries, and how it lowers into the graph (its shape rule, its parameters with
+/// their initial values, and its ops).
+pub trait Module {
+    /// The torch.nn class name, for messages.
+    fn kind(&self) -> &'static str;
 
-/// `torch.nn.Linear(in_features, out_features, bias=True)`: y = x·Wᵀ + b with W: [out, in].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Linear {
-    pub in_features: usize,
-    pub out_features: usize,
-    pub bias: bool,
-}
+    /// The spec token that builds it again ([`crate::nn::spec`]).
+    fn spec(&self) -> String;
 
-impl Linear {
-    pub fn new(in_features: usize, out_features: usize) -> Self {
-        Self {
-            in_features,
-            out_features,
-            bias: true,
-        }
-    }
+    /// The layer's state_dict entries (without its index prefix), in PyTorch's order.
+    fn state_names(&self) -> &'static [&'static str];
 
-    /// Without the bias term (`bias=False`).
-    pub fn without_bias(mut self) -> Self {
-        self.bias = false;
-        self
-    }
-}
-
-/// `torch.nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1)` with learnable γ, β.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BatchNorm1d {
-    pub num_features: usize,
-    pub config: BatchNormConfig,
-}
-
-impl BatchNorm1d {
-    pub fn new(num_features: usize) -> Self {
-        Self {
-            num_features,
-            config: BatchNormConfig::default(),
-        }
-    }
-
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.config.eps = eps;
-        self
-    }
-
-    /// `None`: running statistics are the cumulative average.
-    pub fn momentum(mut self, momentum: Option<f32>) -> Self {
-        self.config.momentum = momentum;
-        self
-    }
-}
-
-/// `torch.nn.Dropout(p)`: zeroes elements with probability p in training, identity in eval.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Dropout {
-    pub p: f32,
-}
-
-impl Dropout {
-    pub fn new(p: f32) -> Self {
-        Self { p }
-    }
+    /// Appends the layer's forward to the graph: checks the input shape, declares the
+    /// parameters, pushes the ops and sets the output.
+    fn lower(&self, cx: &mut Lowering) -> Result<(), BuildError>;
 }
 
 /// One entry of a [`Sequential`]. Every element-wise activation (ReLU, Sigmoid, Tanh,
@@ -82,33 +35,111 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// The layer's own definition.
+    pub fn module(&self) -> &dyn Module {
+        match self {
+            Layer::Flatten(l) => l,
+            Layer::Linear(l) => l,
+            Layer::BatchNorm1d(l) => l,
+            Layer::Activation(l) => l,
+            Layer::Dropout(l) => l,
+        }
+    }
+
     /// The torch.nn class name, for messages.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Layer::Flatten(_) => "Flatten",
-            Layer::Linear(_) => "Linear",
-            Layer::BatchNorm1d(_) => "BatchNorm1d",
-            Layer::Activation(a) => a.kind(),
-            Layer::Dropout(_) => "Dropout",
-        }
+        self.module().kind()
     }
 
     /// The layer's state_dict entries (without its index prefix), in PyTorch's order.
     pub fn state_names(&self) -> &'static [&'static str] {
-        match self {
-            Layer::Linear(l) if l.bias => &["weight", "bias"],
-            Layer::Linear(_) => &["weight"],
-            Layer::BatchNorm1d(_) => &[
-                "weight",
-                "bias",
-                "running_mean",
-                "running_var",
-                "num_batches_tracked",
-            ],
-            Layer::Flatten(_) | Layer::Activation(_) | Layer::Dropout(_) => &[],
+        self.module().state_names()
+    }
+
+    /// The layer's spec token.
+    pub fn spec(&self) -> String {
+        self.module().spec()
+    }
+
+    pub(crate) fn lower(&self, cx: &mut Lowering) -> Result<(), BuildError> {
+        self.module().lower(cx)
+    }
+}
+
+/// Every activation is a layer: element-wise, so the shape is kept; no state.
+impl Module for AnyActivation {
+    fn kind(&self) -> &'static str {
+        Activation::kind(&**self)
+    }
+
+    fn spec(&self) -> String {
+        Activation::spec(&**self)
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<(), BuildError> {
+        let features = cx.flat_features()?;
+        let (x, y) = (cx.input(), cx.activation(features));
+        cx.push(
+            activation::ActivationOp::new(self.clone()),
+            vec![x],
+            vec![y],
+        );
+        cx.set_output(y, cx.shape().to_vec());
+        Ok(())
+    }
+}
+
+/// What a spec token's parser knows of its input: the features per sample the previous
+/// layer gives (`None` while samples are not flat) and the data's sample shape.
+pub struct SpecInput<'a> {
+    pub features: Option<usize>,
+    pub sample_shape: &'a [usize],
+}
+
+impl SpecInput<'_> {
+    /// The flat input's features, or an error asking for a flatten first.
+    pub fn flat(&self, name: &str) -> Result<usize, String> {
+        self.features.ok_or_else(|| {
+            format!(
+                "{name} needs flat samples but they are shaped {:?}; put flatten first",
+                self.sample_shape
+            )
+        })
+    }
+
+    /// An error unless the token has no arguments.
+    pub fn no_args(&self, name: &str, args: &[&str]) -> Result<(), String> {
+        match args {
+            [] => Ok(()),
+            _ => Err(format!("{name} takes no argument")),
         }
     }
 }
+
+/// How a spec token names a layer and builds it: from its arguments (after the name) and its
+/// input, the layer and the features per sample after it.
+#[derive(Clone, Copy)]
+pub struct LayerToken {
+    /// Names it is written as (lower case), the first being the canonical one.
+    pub names: &'static [&'static str],
+    /// The form for messages and docs (`"linear:N[:nobias]"`).
+    pub usage: &'static str,
+    #[allow(clippy::type_complexity)]
+    pub parse: fn(&[&str], &SpecInput<'_>) -> Result<(Layer, Option<usize>), String>,
+}
+
+/// The layers with a shape or state of their own; the activations' tokens are
+/// [`activation::TOKENS`].
+pub const LAYER_TOKENS: &[LayerToken] = &[
+    flatten::TOKEN,
+    linear::TOKEN,
+    batch_norm::TOKEN,
+    dropout::TOKEN,
+];
 
 macro_rules! layer_from {
     ($($t:ident),*) => {$(

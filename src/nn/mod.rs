@@ -24,12 +24,20 @@
 //! ]);
 //! ```
 
+mod batch_norm;
+mod dropout;
+mod flatten;
 mod init;
 mod layers;
+mod linear;
 mod loss;
 pub mod spec;
 
 pub use crate::ops::activation::layers::*;
+pub use batch_norm::BatchNorm1d;
+pub use dropout::Dropout;
+pub use flatten::Flatten;
 pub use init::{init_parameters, kaiming_uniform_bound};
-pub use layers::{BatchNorm1d, Dropout, Flatten, Layer, Linear, Sequential};
+pub use layers::{LAYER_TOKENS, Layer, LayerToken, Module, Sequential, SpecInput};
+pub use linear::Linear;
 pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, TargetEncoding};

@@ -15,8 +15,8 @@
 //!
 //! The activations' tokens come from their own modules ([`crate::ops::activation::TOKENS`]).
 
-use super::{BatchNorm1d, Dropout, Flatten, Layer, Linear, Sequential};
-use crate::ops::activation::{self, AnyActivation};
+use super::{LAYER_TOKENS, Layer, Sequential, SpecInput};
+use crate::ops::activation;
 
 /// The lecture's MLP with dropout 0.2; the output size is the number of classes.
 pub const LECTURE_SPEC: &str =
@@ -33,16 +33,6 @@ pub struct SpecError {
     /// 1-based character column where the token starts.
     pub column: usize,
     pub message: String,
-}
-
-/// One parsed token, before the input size is known.
-#[derive(Clone, Debug, PartialEq)]
-enum Token {
-    Flatten,
-    Linear { out: usize, bias: bool },
-    BatchNorm,
-    Activation(AnyActivation),
-    Dropout(f32),
 }
 
 /// Builds the Sequential a spec describes for samples shaped `sample_shape`.
@@ -71,95 +61,46 @@ pub fn parse(spec: &str, sample_shape: &[usize]) -> Result<Sequential, SpecError
             column: column + (raw.len() - raw.trim_start().len()),
             message,
         };
-        let token = parse_token(raw.trim()).map_err(&error)?;
-        let needs_flat = |name: &str| {
-            error(format!(
-                "{name} needs flat samples but they are shaped {sample_shape:?}; put flatten first"
-            ))
+        let input = SpecInput {
+            features,
+            sample_shape,
         };
-        let layer: Layer = match token {
-            Token::Flatten => {
-                features = Some(features.unwrap_or_else(|| sample_shape.iter().product()));
-                Flatten.into()
-            }
-            Token::Linear { out, bias } => {
-                let input = features.ok_or_else(|| needs_flat("linear"))?;
-                features = Some(out);
-                let l = Linear::new(input, out);
-                if bias {
-                    l.into()
-                } else {
-                    l.without_bias().into()
-                }
-            }
-            Token::BatchNorm => BatchNorm1d::new(features.ok_or_else(|| needs_flat("bn"))?).into(),
-            Token::Activation(a) => a.into(),
-            Token::Dropout(p) => Dropout::new(p).into(),
-        };
+        let (layer, after) = parse_token(raw.trim(), &input).map_err(&error)?;
+        features = after;
         model.push(layer);
         column += raw.chars().count() + 1;
     }
     Ok(model)
 }
 
-fn parse_token(token: &str) -> Result<Token, String> {
+/// One token: a layer of [`LAYER_TOKENS`] or an activation of [`activation::TOKENS`].
+fn parse_token(token: &str, input: &SpecInput<'_>) -> Result<(Layer, Option<usize>), String> {
     let mut parts = token.split(':');
     let name = parts.next().unwrap_or("").to_ascii_lowercase();
     let args: Vec<&str> = parts.collect();
-    let no_args = |t: Token| {
-        if args.is_empty() {
-            Ok(t)
-        } else {
-            Err(format!("{name} takes no argument"))
+    if name.is_empty() {
+        return Err("empty token (two commas in a row?)".into());
+    }
+    if let Some(t) = LAYER_TOKENS
+        .iter()
+        .find(|t| t.names.contains(&name.as_str()))
+    {
+        return (t.parse)(&args, input);
+    }
+    match activation::parse_token(&name, &args) {
+        // Element-wise: the features stay as they are.
+        Some(parsed) => parsed.map(|a| (a.into(), input.features)),
+        None => {
+            let usages: Vec<&str> = LAYER_TOKENS
+                .iter()
+                .map(|t| t.usage)
+                .chain(activation::TOKENS.iter().map(|t| t.usage))
+                .collect();
+            Err(format!(
+                "unknown layer {name:?}; expected one of {}",
+                usages.join(", ")
+            ))
         }
-    };
-    match name.as_str() {
-        "flatten" => no_args(Token::Flatten),
-        "bn" | "batchnorm" | "batchnorm1d" => no_args(Token::BatchNorm),
-        "linear" => {
-            let out = args
-                .first()
-                .ok_or("linear needs its output size, e.g. linear:64")?;
-            let out: usize = out.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                format!("linear's output size must be a positive integer, got {out:?}")
-            })?;
-            match args.get(1..) {
-                Some([]) | None => Ok(Token::Linear { out, bias: true }),
-                Some(["nobias"]) => Ok(Token::Linear { out, bias: false }),
-                Some(other) => Err(format!(
-                    "unexpected linear option {:?}; only nobias",
-                    other.join(":")
-                )),
-            }
-        }
-        "dropout" => match args.as_slice() {
-            [] => Ok(Token::Dropout(0.5)),
-            [p] => {
-                let value: f32 = p
-                    .parse()
-                    .map_err(|_| format!("dropout probability {p:?} is not a number"))?;
-                if (0.0..=1.0).contains(&value) {
-                    Ok(Token::Dropout(value))
-                } else {
-                    Err(format!(
-                        "dropout probability has to be between 0 and 1, but got {value}"
-                    ))
-                }
-            }
-            _ => Err("dropout takes one probability, e.g. dropout:0.2".into()),
-        },
-        "" => Err("empty token (two commas in a row?)".into()),
-        other => match activation::parse_token(other, &args) {
-            Some(parsed) => parsed.map(Token::Activation),
-            None => {
-                let activations: Vec<&str> = activation::TOKENS.iter().map(|t| t.usage).collect();
-                Err(format!(
-                    "unknown layer {other:?}; expected flatten, linear:N, bn, dropout:P or an \
-                     activation ({})",
-                    activations.join(", ")
-                ))
-            }
-        },
     }
 }
 
@@ -168,14 +109,7 @@ pub fn to_spec(model: &Sequential) -> String {
     model
         .layers()
         .iter()
-        .map(|layer| match layer {
-            Layer::Flatten(_) => "flatten".to_string(),
-            Layer::Linear(l) if l.bias => format!("linear:{}", l.out_features),
-            Layer::Linear(l) => format!("linear:{}:nobias", l.out_features),
-            Layer::BatchNorm1d(_) => "bn".to_string(),
-            Layer::Activation(a) => a.spec(),
-            Layer::Dropout(d) => format!("dropout:{}", d.p),
-        })
+        .map(Layer::spec)
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -183,6 +117,7 @@ pub fn to_spec(model: &Sequential) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::{Dropout, Linear};
 
     #[test]
     fn lecture_spec_is_the_lecture_mlp() {

@@ -1,0 +1,97 @@
+//! `torch.nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1)` over [N, features], with
+//! learnable γ = 1 and β = 0 to start and running statistics (mean 0, variance 1). Its graph
+//! ops are [`crate::ops::batchnorm`]'s.
+
+use super::{Layer, LayerToken, Module, SpecInput};
+use crate::graph::{BatchNormState, BuildError, Init, Lowering};
+use crate::ops::batchnorm::{BatchNormConfig, BatchNormOp};
+
+/// `torch.nn.BatchNorm1d(num_features, eps, momentum)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNorm1d {
+    pub num_features: usize,
+    pub config: BatchNormConfig,
+}
+
+impl BatchNorm1d {
+    pub fn new(num_features: usize) -> Self {
+        Self {
+            num_features,
+            config: BatchNormConfig::default(),
+        }
+    }
+
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.config.eps = eps;
+        self
+    }
+
+    /// `None`: running statistics are the cumulative average.
+    pub fn momentum(mut self, momentum: Option<f32>) -> Self {
+        self.config.momentum = momentum;
+        self
+    }
+}
+
+pub(super) const TOKEN: LayerToken = LayerToken {
+    names: &["bn", "batchnorm", "batchnorm1d"],
+    usage: "bn",
+    parse,
+};
+
+fn parse(args: &[&str], input: &SpecInput<'_>) -> Result<(Layer, Option<usize>), String> {
+    input.no_args("bn", args)?;
+    let features = input.flat("bn")?;
+    Ok((BatchNorm1d::new(features).into(), Some(features)))
+}
+
+impl Module for BatchNorm1d {
+    fn kind(&self) -> &'static str {
+        "BatchNorm1d"
+    }
+
+    fn spec(&self) -> String {
+        "bn".into()
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &[
+            "weight",
+            "bias",
+            "running_mean",
+            "running_var",
+            "num_batches_tracked",
+        ]
+    }
+
+    fn lower(&self, cx: &mut Lowering) -> Result<(), BuildError> {
+        let d = self.num_features;
+        cx.expect_features(d)?;
+        if !(self.config.eps > 0.0) {
+            return Err(cx.error(format!("eps must be positive, got {}", self.config.eps)));
+        }
+        if let Some(m) = self.config.momentum
+            && !(0.0..=1.0).contains(&m)
+        {
+            return Err(cx.error(format!("momentum must be in [0, 1], got {m}")));
+        }
+        let gamma = cx.param("weight", vec![d], Init::Constant(1.0));
+        let beta = cx.param("bias", vec![d], Init::Constant(0.0));
+        let bn = cx.batch_norm(BatchNormState {
+            layer: cx.index(),
+            features: d,
+            config: self.config,
+            gamma,
+            beta,
+        });
+        let (x, y, saved) = (cx.input(), cx.activation(d), cx.saved(2, d));
+        let op = BatchNormOp {
+            bn,
+            relu: false,
+            dropout: None,
+        };
+        cx.push(op, vec![x], vec![y, saved]);
+        cx.set_output(y, vec![cx.batch_size, d]);
+        Ok(())
+    }
+}
