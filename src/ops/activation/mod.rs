@@ -6,7 +6,7 @@
 //! forward and backward) and defines its [`Token`]; the shader defines
 //! `fn act_forward(x: f32, p: f32) -> f32` and `fn act_backward(v: f32, dy: f32, p: f32) -> f32`,
 //! where `v` is the forward's input or its output, as [`Activation::derivative_from`] says
-//! and `p` is [`Activation::param`]. The line in `activations!` invocation below
+//! and `p` is [`Activation::param`]. The line in the `activations!` invocation below
 //! registers it: the spec parser, the layer type and the graph pick it up from there.
 
 use std::any::Any;
