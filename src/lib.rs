@@ -18,6 +18,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod rng;
 pub mod run;
 pub mod train;
 
