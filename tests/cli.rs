@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use wgnn::checkpoint::{StateDict, TensorData};
+use wgnn::data::{Split, embedded, npy};
 
 fn wgnn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgnn"))
@@ -158,6 +159,45 @@ fn binary_training_then_eval_and_predict_from_its_checkpoint() {
     for (l, p) in logits.iter().zip(pred) {
         assert_eq!(*p, i64::from(*l > 0.0));
     }
+}
+
+#[test]
+fn predict_reads_uint8_images_as_the_equivalent_floats() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = wgnn(&[
+        "train",
+        "--max-steps",
+        "20",
+        "--quiet",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The digits NumPy saved as uint8, and the same digits as the IDX loader reads them.
+    let bytes = repo("tests/fixtures/npy/mnist_test_u1.npy");
+    let floats = dir.path().join("digits_f4.npy");
+    let test = embedded::mnist(Split::Test).unwrap();
+    npy::save(&floats, &[8, 1, 28, 28], &test.features[..8 * 784]).unwrap();
+    let predict = |input: &Path, name: &str| {
+        let out = dir.path().join(name);
+        let o = wgnn(&[
+            "predict",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "", "nothing on stderr at the default log level");
+        npy::load(&out).unwrap()
+    };
+    let from_bytes = predict(&bytes, "logits_u1.npy");
+    let from_floats = predict(&floats, "logits_f4.npy");
+    assert_eq!(from_bytes.shape, vec![8, 10]);
+    assert_eq!(from_bytes, from_floats, "the same logits, bit for bit");
 }
 
 #[test]

@@ -223,8 +223,9 @@ pub struct PredictArgs {
     /// A checkpoint file or directory written by `wgnn train`.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Samples: .npy ([N, …]), .safetensors (tensor x), .csv, an idx3 images file or a
-    /// CIFAR-10 .bin (labels, if any, are ignored).
+    /// Samples: .npy ([N, …]; floats or integers, uint8 pixels scaled to [0, 1]),
+    /// .safetensors (tensor x), .csv, an idx3 images file or a CIFAR-10 .bin (labels, if any,
+    /// are ignored).
     #[arg(long)]
     pub input: PathBuf,
     /// .safetensors (tensors "logits" or "probs", and "predictions") or .npy.
