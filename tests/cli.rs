@@ -6,10 +6,12 @@ use std::process::{Command, Output};
 use wgnn::checkpoint::{StateDict, TensorData};
 use wgnn::data::{Split, embedded, npy};
 
+/// Runs wgnn at the default log level, whatever `RUST_LOG` the tests run under.
 fn wgnn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgnn"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
         .output()
         .expect("wgnn runs")
 }
@@ -198,6 +200,24 @@ fn predict_reads_uint8_images_as_the_equivalent_floats() {
     let from_floats = predict(&floats, "logits_f4.npy");
     assert_eq!(from_bytes.shape, vec![8, 10]);
     assert_eq!(from_bytes, from_floats, "the same logits, bit for bit");
+}
+
+#[test]
+fn the_log_is_quiet_by_default_and_rust_log_opens_it() {
+    let o = wgnn(&["info"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+        .arg("info")
+        .env("RUST_LOG", "wgnn=info")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("[INFO  wgnn::gpu::context] opened "),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -515,12 +535,14 @@ fn check_finite_rejects_nan_inputs_naming_sample_and_feature() {
 fn no_matching_adapter_is_a_clear_error() {
     let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
         .args(["train", "--epochs", "1"])
+        .env_remove("RUST_LOG")
         .env("WGNN_ADAPTER", "no-such-adapter")
         .output()
         .unwrap();
     assert_fails_with(&o, &["no adapter matches", "no-such-adapter", "available:"]);
     let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
         .args(["info"])
+        .env_remove("RUST_LOG")
         .env("WGNN_BACKEND", "glide")
         .output()
         .unwrap();

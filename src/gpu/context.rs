@@ -55,6 +55,15 @@ impl KernelChoice {
         }
     }
 
+    /// This choice as an adapter runs it: without subgroups of at least 8 lanes, the
+    /// subgroup-broadcast matmuls give way to register-blocked ones.
+    pub fn on_adapter(self, subgroups_of_8: bool) -> Self {
+        Self {
+            subgroup_matmul: self.subgroup_matmul && subgroups_of_8,
+            ..self
+        }
+    }
+
     /// Parses `WGNN_KERNELS`'s value.
     pub fn parse(value: &str) -> Result<Self, GpuError> {
         match value.to_ascii_lowercase().as_str() {
@@ -237,14 +246,20 @@ impl GpuContext {
         // The broadcast matmuls hand lanes 0..8 of a subgroup to every lane.
         let subgroups_of_8 =
             adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
-        let kernels = request
+        let requested = request
             .kernels
             .unwrap_or(KernelChoice::all(info.device_type != wgpu::DeviceType::Cpu));
+        let kernels = requested.on_adapter(subgroups_of_8);
+        if request.kernels.is_some_and(|k| k.subgroup_matmul) && !kernels.subgroup_matmul {
+            log::warn!(
+                "{}: subgroup-broadcast matmuls were requested, but the adapter has no \
+                 subgroups of at least 8 lanes; using register-blocked matmuls",
+                info.name
+            );
+        }
+        log::info!("opened {} ({kernels})", AdapterSummary::from_info(&info));
         Ok(Self {
-            kernels: KernelChoice {
-                subgroup_matmul: kernels.subgroup_matmul && subgroups_of_8,
-                ..kernels
-            },
+            kernels,
             subgroups_of_8,
             placeholder: placeholder_buffer("absent input"),
             placeholder_out: placeholder_buffer("absent output"),
@@ -277,11 +292,7 @@ impl GpuContext {
     /// Chooses every kernel as for a GPU (`true`) or a CPU adapter, whatever the adapter is:
     /// for testing every variant on one adapter, or for comparing them.
     pub fn with_gpu_kernels(mut self, gpu: bool) -> Self {
-        let all = KernelChoice::all(gpu);
-        self.kernels = KernelChoice {
-            subgroup_matmul: all.subgroup_matmul && self.subgroups_of_8,
-            ..all
-        };
+        self.kernels = KernelChoice::all(gpu).on_adapter(self.subgroups_of_8);
         self
     }
 
@@ -421,6 +432,14 @@ mod tests {
             plain.to_string(),
             "register-blocked matmul, per-column reductions"
         );
+        assert_eq!(cpu.on_adapter(true), cpu);
+        let without_subgroups = cpu.on_adapter(false);
+        assert!(!without_subgroups.subgroup_matmul && !without_subgroups.tiled_matmul);
+        assert_eq!(
+            without_subgroups.to_string(),
+            "register-blocked matmul, per-column reductions"
+        );
+        assert_eq!(gpu.on_adapter(false), gpu);
         let err = KernelChoice::parse("tiled,fast").unwrap_err().to_string();
         assert!(
             err.contains("\"tiled,fast\"") && err.contains("subgroup"),
