@@ -324,13 +324,14 @@ impl Model {
         self.mode = Mode::Eval;
     }
 
-    /// Sets a new learning rate from the next step on (the plans read it from the step
-    /// uniform, so nothing is rebuilt).
     /// The learning rate the next step uses.
     pub fn lr(&self) -> f32 {
         self.optimizer.lr()
     }
 
+    /// Sets the learning rate from the next step on: every step writes it into the step
+    /// uniform that the plans' optimizer kernels read, so no plan is rebuilt. The graphs'
+    /// copies of the optimizer (what [`Model::graph`] shows) are updated to match.
     pub fn set_lr(&mut self, lr: f32) {
         match &mut self.optimizer {
             Optimizer::Sgd(s) => s.lr = lr,

@@ -22,7 +22,9 @@ use wgnn::run::{LossKind, OptimizerKind};
     long_about = "Train and run batch-normalized MLPs on any GPU through wgpu, with PyTorch's \
                   semantics.\n\nWith no subcommand, trains the lecture's MLP on the embedded MNIST \
                   digits (same as `wgnn train`).\n\nAdapter selection: WGNN_ADAPTER=<name substring>, \
-                  WGNN_BACKEND=vulkan|metal|dx12|gl. Log messages: RUST_LOG (default: warn)."
+                  WGNN_BACKEND=vulkan|metal|dx12|gl. Kernels: WGNN_KERNELS=gpu|cpu, or a comma \
+                  list of tiled, parallel, subgroup, register (default: gpu on GPUs, cpu on CPU \
+                  adapters such as lavapipe). Log messages: RUST_LOG (default: warn)."
 )]
 pub struct Cli {
     #[command(subcommand)]
