@@ -17,7 +17,9 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+#[cfg(feature = "plot")]
 pub mod plot;
+pub mod rng;
 pub mod run;
 pub mod train;
 

@@ -4,8 +4,16 @@ mod cli;
 
 use clap::Parser;
 
+/// The log filter when `RUST_LOG` is unset: warnings and errors from every crate, wgnn's and
+/// wgpu's (wgpu, wgpu_core, wgpu_hal, naga) alike, so that a driver's complaint such as
+/// wgpu-hal's "Allocation would result in an OOM condition" reaches the user. On lavapipe,
+/// through Vulkan and GL, wgpu and naga log nothing at this level, so a normal run's stderr
+/// holds only wgnn's own output.
+const DEFAULT_LOG_FILTER: &str = "warn";
+
 fn main() {
     restore_default_sigpipe();
+    init_logger();
     let args = cli::Cli::parse();
     if let Err(error) = cli::run(args) {
         // One line, whatever went wrong.
@@ -13,6 +21,14 @@ fn main() {
         eprintln!("error: {message}");
         std::process::exit(1);
     }
+}
+
+/// Log records go to stderr as `[LEVEL target] message`; `RUST_LOG` replaces the default
+/// filter (e.g. `RUST_LOG=info`, `RUST_LOG=wgpu_hal=debug`, `RUST_LOG=off`).
+fn init_logger() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER))
+        .format_timestamp(None)
+        .init();
 }
 
 /// Rust ignores SIGPIPE, so printing into a closed pipe (`wgnn bench | head`) would panic;

@@ -4,11 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use wgnn::checkpoint::{StateDict, TensorData};
+use wgnn::data::{Split, embedded, npy};
 
+/// Runs wgnn at the default log level, whatever `RUST_LOG` the tests run under.
 fn wgnn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgnn"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
         .output()
         .expect("wgnn runs")
 }
@@ -158,6 +161,63 @@ fn binary_training_then_eval_and_predict_from_its_checkpoint() {
     for (l, p) in logits.iter().zip(pred) {
         assert_eq!(*p, i64::from(*l > 0.0));
     }
+}
+
+#[test]
+fn predict_reads_uint8_images_as_the_equivalent_floats() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = wgnn(&[
+        "train",
+        "--max-steps",
+        "20",
+        "--quiet",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The digits NumPy saved as uint8, and the same digits as the IDX loader reads them.
+    let bytes = repo("tests/fixtures/npy/mnist_test_u1.npy");
+    let floats = dir.path().join("digits_f4.npy");
+    let test = embedded::mnist(Split::Test).unwrap();
+    npy::save(&floats, &[8, 1, 28, 28], &test.features[..8 * 784]).unwrap();
+    let predict = |input: &Path, name: &str| {
+        let out = dir.path().join(name);
+        let o = wgnn(&[
+            "predict",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "", "nothing on stderr at the default log level");
+        npy::load(&out).unwrap()
+    };
+    let from_bytes = predict(&bytes, "logits_u1.npy");
+    let from_floats = predict(&floats, "logits_f4.npy");
+    assert_eq!(from_bytes.shape, vec![8, 10]);
+    assert_eq!(from_bytes, from_floats, "the same logits, bit for bit");
+}
+
+#[test]
+fn the_log_is_quiet_by_default_and_rust_log_opens_it() {
+    let o = wgnn(&["info"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+        .arg("info")
+        .env("RUST_LOG", "wgnn=info")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("[INFO  wgnn::gpu::context] opened "),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -475,12 +535,14 @@ fn check_finite_rejects_nan_inputs_naming_sample_and_feature() {
 fn no_matching_adapter_is_a_clear_error() {
     let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
         .args(["train", "--epochs", "1"])
+        .env_remove("RUST_LOG")
         .env("WGNN_ADAPTER", "no-such-adapter")
         .output()
         .unwrap();
     assert_fails_with(&o, &["no adapter matches", "no-such-adapter", "available:"]);
     let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
         .args(["info"])
+        .env_remove("RUST_LOG")
         .env("WGNN_BACKEND", "glide")
         .output()
         .unwrap();

@@ -23,7 +23,9 @@ use wgnn::run::{LossKind, OptimizerKind};
     long_about = "Train and run batch-normalized MLPs on any GPU through wgpu, with PyTorch's \
                   semantics.\n\nWith no subcommand, trains the lecture's MLP on the embedded MNIST \
                   digits (same as `wgnn train`).\n\nAdapter selection: WGNN_ADAPTER=<name substring>, \
-                  WGNN_BACKEND=vulkan|metal|dx12|gl."
+                  WGNN_BACKEND=vulkan|metal|dx12|gl. Kernels: WGNN_KERNELS=gpu|cpu, or a comma \
+                  list of tiled, parallel, subgroup, register (default: gpu on GPUs, cpu on CPU \
+                  adapters such as lavapipe). Log messages: RUST_LOG (default: warn)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -224,8 +226,9 @@ pub struct PredictArgs {
     /// A checkpoint file or directory written by `wgnn train`.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Samples: .npy ([N, …]), .safetensors (tensor x), .csv, an idx3 images file or a
-    /// CIFAR-10 .bin (labels, if any, are ignored).
+    /// Samples: .npy ([N, …]; floats or integers, uint8 pixels scaled to [0, 1]),
+    /// .safetensors (tensor x), .csv, an idx3 images file or a CIFAR-10 .bin (labels, if any,
+    /// are ignored).
     #[arg(long)]
     pub input: PathBuf,
     /// .safetensors (tensors "logits" or "probs", and "predictions") or .npy.

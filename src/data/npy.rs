@@ -1,5 +1,12 @@
-//! Minimal NumPy `.npy` support: reading little-endian `<f4`/`<f8` C-order
-//! arrays (as `f32`) and writing `<f4` arrays.
+//! NumPy `.npy` support: reading numeric arrays as `f32` and writing `<f4` arrays.
+//!
+//! The reader takes what `np.save` writes for floats (`f4`, `f8`) and integers (`u1`, `i1`,
+//! `i2`, `u2`, `i4`, `u4`, `i8`, `u8`) in either byte order (`<`, `>`; `|` for single bytes),
+//! in C or Fortran order (`fortran_order: True`, transposed into C order). A `uint8` (`|u1`)
+//! array is taken to hold pixels and is scaled to `[0, 1]` exactly as the IDX and CIFAR-10
+//! loaders scale pixel bytes, `f32::from(byte) / 255.0` (torchvision's `ToTensor`), so an
+//! image saved from NumPy gives the same features as the same image read from those files.
+//! Other integers are converted unscaled (as `ToTensor` leaves them), `f8` rounded to `f32`.
 //!
 //! Format: the magic `\x93NUMPY`, a major and minor version byte, the header
 //! length (`u16` LE for version 1, `u32` LE for versions 2 and 3), then a
@@ -16,7 +23,7 @@ use super::file::{hex_prefix, read_bytes};
 /// The six bytes every `.npy` file starts with.
 pub const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
-/// An `f32` array with its shape (C order).
+/// An array read as `f32` (see the module docs for how each dtype converts), with its shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NpyArray {
     /// Dimensions; empty for a 0-d (scalar) array.
@@ -82,8 +89,8 @@ pub fn encode(shape: &[usize], data: &[f32], path: &Path) -> Result<Vec<u8>, Dat
     Ok(out)
 }
 
-/// Parses `.npy` bytes holding a little-endian `<f4` or `<f8` C-order array;
-/// `<f8` values are rounded to `f32`.
+/// Parses `.npy` bytes holding a numeric array of a dtype the module docs list, in C or
+/// Fortran order; the result is in C order.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<NpyArray, DataError> {
     if !bytes.starts_with(MAGIC) {
         return Err(DataError::BadMagic {
@@ -127,25 +134,12 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<NpyArray, DataError> {
         .map_err(|_| npy_error(path, "header is not valid text".to_string()))?;
     let header = parse_header(header).map_err(|m| npy_error(path, m))?;
 
-    if header.fortran_order {
-        return Err(npy_error(
-            path,
-            "fortran_order=True is not supported; save a C-order array (np.ascontiguousarray)"
-                .to_string(),
-        ));
-    }
-    let item_size = match header.descr.as_str() {
-        "<f4" => 4,
-        "<f8" => 8,
-        other => {
-            return Err(DataError::UnsupportedDtype {
-                path: path.to_path_buf(),
-                found: format!("{other:?}"),
-                supported: "only little-endian float arrays ('<f4' or '<f8') are supported"
-                    .to_string(),
-            });
-        }
-    };
+    let dtype = Dtype::parse(&header.descr).ok_or_else(|| DataError::UnsupportedDtype {
+        path: path.to_path_buf(),
+        found: format!("{:?}", header.descr),
+        supported: unsupported_hint(&header.descr),
+    })?;
+    let item_size = dtype.item_size();
     let data = bytes.get(header_end..).unwrap_or_default();
     // Compare sizes in u128 before allocating, so a lying shape cannot
     // request a huge buffer or overflow.
@@ -165,23 +159,164 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<NpyArray, DataError> {
             found: data.len() as u64,
         });
     }
-    let values = if item_size == 4 {
-        data.as_chunks::<4>()
-            .0
-            .iter()
-            .map(|&b| f32::from_le_bytes(b))
-            .collect()
+    let values = dtype.decode(data);
+    let data = if header.fortran_order {
+        fortran_to_c(&values, &header.shape)
     } else {
-        data.as_chunks::<8>()
-            .0
-            .iter()
-            .map(|&b| f64::from_le_bytes(b) as f32)
-            .collect()
+        values
     };
     Ok(NpyArray {
         shape: header.shape,
-        data: values,
+        data,
     })
+}
+
+/// The element types the reader converts to `f32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    F4,
+    F8,
+    /// Pixels: scaled to `[0, 1]`.
+    U1,
+    I1,
+    I2,
+    U2,
+    I4,
+    U4,
+    I8,
+    U8,
+}
+
+/// A `descr` this reader handles: an element type and its byte order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dtype {
+    kind: Kind,
+    big_endian: bool,
+}
+
+impl Dtype {
+    /// Parses a `descr` such as `<f4`, `>i8` or `|u1`. The byte order is `<` or `>` (`=`,
+    /// native, is read too); single-byte types may also carry `|`, as NumPy writes them.
+    fn parse(descr: &str) -> Option<Dtype> {
+        let mut chars = descr.chars();
+        let order = chars.next()?;
+        let kind = match chars.as_str() {
+            "f4" => Kind::F4,
+            "f8" => Kind::F8,
+            "u1" => Kind::U1,
+            "i1" => Kind::I1,
+            "i2" => Kind::I2,
+            "u2" => Kind::U2,
+            "i4" => Kind::I4,
+            "u4" => Kind::U4,
+            "i8" => Kind::I8,
+            "u8" => Kind::U8,
+            _ => return None,
+        };
+        let big_endian = match order {
+            '<' => false,
+            '>' => true,
+            '=' => cfg!(target_endian = "big"),
+            '|' if matches!(kind, Kind::U1 | Kind::I1) => false,
+            _ => return None,
+        };
+        Some(Dtype { kind, big_endian })
+    }
+
+    fn item_size(self) -> usize {
+        match self.kind {
+            Kind::U1 | Kind::I1 => 1,
+            Kind::I2 | Kind::U2 => 2,
+            Kind::F4 | Kind::I4 | Kind::U4 => 4,
+            Kind::F8 | Kind::I8 | Kind::U8 => 8,
+        }
+    }
+
+    /// Every element of `data` (a whole number of items) as `f32`.
+    fn decode(self, data: &[u8]) -> Vec<f32> {
+        let be = self.big_endian;
+        match self.kind {
+            Kind::F4 => items(data, be, f32::from_le_bytes),
+            Kind::F8 => items(data, be, |b| f64::from_le_bytes(b) as f32),
+            // As idx.rs and cifar.rs scale pixel bytes.
+            Kind::U1 => items(data, be, |[b]| f32::from(b) / 255.0),
+            Kind::I1 => items(data, be, |b| f32::from(i8::from_le_bytes(b))),
+            Kind::I2 => items(data, be, |b| f32::from(i16::from_le_bytes(b))),
+            Kind::U2 => items(data, be, |b| f32::from(u16::from_le_bytes(b))),
+            Kind::I4 => items(data, be, |b| i32::from_le_bytes(b) as f32),
+            Kind::U4 => items(data, be, |b| u32::from_le_bytes(b) as f32),
+            Kind::I8 => items(data, be, |b| i64::from_le_bytes(b) as f32),
+            Kind::U8 => items(data, be, |b| u64::from_le_bytes(b) as f32),
+        }
+    }
+}
+
+/// Converts each `N`-byte item, handed to `value` in little-endian byte order.
+fn items<const N: usize>(
+    data: &[u8],
+    big_endian: bool,
+    value: impl Fn([u8; N]) -> f32,
+) -> Vec<f32> {
+    data.as_chunks::<N>()
+        .0
+        .iter()
+        .map(|&item| {
+            let mut item = item;
+            if big_endian {
+                item.reverse();
+            }
+            value(item)
+        })
+        .collect()
+}
+
+/// What to say about a `descr` the reader does not take.
+fn unsupported_hint(descr: &str) -> String {
+    let code = descr.trim_start_matches(['<', '>', '=', '|']);
+    let advice = match code.chars().next() {
+        Some('f') => "convert it with a.astype(np.float32)",
+        Some('c') => "complex values have no f32 equivalent; save the real part",
+        Some('b') => "convert booleans with a.astype(np.uint8) (then read as pixels) or np.float32",
+        Some('U' | 'S' | 'O' | 'V') => "save a numeric array",
+        _ => "save a float32 array",
+    };
+    format!(
+        "supported: floats f4 and f8, integers u1 (pixels, scaled to [0, 1]), i1, i2, u2, i4, \
+         u4, i8 and u8, little- or big-endian; {advice}"
+    )
+}
+
+/// Reorders `values`, stored in Fortran (column-major) order with `shape`, into C order.
+fn fortran_to_c(values: &[f32], shape: &[usize]) -> Vec<f32> {
+    if shape.len() < 2 {
+        return values.to_vec();
+    }
+    // Fortran strides: the first index varies fastest.
+    let strides: Vec<usize> = shape
+        .iter()
+        .scan(1usize, |stride, &d| {
+            let this = *stride;
+            *stride = stride.saturating_mul(d);
+            Some(this)
+        })
+        .collect();
+    let mut index = vec![0usize; shape.len()];
+    let mut offset = 0usize;
+    let mut out = Vec::with_capacity(values.len());
+    for _ in 0..values.len() {
+        out.push(values[offset]);
+        // Next C-order index: the last axis varies fastest.
+        for axis in (0..shape.len()).rev() {
+            index[axis] += 1;
+            offset += strides[axis];
+            if index[axis] < shape[axis] {
+                break;
+            }
+            offset -= strides[axis] * shape[axis];
+            index[axis] = 0;
+        }
+    }
+    out
 }
 
 /// The three header entries this reader understands.
@@ -205,6 +340,12 @@ fn parse_header(text: &str) -> Result<Header, String> {
         let key = p.string()?;
         p.expect(':')?;
         match key.as_str() {
+            "descr" if p.peek_is('[') => {
+                return Err(
+                    "structured dtypes (record arrays) are not supported; save a plain numeric array"
+                        .to_string(),
+                );
+            }
             "descr" => descr = Some(p.string()?),
             "fortran_order" => fortran = Some(p.boolean()?),
             "shape" => shape = Some(p.tuple()?),
@@ -238,6 +379,12 @@ impl Cursor<'_> {
     fn skip_ws(&mut self) {
         let rest = self.rest();
         self.pos += rest.len() - rest.trim_start().len();
+    }
+
+    /// Whether `c` is next (after whitespace).
+    fn peek_is(&mut self, c: char) -> bool {
+        self.skip_ws();
+        self.rest().starts_with(c)
     }
 
     /// Consumes `c` (after whitespace) if it is next.
@@ -419,27 +566,102 @@ mod tests {
     }
 
     #[test]
-    fn fortran_order_is_rejected() {
-        let bytes = raw(
-            "{'descr': '<f4', 'fortran_order': True, 'shape': (1,), }",
-            &[0; 4],
+    fn integers_and_big_endian_by_hand() {
+        let header = |descr: &str| {
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2,), }}")
+        };
+        // uint8 pixels are divided by 255, as the IDX and CIFAR-10 loaders do.
+        let a = parse(&raw(&header("|u1"), &[0, 255]), p()).unwrap();
+        assert_eq!(a.data, vec![0.0, 1.0]);
+        let a = parse(&raw(&header("|u1"), &[51, 20]), p()).unwrap();
+        assert_eq!(a.data, vec![51.0 / 255.0, 20.0 / 255.0]);
+        // Other integers are converted as they are.
+        let a = parse(&raw(&header("|i1"), &[0xff, 7]), p()).unwrap();
+        assert_eq!(a.data, vec![-1.0, 7.0]);
+        let a = parse(&raw(&header(">i2"), &[0xff, 0xfe, 1, 0]), p()).unwrap();
+        assert_eq!(a.data, vec![-2.0, 256.0]);
+        let a = parse(&raw(&header("<u2"), &[0xff, 0xfe, 1, 0]), p()).unwrap();
+        assert_eq!(a.data, vec![65279.0, 1.0]);
+        let be: Vec<u8> = [1.5f32, -3.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        assert_eq!(
+            parse(&raw(&header(">f4"), &be), p()).unwrap().data,
+            vec![1.5, -3.0]
         );
-        let err = parse(&bytes, p()).unwrap_err();
-        assert!(matches!(err, DataError::Npy { .. }));
-        assert!(
-            err.to_string()
-                .starts_with("out/x.npy: npy: fortran_order=True is not supported")
+        let be: Vec<u8> = [-7i64, 1 << 40]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        assert_eq!(
+            parse(&raw(&header(">i8"), &be), p()).unwrap().data,
+            vec![-7.0, (1u64 << 40) as f32]
         );
     }
 
     #[test]
+    fn fortran_order_is_transposed_into_c_order() {
+        // A 2×3 array [[0, 1, 2], [3, 4, 5]] stored column by column.
+        let payload: Vec<u8> = [0.0f32, 3.0, 1.0, 4.0, 2.0, 5.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let bytes = raw(
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
+            &payload,
+        );
+        let a = parse(&bytes, p()).unwrap();
+        assert_eq!(a.shape, vec![2, 3]);
+        assert_eq!(a.data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        // 3-d: element (i, j, k) = 100i + 10j + k of a 2×3×4 array sits at i + 2j + 6k.
+        let shape = [2, 3, 4];
+        let mut fortran = vec![0.0f32; 24];
+        for i in 0..2 {
+            for j in 0..3 {
+                for k in 0..4 {
+                    fortran[i + 2 * j + 6 * k] = (100 * i + 10 * j + k) as f32;
+                }
+            }
+        }
+        let c: Vec<f32> = (0..24)
+            .map(|n| (100 * (n / 12) + 10 * (n / 4 % 3) + n % 4) as f32)
+            .collect();
+        assert_eq!(fortran_to_c(&fortran, &shape), c);
+        // 0-d, 1-d and empty arrays are the same in both orders.
+        assert_eq!(fortran_to_c(&[1.0, 2.0], &[2]), vec![1.0, 2.0]);
+        assert_eq!(fortran_to_c(&[], &[3, 0, 2]), Vec::<f32>::new());
+        let bytes = raw(
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (), }",
+            &4.0f32.to_le_bytes(),
+        );
+        assert_eq!(parse(&bytes, p()).unwrap().data, vec![4.0]);
+    }
+
+    #[test]
     fn other_dtypes_are_rejected() {
-        for descr in ["<i8", ">f4", "|u1", "<f2"] {
+        for (descr, hint) in [
+            ("<f2", "a.astype(np.float32)"),
+            (">c8", "complex"),
+            ("|b1", "booleans"),
+            ("<U3", "numeric array"),
+            ("|O", "numeric array"),
+            ("|f4", "f4 and f8"),
+            ("<M8[ns]", "float32"),
+        ] {
             let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1,), }}");
             let err = parse(&raw(&header, &[0; 8]), p()).unwrap_err();
             assert!(matches!(err, DataError::UnsupportedDtype { .. }), "{descr}");
-            assert!(err.to_string().contains(descr), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("out/x.npy: unsupported dtype \"{descr}\"")),
+                "{text}"
+            );
+            assert!(text.contains(hint), "{text}");
         }
+        let header = "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }";
+        let err = parse(&raw(header, &[0; 4]), p()).unwrap_err();
+        assert!(err.to_string().contains("structured dtypes"), "{err}");
     }
 
     #[test]
@@ -529,10 +751,39 @@ mod tests {
             edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
             cut in any::<prop::sample::Index>(),
         ) {
-            let mut bytes = encode(&[2, 3], &[1.0; 6], p()).unwrap();
-            for (i, b) in edits { let at = i.index(bytes.len()); bytes[at] = b; }
-            bytes.truncate(cut.index(bytes.len() + 1));
-            let _ = parse(&bytes, p());
+            let fortran = raw(
+                "{'descr': '>i2', 'fortran_order': True, 'shape': (2, 3, 2), }",
+                &[7; 24],
+            );
+            for base in [encode(&[2, 3], &[1.0; 6], p()).unwrap(), fortran] {
+                let mut bytes = base;
+                for &(i, b) in &edits { let at = i.index(bytes.len()); bytes[at] = b; }
+                bytes.truncate(cut.index(bytes.len() + 1));
+                let _ = parse(&bytes, p());
+            }
+        }
+
+        #[test]
+        fn fortran_order_matches_index_arithmetic(
+            shape in proptest::collection::vec(0usize..5, 0..5),
+        ) {
+            // Element at C-order position n holds its own Fortran-order offset.
+            let len: usize = shape.iter().product();
+            let strides: Vec<usize> = (0..shape.len())
+                .map(|a| shape[..a].iter().product())
+                .collect();
+            let expected: Vec<f32> = (0..len)
+                .map(|mut n| {
+                    let mut offset = 0;
+                    for a in (0..shape.len()).rev() {
+                        offset += (n % shape[a]) * strides[a];
+                        n /= shape[a];
+                    }
+                    offset as f32
+                })
+                .collect();
+            let fortran: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            prop_assert_eq!(fortran_to_c(&fortran, &shape), expected);
         }
 
         #[test]

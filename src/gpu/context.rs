@@ -9,9 +9,13 @@ use super::kernel::{Binding, PipelineCache};
 pub const ADAPTER_ENV: &str = "WGNN_ADAPTER";
 /// Environment variable selecting the backend: `vulkan`, `metal`, `dx12` or `gl`.
 pub const BACKEND_ENV: &str = "WGNN_BACKEND";
-/// Environment variable overriding the kernel choices: `gpu` (workgroup-tiled matmul and
-/// row-parallel reductions), `cpu` (register-blocked matmul, one invocation per reduced
-/// column, no barriers: what lavapipe gets), or a comma list of `tiled` and `parallel`.
+/// Environment variable overriding the kernel choices (see [`KernelChoice`]), case ignored:
+/// `gpu` (workgroup-tiled matmuls and row-parallel reductions: what GPUs get), `cpu`
+/// (subgroup-broadcast matmuls where the adapter has 8-lane subgroups, else register-blocked
+/// ones, and one invocation per reduced column: what CPU adapters such as lavapipe get), or a
+/// comma list of `tiled`, `parallel`, `subgroup` and `register`, each naming one choice to turn
+/// on, e.g. `tiled,subgroup`. `register` names the register-blocked matmuls and per-column
+/// reductions that every choice left off falls back to; alone, it turns the other three off.
 pub const KERNELS_ENV: &str = "WGNN_KERNELS";
 
 /// Which kernel variants a context picks.
@@ -22,9 +26,10 @@ pub struct KernelChoice {
     /// Per-column reductions (batch-norm statistics and gradients, bias gradients) split
     /// each column's rows over 16 invocations.
     pub parallel_reductions: bool,
-    /// Register-blocked matmuls with enough work share A's loads through subgroup
-    /// broadcasts: the CPU-adapter choice (lavapipe), where a storage load costs far more
-    /// than a register shuffle. Only honoured where subgroups have at least 8 lanes.
+    /// Matmuls not tiled, with at least 32 columns and a depth of at least 32, share A's
+    /// loads through subgroup broadcasts: the CPU-adapter choice (lavapipe), where a storage
+    /// load costs far more than a register shuffle. Only honoured where subgroups have at
+    /// least 8 lanes; every other matmul is register-blocked.
     pub subgroup_matmul: bool,
 }
 
@@ -52,6 +57,15 @@ impl KernelChoice {
             tiled_matmul: on,
             parallel_reductions: on,
             subgroup_matmul: !on,
+        }
+    }
+
+    /// This choice as an adapter runs it: without subgroups of at least 8 lanes, the
+    /// subgroup-broadcast matmuls give way to register-blocked ones.
+    pub fn on_adapter(self, subgroups_of_8: bool) -> Self {
+        Self {
+            subgroup_matmul: self.subgroup_matmul && subgroups_of_8,
+            ..self
         }
     }
 
@@ -93,7 +107,8 @@ pub struct AdapterRequest {
 }
 
 impl AdapterRequest {
-    /// Reads `WGNN_ADAPTER` and `WGNN_BACKEND`; an unknown backend name is an error.
+    /// Reads `WGNN_ADAPTER`, `WGNN_BACKEND` and `WGNN_KERNELS`; an unknown backend name or
+    /// kernel choice is an error.
     pub fn from_env() -> Result<Self, GpuError> {
         let name = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
         let backend = match std::env::var(BACKEND_ENV).ok().filter(|s| !s.is_empty()) {
@@ -186,7 +201,8 @@ pub struct GpuContext {
 }
 
 impl GpuContext {
-    /// Opens the adapter chosen by `WGNN_ADAPTER` / `WGNN_BACKEND`, else the best one.
+    /// Opens the adapter chosen by `WGNN_ADAPTER` / `WGNN_BACKEND`, else the best one, with
+    /// the kernels `WGNN_KERNELS` names, else those for the adapter's type.
     pub fn new() -> Result<Self, GpuError> {
         Self::with_request(&AdapterRequest::from_env()?)
     }
@@ -237,14 +253,20 @@ impl GpuContext {
         // The broadcast matmuls hand lanes 0..8 of a subgroup to every lane.
         let subgroups_of_8 =
             adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
-        let kernels = request
+        let requested = request
             .kernels
             .unwrap_or(KernelChoice::all(info.device_type != wgpu::DeviceType::Cpu));
+        let kernels = requested.on_adapter(subgroups_of_8);
+        if request.kernels.is_some_and(|k| k.subgroup_matmul) && !kernels.subgroup_matmul {
+            log::warn!(
+                "{}: subgroup-broadcast matmuls were requested, but the adapter has no \
+                 subgroups of at least 8 lanes; using register-blocked matmuls",
+                info.name
+            );
+        }
+        log::info!("opened {} ({kernels})", AdapterSummary::from_info(&info));
         Ok(Self {
-            kernels: KernelChoice {
-                subgroup_matmul: kernels.subgroup_matmul && subgroups_of_8,
-                ..kernels
-            },
+            kernels,
             subgroups_of_8,
             placeholder: placeholder_buffer("absent input"),
             placeholder_out: placeholder_buffer("absent output"),
@@ -268,8 +290,10 @@ impl GpuContext {
     }
 
     /// The kernel variants this context picks: for a GPU (workgroup-memory tiles,
-    /// row-parallel reductions) or for a CPU adapter such as lavapipe (register blocks, no
-    /// barriers).
+    /// row-parallel reductions) or for a CPU adapter such as lavapipe (subgroup-broadcast
+    /// matmuls where subgroups have 8 lanes, else register blocks; per-column reductions
+    /// without barriers), unless `WGNN_KERNELS` or [`GpuContext::with_gpu_kernels`] chose
+    /// otherwise. `subgroup_matmul` is set only where the adapter can run it.
     pub fn kernels(&self) -> KernelChoice {
         self.kernels
     }
@@ -277,11 +301,7 @@ impl GpuContext {
     /// Chooses every kernel as for a GPU (`true`) or a CPU adapter, whatever the adapter is:
     /// for testing every variant on one adapter, or for comparing them.
     pub fn with_gpu_kernels(mut self, gpu: bool) -> Self {
-        let all = KernelChoice::all(gpu);
-        self.kernels = KernelChoice {
-            subgroup_matmul: all.subgroup_matmul && self.subgroups_of_8,
-            ..all
-        };
+        self.kernels = KernelChoice::all(gpu).on_adapter(self.subgroups_of_8);
         self
     }
 
@@ -421,6 +441,14 @@ mod tests {
             plain.to_string(),
             "register-blocked matmul, per-column reductions"
         );
+        assert_eq!(cpu.on_adapter(true), cpu);
+        let without_subgroups = cpu.on_adapter(false);
+        assert!(!without_subgroups.subgroup_matmul && !without_subgroups.tiled_matmul);
+        assert_eq!(
+            without_subgroups.to_string(),
+            "register-blocked matmul, per-column reductions"
+        );
+        assert_eq!(gpu.on_adapter(false), gpu);
         let err = KernelChoice::parse("tiled,fast").unwrap_err().to_string();
         assert!(
             err.contains("\"tiled,fast\"") && err.contains("subgroup"),

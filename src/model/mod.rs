@@ -194,8 +194,9 @@ impl Model {
         self.optimizer.lr()
     }
 
-    /// Sets a new learning rate from the next step on (the plans read it from the step
-    /// uniform, so nothing is rebuilt).
+    /// Sets the learning rate from the next step on: every step writes it into the step
+    /// uniform that the plans' optimizer kernels read, so no plan is rebuilt. The graphs'
+    /// copies of the optimizer (what [`Model::graph`] shows) are updated to match.
     pub fn set_lr(&mut self, lr: f32) {
         match &mut self.optimizer {
             Optimizer::Sgd(s) => s.lr = lr,

@@ -87,9 +87,10 @@ pub fn groups(invocations: usize, size: u32) -> u32 {
 pub(crate) mod test_support {
     use std::sync::OnceLock;
 
-    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    use rand::RngExt;
 
     use crate::gpu::GpuContext;
+    use crate::rng;
 
     /// One context for all unit tests. CI always has lavapipe, so no adapter is a failure.
     pub fn ctx() -> &'static GpuContext {
@@ -112,7 +113,7 @@ pub(crate) mod test_support {
 
     /// Seeded values uniform in [lo, hi).
     pub fn uniform(seed: u64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = rng::seeded(seed);
         (0..len).map(|_| rng.random_range(lo..hi)).collect()
     }
 }

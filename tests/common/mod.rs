@@ -3,8 +3,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rand::{RngExt, SeedableRng, rngs::StdRng};
+use rand::RngExt;
 use wgnn::gpu::GpuContext;
+use wgnn::rng;
 
 /// One GPU context per test binary. CI always has lavapipe: no adapter is a failure.
 pub fn ctx() -> Arc<GpuContext> {
@@ -17,13 +18,13 @@ pub fn ctx() -> Arc<GpuContext> {
 
 /// Seeded uniform values in [lo, hi).
 pub fn uniform(seed: u64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = rng::seeded(seed);
     (0..len).map(|_| rng.random_range(lo..hi)).collect()
 }
 
 /// Seeded labels below `classes`.
 pub fn labels(seed: u64, len: usize, classes: u32) -> Vec<u32> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = rng::seeded(seed);
     (0..len).map(|_| rng.random_range(0..classes)).collect()
 }
 
