@@ -14,6 +14,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
+    /// Preprocessing that cannot be fitted or was asked wrongly.
+    #[error(transparent)]
+    Preprocess(#[from] super::preprocess::PreprocessError),
     /// The file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -24,6 +24,7 @@ pub mod idx;
 pub mod normalize;
 pub mod npy;
 pub mod prepare;
+pub mod preprocess;
 pub mod safetensors;
 
 pub use batch::BatchOrder;
@@ -33,3 +34,4 @@ pub use detect::{LoadOptions, load, load_with};
 pub use error::DataError;
 pub use normalize::Normalization;
 pub use npy::NpyArray;
+pub use preprocess::{Preprocess, PreprocessError, Transform};

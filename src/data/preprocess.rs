@@ -1,0 +1,552 @@
+//! The lecture's input preprocessing, every option of it: "Assume X [N × D] is a data matrix,
+//! each row an example" — subtract the mean image, or the per-channel mean, or the per-channel
+//! mean and divide by the per-channel std; "in practice you may also see PCA and whitening".
+//!
+//! Each option is fitted on the training split only ([`Transform::fit`]) into one affine map
+//!
+//! ```text
+//! y = A · ((x − shift) ⊘ divisor)        x: one sample flattened, [D]
+//! ```
+//!
+//! with the parts an option needs (a missing divisor is 1, a missing A the identity). The
+//! model applies it as the fixed first stage of its plan (`ops::preprocess`), in train, eval
+//! and predict alike, so raw inputs go in and no host pass touches a batch.
+//!
+//! | option | shift | divisor | A | output |
+//! |---|---|---|---|---|
+//! | `mean-image` | per-feature mean μ | — | — | same shape |
+//! | `channel-mean` | per-channel mean | — | — | same shape |
+//! | `per-channel` | per-channel mean | per-channel population std | — | same shape |
+//! | `pca:K` | μ | — | top K eigenvectors Vₖ [K, D] | [K] |
+//! | `pca-whiten:K` | μ | — | Vₖ / √λₖ | [K] |
+//! | `zca[:ε]` | μ | — | U · diag(1/√(λ + ε)) · Uᵀ [D, D] | same shape |
+//!
+//! λ and U are the eigenvalues (decreasing) and eigenvectors of the training covariance with
+//! the n − 1 denominator, as scikit-learn's `PCA` computes `explained_variance_`; each
+//! eigenvector's sign makes its entry of largest absolute value positive (scikit-learn's
+//! `svd_flip` on the components), so `pca:K` gives `PCA(n_components=K).transform` itself.
+
+use std::fmt;
+use std::str::FromStr;
+
+use faer::{Accum, Mat, Par, Side};
+
+use super::normalize::{Normalization, channel_layout};
+use super::{DataError, Dataset};
+
+/// ZCA's default ε: the constant CS231n's notes on whitening (the lecture's source) add to
+/// every eigenvalue, `np.sqrt(S + 1e-5)`. It only guards the directions of (near-)zero
+/// variance (constant pixels): every direction with variance well above 1e-5, which is every
+/// informative one of pixel data scaled to [0, 1], still comes out with unit variance.
+pub const DEFAULT_ZCA_EPS: f64 = 1e-5;
+
+/// A component whose variance is below this fraction of the largest one carries only
+/// rounding noise (f32 inputs hold about 7 digits): whitening it would blow that noise up,
+/// so `pca-whiten` refuses it and the rank counts only the components above.
+pub const RANK_TOLERANCE: f64 = 1e-10;
+
+/// Rows of the training matrix converted to f64 at once while the covariance is summed.
+const COVARIANCE_CHUNK: usize = 2048;
+
+/// `--normalize`: which preprocessing a run fits on its training split.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Preprocess {
+    /// The data is used as it is.
+    None,
+    /// Subtract the mean image (one value per feature).
+    MeanImage,
+    /// Subtract one mean per channel.
+    ChannelMean,
+    /// Subtract the per-channel mean, divide by the per-channel population std (the default).
+    #[default]
+    PerChannel,
+    /// Centre, then project onto the top K principal components.
+    Pca(usize),
+    /// Centre, project onto the top K components, divide each by its standard deviation.
+    PcaWhiten(usize),
+    /// ZCA whitening with ε added to every eigenvalue; the output keeps the input's shape.
+    Zca(f64),
+}
+
+impl fmt::Display for Preprocess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Preprocess::None => f.write_str("none"),
+            Preprocess::MeanImage => f.write_str("mean-image"),
+            Preprocess::ChannelMean => f.write_str("channel-mean"),
+            Preprocess::PerChannel => f.write_str("per-channel"),
+            Preprocess::Pca(k) => write!(f, "pca:{k}"),
+            Preprocess::PcaWhiten(k) => write!(f, "pca-whiten:{k}"),
+            Preprocess::Zca(eps) if *eps == DEFAULT_ZCA_EPS => f.write_str("zca"),
+            Preprocess::Zca(eps) => write!(f, "zca:{eps}"),
+        }
+    }
+}
+
+impl FromStr for Preprocess {
+    type Err = PreprocessError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |message: String| PreprocessError::Spec {
+            text: text.to_string(),
+            message,
+        };
+        let components = |k: &str| -> Result<usize, PreprocessError> {
+            match k.parse::<usize>() {
+                Ok(k) if k >= 1 => Ok(k),
+                _ => Err(bad(format!(
+                    "the number of components must be an integer of at least 1, got {k:?}"
+                ))),
+            }
+        };
+        let lower = text.trim().to_ascii_lowercase();
+        let (name, arg) = match lower.split_once(':') {
+            Some((name, arg)) => (name, Some(arg)),
+            None => (lower.as_str(), None),
+        };
+        match (name, arg) {
+            ("none", None) => Ok(Preprocess::None),
+            ("mean-image", None) => Ok(Preprocess::MeanImage),
+            ("channel-mean", None) => Ok(Preprocess::ChannelMean),
+            ("per-channel", None) => Ok(Preprocess::PerChannel),
+            ("pca", Some(k)) => Ok(Preprocess::Pca(components(k)?)),
+            ("pca-whiten", Some(k)) => Ok(Preprocess::PcaWhiten(components(k)?)),
+            ("pca" | "pca-whiten", None) => Err(bad(format!(
+                "{name} needs its number of components, e.g. {name}:50"
+            ))),
+            ("zca", None) => Ok(Preprocess::Zca(DEFAULT_ZCA_EPS)),
+            ("zca", Some(eps)) => match eps.parse::<f64>() {
+                Ok(e) if e.is_finite() && e > 0.0 => Ok(Preprocess::Zca(e)),
+                _ => Err(PreprocessError::Epsilon {
+                    text: eps.to_string(),
+                }),
+            },
+            ("none" | "mean-image" | "channel-mean" | "per-channel", Some(_)) => {
+                Err(bad(format!("{name} takes no argument")))
+            }
+            _ => Err(bad(
+                "expected none, mean-image, channel-mean, per-channel, pca:K, pca-whiten:K or \
+                 zca[:EPS]"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// What cannot be fitted, or is asked wrongly. Each names the value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreprocessError {
+    #[error("--normalize {text:?}: {message}")]
+    Spec { text: String, message: String },
+    #[error("zca's epsilon must be a positive, finite number, got {text:?}")]
+    Epsilon { text: String },
+    #[error(
+        "{option}: {k} components asked, but the training split allows at most {max} \
+         ({features} features, {samples} samples)"
+    )]
+    Components {
+        option: String,
+        k: usize,
+        max: usize,
+        features: usize,
+        samples: usize,
+    },
+    #[error(
+        "{option}: component {component} has (near-)zero variance {variance:e}, so it cannot be \
+         whitened: the training covariance has rank {rank} (constant features such as image \
+         borders), so the largest K that works is {rank}; use pca-whiten:{rank} or fewer, or \
+         zca"
+    )]
+    Singular {
+        option: String,
+        component: usize,
+        variance: f64,
+        rank: usize,
+    },
+    #[error("{option}: needs at least 2 training samples to estimate a covariance, got {samples}")]
+    TooFewSamples { option: String, samples: usize },
+    #[error(
+        "the fitted preprocessing takes samples of {expected} values, but they have {found} \
+         ({origin})"
+    )]
+    Features {
+        expected: usize,
+        found: usize,
+        origin: String,
+    },
+    #[error("{option}: the covariance's eigendecomposition failed: {message}")]
+    Decomposition { option: String, message: String },
+    #[error("stored preprocessing {what}: {message}")]
+    Stored { what: String, message: String },
+}
+
+/// A fitted preprocessing: `y = A · ((x − shift) ⊘ divisor)` per sample, with the parts its
+/// option uses (see the module's table).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transform {
+    pub kind: Preprocess,
+    /// The raw sample shape it was fitted on.
+    pub input_shape: Vec<usize>,
+    /// The sample shape the model's first layer sees.
+    pub output_shape: Vec<usize>,
+    /// Subtracted first, per feature: [D].
+    pub shift: Vec<f32>,
+    /// Divided by after, per feature: [D] (None: 1).
+    pub divisor: Option<Vec<f32>>,
+    /// Applied last: [K, D] row-major (None: the identity).
+    pub matrix: Option<Vec<f32>>,
+}
+
+impl Transform {
+    /// Fits `kind` on `train` (the training split only). `None` for [`Preprocess::None`].
+    pub fn fit(kind: Preprocess, train: &Dataset) -> Result<Option<Transform>, DataError> {
+        train.check_consistent()?;
+        train.check_finite()?;
+        if train.is_empty() {
+            return Err(DataError::Empty {
+                path: train.source.clone().into(),
+            });
+        }
+        let d = train.sample_len();
+        let shape = train.sample_shape.clone();
+        let same_shape = |shift: Vec<f32>, divisor: Option<Vec<f32>>| Transform {
+            kind,
+            input_shape: shape.clone(),
+            output_shape: shape.clone(),
+            shift,
+            divisor,
+            matrix: None,
+        };
+        let transform = match kind {
+            Preprocess::None => return Ok(None),
+            Preprocess::MeanImage => same_shape(to_f32(&feature_means(train)), None),
+            Preprocess::ChannelMean | Preprocess::PerChannel => {
+                let norm = Normalization::fit(train)?;
+                let (_, per_channel) = channel_layout(&shape).unwrap_or((d, 1));
+                let broadcast = |v: &[f32]| -> Vec<f32> {
+                    v.iter()
+                        .flat_map(|&c| std::iter::repeat_n(c, per_channel))
+                        .collect()
+                };
+                let divisor = (kind == Preprocess::PerChannel).then(|| broadcast(norm.std()));
+                same_shape(broadcast(norm.mean()), divisor)
+            }
+            Preprocess::Pca(_) | Preprocess::PcaWhiten(_) | Preprocess::Zca(_) => {
+                let option = kind.to_string();
+                // ZCA keeps every component.
+                let k = match kind {
+                    Preprocess::Pca(k) | Preprocess::PcaWhiten(k) => k,
+                    _ => d,
+                };
+                let n = train.len();
+                if n < 2 {
+                    return Err(PreprocessError::TooFewSamples { option, samples: n }.into());
+                }
+                let max = d.min(n);
+                if let Preprocess::Pca(k) | Preprocess::PcaWhiten(k) = kind
+                    && k > max
+                {
+                    return Err(PreprocessError::Components {
+                        option,
+                        k,
+                        max,
+                        features: d,
+                        samples: n,
+                    }
+                    .into());
+                }
+                let mean = feature_means(train);
+                let eigen = Eigen::of_covariance(train, &mean, &option)?;
+                let matrix = match kind {
+                    Preprocess::PcaWhiten(_) => {
+                        let rank = eigen.rank();
+                        if let Some(c) = (0..k).find(|&c| c >= rank) {
+                            return Err(PreprocessError::Singular {
+                                option,
+                                component: c + 1,
+                                variance: eigen.values[c],
+                                rank,
+                            }
+                            .into());
+                        }
+                        eigen.components(k, |lambda| 1.0 / lambda.sqrt())
+                    }
+                    Preprocess::Zca(eps) => eigen.zca(eps),
+                    _ => eigen.components(k, |_| 1.0),
+                };
+                Transform {
+                    kind,
+                    input_shape: shape.clone(),
+                    output_shape: match kind {
+                        Preprocess::Zca(_) => shape.clone(),
+                        _ => vec![k],
+                    },
+                    shift: to_f32(&mean),
+                    divisor: None,
+                    matrix: Some(matrix),
+                }
+            }
+        };
+        Ok(Some(transform))
+    }
+
+    /// Today's per-channel standardization as a transform (checkpoints that store the
+    /// per-channel statistics in their metadata).
+    pub fn per_channel(norm: &Normalization, sample_shape: &[usize]) -> Transform {
+        let d: usize = sample_shape.iter().product();
+        let (_, per_channel) = channel_layout(sample_shape).unwrap_or((d, 1));
+        let broadcast = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .flat_map(|&c| std::iter::repeat_n(c, per_channel))
+                .collect()
+        };
+        Transform {
+            kind: Preprocess::PerChannel,
+            input_shape: sample_shape.to_vec(),
+            output_shape: sample_shape.to_vec(),
+            shift: broadcast(norm.mean()),
+            divisor: Some(broadcast(norm.std())),
+            matrix: None,
+        }
+    }
+
+    /// Features per raw sample (D).
+    pub fn input_features(&self) -> usize {
+        self.shift.len()
+    }
+
+    /// Features per transformed sample (K, or D).
+    pub fn output_features(&self) -> usize {
+        match &self.matrix {
+            Some(a) => a.len() / self.shift.len().max(1),
+            None => self.shift.len(),
+        }
+    }
+
+    /// Checks the parts against each other and the shapes (a transform read from a file).
+    pub fn validate(&self) -> Result<(), PreprocessError> {
+        let bad = |what: &str, message: String| PreprocessError::Stored {
+            what: what.to_string(),
+            message,
+        };
+        let d = self.shift.len();
+        if self.input_shape.iter().product::<usize>() != d || d == 0 {
+            return Err(bad(
+                "shift",
+                format!("{d} values for samples shaped {:?}", self.input_shape),
+            ));
+        }
+        if let Some(div) = &self.divisor
+            && (div.len() != d || div.iter().any(|v| !(v.is_finite() && *v > 0.0)))
+        {
+            return Err(bad(
+                "divisor",
+                format!("needs {d} positive, finite values"),
+            ));
+        }
+        if let Some(a) = &self.matrix
+            && (a.is_empty() || a.len() % d != 0)
+        {
+            return Err(bad("matrix", format!("{} values is no [K, {d}]", a.len())));
+        }
+        if self.output_shape.iter().product::<usize>() != self.output_features() {
+            return Err(bad(
+                "output shape",
+                format!(
+                    "{:?} for {} output features",
+                    self.output_shape,
+                    self.output_features()
+                ),
+            ));
+        }
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        if !finite(&self.shift) || !self.matrix.as_deref().is_none_or(finite) {
+            return Err(bad("values", "not all finite".into()));
+        }
+        Ok(())
+    }
+
+    /// The CPU reference: transforms rows of D values into rows of K (f32, as the GPU stage:
+    /// the centring and division per element, then the product accumulated in f32).
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let d = self.input_features();
+        let centred: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let j = i % d;
+                let c = v - self.shift[j];
+                match &self.divisor {
+                    Some(div) => c / div[j],
+                    None => c,
+                }
+            })
+            .collect();
+        match &self.matrix {
+            None => centred,
+            Some(a) => {
+                let k = self.output_features();
+                let mut out = Vec::with_capacity(centred.len() / d * k);
+                for row in centred.chunks_exact(d) {
+                    for col in a.chunks_exact(d) {
+                        out.push(row.iter().zip(col).map(|(x, w)| x * w).sum());
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Per-feature means in f64: the mean image.
+fn feature_means(train: &Dataset) -> Vec<f64> {
+    let d = train.sample_len();
+    let mut sum = vec![0f64; d];
+    for row in train.features.chunks_exact(d) {
+        for (s, &v) in sum.iter_mut().zip(row) {
+            *s += f64::from(v);
+        }
+    }
+    let n = train.len() as f64;
+    sum.iter().map(|s| s / n).collect()
+}
+
+/// The training covariance's eigenvalues (decreasing) and eigenvectors (columns), each
+/// signed as scikit-learn signs its components.
+struct Eigen {
+    values: Vec<f64>,
+    /// [D, D]: column c is the eigenvector of `values[c]`.
+    vectors: Mat<f64>,
+}
+
+impl Eigen {
+    /// C = (X − μ)ᵀ(X − μ) / (n − 1), summed in f64 over chunks of rows (so the f64 copy of
+    /// the data never exceeds one chunk), then faer's symmetric eigendecomposition.
+    fn of_covariance(train: &Dataset, mean: &[f64], option: &str) -> Result<Eigen, PreprocessError> {
+        let d = mean.len();
+        let n = train.len();
+        let mut cov = Mat::<f64>::zeros(d, d);
+        let par = Par::rayon(0);
+        for rows in train.features.chunks(COVARIANCE_CHUNK * d) {
+            let chunk = Mat::<f64>::from_fn(rows.len() / d, d, |i, j| {
+                f64::from(rows[i * d + j]) - mean[j]
+            });
+            faer::linalg::matmul::matmul(
+                cov.as_mut(),
+                Accum::Add,
+                chunk.transpose(),
+                chunk.as_ref(),
+                1.0,
+                par,
+            );
+        }
+        let scale = 1.0 / (n - 1) as f64;
+        // Symmetric by construction; the lower triangle is what the decomposition reads.
+        let cov = Mat::<f64>::from_fn(d, d, |i, j| cov[(i.max(j), i.min(j))] * scale);
+        let evd = cov
+            .self_adjoint_eigen(Side::Lower)
+            .map_err(|e| PreprocessError::Decomposition {
+                option: option.to_string(),
+                message: format!("{e:?}"),
+            })?;
+        let (s, u) = (evd.S(), evd.U());
+        // faer orders eigenvalues increasing; PCA wants them decreasing.
+        let order: Vec<usize> = (0..d).rev().collect();
+        let values: Vec<f64> = order.iter().map(|&c| s[c]).collect();
+        let mut vectors = Mat::<f64>::from_fn(d, d, |i, c| u[(i, order[c])]);
+        for c in 0..d {
+            // svd_flip: the entry of largest absolute value (the first, on ties) positive.
+            let mut pivot = 0;
+            for i in 1..d {
+                if vectors[(i, c)].abs() > vectors[(pivot, c)].abs() {
+                    pivot = i;
+                }
+            }
+            if vectors[(pivot, c)] < 0.0 {
+                for i in 0..d {
+                    vectors[(i, c)] = -vectors[(i, c)];
+                }
+            }
+        }
+        Ok(Eigen { values, vectors })
+    }
+
+    /// Components with variance above [`RANK_TOLERANCE`] of the largest.
+    fn rank(&self) -> usize {
+        let top = self.values.first().copied().unwrap_or(0.0);
+        self.values
+            .iter()
+            .take_while(|&&v| top > 0.0 && v > top * RANK_TOLERANCE)
+            .count()
+    }
+
+    /// [K, D]: the top K eigenvectors as rows, row c scaled by `scale(λ_c)`.
+    fn components(&self, k: usize, scale: impl Fn(f64) -> f64) -> Vec<f32> {
+        let d = self.values.len();
+        let mut a = Vec::with_capacity(k * d);
+        for c in 0..k {
+            let s = scale(self.values[c]);
+            a.extend((0..d).map(|i| (self.vectors[(i, c)] * s) as f32));
+        }
+        a
+    }
+
+    /// W = U · diag(1/√(λ + ε)) · Uᵀ, symmetric [D, D]; eigenvalues that rounding left
+    /// slightly negative count as 0.
+    fn zca(&self, eps: f64) -> Vec<f32> {
+        let d = self.values.len();
+        let scaled = Mat::<f64>::from_fn(d, d, |i, c| {
+            self.vectors[(i, c)] / (self.values[c].max(0.0) + eps).sqrt()
+        });
+        let w = &scaled * self.vectors.transpose();
+        (0..d)
+            .flat_map(|i| (0..d).map(move |j| (i, j)))
+            .map(|(i, j)| w[(i, j)] as f32)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_print_back() {
+        for text in [
+            "none",
+            "mean-image",
+            "channel-mean",
+            "per-channel",
+            "pca:5",
+            "pca-whiten:30",
+            "zca",
+            "zca:0.1",
+        ] {
+            let p: Preprocess = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        assert_eq!(
+            "ZCA".parse::<Preprocess>().unwrap(),
+            Preprocess::Zca(DEFAULT_ZCA_EPS)
+        );
+        for (bad, says) in [
+            ("pca:0", "at least 1"),
+            ("pca:x", "\"x\""),
+            ("pca", "pca:50"),
+            ("zca:0", "\"0\""),
+            ("zca:-1", "positive"),
+            ("zca:inf", "finite"),
+            ("zca:nan", "finite"),
+            ("per-channel:2", "no argument"),
+            ("whiten", "expected none"),
+        ] {
+            let err = bad.parse::<Preprocess>().unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}
