@@ -62,7 +62,9 @@ fn assert_columns_close(what: &str, got: &[f32], want: &[f32], cols: usize, rel:
 }
 
 fn fit(kind: &str, train: &Dataset) -> Transform {
-    Transform::fit(kind.parse().unwrap(), train).unwrap().unwrap()
+    Transform::fit(kind.parse().unwrap(), train)
+        .unwrap()
+        .unwrap()
 }
 
 #[test]
@@ -84,12 +86,24 @@ fn every_option_matches_scikit_learn_on_held_out_rows() {
     for (kind, key, cols) in cases {
         let t = fit(kind, &train);
         assert_eq!(t.output_features(), cols, "{kind}");
-        assert_columns_close(kind, &t.apply(&test.features), &floats(&sd, key), cols, 1e-4);
+        assert_columns_close(
+            kind,
+            &t.apply(&test.features),
+            &floats(&sd, key),
+            cols,
+            1e-4,
+        );
     }
     // The fitted parts themselves: the mean image, the per-channel statistics, the
     // components with scikit-learn's signs, and ZCA's matrix.
     let t = fit("mean-image", &train);
-    assert_columns_close("mean image", &t.shift, &floats(&sd, "mean_image.mean"), 32, 1e-6);
+    assert_columns_close(
+        "mean image",
+        &t.shift,
+        &floats(&sd, "mean_image.mean"),
+        32,
+        1e-6,
+    );
     let t = fit("per-channel", &train);
     let std = floats(&sd, "per_channel.std");
     assert!((t.divisor.as_ref().unwrap()[0] - std[0]).abs() < 1e-6);
@@ -100,8 +114,15 @@ fn every_option_matches_scikit_learn_on_held_out_rows() {
         let got = t.matrix.unwrap();
         for c in 0..k {
             let (g, w) = (&got[c * 32..(c + 1) * 32], &want[c * 32..(c + 1) * 32]);
-            let err = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(err < 1e-4, "pca:{k} component {c}: sign or value differs by {err}");
+            let err = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err < 1e-4,
+                "pca:{k} component {c}: sign or value differs by {err}"
+            );
         }
     }
     let t = fit("zca", &train);
@@ -150,7 +171,8 @@ fn whitened_training_data_has_identity_covariance() {
 fn bad_inputs_name_the_value() {
     let sd = fixture();
     let train = dataset(&sd, "train");
-    let err = |kind: Preprocess, data: &Dataset| Transform::fit(kind, data).unwrap_err().to_string();
+    let err =
+        |kind: Preprocess, data: &Dataset| Transform::fit(kind, data).unwrap_err().to_string();
 
     // The covariance has rank 30: whitening a 31st component is refused with the rank.
     let msg = err(Preprocess::PcaWhiten(31), &train);
@@ -159,10 +181,16 @@ fn bad_inputs_name_the_value() {
         "{msg}"
     );
     let msg = err(Preprocess::Pca(33), &train);
-    assert!(msg.contains("33 components") && msg.contains("at most 32"), "{msg}");
+    assert!(
+        msg.contains("33 components") && msg.contains("at most 32"),
+        "{msg}"
+    );
     let one = Dataset::new(train.features[..32].to_vec(), vec![2, 4, 4], vec![0], "one").unwrap();
     let msg = err(Preprocess::Zca(DEFAULT_ZCA_EPS), &one);
-    assert!(msg.contains("at least 2 training samples") && msg.contains("got 1"), "{msg}");
+    assert!(
+        msg.contains("at least 2 training samples") && msg.contains("got 1"),
+        "{msg}"
+    );
     for (text, says) in [
         ("pca:0", "at least 1"),
         ("zca:0", "positive"),
@@ -180,7 +208,6 @@ fn bad_inputs_name_the_value() {
     ));
 }
 
-#[cfg(any())]
 /// The fitted transform as the model's first stage, on the GPU: eval logits equal the CPU
 /// reference transform followed by the same model on transformed inputs.
 #[test]
@@ -190,7 +217,9 @@ fn the_gpu_stage_applies_the_transform_in_the_plan() {
     for kind in ["per-channel", "pca:5", "pca-whiten:30", "zca"] {
         let t = fit(kind, &train);
         let out = t.output_features();
-        let sequential = Sequential::new().append(Flatten).append(Linear::new(out, 3));
+        let sequential = Sequential::new()
+            .append(Flatten)
+            .append(Linear::new(out, 3));
         let sgd = Optimizer::Sgd(Sgd::default());
         let config = |shape: Vec<usize>| ModelConfig {
             sample_shape: shape,
@@ -221,4 +250,69 @@ fn the_gpu_stage_applies_the_transform_in_the_plan() {
         let want = plain.predict(&t.apply(&test.features)).unwrap();
         assert_columns_close(&format!("{kind} staged logits"), &got, &want, 3, 1e-5);
     }
+}
+
+/// Training through the preprocessing stage: the GPU model and the CPU reference executor on
+/// the same graph (PCA whitening, then the lecture's BatchNorm MLP shape) agree after steps.
+#[test]
+fn training_through_the_stage_matches_the_cpu_reference() {
+    use wgnn::exec::cpu::CpuExecutor;
+    use wgnn::graph::Mode;
+    use wgnn::nn::{BatchNorm1d, ReLU};
+
+    let sd = fixture();
+    let train = dataset(&sd, "train");
+    let t = fit("pca-whiten:30", &train);
+    let sequential = Sequential::new()
+        .append(Flatten)
+        .append(Linear::new(30, 16))
+        .append(BatchNorm1d::new(16))
+        .append(ReLU)
+        .append(Linear::new(16, 3));
+    let sgd = Optimizer::Sgd(Sgd {
+        lr: 0.05,
+        momentum: 0.9,
+        ..Sgd::default()
+    });
+    let config = ModelConfig {
+        sample_shape: vec![2, 4, 4],
+        batch_size: 60,
+        seed: 9,
+    };
+    let mut gpu = Model::with_preprocess(
+        ctx(),
+        t,
+        sequential.clone(),
+        CrossEntropyLoss::new(),
+        sgd,
+        config,
+    )
+    .unwrap();
+    let mut cpu = CpuExecutor::new(sequential, gpu.graph().clone(), gpu.state().unwrap(), 9);
+    let labels: Vec<u32> = (0..60).map(|i| (i % 3) as u32).collect();
+    gpu.train();
+    for step in 0..5 {
+        let x = &train.features[step * 60 * 32..(step + 1) * 60 * 32];
+        gpu.train_step(x, &labels).unwrap();
+        cpu.run(Mode::Train, x, &labels).unwrap();
+    }
+    let g = gpu.state().unwrap();
+    for (i, p) in gpu.graph().params.iter().enumerate() {
+        let err = g.params[i]
+            .iter()
+            .zip(&cpu.state.params[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-4, "{} differs by {err} after 5 steps", p.name);
+    }
+    // Eval on a smaller batch builds a new graph: the stage is part of it too.
+    gpu.eval();
+    let logits = gpu.predict(&train.features[..7 * 32]).unwrap();
+    let want = cpu.run(Mode::Eval, &train.features[..7 * 32], &[0; 7]).unwrap().logits;
+    let err = logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "eval logits differ by {err}");
 }

@@ -340,10 +340,7 @@ impl Transform {
         if let Some(div) = &self.divisor
             && (div.len() != d || div.iter().any(|v| !(v.is_finite() && *v > 0.0)))
         {
-            return Err(bad(
-                "divisor",
-                format!("needs {d} positive, finite values"),
-            ));
+            return Err(bad("divisor", format!("needs {d} positive, finite values")));
         }
         if let Some(a) = &self.matrix
             && (a.is_empty() || a.len() % d != 0)
@@ -427,7 +424,11 @@ struct Eigen {
 impl Eigen {
     /// C = (X − μ)ᵀ(X − μ) / (n − 1), summed in f64 over chunks of rows (so the f64 copy of
     /// the data never exceeds one chunk), then faer's symmetric eigendecomposition.
-    fn of_covariance(train: &Dataset, mean: &[f64], option: &str) -> Result<Eigen, PreprocessError> {
+    fn of_covariance(
+        train: &Dataset,
+        mean: &[f64],
+        option: &str,
+    ) -> Result<Eigen, PreprocessError> {
         let d = mean.len();
         let n = train.len();
         let mut cov = Mat::<f64>::zeros(d, d);
@@ -448,12 +449,12 @@ impl Eigen {
         let scale = 1.0 / (n - 1) as f64;
         // Symmetric by construction; the lower triangle is what the decomposition reads.
         let cov = Mat::<f64>::from_fn(d, d, |i, j| cov[(i.max(j), i.min(j))] * scale);
-        let evd = cov
-            .self_adjoint_eigen(Side::Lower)
-            .map_err(|e| PreprocessError::Decomposition {
-                option: option.to_string(),
-                message: format!("{e:?}"),
-            })?;
+        let evd =
+            cov.self_adjoint_eigen(Side::Lower)
+                .map_err(|e| PreprocessError::Decomposition {
+                    option: option.to_string(),
+                    message: format!("{e:?}"),
+                })?;
         let (s, u) = (evd.S(), evd.U());
         // faer orders eigenvalues increasing; PCA wants them decreasing.
         let order: Vec<usize> = (0..d).rev().collect();

@@ -53,12 +53,13 @@ impl CpuExecutor {
         let rows = labels.len();
         if !self.graphs.contains_key(&rows) {
             let g = &self.graph;
-            let built = graph::build(
+            let built = graph::build_with(
                 &self.sequential,
                 &g.loss,
                 &g.optimizer,
                 &g.sample_shape,
                 rows,
+                g.preprocess.as_ref(),
             )?;
             self.graphs.insert(rows, built);
         }

@@ -5,7 +5,7 @@
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
-use crate::graph::{Graph, Mode, Node, ParamId, ValueId};
+use crate::graph::{ConstId, Graph, Mode, Node, ParamId, ValueId};
 use crate::nn::Loss;
 use crate::ops::dropout::MaskStream;
 
@@ -325,6 +325,11 @@ impl<'a> GpuCx<'a, '_> {
 
     pub fn grad(&self, id: ParamId) -> Binding<'a> {
         self.state.grad_binding(self.graph, id)
+    }
+
+    /// A constant of the graph, resident with the model's state.
+    pub fn constant(&self, id: ConstId) -> Binding<'a> {
+        Binding::whole(&self.state.constants[id.0])
     }
 
     /// The dropout mask stream of a layer, under this model's seed.

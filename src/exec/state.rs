@@ -94,6 +94,8 @@ pub struct GpuState {
     pub optimizer: Vec<wgpu::Buffer>,
     pub running: wgpu::Buffer,
     pub counters: wgpu::Buffer,
+    /// The graph's constants ([`Graph::constants`]), in order.
+    pub constants: Vec<wgpu::Buffer>,
 }
 
 impl GpuState {
@@ -120,6 +122,13 @@ impl GpuState {
                 floats(layout.counters_len),
                 TENSOR_USAGE,
             )?,
+            constants: graph
+                .constants
+                .iter()
+                .map(|c| {
+                    ctx.create_buffer_init(&c.name, bytemuck::cast_slice(&c.data), TENSOR_USAGE)
+                })
+                .collect::<Result<_, _>>()?,
             layout,
         };
         state.upload(ctx, host);
@@ -209,6 +218,11 @@ impl GpuState {
     /// Bytes of parameters (and, as many again, of gradients).
     pub fn param_bytes(&self) -> u64 {
         self.params.size()
+    }
+
+    /// Bytes of the graph's constants (a preprocessing's mean and matrix).
+    pub fn constant_bytes(&self) -> u64 {
+        self.constants.iter().map(wgpu::Buffer::size).sum()
     }
 
     pub fn optimizer_bytes(&self) -> u64 {

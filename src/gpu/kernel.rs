@@ -21,6 +21,7 @@ pub enum Shader {
     /// `shaders/activation.wgsl` with one activation's functions (`shaders/activation/`).
     Activation(&'static ActivationShader),
     Dropout,
+    Preprocess,
     PhiloxWords,
     SoftmaxXent,
     Bce,
@@ -79,6 +80,7 @@ impl Shader {
                 include_str!("../../shaders/dropout.wgsl"),
                 include_str!("../../shaders/philox_words.wgsl"),
             ],
+            Shader::Preprocess => &[include_str!("../../shaders/preprocess.wgsl")],
             Shader::SoftmaxXent => &[STEP, include_str!("../../shaders/softmax_xent.wgsl")],
             Shader::Bce => &[STEP, include_str!("../../shaders/bce.wgsl")],
             Shader::Optim => &[STEP, include_str!("../../shaders/optim.wgsl")],

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use super::{
-    BatchNormState, BuildError, Graph, Init, Mode, Node, Op, Param, ParamId, Phase, Value, ValueId,
-    ValueKind, autodiff, fusion,
+    BatchNormState, BuildError, ConstId, Constant, Graph, Init, Mode, Node, Op, Param, ParamId,
+    Phase, Value, ValueId, ValueKind, autodiff, fusion,
 };
+use crate::data::Transform;
 use crate::nn::{Loss, Sequential};
+use crate::ops::preprocess::PreprocessOp;
 use crate::ops::reduce::MetricsOp;
 use crate::optim::Optimizer;
 
@@ -18,6 +20,19 @@ pub fn build(
     optimizer: &Optimizer,
     sample_shape: &[usize],
     batch_size: usize,
+) -> Result<Graph, BuildError> {
+    build_with(model, loss, optimizer, sample_shape, batch_size, None)
+}
+
+/// [`build`], with a fitted preprocessing as the graph's fixed first stage: raw samples shaped
+/// `sample_shape` go in, and the model's first layer sees the transform's output shape.
+pub fn build_with(
+    model: &Sequential,
+    loss: &Loss,
+    optimizer: &Optimizer,
+    sample_shape: &[usize],
+    batch_size: usize,
+    preprocess: Option<&Arc<Transform>>,
 ) -> Result<Graph, BuildError> {
     if batch_size == 0 {
         return Err(BuildError::Config("batch size must be at least 1".into()));
@@ -44,9 +59,13 @@ pub fn build(
         nodes: Vec::new(),
         params: Vec::new(),
         batch_norms: Vec::new(),
+        constants: Vec::new(),
     };
     let input = b.value(batch_size, features, ValueKind::Input);
     b.x = input;
+    if let Some(t) = preprocess {
+        lower_preprocess(&mut b, t, sample_shape)?;
+    }
     for (index, layer) in model.layers().iter().enumerate() {
         (b.index, b.kind) = (index, layer.kind());
         layer.lower(&mut b)?;
@@ -89,6 +108,8 @@ pub fn build(
         nodes: b.nodes,
         params: b.params,
         batch_norms: b.batch_norms,
+        constants: b.constants,
+        preprocess: preprocess.cloned(),
         loss: loss.clone(),
         optimizer: *optimizer,
         input,
@@ -105,6 +126,53 @@ pub fn build(
     Ok(graph)
 }
 
+/// The preprocessing stage: raw [N, D] in, [N, K] out, the first layer seeing the
+/// transform's output shape. It reads no parameter, so no gradient flows back into it.
+fn lower_preprocess(
+    b: &mut Lowering,
+    t: &Arc<Transform>,
+    sample_shape: &[usize],
+) -> Result<(), BuildError> {
+    if t.input_shape != sample_shape {
+        return Err(BuildError::Config(format!(
+            "the preprocessing ({}) was fitted on samples shaped {:?}, but the model takes {:?}",
+            t.kind, t.input_shape, sample_shape
+        )));
+    }
+    t.validate()
+        .map_err(|e| BuildError::Config(e.to_string()))?;
+    let shift = b.constant("preprocess.shift", t.shift.clone());
+    let divisor = t
+        .divisor
+        .clone()
+        .map(|d| b.constant("preprocess.divisor", d));
+    let matrix = t.matrix.clone().map(|a| b.constant("preprocess.matrix", a));
+    let (d, k) = (t.input_features(), t.output_features());
+    let x = b.x;
+    let y = b.value(b.batch_size, k, ValueKind::Activation);
+    let mut outputs = vec![y];
+    if matrix.is_some() {
+        // The centred input, read by the product within the same node.
+        outputs.push(b.value(b.batch_size, d, ValueKind::Activation));
+    }
+    b.nodes.push(Node {
+        op: Arc::new(PreprocessOp {
+            shift,
+            divisor,
+            matrix,
+        }),
+        inputs: vec![x],
+        outputs,
+        phase: Phase::Forward,
+        layer: None,
+    });
+    let shape = std::iter::once(b.batch_size)
+        .chain(t.output_shape.iter().copied())
+        .collect();
+    b.set_output(y, shape);
+    Ok(())
+}
+
 /// What a layer's [`Module::lower`](crate::nn::Module::lower) sees and extends: the shape
 /// PyTorch would see at this point of the Sequential, the value holding it, and the graph so
 /// far. Errors it makes name the layer (index and kind).
@@ -118,6 +186,7 @@ pub struct Lowering {
     nodes: Vec<Node>,
     params: Vec<Param>,
     batch_norms: Vec<BatchNormState>,
+    constants: Vec<Constant>,
 }
 
 impl Lowering {
@@ -187,6 +256,15 @@ impl Lowering {
     pub fn batch_norm(&mut self, state: BatchNormState) -> usize {
         self.batch_norms.push(state);
         self.batch_norms.len() - 1
+    }
+
+    /// A fixed tensor its ops read (uploaded once, shared by every plan).
+    pub fn constant(&mut self, name: &str, data: Vec<f32>) -> ConstId {
+        self.constants.push(Constant {
+            name: name.to_string(),
+            data: Arc::new(data),
+        });
+        ConstId(self.constants.len() - 1)
     }
 
     /// A new value of the batch's rows and `cols` columns.

@@ -11,9 +11,10 @@ mod op;
 use std::sync::Arc;
 
 pub use autodiff::Autodiff;
-pub use build::{Lowering, build};
+pub use build::{Lowering, build, build_with};
 pub use op::Op;
 
+use crate::data::Transform;
 use crate::nn::Loss;
 use crate::ops::batchnorm::BatchNormConfig;
 use crate::ops::dropout::DropProbability;
@@ -58,6 +59,18 @@ impl Value {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Index of a constant (a fixed tensor of the graph, see [`Graph::constants`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConstId(pub usize);
+
+/// A fixed, non-learnable tensor that ops read: uploaded once with the model's state and
+/// shared by every plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constant {
+    pub name: String,
+    pub data: Arc<Vec<f32>>,
 }
 
 /// A learnable tensor, named as in PyTorch's state_dict.
@@ -142,6 +155,10 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub params: Vec<Param>,
     pub batch_norms: Vec<BatchNormState>,
+    /// Fixed tensors ops read (a fitted preprocessing's mean and matrix), uploaded once.
+    pub constants: Vec<Constant>,
+    /// The fitted preprocessing the graph starts with, if any (its first node).
+    pub preprocess: Option<Arc<Transform>>,
     pub loss: Loss,
     pub optimizer: Optimizer,
     pub input: ValueId,
@@ -164,7 +181,12 @@ impl Graph {
         self.value(self.logits).cols
     }
 
-    /// Features per sample as the first layer sees them (sample shape flattened).
+    pub fn constant(&self, id: ConstId) -> &[f32] {
+        &self.constants[id.0].data
+    }
+
+    /// Features per raw sample the graph takes (the sample shape flattened; a preprocessing
+    /// stage maps them to what the first layer sees).
     pub fn input_features(&self) -> usize {
         self.sample_shape.iter().product()
     }

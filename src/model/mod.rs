@@ -31,6 +31,7 @@ pub use report::{Counters, PlanReport};
 pub use state::StateProblem;
 pub use validate::BatchError;
 
+use crate::data::Transform;
 use crate::error::Result;
 use crate::exec::gpu::GpuPlan;
 use crate::exec::state::{GpuState, HostState};
@@ -61,6 +62,8 @@ pub struct Model {
     loss: Loss,
     optimizer: Optimizer,
     config: ModelConfig,
+    /// The fitted preprocessing every graph starts with, if any.
+    preprocess: Option<Arc<Transform>>,
     graphs: HashMap<usize, Graph>,
     state: GpuState,
     step_buffer: StepBuffer,
@@ -75,6 +78,15 @@ pub struct Model {
     id: u64,
 }
 
+/// What a model is made of, besides its device and state.
+struct Parts {
+    sequential: Sequential,
+    loss: Loss,
+    optimizer: Optimizer,
+    config: ModelConfig,
+    preprocess: Option<Arc<Transform>>,
+}
+
 /// Source of [`Model`] ids.
 static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -87,11 +99,69 @@ impl Model {
         optimizer: Optimizer,
         config: ModelConfig,
     ) -> Result<Self> {
-        let loss = loss.into();
-        let graph = plan::build_graph(&sequential, &loss, &optimizer, &config, config.batch_size)?;
-        plan::check_parameters_fit(&graph, ctx.max_binding_bytes())?;
-        let host = HostState::init(&graph, config.seed);
-        Self::assemble(ctx, sequential, loss, optimizer, config, graph, host)
+        Self::build(ctx, None, sequential, loss.into(), optimizer, config, None)
+    }
+
+    /// Like [`Model::new`], with a fitted preprocessing ([`Transform::fit`] on the training
+    /// split) as the plan's fixed first stage: every step, eval and predict take raw samples
+    /// shaped `config.sample_shape`, and the first layer sees the transform's output shape.
+    pub fn with_preprocess(
+        ctx: Arc<GpuContext>,
+        preprocess: Transform,
+        sequential: Sequential,
+        loss: impl Into<Loss>,
+        optimizer: Optimizer,
+        config: ModelConfig,
+    ) -> Result<Self> {
+        let preprocess = Some(Arc::new(preprocess));
+        Self::build(
+            ctx,
+            preprocess,
+            sequential,
+            loss.into(),
+            optimizer,
+            config,
+            None,
+        )
+    }
+
+    /// The model with an optional preprocessing stage and an optional starting state (else
+    /// PyTorch's initialization).
+    pub fn build(
+        ctx: Arc<GpuContext>,
+        preprocess: Option<Arc<Transform>>,
+        sequential: Sequential,
+        loss: Loss,
+        optimizer: Optimizer,
+        config: ModelConfig,
+        state: Option<HostState>,
+    ) -> Result<Self> {
+        let graph = plan::build_graph(
+            &sequential,
+            &loss,
+            &optimizer,
+            &config,
+            config.batch_size,
+            preprocess.as_ref(),
+        )?;
+        let host = match state {
+            Some(state) => {
+                state::check_state(&graph, &state)?;
+                state
+            }
+            None => {
+                plan::check_parameters_fit(&graph, ctx.max_binding_bytes())?;
+                HostState::init(&graph, config.seed)
+            }
+        };
+        let parts = Parts {
+            sequential,
+            loss,
+            optimizer,
+            config,
+            preprocess,
+        };
+        Self::assemble(ctx, parts, graph, host)
     }
 
     /// Like [`Model::new`], starting from a given state (e.g. a checkpoint).
@@ -103,21 +173,25 @@ impl Model {
         config: ModelConfig,
         state: HostState,
     ) -> Result<Self> {
-        let loss = loss.into();
-        let graph = plan::build_graph(&sequential, &loss, &optimizer, &config, config.batch_size)?;
-        state::check_state(&graph, &state)?;
-        Self::assemble(ctx, sequential, loss, optimizer, config, graph, state)
+        Self::build(
+            ctx,
+            None,
+            sequential,
+            loss.into(),
+            optimizer,
+            config,
+            Some(state),
+        )
     }
 
-    fn assemble(
-        ctx: Arc<GpuContext>,
-        sequential: Sequential,
-        loss: Loss,
-        optimizer: Optimizer,
-        config: ModelConfig,
-        graph: Graph,
-        host: HostState,
-    ) -> Result<Self> {
+    fn assemble(ctx: Arc<GpuContext>, parts: Parts, graph: Graph, host: HostState) -> Result<Self> {
+        let Parts {
+            sequential,
+            loss,
+            optimizer,
+            config,
+            preprocess,
+        } = parts;
         let state = GpuState::new(&ctx, &graph, &host)?;
         let step_buffer = StepBuffer::new(&ctx)?;
         let totals = MetricTotals::new(&ctx)?;
@@ -128,6 +202,7 @@ impl Model {
             optimizer,
             step: host.step,
             config,
+            preprocess,
             graphs: HashMap::new(),
             state,
             step_buffer,
@@ -147,6 +222,11 @@ impl Model {
 
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    /// The fitted preprocessing the plans start with, if any.
+    pub fn preprocess(&self) -> Option<&Transform> {
+        self.preprocess.as_deref()
     }
 
     pub fn sequential(&self) -> &Sequential {

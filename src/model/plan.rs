@@ -2,6 +2,9 @@
 //! step only looks its plan up. Failures against the device's limits are turned into errors
 //! that name the limit and what would fit.
 
+use std::sync::Arc;
+
+use crate::data::Transform;
 use crate::error::{Error, Result};
 use crate::exec::gpu::{GpuPlan, Shared};
 use crate::gpu::GpuError;
@@ -26,6 +29,7 @@ impl Model {
                 &self.optimizer,
                 &self.config,
                 rows,
+                self.preprocess.as_ref(),
             )?;
             self.graphs.insert(rows, graph);
         }
@@ -54,16 +58,18 @@ pub(super) fn build_graph(
     optimizer: &Optimizer,
     config: &ModelConfig,
     rows: usize,
+    preprocess: Option<&Arc<Transform>>,
 ) -> Result<Graph> {
     if loss.reduction() == Reduction::None {
         return Err(Error::UnreducedLoss);
     }
-    Ok(graph::build(
+    Ok(graph::build_with(
         sequential,
         loss,
         optimizer,
         &config.sample_shape,
         rows,
+        preprocess,
     )?)
 }
 

@@ -30,7 +30,7 @@ pub struct PlanReport {
     pub optimizer_bytes: u64,
     /// Activations and gradients of activations (after buffer sharing), plus batch uploads.
     pub activation_bytes: u64,
-    /// Running statistics, counters, step uniform, totals.
+    /// Running statistics, counters, step uniform, totals, and a preprocessing's constants.
     pub other_bytes: u64,
     pub total_bytes: u64,
 }
@@ -73,6 +73,7 @@ impl Model {
         let activation_bytes = plan.activation_bytes() + plan.batch_bytes();
         let other_bytes = self.state.running.size()
             + self.state.counters.size()
+            + self.state.constant_bytes()
             + self.totals.bytes()
             + std::mem::size_of::<StepParams>() as u64;
         PlanReport {
@@ -117,6 +118,7 @@ impl Model {
             + self.state.optimizer_bytes()
             + self.state.running.size()
             + self.state.counters.size()
+            + self.state.constant_bytes()
             + self.totals.bytes()
             + plans
     }

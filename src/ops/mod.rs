@@ -8,6 +8,7 @@ pub mod dropout;
 pub mod linear;
 pub mod matmul;
 pub mod philox;
+pub mod preprocess;
 pub mod reduce;
 pub mod softmax_xent;
 pub mod step;
