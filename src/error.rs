@@ -55,6 +55,12 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// A run whose preprocessing is stored beside its checkpoint, built without it.
+    #[error(
+        "this run's preprocessing ({option}) is stored beside its checkpoint: load it with \
+         run::restore, or build with RunConfig::transform and RunConfig::build_with"
+    )]
+    PreprocessNotLoaded { option: String },
     /// Training produced a NaN or infinite loss.
     #[error(
         "the loss became {value} at step {step}: training diverged (lower the learning rate, or check the data for NaN/Inf with --check-finite)"

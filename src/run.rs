@@ -8,10 +8,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    self, CheckpointError, MODEL_FILE, StateDict, TRAINING_FILE, apply_optimizer_state,
-    apply_state_dict,
+    self, CheckpointError, MODEL_FILE, StateDict, StateTensor, TRAINING_FILE, TensorData,
+    apply_optimizer_state, apply_state_dict,
 };
-use crate::data::Normalization;
+use crate::data::{Normalization, Preprocess, Transform};
 use crate::error::{Error, Result};
 use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
@@ -19,6 +19,11 @@ use crate::nn::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, Sequential, spec};
 use crate::ops::reduce::{RawTotals, TOTALS_LEN};
 use crate::optim::{Adam, LrSchedule, Optimizer, Sgd};
 use crate::{Model, ModelConfig};
+
+/// The fitted preprocessing's tensors, beside the checkpoint: `shift` [D], `divisor` [D]
+/// (when it has one) and `matrix` [K, D] (when it has one), in f32; y = matrix·((x −
+/// shift) / divisor) per flattened sample.
+pub const PREPROCESS_FILE: &str = "preprocess.safetensors";
 
 /// Metadata key of the run description in `checkpoint.safetensors`.
 pub const RUN_KEY: &str = "wgnn.run";
@@ -82,9 +87,30 @@ pub struct RunConfig {
     pub seed: u64,
     pub shuffle: bool,
     pub drop_last: bool,
-    /// Per-channel mean and std of the training split (absent: data used as is).
-    pub normalization: Option<(Vec<f32>, Vec<f32>)>,
+    /// The preprocessing fitted on the training split (absent: data used as is).
+    pub normalization: Option<Preprocessing>,
     pub data: DataConfig,
+}
+
+/// A run's fitted preprocessing as its checkpoint records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Preprocessing {
+    /// `--normalize per-channel` (the default): the training split's per-channel mean and
+    /// population std, written `[mean, std]` as every run before the other options was.
+    PerChannel(Vec<f32>, Vec<f32>),
+    /// Any other option: what it is, with its tensors in [`PREPROCESS_FILE`] beside the
+    /// checkpoint (a D × D matrix has no place in JSON metadata).
+    Fitted(PreprocessRecord),
+}
+
+/// A fitted preprocessing other than per-channel: the option and its output shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessRecord {
+    /// The `--normalize` option, e.g. `pca-whiten:50`.
+    pub option: String,
+    /// The sample shape the model's first layer sees.
+    pub output_shape: Vec<usize>,
 }
 
 /// Where a run's data comes from, so `--resume` can load it again.
@@ -139,8 +165,54 @@ impl DataConfig {
 }
 
 impl RunConfig {
+    /// The sample shape the model's first layer sees: the preprocessing's output, else the
+    /// data's own.
+    pub fn model_input_shape(&self) -> &[usize] {
+        match &self.normalization {
+            Some(Preprocessing::Fitted(record)) => &record.output_shape,
+            _ => &self.sample_shape,
+        }
+    }
+
     pub fn sequential(&self) -> Result<Sequential> {
-        Ok(spec::parse(&self.arch, &self.sample_shape)?)
+        Ok(spec::parse(&self.arch, self.model_input_shape())?)
+    }
+
+    /// The run's fitted preprocessing, from the per-channel statistics it records or from
+    /// [`PREPROCESS_FILE`] in `dir`.
+    pub fn transform(&self, dir: &Path) -> Result<Option<Transform>> {
+        match &self.normalization {
+            Some(Preprocessing::Fitted(record)) => Ok(Some(read_transform(
+                &dir.join(PREPROCESS_FILE),
+                record,
+                self,
+            )?)),
+            Some(Preprocessing::PerChannel(mean, std)) => {
+                let norm = Normalization::new(mean.clone(), std.clone())?;
+                Ok(Some(Transform::per_channel(&norm, &self.sample_shape)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// What a run records of a fitted transform (the per-channel statistics, or the option
+    /// whose tensors go to [`PREPROCESS_FILE`]).
+    pub fn record(transform: Option<&Transform>) -> Option<Preprocessing> {
+        let t = transform?;
+        Some(match t.kind {
+            Preprocess::PerChannel => {
+                let (channels, _) = crate::data::normalize::channel_layout(&t.input_shape)
+                    .unwrap_or((t.input_features(), 1));
+                let per = t.input_features() / channels.max(1);
+                let pick = |v: &[f32]| v.iter().step_by(per.max(1)).copied().collect();
+                let divisor = t.divisor.as_deref().unwrap_or(&[]);
+                Preprocessing::PerChannel(pick(&t.shift), pick(divisor))
+            }
+            _ => Preprocessing::Fitted(PreprocessRecord {
+                option: t.kind.to_string(),
+                output_shape: t.output_shape.clone(),
+            }),
+        })
     }
 
     pub fn loss(&self) -> Loss {
@@ -176,26 +248,105 @@ impl RunConfig {
         }
     }
 
-    pub fn normalization(&self) -> Result<Option<Normalization>> {
-        match &self.normalization {
-            Some((mean, std)) => Ok(Some(Normalization::new(mean.clone(), std.clone())?)),
-            None => Ok(None),
+    /// Builds the model, with `state` or a fresh PyTorch-style initialization, and the
+    /// run's per-channel normalization (if it has one) as its plans' first stage. A run with
+    /// another preprocessing keeps its tensors beside its checkpoint: build it with
+    /// [`RunConfig::build_with`] and [`RunConfig::transform`], as [`restore`] does.
+    pub fn build(&self, ctx: Arc<GpuContext>, state: Option<HostState>) -> Result<Model> {
+        if let Some(Preprocessing::Fitted(record)) = &self.normalization {
+            return Err(Error::PreprocessNotLoaded {
+                option: record.option.clone(),
+            });
         }
+        let transform = self.transform(Path::new("."))?;
+        self.build_with(ctx, state, transform)
     }
 
-    /// Builds the model, with `state` or a fresh PyTorch-style initialization.
-    pub fn build(&self, ctx: Arc<GpuContext>, state: Option<HostState>) -> Result<Model> {
+    /// Builds the model with `transform` (the run's fitted preprocessing) as its plans'
+    /// first stage: raw samples go in.
+    pub fn build_with(
+        &self,
+        ctx: Arc<GpuContext>,
+        state: Option<HostState>,
+        transform: Option<Transform>,
+    ) -> Result<Model> {
         let config = ModelConfig {
             sample_shape: self.sample_shape.clone(),
             batch_size: self.batch_size,
             seed: self.seed,
         };
         let sequential = self.sequential()?;
-        match state {
-            Some(s) => Model::with_state(ctx, sequential, self.loss(), self.optimizer(), config, s),
-            None => Model::new(ctx, sequential, self.loss(), self.optimizer(), config),
-        }
+        let transform = transform.map(Arc::new);
+        Model::build(
+            ctx,
+            transform,
+            sequential,
+            self.loss(),
+            self.optimizer(),
+            config,
+            state,
+        )
     }
+}
+
+/// Writes a fitted preprocessing's tensors ([`PREPROCESS_FILE`]) atomically.
+pub fn write_transform(path: &Path, t: &Transform) -> Result<()> {
+    let mut sd = StateDict::default();
+    let d = t.input_features();
+    sd.tensors
+        .insert("shift".into(), StateTensor::f32(vec![d], t.shift.clone()));
+    if let Some(div) = &t.divisor {
+        sd.tensors
+            .insert("divisor".into(), StateTensor::f32(vec![d], div.clone()));
+    }
+    if let Some(a) = &t.matrix {
+        let k = t.output_features();
+        sd.tensors
+            .insert("matrix".into(), StateTensor::f32(vec![k, d], a.clone()));
+    }
+    sd.metadata.insert("option".into(), t.kind.to_string());
+    sd.write(path)?;
+    Ok(())
+}
+
+/// Reads [`PREPROCESS_FILE`] back into the transform `record` describes, checking it.
+fn read_transform(path: &Path, record: &PreprocessRecord, run: &RunConfig) -> Result<Transform> {
+    let sd = StateDict::read(path)?;
+    let bad = |message: String| CheckpointError::Format {
+        path: path.display().to_string(),
+        message,
+    };
+    let kind: Preprocess = record
+        .option
+        .parse()
+        .map_err(|e: crate::data::PreprocessError| bad(e.to_string()))?;
+    if sd.metadata.get("option") != Some(&record.option) {
+        return Err(bad(format!(
+            "holds {:?}, but the checkpoint's run was preprocessed with {}",
+            sd.metadata
+                .get("option")
+                .map_or("no option", String::as_str),
+            record.option
+        ))
+        .into());
+    }
+    let floats = |key: &str| -> Result<Option<Vec<f32>>> {
+        match sd.tensors.get(key).map(|t| &t.data) {
+            None => Ok(None),
+            Some(TensorData::F32(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(bad(format!("tensor {key:?} is not F32")).into()),
+        }
+    };
+    let transform = Transform {
+        kind,
+        input_shape: run.sample_shape.clone(),
+        output_shape: record.output_shape.clone(),
+        shift: floats("shift")?.ok_or_else(|| bad("no \"shift\" tensor".into()))?,
+        divisor: floats("divisor")?,
+        matrix: floats("matrix")?,
+    };
+    transform.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(transform)
 }
 
 /// Writes `dir/checkpoint.safetensors` (the state_dict and this run) and
@@ -206,6 +357,11 @@ pub fn save(dir: &Path, model: &mut Model, run: &RunConfig, position: Position) 
         path: dir.display().to_string(),
         source,
     })?;
+    if let Some(Preprocessing::Fitted(_)) = &run.normalization
+        && let Some(t) = model.preprocess()
+    {
+        write_transform(&dir.join(PREPROCESS_FILE), t)?;
+    }
     let state = model.state()?;
     let mut sd = checkpoint::model_state_dict(model.sequential(), model.graph(), &state, "");
     let json = serde_json::to_string(run).map_err(|e| CheckpointError::Format {
@@ -241,6 +397,16 @@ pub fn model_file(path: &Path) -> PathBuf {
     }
 }
 
+/// The directory of a checkpoint given as the file itself or its directory.
+pub fn checkpoint_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+}
+
 /// Reads a wgnn checkpoint's run description and state_dict.
 pub fn load(path: &Path) -> Result<(RunConfig, StateDict)> {
     let file = model_file(path);
@@ -264,7 +430,8 @@ pub fn load(path: &Path) -> Result<(RunConfig, StateDict)> {
 /// A model ready for eval or predict from a checkpoint, with its normalization.
 pub fn restore(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> {
     let (run, sd) = load(path)?;
-    let mut model = run.build(ctx, None)?;
+    let transform = run.transform(&checkpoint_dir(path))?;
+    let mut model = run.build_with(ctx, None, transform)?;
     let base = model.state()?;
     let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
     model.load_state(&state)?;
@@ -274,7 +441,8 @@ pub fn restore(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> 
 /// A model and its position in the data, exactly as a run left it (for `--resume`).
 pub fn resume(ctx: Arc<GpuContext>, dir: &Path) -> Result<(Model, RunConfig, Position)> {
     let (run, sd) = load(dir)?;
-    let mut model = run.build(ctx, None)?;
+    let transform = run.transform(dir)?;
+    let mut model = run.build_with(ctx, None, transform)?;
     let base = model.state()?;
     let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
     let training_path = dir.join(TRAINING_FILE);

@@ -308,7 +308,10 @@ fn training_through_the_stage_matches_the_cpu_reference() {
     // Eval on a smaller batch builds a new graph: the stage is part of it too.
     gpu.eval();
     let logits = gpu.predict(&train.features[..7 * 32]).unwrap();
-    let want = cpu.run(Mode::Eval, &train.features[..7 * 32], &[0; 7]).unwrap().logits;
+    let want = cpu
+        .run(Mode::Eval, &train.features[..7 * 32], &[0; 7])
+        .unwrap()
+        .logits;
     let err = logits
         .iter()
         .zip(&want)

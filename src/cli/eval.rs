@@ -19,7 +19,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         ..run.data.clone()
     }
     .load_options();
-    let mut data = load_with(&args.data, split, &options)?;
+    let data = load_with(&args.data, split, &options)?;
     if data.sample_shape != run.sample_shape {
         let mut found = vec![data.len()];
         found.extend(&data.sample_shape);
@@ -28,9 +28,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
             found,
             expected: run.sample_shape,
         });
-    }
-    if let Some(norm) = run.normalization()? {
-        norm.apply(&mut data)?;
     }
     model.eval();
     let e = evaluate(&mut model, &data, args.batch_size)?;

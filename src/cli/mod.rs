@@ -60,14 +60,6 @@ pub struct BenchArgs {
     pub profile: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum NormalizeArg {
-    /// Subtract the per-channel mean and divide by the per-channel std of the training split.
-    PerChannel,
-    /// Use the data as it is.
-    None,
-}
-
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Training data: an MNIST or CIFAR-10 directory, a .csv (label column), a .safetensors
@@ -127,8 +119,10 @@ pub struct TrainArgs {
     /// Drop the last batch when it is partial.
     #[arg(long)]
     pub drop_last: bool,
-    #[arg(long, value_enum, default_value = "per-channel")]
-    pub normalize: NormalizeArg,
+    /// Preprocessing fitted on the training split and applied by the model to raw inputs:
+    /// none, mean-image, channel-mean, per-channel, pca:K, pca-whiten:K or zca[:EPS].
+    #[arg(long, default_value = "per-channel")]
+    pub normalize: wgnn::data::Preprocess,
     /// Reject data holding NaN or infinite values.
     #[arg(long)]
     pub check_finite: bool,

@@ -13,10 +13,8 @@ use super::{PredictArgs, open_gpu};
 pub fn run(args: PredictArgs) -> Result<()> {
     let ctx = open_gpu()?;
     let (mut model, run) = run::restore(ctx, &args.checkpoint)?;
-    let (mut x, rows) = read_samples(&args.input, &run.sample_shape, args.label_column.clone())?;
-    if let Some(norm) = run.normalization()? {
-        norm.apply_features(&mut x, &run.sample_shape, &args.input.display().to_string())?;
-    }
+    // Raw samples: the model applies the run's preprocessing itself.
+    let (x, rows) = read_samples(&args.input, &run.sample_shape, args.label_column.clone())?;
     model.eval();
     let features: usize = run.sample_shape.iter().product();
     let mut logits = Vec::with_capacity(rows * model.graph().classes());

@@ -10,7 +10,8 @@ use wgnn::train::{Checkpoint, EpochMetrics, FitOptions, fit};
 
 use super::error::{CliError, Result};
 use super::progress::Bar;
-use super::{NormalizeArg, TrainArgs, open_gpu};
+use super::{TrainArgs, open_gpu};
+use wgnn::data::{Preprocess, Transform};
 
 /// Epochs of a new run unless --epochs says otherwise.
 const DEFAULT_EPOCHS: usize = 12;
@@ -44,8 +45,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (model, run, position, history)
         }
         None => {
-            let run = new_run(&args)?;
-            let mut model = run.build(ctx, None)?;
+            let (run, transform) = new_run(&args)?;
+            if let Some(t) = &transform
+                && t.kind != wgnn::data::Preprocess::PerChannel
+            {
+                println!(
+                    "preprocess: {} fitted on the training split ({} → {} features)",
+                    t.kind,
+                    t.input_features(),
+                    t.output_features()
+                );
+            }
+            let mut model = run.build_with(ctx, None, transform)?;
             if let Some(init) = &args.init {
                 let sd = StateDict::read(&run::model_file(init))?;
                 let base = model.state()?;
@@ -58,11 +69,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
 
-    let mut splits = run.data.load()?;
-    if let Some(norm) = run.normalization()? {
-        norm.apply(&mut splits.train)?;
-        norm.apply(&mut splits.test)?;
-    }
+    // Raw samples: the model applies the run's preprocessing as its first stage.
+    let splits = run.data.load()?;
     println!(
         "data: {} training samples of shape {:?}; test: {} samples ({})",
         splits.train.len(),
@@ -157,17 +165,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The run the flags describe, with the data loaded to learn its shape and classes.
-fn new_run(args: &TrainArgs) -> Result<RunConfig> {
+/// The run the flags describe, with the data loaded to learn its shape and classes, and its
+/// preprocessing fitted on the training split.
+fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)> {
     let data = DataConfig {
         path: args.data.clone(),
         test_path: args.test_data.clone(),
         holdout: args.holdout,
         label_column: args.label_column.clone(),
-        normalize: matches!(args.normalize, NormalizeArg::PerChannel),
+        normalize: args.normalize != Preprocess::None,
         check_finite: args.check_finite,
     };
-    let mut splits = data.load()?;
+    let splits = data.load()?;
     let classes = splits.train.num_classes().max(splits.test.num_classes());
     let loss: LossKind = args.loss.into();
     let outputs = match loss {
@@ -180,22 +189,22 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         }
     };
     let sample_shape = splits.train.sample_shape.clone();
+    let transform = Transform::fit(args.normalize, &splits.train)?;
+    // What the first layer sees: the preprocessing's output (K features for pca:K).
+    let model_shape = transform
+        .as_ref()
+        .map_or(&sample_shape, |t| &t.output_shape)
+        .clone();
     let (arch, sequential) = match &args.arch {
-        Some(arch) => (arch.clone(), spec::parse(arch, &sample_shape)?),
+        Some(arch) => (arch.clone(), spec::parse(arch, &model_shape)?),
         None => {
-            let features = sample_shape.iter().product();
+            let features = model_shape.iter().product();
             let sequential = Sequential::lecture_mlp(features, outputs, LECTURE_DROPOUT);
             (spec::to_spec(&sequential), sequential)
         }
     };
     check_outputs(&sequential, outputs, loss, &arch)?;
-    let normalization = match args.normalize {
-        NormalizeArg::PerChannel => {
-            let norm = splits.normalize(wgnn::data::prepare::NormalizeMode::PerChannel)?;
-            Some((norm.mean().to_vec(), norm.std().to_vec()))
-        }
-        NormalizeArg::None => None,
-    };
+    let normalization = RunConfig::record(transform.as_ref());
     let optimizer: OptimizerKind = args.optimizer.into();
     let lr = args.lr.unwrap_or(match optimizer {
         OptimizerKind::Sgd => 0.02,
@@ -213,7 +222,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
     if args.amsgrad && optimizer == OptimizerKind::Sgd {
         return Err(CliError::AmsgradWithSgd);
     }
-    Ok(RunConfig {
+    let run = RunConfig {
         arch,
         sample_shape,
         classes,
@@ -233,7 +242,8 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         drop_last: args.drop_last,
         normalization,
         data,
-    })
+    };
+    Ok((run, transform))
 }
 
 /// The model's last Linear must give one logit per class (one for BCE).
