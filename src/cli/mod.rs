@@ -122,7 +122,7 @@ pub struct TrainArgs {
     /// Preprocessing fitted on the training split and applied by the model to raw inputs:
     /// none, mean-image, channel-mean, per-channel, pca:K, pca-whiten:K or zca[:EPS].
     #[arg(long, default_value = "per-channel")]
-    pub normalize: wgnn::data::Preprocess,
+    pub normalize: String,
     /// Reject data holding NaN or infinite values.
     #[arg(long)]
     pub check_finite: bool,

@@ -168,12 +168,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// The run the flags describe, with the data loaded to learn its shape and classes, and its
 /// preprocessing fitted on the training split.
 fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)> {
+    let normalize: Preprocess = args
+        .normalize
+        .parse()
+        .map_err(wgnn::data::DataError::from)?;
     let data = DataConfig {
         path: args.data.clone(),
         test_path: args.test_data.clone(),
         holdout: args.holdout,
         label_column: args.label_column.clone(),
-        normalize: args.normalize != Preprocess::None,
+        normalize: normalize != Preprocess::None,
         check_finite: args.check_finite,
     };
     let splits = data.load()?;
@@ -189,7 +193,7 @@ fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)> {
         }
     };
     let sample_shape = splits.train.sample_shape.clone();
-    let transform = Transform::fit(args.normalize, &splits.train)?;
+    let transform = Transform::fit(normalize, &splits.train)?;
     // What the first layer sees: the preprocessing's output (K features for pca:K).
     let model_shape = transform
         .as_ref()
