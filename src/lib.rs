@@ -5,6 +5,13 @@
 // Hyper-parameter checks are written `!(x >= 0.0)` on purpose: NaN must fail them.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+// The API a user programs against: `Model`, `nn`, `optim`, `data`, `checkpoint`, `train`,
+// `run`, and `ops` for single ops beside their CPU references. `graph` (the IR and the `Op`
+// trait), `exec` (the GPU plan and the CPU reference executor, the benchmarks' baseline) and
+// `check` (tensor comparisons with tolerances) are public for users who inspect a plan, run
+// the reference or compare results; `bench` holds the command line's benchmark workloads and
+// is not part of the API.
+#[doc(hidden)]
 pub mod bench;
 pub mod check;
 pub mod checkpoint;

@@ -20,8 +20,8 @@ use crate::ops::reduce::{RawTotals, TOTALS_LEN};
 use crate::optim::{Adam, LrSchedule, Optimizer, Sgd};
 use crate::{Model, ModelConfig};
 
-/// The fitted preprocessing's tensors, beside the checkpoint: `shift` [D], `divisor` [D]
-/// (when it has one) and `matrix` [K, D] (when it has one), in f32; y = matrix·((x −
+/// The fitted preprocessing's tensors, beside the checkpoint: `shift` \[D\], `divisor` \[D\]
+/// (when it has one) and `matrix` \[K, D\] (when it has one), in f32; y = matrix·((x −
 /// shift) / divisor) per flattened sample.
 pub const PREPROCESS_FILE: &str = "preprocess.safetensors";
 

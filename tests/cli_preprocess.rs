@@ -36,7 +36,11 @@ fn final_accuracy(stdout: &str) -> String {
         .lines()
         .find(|l| l.starts_with("final test accuracy"))
         .unwrap_or_else(|| panic!("no final line in {stdout}"));
-    line.split_whitespace().nth(3).unwrap().trim_end_matches('%').to_string()
+    line.split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches('%')
+        .to_string()
 }
 
 fn train(out: &Path, normalize: &str, epochs: &str) -> String {
@@ -72,7 +76,11 @@ fn every_option_trains_and_its_checkpoint_evaluates_raw_inputs() {
         );
         // checkpoint.safetensors stays PyTorch's state_dict: no preprocessing keys.
         let sd = StateDict::read(&dir.path().join("checkpoint.safetensors")).unwrap();
-        assert!(sd.tensors.keys().all(|k| k.starts_with(|c: char| c.is_ascii_digit())));
+        assert!(
+            sd.tensors
+                .keys()
+                .all(|k| k.starts_with(|c: char| c.is_ascii_digit()))
+        );
         // eval applies the stored transform to the raw test digits: the same accuracy.
         let eval = ok(&wgnn(&[
             "eval",
@@ -93,7 +101,8 @@ fn pca_whitening_trains_the_lecture_mlp_and_predicts_from_raw_pixels() {
     let dir = tempfile::tempdir().unwrap();
     let stdout = train(dir.path(), "pca-whiten:50", "1");
     assert!(
-        stdout.contains("preprocess: pca-whiten:50 fitted on the training split (784 → 50 features)"),
+        stdout
+            .contains("preprocess: pca-whiten:50 fitted on the training split (784 → 50 features)"),
         "{stdout}"
     );
     // The first Linear takes the 50 components.
@@ -102,7 +111,10 @@ fn pca_whitening_trains_the_lecture_mlp_and_predicts_from_raw_pixels() {
     let pre = StateDict::read(&dir.path().join("preprocess.safetensors")).unwrap();
     assert_eq!(pre.tensors["matrix"].shape, vec![50, 784]);
     assert_eq!(pre.tensors["shift"].shape, vec![784]);
-    assert!(final_accuracy(&stdout).parse::<f32>().unwrap() > 85.0, "{stdout}");
+    assert!(
+        final_accuracy(&stdout).parse::<f32>().unwrap() > 85.0,
+        "{stdout}"
+    );
 
     // predict on raw idx digits twice gives the same logits (round trip of the transform).
     let logits = |name: &str| {

@@ -1,11 +1,11 @@
-//! The lecture's input preprocessing, every option of it: "Assume X [N × D] is a data matrix,
+//! The lecture's input preprocessing, every option of it: "Assume X \[N × D\] is a data matrix,
 //! each row an example" — subtract the mean image, or the per-channel mean, or the per-channel
 //! mean and divide by the per-channel std; "in practice you may also see PCA and whitening".
 //!
 //! Each option is fitted on the training split only ([`Transform::fit`]) into one affine map
 //!
 //! ```text
-//! y = A · ((x − shift) ⊘ divisor)        x: one sample flattened, [D]
+//! y = A · ((x − shift) ⊘ divisor)        x: one sample flattened, \[D\]
 //! ```
 //!
 //! with the parts an option needs (a missing divisor is 1, a missing A the identity). The
@@ -17,9 +17,9 @@
 //! | `mean-image` | per-feature mean μ | — | — | same shape |
 //! | `channel-mean` | per-channel mean | — | — | same shape |
 //! | `per-channel` | per-channel mean | per-channel population std | — | same shape |
-//! | `pca:K` | μ | — | top K eigenvectors Vₖ [K, D] | [K] |
-//! | `pca-whiten:K` | μ | — | Vₖ / √λₖ | [K] |
-//! | `zca[:ε]` | μ | — | U · diag(1/√(λ + ε)) · Uᵀ [D, D] | same shape |
+//! | `pca:K` | μ | — | top K eigenvectors Vₖ \[K, D\] | \[K\] |
+//! | `pca-whiten:K` | μ | — | Vₖ / √λₖ | \[K\] |
+//! | `zca[:ε]` | μ | — | U · diag(1/√(λ + ε)) · Uᵀ \[D, D\] | same shape |
 //!
 //! λ and U are the eigenvalues (decreasing) and eigenvectors of the training covariance with
 //! the n − 1 denominator, as scikit-learn's `PCA` computes `explained_variance_`; each
@@ -190,11 +190,11 @@ pub struct Transform {
     pub input_shape: Vec<usize>,
     /// The sample shape the model's first layer sees.
     pub output_shape: Vec<usize>,
-    /// Subtracted first, per feature: [D].
+    /// Subtracted first, per feature: \[D\].
     pub shift: Vec<f32>,
-    /// Divided by after, per feature: [D] (None: 1).
+    /// Divided by after, per feature: \[D\] (None: 1).
     pub divisor: Option<Vec<f32>>,
-    /// Applied last: [K, D] row-major (None: the identity).
+    /// Applied last: \[K, D\] row-major (None: the identity).
     pub matrix: Option<Vec<f32>>,
 }
 
@@ -417,7 +417,7 @@ fn feature_means(train: &Dataset) -> Vec<f64> {
 /// signed as scikit-learn signs its components.
 struct Eigen {
     values: Vec<f64>,
-    /// [D, D]: column c is the eigenvector of `values[c]`.
+    /// \[D, D\]: column c is the eigenvector of `values[c]`.
     vectors: Mat<f64>,
 }
 
@@ -486,7 +486,7 @@ impl Eigen {
             .count()
     }
 
-    /// [K, D]: the top K eigenvectors as rows, row c scaled by `scale(λ_c)`.
+    /// \[K, D\]: the top K eigenvectors as rows, row c scaled by `scale(λ_c)`.
     fn components(&self, k: usize, scale: impl Fn(f64) -> f64) -> Vec<f32> {
         let d = self.values.len();
         let mut a = Vec::with_capacity(k * d);
@@ -497,7 +497,7 @@ impl Eigen {
         a
     }
 
-    /// W = U · diag(1/√(λ + ε)) · Uᵀ, symmetric [D, D]; eigenvalues that rounding left
+    /// W = U · diag(1/√(λ + ε)) · Uᵀ, symmetric \[D, D\]; eigenvalues that rounding left
     /// slightly negative count as 0.
     fn zca(&self, eps: f64) -> Vec<f32> {
         let d = self.values.len();

@@ -126,7 +126,7 @@ pub fn build_with(
     Ok(graph)
 }
 
-/// The preprocessing stage: raw [N, D] in, [N, K] out, the first layer seeing the
+/// The preprocessing stage: raw \[N, D\] in, \[N, K\] out, the first layer seeing the
 /// transform's output shape. It reads no parameter, so no gradient flows back into it.
 fn lower_preprocess(
     b: &mut Lowering,
@@ -190,7 +190,7 @@ pub struct Lowering {
 }
 
 impl Lowering {
-    /// The logical shape of the layer's input, batch first ([N, 3, 32, 32], [N, 64]).
+    /// The logical shape of the layer's input, batch first (\[N, 3, 32, 32\], \[N, 64\]).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -205,7 +205,7 @@ impl Lowering {
         self.index
     }
 
-    /// The features of a flat input [N, features], or an error asking for a Flatten.
+    /// The features of a flat input \[N, features\], or an error asking for a Flatten.
     pub fn flat_features(&self) -> Result<usize, BuildError> {
         match self.shape[..] {
             [_, features] => Ok(features),
@@ -213,7 +213,7 @@ impl Lowering {
         }
     }
 
-    /// Checks that the input is [N, features], naming both shapes otherwise.
+    /// Checks that the input is \[N, features\], naming both shapes otherwise.
     pub fn expect_features(&self, features: usize) -> Result<(), BuildError> {
         match self.shape[..] {
             [_, f] if f == features => Ok(()),

@@ -1,7 +1,7 @@
 //! The fitted preprocessing (`data::preprocess`) as the graph's fixed first stage:
 //! y = A·((x − shift) ⊘ divisor) per sample. The element-wise part is
 //! `shaders/preprocess.wgsl`; the matrix (PCA, whitening, ZCA) is [`matmul`]'s NT product,
-//! so PCA:K of a batch [N, D] costs one [N, D]·[K, D]ᵀ. Its tensors are graph constants,
+//! so PCA:K of a batch \[N, D\] costs one \[N, D\]·\[K, D\]ᵀ. Its tensors are graph constants,
 //! uploaded once with the model and shared by every plan; nothing is trained, and no
 //! gradient flows into the input.
 
@@ -20,7 +20,7 @@ use crate::graph::{Autodiff, ConstId, Node, Op, ValueId};
 pub struct PreprocessOp {
     pub shift: ConstId,
     pub divisor: Option<ConstId>,
-    /// [K, D]; y = centred · Aᵀ.
+    /// \[K, D\]; y = centred · Aᵀ.
     pub matrix: Option<ConstId>,
 }
 
