@@ -319,3 +319,71 @@ fn training_through_the_stage_matches_the_cpu_reference() {
         .fold(0f32, f32::max);
     assert!(err < 1e-4, "eval logits differ by {err}");
 }
+
+/// A checkpoint round trip: the run records the transform (ZCA's matrix in
+/// preprocess.safetensors), and the restored model predicts bit for bit what the trained one
+/// did, from raw inputs.
+#[test]
+fn a_checkpoint_round_trip_gives_the_same_predictions() {
+    use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
+
+    let sd = fixture();
+    let (train, test) = (dataset(&sd, "train"), dataset(&sd, "test"));
+    for kind in ["zca", "pca-whiten:5", "per-channel", "mean-image"] {
+        let t = fit(kind, &train);
+        let run = RunConfig {
+            arch: "flatten,linear:8,bn,relu,linear:3".into(),
+            sample_shape: vec![2, 4, 4],
+            classes: 3,
+            loss: LossKind::Ce,
+            label_smoothing: 0.0,
+            pos_weight: 1.0,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            amsgrad: false,
+            lr_schedule: None,
+            batch_size: 50,
+            epochs: 1,
+            seed: 2,
+            shuffle: true,
+            drop_last: false,
+            normalization: RunConfig::record(Some(&t)),
+            data: DataConfig {
+                path: None,
+                test_path: None,
+                holdout: 0.2,
+                label_column: None,
+                normalize: true,
+                check_finite: false,
+            },
+        };
+        let mut model = run.build_with(ctx(), None, Some(t)).unwrap();
+        model.train();
+        let labels: Vec<u32> = (0..50).map(|i| (i % 3) as u32).collect();
+        model
+            .train_step(&train.features[..50 * 32], &labels)
+            .unwrap();
+        model.eval();
+        let before = model.predict(&test.features).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        run::save(dir.path(), &mut model, &run, run::Position::default()).unwrap();
+        assert_eq!(
+            dir.path().join(run::PREPROCESS_FILE).exists(),
+            !matches!(kind, "per-channel"),
+            "{kind}"
+        );
+        let (mut restored, _) = run::restore(ctx(), dir.path()).unwrap();
+        restored.eval();
+        assert_eq!(restored.predict(&test.features).unwrap(), before, "{kind}");
+        // A run whose tensors live beside the checkpoint cannot be built without them.
+        if kind != "per-channel" {
+            let err = match run.build(ctx(), None) {
+                Ok(_) => panic!("{kind}: built without its stored preprocessing"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(kind) && err.contains("restore"), "{err}");
+        }
+    }
+}
