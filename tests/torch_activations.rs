@@ -274,3 +274,48 @@ fn the_spec_names_every_activation() {
     assert!(layer.state_names().is_empty());
     let _: &dyn Activation = &LeakyReLU::default();
 }
+
+/// `Model::gradients()` after one step from PyTorch's initial parameters: PyTorch's `.grad`
+/// of every parameter, and the CPU reference executor's, under state_dict names.
+#[test]
+fn model_gradients_are_pytorchs_grad() {
+    let sd = fixture("activations_mlp.safetensors");
+    let (x, y) = (floats(&sd, "x"), labels(&sd));
+    let sequential = mlp();
+    let sgd = Optimizer::Sgd(Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Sgd::default()
+    });
+    let config = ModelConfig {
+        sample_shape: vec![12],
+        batch_size: 10,
+        seed: 0,
+    };
+    let mut model = Model::new(
+        ctx(),
+        sequential.clone(),
+        CrossEntropyLoss::new(),
+        sgd,
+        config,
+    )
+    .unwrap();
+    let zeros = model.gradients().unwrap();
+    assert!(zeros.iter().all(|(_, g)| g.iter().all(|&v| v == 0.0)));
+    let current = model.state().unwrap();
+    let init = apply_state_dict(&sub(&sd, "init."), &sequential, model.graph(), &current).unwrap();
+    model.load_state(&init).unwrap();
+    model.train();
+    model.train_step(&x, &y).unwrap();
+    let grads = model.gradients().unwrap();
+    let names: Vec<&str> = grads.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..2], ["1.weight", "1.bias"]);
+    let graph = graph::build(&sequential, &Loss::default(), &sgd, &[12], 10).unwrap();
+    let mut cpu = CpuExecutor::new(sequential, graph, init, 0);
+    cpu.run(Mode::Train, &x, &y).unwrap();
+    for ((name, g), cpu_grad) in grads.iter().zip(&cpu.grads) {
+        let want = floats(&sd, &format!("grad.{name}"));
+        assert_close(&format!("GPU grad of {name}"), g, &want, MODEL_TOL);
+        assert_close(&format!("CPU grad of {name}"), cpu_grad, &want, MODEL_TOL);
+    }
+}

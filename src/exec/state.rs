@@ -168,6 +168,22 @@ impl GpuState {
     }
 
     /// Reads the whole state back (blocking); `step` is kept by the caller.
+    /// The gradient buffer, per parameter in the graph's order (blocking).
+    pub fn download_gradients(
+        &self,
+        ctx: &GpuContext,
+        graph: &Graph,
+    ) -> Result<Vec<Vec<f32>>, GpuError> {
+        let l = &self.layout;
+        let flat: Vec<f32> = read_buffer(ctx, &self.grads, 0, (l.params_len * 4) as u64)?;
+        Ok(graph
+            .params
+            .iter()
+            .zip(&l.params)
+            .map(|(p, off)| flat[*off..*off + p.len()].to_vec())
+            .collect())
+    }
+
     pub fn download(
         &self,
         ctx: &GpuContext,

@@ -18,6 +18,22 @@ impl Model {
         Ok(host)
     }
 
+    /// The gradients of the last training step, named as the parameters are in PyTorch's
+    /// state_dict and shaped like them: what each parameter's `.grad` holds after
+    /// `loss.backward()` (zeros before the first step). Blocking.
+    pub fn gradients(&mut self) -> Result<Vec<(String, Vec<f32>)>> {
+        let graph = &self.graphs[&self.config.batch_size];
+        let grads = self.state.download_gradients(&self.ctx, graph)?;
+        self.counters.blocking_readbacks += 1;
+        self.in_flight.clear();
+        Ok(graph
+            .params
+            .iter()
+            .map(|p| p.name.clone())
+            .zip(grads)
+            .collect())
+    }
+
     /// Replaces the whole state (parameters, optimizer state, running stats, step).
     pub fn load_state(&mut self, state: &HostState) -> Result<()> {
         check_state(self.graph(), state)?;
