@@ -19,6 +19,9 @@ pub enum CliError {
         place: String,
         dir: PathBuf,
     },
+    /// A mistake in an experiment file for `wgnn compare`, naming the key.
+    #[error("{}: {message}", path.display())]
+    Experiment { path: PathBuf, message: String },
     #[error("--loss bce needs labels 0 and 1, but the data has {classes} classes")]
     BinaryLossClasses { classes: usize },
     #[error("--amsgrad applies to --optimizer adam or adamw, not sgd")]

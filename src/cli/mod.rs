@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod bench;
+mod compare;
 mod error;
 mod eval;
 mod info;
@@ -44,6 +45,18 @@ enum Command {
     Info,
     /// Measure the kernels and the lecture's MLP on this adapter (and the CPU reference).
     Bench(BenchArgs),
+    /// Train every variant of an experiment file with every seed and compare them
+    /// (results.csv, curves.svg, a table; see experiments/FORMAT.md).
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The experiment: a TOML file (experiments/FORMAT.md), e.g. experiments/dropout.toml.
+    pub experiment: PathBuf,
+    /// Where the results go (default: runs/compare/<the experiment's name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +259,7 @@ pub fn run(cli: Cli) -> error::Result<()> {
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Info) => Ok(info::run()?),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Compare(args)) => compare::run(args),
     }
 }
 

@@ -167,7 +167,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// The run the flags describe, with the data loaded to learn its shape and classes, and its
 /// preprocessing fitted on the training split.
-fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)> {
+pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)> {
     let normalize: Preprocess = args
         .normalize
         .parse()
