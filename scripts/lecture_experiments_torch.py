@@ -17,24 +17,28 @@ torch.Generator seeded with the seed drawing a new permutation each epoch; Cross
 AdamW with foreach=False; StepLR or CosineAnnealingLR stepped once per epoch. Train figures
 are the sample-weighted means over the epoch's batches in train mode (dropout on); the test
 split is evaluated in eval mode after each epoch. A NaN or infinite training loss marks the
-run diverged and stops it.
+run diverged and stops it: that epoch's row holds `nan` as its train loss, diverged = 1 and
+nothing else. `measure = ["gradient-signs"]` follows FORMAT.md: after each epoch, on a copy
+of the model in train mode, each of the first 256 training samples alone; among the first
+Linear's weight-gradient rows that are not all zero, the share that is single-signed.
 
 Setup (CPU only): pip install torch scikit-learn numpy   (Python 3.11 or newer: tomllib)
 
-Run from the repository root:
+Run from the repository root (relative data paths are taken from the current directory, as
+`wgnn train` takes them):
 
-    python3 scripts/lecture_experiments_torch.py EXPERIMENT.toml [--out DIR]
+    python3 scripts/lecture_experiments_torch.py EXPERIMENT.toml [--out DIR] [--threads N]
 
-Writes DIR/results.csv (default DIR: runs/compare-torch/<name>/) and DIR/summary.md, and
-prints the summary: final test accuracy (mean ± sample std over seeds), the train-test
-accuracy gap, the epochs to reach target_accuracy and the diverged runs per variant.
+Writes DIR/results.csv (default DIR: runs/compare-torch/<name>/) and DIR/summary.md, the
+table `wgnn compare` prints: per variant, the final test accuracy (mean ± sample std over
+the seeds that did not diverge), the epoch of the best mean test accuracy, the first epoch
+whose mean reaches target_accuracy, the train − test accuracy gap and the diverged runs.
 Errors in the experiment file or the data print one line and exit with status 1.
 """
 
 import argparse
-import csv
+import copy
 import gzip
-import io
 import itertools
 import json
 import math
@@ -157,6 +161,7 @@ SETTINGS = {
     "normalize": _normalize,
     "no-shuffle": _bool,
     "drop-last": _bool,
+    "check-finite": _bool,
 }
 
 
@@ -200,6 +205,7 @@ def resolve(settings):
         "normalize": s.get("normalize", "per-channel"),
         "no-shuffle": s.get("no-shuffle", False),
         "drop-last": s.get("drop-last", False),
+        "check-finite": s.get("check-finite", False),
     }
 
 
@@ -322,16 +328,11 @@ def load_experiment(path):
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64:
             raise Failure(f"{where}: `seeds`: {s!r} is not a non-negative integer")
-    if len(set(seeds)) != len(seeds):
-        dup = next(s for s in seeds if seeds.count(s) > 1)
-        raise Failure(f"{where}: `seeds`: {dup} appears more than once")
     target = doc.get("target_accuracy")
     if target is not None:
-        if isinstance(target, bool) or not isinstance(target, (int, float)) \
-                or not 0.0 < target <= 1.0:
-            raise Failure(f"{where}: `target_accuracy` must be a fraction in (0, 1], "
-                          f"got {target!r}")
-        target = float(target)
+        if not isinstance(target, float) or not 0.0 <= target <= 1.0:
+            raise Failure(f"{where}: `target_accuracy` must be a fraction in [0, 1], e.g. "
+                          f"0.95, got {target!r}")
     measure = doc.get("measure", [])
     if not isinstance(measure, list):
         raise Failure(f"{where}: `measure` must be a list, e.g. measure = [\"gradient-signs\"]")
@@ -863,6 +864,12 @@ class Prepared:
 
     def __init__(self, config):
         train, test = load_splits(config)
+        if config["check-finite"]:
+            for split in (train, test):
+                bad = np.argwhere(~np.isfinite(split.x))
+                if len(bad):
+                    raise Failure(f"{split.source}: sample {bad[0][0]}, feature {bad[0][1]} "
+                                  "is not finite (check-finite)")
         transform = fit_transform(config["normalize"], train)
         self.x_train = apply_transform(transform, train)
         self.x_test = apply_transform(transform, test)
@@ -920,22 +927,29 @@ def evaluate(model, loss_fn, bce, x, y, batch_size):
 
 
 def single_signed_share(model, loss_fn, bce, x, y):
-    """FORMAT.md's gradient-signs: per-sample gradients of the first Linear's weight in eval
-    mode; the share of its rows whose nonzero entries all have one sign, averaged."""
-    first = next(m for m in model if isinstance(m, nn.Linear))
-    model.eval()
-    n = min(GRADIENT_SIGN_SAMPLES, len(y))
-    shares = []
-    for i in range(n):
-        model.zero_grad(set_to_none=True)
-        loss, _ = loss_and_correct(loss_fn, bce, model(x[i:i + 1]), y[i:i + 1])
-        loss.backward()
-        g = first.weight.grad
-        has_pos = (g > 0).any(1)
-        has_neg = (g < 0).any(1)
-        shares.append((~(has_pos & has_neg)).to(torch.float64).mean().item())
-    model.zero_grad(set_to_none=True)
-    return sum(shares) / n
+    """FORMAT.md's gradient-signs: on a copy of the model in train mode (dropout on, with
+    its own masks; no step is taken, as wgnn's copy trains at rate 0), the gradient of the
+    loss of each of the first 256 training samples alone with respect to the first Linear's
+    weight; among the rows (output neurons) that are not all zero, the share whose nonzero
+    entries all have one sign; averaged over the samples with any such row (NaN if none)."""
+    probe = copy.deepcopy(model)
+    probe.train()
+    first = next(m for m in probe if isinstance(m, nn.Linear))
+    total, counted = 0.0, 0
+    # The copy's dropout masks come from a fork of the global generator, so the run's own
+    # masks are the same with and without the measure.
+    with torch.random.fork_rng(devices=[]):
+        for i in range(min(GRADIENT_SIGN_SAMPLES, len(y))):
+            probe.zero_grad(set_to_none=True)
+            loss, _ = loss_and_correct(loss_fn, bce, probe(x[i:i + 1]), y[i:i + 1])
+            loss.backward()
+            g = first.weight.grad
+            pos, neg = (g > 0).any(1), (g < 0).any(1)
+            live = int((pos | neg).sum())
+            if live:
+                total += int((pos ^ neg).sum()) / live
+                counted += 1
+    return total / counted if counted else float("nan")
 
 
 def run_one(config, data, seed, measure):
@@ -962,7 +976,7 @@ def run_one(config, data, seed, measure):
             loss, c = loss_and_correct(loss_fn, bce, model(xb), yb)
             value = loss.item()
             if not math.isfinite(value):
-                yield {"epoch": epoch, "train_loss": value, "diverged": 1}
+                yield {"epoch": epoch, "diverged": 1}
                 return
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -1013,48 +1027,95 @@ def fmt(value):
     return f"{value:.6f}"
 
 
-def summarize(experiment, results, seconds):
-    """The table: one line per variant."""
+def field(text):
+    """A CSV field: quoted when it holds a comma, a quote or a newline."""
+    if any(c in text for c in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def csv_row(vname, seed, r):
+    if r["diverged"]:
+        # The epoch the run diverged in: a NaN loss and nothing else, as wgnn compare.
+        return f"{field(vname)},{seed},{r['epoch']},nan,,,,1,"
+    return ",".join([field(vname), str(seed), str(r["epoch"]), fmt(r["train_loss"]),
+                     fmt(r["train_accuracy"]), fmt(r["test_loss"]), fmt(r["test_accuracy"]),
+                     "0", fmt(r.get("single_signed_share"))])
+
+
+def mean_std(values):
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+    return mean, math.sqrt(var)
+
+
+def summarize(experiment, results):
+    """The table wgnn compare prints: per variant, over its seeds, the final test accuracy
+    (mean ± sample std of the runs that did not diverge), the epoch of the best mean test
+    accuracy, the first epoch whose mean test accuracy reaches target_accuracy, the mean
+    train − test accuracy gap at the end, and the diverged runs."""
     target = experiment["target"]
-    head = ["variant", "runs", "final test accuracy", "train − test"]
-    if target is not None:
-        head.append(f"epochs to {100 * target:g}%")
-    head += ["diverged", "s/run"]
-    lines = []
+    reach = "epochs to target" if target is None else f"epochs to {100 * target:.1f} %"
+    out = [f"| variant | final test accuracy (mean ± std) | best epoch | {reach} | "
+           "train − test gap | diverged |", "|---|---|---|---|---|---|"]
     for vname, _ in experiment["variants"]:
-        runs = results[vname]
-        ok = [r for r in runs.values() if r and not r[-1]["diverged"]]
-        diverged = [(s, r[-1]["epoch"]) for s, r in runs.items() if r and r[-1]["diverged"]]
-        finals = [r[-1]["test_accuracy"] for r in ok]
-        gaps = [r[-1]["train_accuracy"] - r[-1]["test_accuracy"] for r in ok]
-        if finals:
-            mean = sum(finals) / len(finals)
-            std = (math.sqrt(sum((a - mean) ** 2 for a in finals) / (len(finals) - 1))
-                   if len(finals) > 1 else 0.0)
-            acc = f"{100 * mean:.2f} ± {100 * std:.2f} %"
-            gap = f"{100 * sum(gaps) / len(gaps):+.2f} pp"
-        else:
-            acc, gap = "—", "—"
-        cells = [vname, str(len(runs)), acc, gap]
+        runs = list(results[vname].values())
+        done = [[row for row in r if not row["diverged"]] for r in runs]
+        ok = [d for d, r in zip(done, runs) if d and not r[-1]["diverged"]]
+        finals = [d[-1]["test_accuracy"] for d in ok]
+        gaps = [d[-1]["train_accuracy"] - d[-1]["test_accuracy"] for d in ok]
+        epochs = max((len(d) for d in done), default=0)
+        means = []
+        for e in range(epochs):
+            vals = [d[e]["test_accuracy"] for d in done if len(d) > e]
+            means.append(sum(vals) / len(vals))
+        best = "—"
+        if means:
+            top = max(means)
+            best = str(max(e for e, m in enumerate(means) if m == top) + 1)
+        reached = "—"
         if target is not None:
-            reached = []
-            for r in runs.values():
-                hit = next((row["epoch"] for row in r if not row["diverged"]
-                            and row["test_accuracy"] >= target), None)
-                if hit is not None:
-                    reached.append(hit)
-            cells.append(f"{sum(reached) / len(reached):.1f} ({len(reached)}/{len(runs)})"
-                         if reached else f"— (0/{len(runs)})")
-        cells.append(", ".join(f"seed {s} at epoch {e}" for s, e in diverged)
-                     if diverged else "0")
-        t = [seconds[(vname, s)] for s in runs]
-        cells.append(f"{sum(t) / len(t):.1f}")
-        lines.append(cells)
-    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
-    row = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-    table = [row(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    table += [row(l) for l in lines]
-    return "\n".join(table)
+            hit = next((e for e, m in enumerate(means) if m >= target), None)
+            reached = "—" if hit is None else str(hit + 1)
+        if finals:
+            m, sd = mean_std(finals)
+            accuracy = f"{100 * m:.2f} % ± {100 * sd:.2f}"
+            gap = f"{100 * mean_std(gaps)[0]:+.2f} pt"
+        else:
+            accuracy = gap = "—"
+        diverged = sum(1 for r in runs if r and r[-1]["diverged"])
+        out.append(f"| {vname} | {accuracy} | {best} | {reached} | {gap} | "
+                   f"{diverged}/{len(runs)} |")
+    return "\n".join(out) + "\n"
+
+
+def prepare_all(experiment, measure):
+    """Every variant's data (loaded and preprocessed once per data setting) and model,
+    checked before anything trains."""
+    cache, prepared = {}, {}
+    data_keys = ("data", "test-data", "holdout", "label-column", "normalize",
+                 "check-finite")
+    for vname, config in experiment["variants"]:
+        key = tuple(config[k] for k in data_keys)
+        if key not in cache:
+            try:
+                cache[key] = Prepared(config)
+            except Failure as e:
+                raise Failure(f"variant {vname!r}: {e}") from None
+        data = prepared[vname] = cache[key]
+        if config["loss"] == "bce" and data.classes > 2:
+            raise Failure(f"variant {vname!r}: loss \"bce\" needs two classes, but the "
+                          f"data has {data.classes}")
+        try:
+            model = build_model(config, data.shape,
+                                1 if config["loss"] == "bce" else data.classes)
+        except ValueError as e:
+            raise Failure(f"variant {vname!r}: {e}") from None
+        check_batches(config, data, vname)
+        if measure and any(isinstance(m, nn.BatchNorm1d) for m in model):
+            raise Failure(f"variant {vname!r}: `measure = [\"gradient-signs\"]` trains on "
+                          "a batch of one, which batch norm cannot: use an arch without bn")
+    return prepared
 
 
 def main():
@@ -1073,36 +1134,17 @@ def main():
         experiment = load_experiment(args.experiment)
         out = args.out or os.path.join("runs", "compare-torch", experiment["name"])
         measure = "gradient-signs" in experiment["measure"]
-        # Every variant's data and model are checked before anything trains.
-        cache, prepared = {}, {}
-        data_keys = ("data", "test-data", "holdout", "label-column", "normalize")
-        for vname, config in experiment["variants"]:
-            key = tuple(config[k] for k in data_keys)
-            if key not in cache:
-                try:
-                    cache[key] = Prepared(config)
-                except Failure as e:
-                    raise Failure(f"variant {vname!r}: {e}") from None
-            data = prepared[vname] = cache[key]
-            if config["loss"] == "bce" and data.classes > 2:
-                raise Failure(f"variant {vname!r}: loss \"bce\" needs two classes, but the "
-                              f"data has {data.classes}")
-            try:
-                build_model(config, data.shape, 1 if config["loss"] == "bce" else data.classes)
-            except ValueError as e:
-                raise Failure(f"variant {vname!r}: {e}") from None
-            check_batches(config, data, vname)
+        prepared = prepare_all(experiment, measure)
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "results.csv")
-        results, seconds = {}, {}
+        results = {}
         runs = len(experiment["variants"]) * len(experiment["seeds"])
         print(f"{experiment['name']}: {len(experiment['variants'])} variants × "
               f"{len(experiment['seeds'])} seeds (torch {torch.__version__}, CPU, "
               f"{torch.get_num_threads()} threads)", flush=True)
         started = time.perf_counter()
         with open(path, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(HEADER)
+            f.write(",".join(HEADER) + "\n")
             done = 0
             for vname, config in experiment["variants"]:
                 results[vname] = {}
@@ -1111,30 +1153,22 @@ def main():
                     rows = results[vname][seed] = []
                     for r in run_one(config, prepared[vname], seed, measure):
                         rows.append(r)
-                        writer.writerow([
-                            vname, seed, r["epoch"], fmt(r["train_loss"]),
-                            fmt(r.get("train_accuracy")), fmt(r.get("test_loss")),
-                            fmt(r.get("test_accuracy")), r["diverged"],
-                            fmt(r.get("single_signed_share")),
-                        ])
+                        f.write(csv_row(vname, seed, r) + "\n")
                     f.flush()
-                    seconds[(vname, seed)] = time.perf_counter() - t0
+                    seconds = time.perf_counter() - t0
                     done += 1
                     last = rows[-1]
-                    result = (f"diverged at epoch {last['epoch']}" if last["diverged"] else
-                              f"test accuracy {100 * last['test_accuracy']:.2f}%")
-                    print(f"[{done}/{runs}] {vname} seed {seed}: {result} "
-                          f"({seconds[(vname, seed)]:.1f} s)", flush=True)
-        table = summarize(experiment, results, seconds)
-        total = time.perf_counter() - started
-        print()
-        print(table)
-        print(f"\n{runs} runs in {total:.1f} s; wrote {path}")
+                    outcome = (f"diverged in epoch {last['epoch']}" if last["diverged"] else
+                               f"test accuracy {100 * last['test_accuracy']:.2f} %")
+                    left = (time.perf_counter() - started) / done * (runs - done)
+                    print(f"[{done:>3}/{runs}] {vname} · seed {seed}: {outcome} "
+                          f"({seconds:.1f} s; about {left:.0f} s left)", flush=True)
+        table = summarize(experiment, results)
+        print(table, end="")
         with open(os.path.join(out, "summary.md"), "w") as f:
-            f.write(f"# {experiment['name']} (PyTorch)\n\n")
-            if experiment["description"]:
-                f.write(experiment["description"] + "\n\n")
-            f.write(table + "\n")
+            f.write(table)
+        print(f"wrote {out}/{{results.csv, summary.md}} in "
+              f"{time.perf_counter() - started:.0f} s")
     except Failure as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -460,3 +460,24 @@ fn a_resident_batch_is_checked_against_the_model_that_runs_it() {
     let mut twin = model(8, 3, Loss::default());
     twin.train_step_on(&batch).unwrap();
 }
+
+/// A model without parameters (a lone Dropout before the loss) trains and evaluates: its
+/// optimizer step has nothing to update.
+#[test]
+fn a_model_without_parameters_runs() {
+    let model = Sequential::new()
+        .append(Flatten)
+        .append(wgnn::nn::Dropout::new(0.5));
+    let mut m = Model::new(
+        ctx(),
+        model,
+        CrossEntropyLoss::new(),
+        Optimizer::Sgd(Sgd::default()),
+        config(&[4], 3),
+    )
+    .unwrap();
+    let x = vec![1.0f32; 12];
+    m.train_step(&x, &[0, 1, 2]).unwrap();
+    m.eval();
+    assert_eq!(m.predict(&x).unwrap(), x);
+}

@@ -364,6 +364,10 @@ impl Op for OptimizerStep {
     fn encode_gpu(&self, _: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let state = cx.state;
         let len = state.layout.params_len;
+        if len == 0 {
+            // A model without parameters (a lone Dropout, say) has nothing to update.
+            return Ok(());
+        }
         // The first `len` floats of each flat buffer.
         let flat = |buffer| Binding {
             buffer,
