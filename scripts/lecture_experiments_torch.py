@@ -734,10 +734,6 @@ def apply_transform(transform, data):
 # Model specs (src/nn/spec.rs)
 # --------------------------------------------------------------------------------------
 
-ACTIVATIONS = {"relu", "sigmoid", "tanh", "gelu", "leaky_relu", "leakyrelu"}
-LAYERS = {"flatten", "linear", "bn", "batchnorm", "batchnorm1d", "dropout"}
-
-
 def parse_spec_syntax(spec):
     """Checks a spec's tokens without knowing the data (shapes are checked when built)."""
     build_spec(spec, None)
@@ -1173,7 +1169,8 @@ def main():
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except OSError as e:
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -127,3 +127,39 @@ fn a_bad_experiment_file_fails_with_one_line_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn replot_redraws_from_the_csv_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("e.toml");
+    std::fs::write(
+        &file,
+        "name = \"e\"\nseeds = [0]\n[grid]\nlr = [0.1, 0.2]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("results.csv"),
+        "variant,seed,epoch,train_loss,train_accuracy,test_loss,test_accuracy,diverged,single_signed_share\n\
+         lr=0.1,0,1,0.5,0.8,0.4,0.85,0,\n\
+         lr=0.1,0,2,0.3,0.9,0.3,0.9,0,\n\
+         lr=0.2,0,1,nan,,,,1,\n",
+    )
+    .unwrap();
+    let o = wgnn(&[
+        "compare",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--replot",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let table = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(table.contains("| lr=0.1 | 90.00 % ± 0.00 | 2 |"), "{table}");
+    assert!(
+        table.contains("| lr=0.2 | — |") && table.contains("1/1 |"),
+        "{table}"
+    );
+    assert!(!text(&o.stdout).contains("adapter"), "trained nothing");
+}

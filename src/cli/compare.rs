@@ -585,8 +585,99 @@ fn io(path: &Path, e: std::io::Error) -> CliError {
     })
 }
 
+/// The runs of a results.csv, by the experiment's variants and seeds.
+fn read_results(path: &Path, experiment: &Experiment) -> Result<Vec<VariantRuns>> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    let mut results: Vec<VariantRuns> = experiment
+        .variants
+        .iter()
+        .map(|v| VariantRuns {
+            name: v.name.clone(),
+            runs: vec![Vec::new(); experiment.seeds.len()],
+            diverged: vec![None; experiment.seeds.len()],
+        })
+        .collect();
+    let bad_row = |line: usize, message: &str| bad(path, format!("line {line}: {message}"));
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let cells = split_csv(line);
+        if cells.len() != 9 {
+            return Err(bad_row(i + 1, "expected 9 fields"));
+        }
+        let variant = results
+            .iter_mut()
+            .find(|v| v.name == cells[0])
+            .ok_or_else(|| bad_row(i + 1, "a variant the experiment does not have"))?;
+        let seed: u64 = cells[1].parse().map_err(|_| bad_row(i + 1, "bad seed"))?;
+        let s = experiment
+            .seeds
+            .iter()
+            .position(|&x| x == seed)
+            .ok_or_else(|| bad_row(i + 1, "a seed the experiment does not have"))?;
+        let epoch: usize = cells[2].parse().map_err(|_| bad_row(i + 1, "bad epoch"))?;
+        if cells[7] == "1" {
+            variant.diverged[s] = Some(epoch);
+            continue;
+        }
+        let num = |j: usize| -> Result<f64> {
+            cells[j]
+                .parse()
+                .map_err(|_| bad_row(i + 1, "a figure that is no number"))
+        };
+        variant.runs[s].push(EpochMetrics {
+            epoch,
+            train_loss: num(3)?,
+            train_accuracy: num(4)?,
+            test_loss: num(5)?,
+            test_accuracy: num(6)?,
+            seconds: 0.0,
+            samples_per_second: 0.0,
+            step: 0,
+        });
+    }
+    Ok(results)
+}
+
+/// The fields of one CSV line, as [`field`] writes them.
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                if let Some(f) = out.last_mut() {
+                    f.push('"');
+                }
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(String::new()),
+            (c, _) => {
+                if let Some(f) = out.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn run(args: CompareArgs) -> Result<()> {
     let experiment = Experiment::read(&args.experiment)?;
+    if args.replot {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| Path::new("runs/compare").join(&experiment.name));
+        let results = read_results(&out.join("results.csv"), &experiment)?;
+        let table = summary(&experiment, &results);
+        println!("{table}");
+        let summary_path = out.join("summary.md");
+        std::fs::write(&summary_path, &table).map_err(|e| io(&summary_path, e))?;
+        write_comparison(&out.join("curves.svg"), &results)?;
+        println!("redrew {}/{{curves.svg, summary.md}}", out.display());
+        return Ok(());
+    }
     // Every variant's flags parse before anything trains.
     for v in &experiment.variants {
         train_args(&args.experiment, v, experiment.seeds[0])?;

@@ -57,6 +57,9 @@ pub struct CompareArgs {
     /// Where the results go (default: runs/compare/<the experiment's name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Train nothing: redraw curves.svg and summary.md from the results.csv already there.
+    #[arg(long)]
+    pub replot: bool,
 }
 
 #[derive(Args, Debug)]
