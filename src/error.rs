@@ -26,6 +26,8 @@ pub enum Error {
     Spec(#[from] crate::nn::spec::SpecError),
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    RunDir(#[from] crate::rundir::RunDirError),
     /// A batch that does not fit the model.
     #[error("batch: {0}")]
     Batch(#[from] BatchError),
@@ -54,6 +56,18 @@ pub enum Error {
     Io {
         path: String,
         source: std::io::Error,
+    },
+    /// An optimizer update met a NaN or infinite gradient, or left a parameter so.
+    #[error(
+        "the update at step {step} {} {parameter}[{index}]: training diverged (lower the learning rate, or check the data for NaN/Inf with --check-finite)",
+        if *gradient { "met a non-finite gradient of" } else { "made non-finite" }
+    )]
+    NonFiniteUpdate {
+        step: u64,
+        parameter: String,
+        index: usize,
+        /// The gradient was non-finite (else the update overflowed the parameter).
+        gradient: bool,
     },
     /// Training produced a NaN or infinite loss.
     #[error(

@@ -11,6 +11,7 @@ use wgnn::gpu::GpuContext;
 use wgnn::nn::{CrossEntropyLoss, Linear, ReLU, Sequential};
 use wgnn::optim::{Optimizer, Sgd};
 use wgnn::run::{DataConfig, LossKind, OptimizerKind, RunConfig};
+use wgnn::rundir::RunDir;
 use wgnn::{Error, Model, ModelConfig};
 
 fn config(features: usize, batch_size: usize) -> ModelConfig {
@@ -57,6 +58,8 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
             test_path: None,
             holdout: 0.2,
             label_column: None,
+            header: None,
+            delimiter: None,
             normalize: false,
             check_finite: false,
         },
@@ -64,13 +67,14 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
     let mut model = run.build(ctx.clone(), None).unwrap();
     let (x, y) = batch(1, 8, 6, 3);
     model.train_step(&x, &y).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dir = RunDir::create(tmp.path(), false).unwrap();
     let epoch = |epochs_done| wgnn::run::Position {
         epochs_done,
         within: None,
     };
-    wgnn::run::save(dir.path(), &mut model, &run, epoch(1)).unwrap();
-    let saved = std::fs::read(dir.path().join("checkpoint.safetensors")).unwrap();
+    dir.save(&mut model, &run, epoch(1)).unwrap();
+    let saved = std::fs::read(tmp.path().join("checkpoint.safetensors")).unwrap();
 
     ctx.device.destroy();
     let mut failed = false;
@@ -86,17 +90,19 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
     }
     assert!(failed, "training on a lost device reports an error");
     assert!(
-        wgnn::run::save(dir.path(), &mut model, &run, epoch(2)).is_err(),
+        dir.save(&mut model, &run, epoch(2)).is_err(),
         "no checkpoint from a lost device"
     );
     assert_eq!(
-        std::fs::read(dir.path().join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(tmp.path().join("checkpoint.safetensors")).unwrap(),
         saved,
         "the last good checkpoint is intact"
     );
-    // And it still loads.
+    // And it still loads, and resumes.
     let fresh = Arc::new(GpuContext::new().unwrap());
-    assert!(wgnn::run::restore(fresh, dir.path()).is_ok());
+    assert!(wgnn::run::restore(fresh.clone(), tmp.path()).is_ok());
+    drop(dir);
+    assert!(RunDir::resume(fresh, tmp.path()).is_ok());
 }
 
 #[test]
