@@ -275,7 +275,15 @@ fn out_holding_another_run_is_refused_unless_overwrite() {
     );
     let o = wgnn(
         cwd,
-        &["train", "--max-steps", "3", "--quiet", "--out", d, "--overwrite"],
+        &[
+            "train",
+            "--max-steps",
+            "3",
+            "--quiet",
+            "--out",
+            d,
+            "--overwrite",
+        ],
     );
     assert_ok(&o);
     assert!(stdout(&o).contains("removed the run"), "{}", stdout(&o));

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use wgnn::checkpoint::{StateDict, apply_state_dict};
+use wgnn::data::prepare::Splits;
 use wgnn::data::{Dataset, is_csv};
 use wgnn::nn::{Layer, Sequential, spec};
 use wgnn::optim::LrSchedule;
@@ -31,7 +32,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => None,
     };
     let ctx = open_gpu()?;
-    let (mut dir, mut model, run, position) = match &args.resume {
+    let (mut dir, mut model, run, position, prepared) = match &args.resume {
         Some(path) => {
             let (dir, resumed) = RunDir::resume(ctx, path)?;
             for note in &resumed.notes {
@@ -71,10 +72,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     run.epochs
                 ),
             }
-            (dir, model, run, position)
+            (dir, model, run, position, None)
         }
         None => {
-            let run = new_run(&args)?;
+            let (run, splits) = new_run(&args)?;
             let mut model = run.build(ctx, None)?;
             if let Some(init) = &args.init {
                 let sd = StateDict::read(&run::model_file(init))?;
@@ -92,15 +93,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 println!("{}: {note}", dir.path().display());
             }
             println!("run directory: {}", dir.path().display());
-            (dir, model, run, run::Position::default())
+            (dir, model, run, run::Position::default(), Some(splits))
         }
     };
 
-    let mut splits = run.data.load()?;
-    if let Some(norm) = run.normalization()? {
-        norm.apply(&mut splits.train)?;
-        norm.apply(&mut splits.test)?;
-    }
+    // A new run's data, loaded and prepared once; a resumed run's, again as it says.
+    let splits = match prepared {
+        Some(splits) => splits,
+        None => {
+            let mut splits = run.data.load()?;
+            if let Some(norm) = run.normalization()? {
+                norm.apply(&mut splits.train)?;
+                norm.apply(&mut splits.test)?;
+            }
+            splits
+        }
+    };
     println!(
         "data: {} training samples of shape {:?}; test: {} samples ({})",
         splits.train.len(),
@@ -198,8 +206,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The run the flags describe, with the data loaded to learn its shape and classes.
-fn new_run(args: &TrainArgs) -> Result<RunConfig> {
+/// The run the flags describe, and its data, loaded (to learn its shape and classes) and
+/// prepared as the run says.
+fn new_run(args: &TrainArgs) -> Result<(RunConfig, Splits)> {
     let data = DataConfig {
         path: args.data.clone(),
         test_path: args.test_data.clone(),
@@ -263,7 +272,7 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
     if args.amsgrad && optimizer == OptimizerKind::Sgd {
         return Err(CliError::AmsgradWithSgd);
     }
-    Ok(RunConfig {
+    let run = RunConfig {
         arch,
         sample_shape,
         classes,
@@ -283,7 +292,8 @@ fn new_run(args: &TrainArgs) -> Result<RunConfig> {
         drop_last: args.drop_last,
         normalization,
         data,
-    })
+    };
+    Ok((run, splits))
 }
 
 /// The model's last Linear must give one logit per class (one for BCE).

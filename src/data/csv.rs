@@ -225,7 +225,8 @@ fn next_record<R: Read>(
             Err(e) => return Err(csv_error(e, path)),
         }
         // A line of blanks reads as one empty cell.
-        if !(record.len() == 1 && record[0].is_empty()) && !record.is_empty() {
+        let blank = record.is_empty() || (record.len() == 1 && record[0].is_empty());
+        if !blank {
             return Ok(true);
         }
     }
@@ -273,7 +274,7 @@ fn survey<R: Read>(
     let cells: Vec<String> = record
         .iter()
         .enumerate()
-        .map(|(i, c)| text(c, &record, i, path))
+        .map(|(i, c)| text(c, &record, i, path).map(str::to_string))
         .collect::<Result<_, _>>()?;
     let (header, reason) = match options.header {
         Some(h) => (h, HeaderReason::Given),
@@ -376,9 +377,9 @@ fn read_rows<R: Read>(input: R, path: &Path, layout: &CsvLayout) -> Result<Datas
         for (col, cell) in record.iter().enumerate() {
             let cell = text(cell, &record, col, path)?;
             if col == layout.label_column {
-                labels.push(parse_label(&cell, line, path)?);
+                labels.push(parse_label(cell, line, path)?);
             } else {
-                features.push(parse_feature(&cell, line, col + 1, path)?);
+                features.push(parse_feature(cell, line, col + 1, path)?);
             }
         }
     }
@@ -396,14 +397,14 @@ fn read_rows<R: Read>(input: R, path: &Path, layout: &CsvLayout) -> Result<Datas
 }
 
 /// A cell as text; invalid UTF-8 is an error naming its line and (unquoted) byte offset.
-fn text(
-    cell: &[u8],
+fn text<'a>(
+    cell: &'a [u8],
     record: &csv::ByteRecord,
     col: usize,
     path: &Path,
-) -> Result<String, DataError> {
+) -> Result<&'a str, DataError> {
     match std::str::from_utf8(cell) {
-        Ok(s) => Ok(s.to_string()),
+        Ok(s) => Ok(s),
         Err(e) => {
             let start = record.position().map_or(0, |p| p.byte() as usize);
             let within = record.range(col).map_or(0, |r| r.start) + col;
