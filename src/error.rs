@@ -59,8 +59,12 @@ pub enum Error {
     },
     /// An optimizer update met a NaN or infinite gradient, or left a parameter so.
     #[error(
-        "the update at step {step} {} {parameter}[{index}]: training diverged (lower the learning rate, or check the data for NaN/Inf with --check-finite)",
-        if *gradient { "met a non-finite gradient of" } else { "made non-finite" }
+        "the update at step {step} {}: training diverged (lower the learning rate, or check the data for NaN/Inf with --check-finite)",
+        if *gradient {
+            format!("met a non-finite gradient of {parameter}[{index}]")
+        } else {
+            format!("left {parameter}[{index}] non-finite")
+        }
     )]
     NonFiniteUpdate {
         step: u64,

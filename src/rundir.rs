@@ -144,8 +144,9 @@ impl std::fmt::Display for Saved {
     }
 }
 
-/// What a save found worth telling.
+/// What a save found worth telling: a caller that trains on past divergence says so.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[must_use]
 pub struct SaveReport {
     /// The saved parameters or running statistics held NaN or ±∞ (training went on with
     /// `stop_on_nonfinite` off): `(first tensor, index, count)`.
@@ -578,12 +579,6 @@ impl RunDir {
         }
         self.last_saved = Some(Saved::new(state.step, &position));
         self.write_figures()?;
-        if let Some((name, index, count)) = &report.nonfinite {
-            log::warn!(
-                "{}: saved with {count} non-finite value(s), the first {name}[{index}]",
-                model_path.display()
-            );
-        }
         Ok(report)
     }
 

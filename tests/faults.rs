@@ -73,7 +73,8 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
         epochs_done,
         within: None,
     };
-    dir.save(&mut model, &run, epoch(1)).unwrap();
+    let report = dir.save(&mut model, &run, epoch(1)).unwrap();
+    assert_eq!(report.nonfinite, None);
     let saved = std::fs::read(tmp.path().join("checkpoint.safetensors")).unwrap();
 
     ctx.device.destroy();
@@ -371,7 +372,8 @@ mod run_dir {
             &options(run, position),
             &mut Silent,
             |model, at| {
-                dir.checkpoint(model, run, at)?;
+                let report = dir.checkpoint(model, run, at)?;
+                assert_eq!(report.nonfinite, None);
                 ends.push(durable::trace().len());
                 Ok(())
             },
@@ -591,7 +593,12 @@ mod run_dir {
         let run = tiny_run();
         let mut model = run.build(ctx(), None).unwrap();
         let mut dir = RunDir::create(root.path(), false).unwrap();
-        dir.save(&mut model, &run, Position::default()).unwrap();
+        assert_eq!(
+            dir.save(&mut model, &run, Position::default())
+                .unwrap()
+                .nonfinite,
+            None
+        );
         drop(dir);
         let err = RunDir::create(root.path(), false).unwrap_err().to_string();
         assert!(
@@ -621,10 +628,20 @@ mod run_dir {
             for _ in 0..steps {
                 model.train_step(&x, &y).unwrap();
             }
-            dir.save(&mut model, &run, Position::default()).unwrap();
+            assert_eq!(
+                dir.save(&mut model, &run, Position::default())
+                    .unwrap()
+                    .nonfinite,
+                None
+            );
             let old = std::fs::read(path.join("checkpoint.safetensors")).unwrap();
             model.train_step(&x, &y).unwrap();
-            dir.save(&mut model, &run, Position::default()).unwrap();
+            assert_eq!(
+                dir.save(&mut model, &run, Position::default())
+                    .unwrap()
+                    .nonfinite,
+                None
+            );
             (path, old)
         };
         let (a, a_first) = save_in("a", 2);
@@ -665,7 +682,12 @@ mod run_dir {
         let run = tiny_run();
         let mut model = run.build(ctx(), None).unwrap();
         let mut dir = RunDir::create(root.path(), false).unwrap();
-        dir.save(&mut model, &run, Position::default()).unwrap();
+        assert_eq!(
+            dir.save(&mut model, &run, Position::default())
+                .unwrap()
+                .nonfinite,
+            None
+        );
         drop(dir);
         let file = root.path().join("checkpoint.safetensors");
         let good = std::fs::read(&file).unwrap();

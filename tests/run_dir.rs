@@ -529,6 +529,27 @@ fn an_exploding_learning_rate_stops_training_at_its_step() {
 }
 
 #[test]
+fn an_update_that_overflows_a_parameter_stops_training_naming_it() {
+    // An infinite learning rate: the loss of step 0 is finite, its update is not.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let o = wgnn(
+        tmp.path(),
+        &[
+            "train",
+            "--lr",
+            "1e39",
+            "--max-steps",
+            "5",
+            "--quiet",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_fails_with(&o, &["the update at step 0 left", ".weight[", "non-finite"]);
+}
+
+#[test]
 fn a_checkpoint_kept_going_past_divergence_warns_and_is_refused_by_eval() {
     let tmp = tempfile::tempdir().unwrap();
     let cwd = tmp.path();
