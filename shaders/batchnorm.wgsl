@@ -111,7 +111,7 @@ fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
 // y[i] from its feature's statistics, γ and β: x̂·γ + β (then ReLU, then dropout).
 fn normalized(i: u32, mean: f32, invstd: f32, g: f32, b: f32) -> f32 {
     var v = (x[i] - mean) * invstd * g + b;
-    if ((p.flags & FLAG_RELU) != 0u) { v = max(v, 0.0); }
+    if ((p.flags & FLAG_RELU) != 0u) { v = relu(v); }
     if ((p.flags & FLAG_DROPOUT) != 0u) {
         // Element i's word of the draw dropout.wgsl makes for its group of four.
         let bits = philox4x32_10(vec4<u32>(i >> 2u, 0u, step.step_lo, step.step_hi), vec2<u32>(p.key0, p.key1));
@@ -192,9 +192,10 @@ fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 
 fn upstream(i: u32) -> f32 {
     // Through the fused ReLU (and dropout): its output y is 0 exactly where the gradient stops.
-    if ((p.flags & FLAG_RELU) != 0u && y[i] <= 0.0) { return 0.0; }
-    if ((p.flags & FLAG_DROPOUT) != 0u) { return dy[i] * p.scale; }
-    return dy[i];
+    var g = dy[i];
+    if ((p.flags & FLAG_RELU) != 0u) { g = relu_backward(y[i], g); }
+    if ((p.flags & FLAG_DROPOUT) != 0u) { g *= p.scale; }
+    return g;
 }
 
 // dβ and dγ per feature.

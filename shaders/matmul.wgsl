@@ -1,4 +1,4 @@
-// C[M,N] = op(A) · op(B) (+ bias[N]) (then ReLU), f32.
+// C[M,N] = op(A) · op(B) (+ bias[N]) (then ReLU, as shaders/activation/relu.wgsl defines it), f32.
 //
 // Variants, chosen by the launcher from the layout and the shapes:
 //   nt_vec4   A [M,K], B [N,K]            (Linear forward: x · Wᵀ)    needs K % 4 == 0
@@ -45,13 +45,13 @@ override WG_Y: u32 = 8u;
 fn epilogue4(v: vec4<f32>, bias: vec4<f32>) -> vec4<f32> {
     var r = v;
     if ((p.flags & FLAG_BIAS) != 0u) { r += bias; }
-    if ((p.flags & FLAG_RELU) != 0u) { r = max(r, vec4<f32>(0.0)); }
+    if ((p.flags & FLAG_RELU) != 0u) { r = relu4(r); }
     return r;
 }
 
 fn epilogue1(v: f32, bias: f32) -> f32 {
     var r = v;
     if ((p.flags & FLAG_BIAS) != 0u) { r += bias; }
-    if ((p.flags & FLAG_RELU) != 0u) { r = max(r, 0.0); }
+    if ((p.flags & FLAG_RELU) != 0u) { r = relu(r); }
     return r;
 }

@@ -10,6 +10,10 @@
 //       param -= step_size · m / (√v / √(1 - β2^t) + eps),  step_size = lr / (1 - β1^t)
 //       AMSGrad: v_max = max(v_max, v), and √v_max in place of √v
 // maximize (both): grad negated before anything else.
+//
+// Both note the first update that meets a non-finite gradient or leaves a non-finite
+// parameter in the metrics totals (words 8–11, see NONFINITE below): the pass touches every
+// parameter anyway, so divergence is caught where it arises, at no extra dispatch.
 
 struct Params {
     // vec4s to update
@@ -44,6 +48,45 @@ fn gradient(i: u32) -> vec4<f32> {
 @group(0) @binding(4) var<storage, read_write> state0: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> state1: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> state2: array<vec4<f32>>;
+// The metrics totals (src/ops/reduce.rs), as words.
+@group(0) @binding(7) var<storage, read_write> totals: array<atomic<u32>>;
+
+// Words of the totals: 1 once an update was non-finite (claimed by one invocation), its
+// step, the flat element, and what was non-finite (bit 0: the parameter after the update,
+// bit 1: the gradient).
+const NONFINITE: u32 = 8u;
+
+// NaN and ±inf have an all-ones exponent (judged on the bits: a float comparison could be
+// folded by a compiler assuming finite math).
+fn nonfinite4(v: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u);
+}
+
+// Notes parameters 4i..4i+3 if the update left one non-finite or its gradient was, unless an
+// earlier update (or another invocation of this one) was noted first.
+fn note_nonfinite(i: u32, updated: vec4<f32>, g: vec4<f32>) {
+    let bad_param = nonfinite4(updated);
+    let bad_grad = nonfinite4(g);
+    let bad = vec4<bool>(bad_param.x || bad_grad.x, bad_param.y || bad_grad.y,
+                         bad_param.z || bad_grad.z, bad_param.w || bad_grad.w);
+    if (!any(bad)) { return; }
+    var lane = 3u;
+    if (bad.z) { lane = 2u; }
+    if (bad.y) { lane = 1u; }
+    if (bad.x) { lane = 0u; }
+    let kind = select(0u, 1u, any(bad_param)) | select(0u, 2u, any(bad_grad));
+    loop {
+        let claim = atomicCompareExchangeWeak(&totals[NONFINITE], 0u, 1u);
+        if (claim.exchanged) {
+            atomicStore(&totals[NONFINITE + 1u], step.step_lo);
+            atomicStore(&totals[NONFINITE + 2u], 4u * i + lane);
+            atomicStore(&totals[NONFINITE + 3u], kind);
+            return;
+        }
+        // A weak exchange may fail spuriously: try again until some invocation holds it.
+        if (claim.old_value != 0u) { return; }
+    }
+}
 
 override WG: u32 = 256u;
 
@@ -65,7 +108,9 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
         state0[i] = buf;
         if ((p.flags & FLAG_NESTEROV) != 0u) { g += p.momentum * buf; } else { g = buf; }
     }
-    param[i] -= step.lr * g;
+    let updated = param[i] - step.lr * g;
+    param[i] = updated;
+    note_nonfinite(i, updated, grad[i]);
 }
 
 @compute @workgroup_size(WG)
@@ -90,5 +135,7 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         state2[i] = second;
     }
     let denom = sqrt(second) / step.adam_bias_correction2_sqrt + p.eps;
-    param[i] = w - step.adam_step_size * m / denom;
+    let updated = w - step.adam_step_size * m / denom;
+    param[i] = updated;
+    note_nonfinite(i, updated, grad[i]);
 }

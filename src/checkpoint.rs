@@ -12,9 +12,13 @@
 //! Loading is strict like PyTorch's `load_state_dict`: every missing or unexpected key and
 //! every wrong shape or dtype is reported at once. A state_dict saved from a module that holds
 //! the Sequential under an attribute (keys such as `layers.1.weight`) loads too.
+//!
+//! Every file written here records checksums in its metadata (which PyTorch ignores): a
+//! CRC-32 of each tensor (its dtype, shape and bytes) under [`TENSOR_CHECKSUMS_KEY`], and one
+//! of the rest of the metadata under [`METADATA_CHECKSUM_KEY`]. Reading verifies them when
+//! present and names the file and the tensor (or the metadata) that fails.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::Dtype;
@@ -28,6 +32,11 @@ use crate::nn::{Layer, Sequential};
 pub const MODEL_FILE: &str = "checkpoint.safetensors";
 /// File holding the optimizer state and the run's position.
 pub const TRAINING_FILE: &str = "training_state.safetensors";
+/// Metadata key of the tensors' checksums: a JSON object from tensor name to CRC-32 (8 hex
+/// digits) of its dtype, shape and bytes.
+pub const TENSOR_CHECKSUMS_KEY: &str = "wgnn.crc32.tensors";
+/// Metadata key of the CRC-32 of every other metadata entry.
+pub const METADATA_CHECKSUM_KEY: &str = "wgnn.crc32.metadata";
 
 /// Errors reading, writing or applying a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,28 @@ pub enum CheckpointError {
     /// Like PyTorch's strict `load_state_dict`: every problem at once.
     #[error("error(s) in loading state_dict from {path}: {}", problems.join("; "))]
     Mismatch { path: String, problems: Vec<String> },
+    /// A tensor, or the metadata, whose bytes no longer match the checksum written with them.
+    #[error(
+        "{path}: {what} does not match its checksum (written {stored}, now {computed}): the file is corrupt or was edited"
+    )]
+    Checksum {
+        path: String,
+        /// `tensor "1.weight"`, or `the metadata`.
+        what: String,
+        stored: String,
+        computed: String,
+    },
+    /// Parameters or running statistics that are NaN or infinite.
+    #[error(
+        "{path}: {count} non-finite value(s), the first {tensor}[{index}] = {value}: the run diverged before this checkpoint was written"
+    )]
+    NonFinite {
+        path: String,
+        tensor: String,
+        index: usize,
+        value: f32,
+        count: usize,
+    },
 }
 
 /// A tensor's values as stored.
@@ -86,6 +117,8 @@ pub struct StateDict {
     pub metadata: BTreeMap<String, String>,
     /// Where it came from, for messages.
     pub source: String,
+    /// The file carried checksums and every one matched ([`StateDict::from_bytes`]).
+    pub checksummed: bool,
 }
 
 impl StateDict {
@@ -106,15 +139,55 @@ impl StateDict {
             message,
         };
         let (header_len, metadata) = crate::data::safetensors::read_metadata(bytes, path)
-            .map_err(|e| format(e.to_string()))?;
+            .map_err(|e| format(without_path(e)))?;
         let body = 8usize
             .checked_add(header_len)
             .and_then(|start| bytes.get(start..))
             .ok_or_else(|| format("header length points past the end of the file".into()))?;
+        let mut strings: BTreeMap<String, String> = metadata
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let stored_tensors = strings.remove(TENSOR_CHECKSUMS_KEY);
+        let stored_metadata = strings.remove(METADATA_CHECKSUM_KEY);
+        let mut stored: Option<BTreeMap<String, String>> = match &stored_tensors {
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| {
+                format(format!(
+                    "metadata {TENSOR_CHECKSUMS_KEY:?} is not a JSON object of checksums: {e}"
+                ))
+            })?),
+            None => None,
+        };
+        let mismatch = |what: String, stored: &str, computed: u32| CheckpointError::Checksum {
+            path: source.clone(),
+            what,
+            stored: stored.to_string(),
+            computed: hex(computed),
+        };
+        if let Some(want) = &stored_metadata {
+            let got = metadata_checksum(&strings);
+            if *want != hex(got) {
+                return Err(mismatch("the metadata".into(), want, got));
+            }
+        }
+        let mut names: Vec<String> = metadata.tensors().into_keys().collect();
+        names.sort();
         let mut tensors = BTreeMap::new();
-        for name in metadata.tensors().into_keys() {
+        for name in names {
             let (info, data) = crate::data::safetensors::tensor(&metadata, body, &name, path)
-                .map_err(|e| format(e.to_string()))?;
+                .map_err(|e| format(without_path(e)))?;
+            if let Some(stored) = &mut stored {
+                let got = tensor_checksum(&info.dtype.to_string(), &info.shape, data);
+                match stored.remove(&name) {
+                    Some(want) if want == hex(got) => {}
+                    Some(want) => return Err(mismatch(format!("tensor {name:?}"), &want, got)),
+                    None => {
+                        return Err(mismatch(format!("tensor {name:?}"), "nothing", got));
+                    }
+                }
+            }
             let decoded = match info.dtype {
                 Dtype::F32 => TensorData::F32(le_values(data, f32::from_le_bytes)),
                 Dtype::F64 => TensorData::F32(
@@ -146,17 +219,49 @@ impl StateDict {
                 },
             );
         }
-        let metadata = metadata
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        if let Some(missing) = stored.as_ref().and_then(|s| s.keys().next()) {
+            return Err(format(format!(
+                "tensor {missing:?} has a checksum but is not in the file"
+            )));
+        }
         Ok(Self {
             tensors,
-            metadata,
+            checksummed: stored_tensors.is_some() && stored_metadata.is_some(),
+            metadata: strings,
             source,
         })
+    }
+
+    /// The first NaN or infinite value among the float tensors (in name order), with how
+    /// many there are in all: `(tensor, index, value, count)`.
+    pub fn first_nonfinite(&self) -> Option<(&str, usize, f32, usize)> {
+        let mut first = None;
+        let mut count = 0;
+        for (name, t) in &self.tensors {
+            if let TensorData::F32(values) = &t.data {
+                for (i, &v) in values.iter().enumerate() {
+                    if !v.is_finite() {
+                        count += 1;
+                        first.get_or_insert((name.as_str(), i, v));
+                    }
+                }
+            }
+        }
+        first.map(|(name, i, v)| (name, i, v, count))
+    }
+
+    /// Fails with [`CheckpointError::NonFinite`] when a float tensor holds NaN or ±∞.
+    pub fn check_finite(&self) -> Result<(), CheckpointError> {
+        match self.first_nonfinite() {
+            None => Ok(()),
+            Some((tensor, index, value, count)) => Err(CheckpointError::NonFinite {
+                path: self.source.clone(),
+                tensor: tensor.to_string(),
+                index,
+                value,
+                count,
+            }),
+        }
     }
 
     /// Serializes to safetensors bytes.
@@ -180,11 +285,28 @@ impl StateDict {
                     .map_err(|e| self.format_error(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        let mut metadata = self.metadata.clone();
+        metadata.remove(TENSOR_CHECKSUMS_KEY);
+        metadata.remove(METADATA_CHECKSUM_KEY);
+        let checksums: BTreeMap<&str, String> = encoded
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                (
+                    name.as_str(),
+                    hex(tensor_checksum(&dtype.to_string(), shape, bytes)),
+                )
+            })
+            .collect();
+        let checksums =
+            serde_json::to_string(&checksums).map_err(|e| self.format_error(e.to_string()))?;
+        let metadata_crc = hex(metadata_checksum(&metadata));
+        let mut metadata: HashMap<String, String> = metadata.into_iter().collect();
+        metadata.insert(TENSOR_CHECKSUMS_KEY.into(), checksums);
+        metadata.insert(METADATA_CHECKSUM_KEY.into(), metadata_crc);
         safetensors::serialize(views, Some(metadata)).map_err(|e| self.format_error(e.to_string()))
     }
 
-    /// Writes atomically: a temp file beside `path`, flushed, then renamed over it.
+    /// Writes atomically and durably ([`crate::durable::write_atomic`]).
     pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
         write_atomic(path, &self.to_bytes()?)
     }
@@ -201,27 +323,48 @@ fn le_values<const N: usize, T>(data: &[u8], decode: fn([u8; N]) -> T) -> Vec<T>
     data.as_chunks::<N>().0.iter().map(|c| decode(*c)).collect()
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
+/// Writes `bytes` to `path` so that a crash or a power cut leaves either the old file or the
+/// new one ([`crate::durable::write_atomic`]: temp file, fsync, rename, fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
+    crate::durable::write_atomic(path, bytes).map_err(|source| CheckpointError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// CRC-32 of a tensor as stored: its dtype's name, its shape and its bytes.
+fn tensor_checksum(dtype: &str, shape: &[usize], bytes: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(dtype.as_bytes());
+    for &d in shape {
+        crc.update(&(d as u64).to_le_bytes());
     }
-    result.map_err(io)
+    crc.update(bytes);
+    crc.finalize()
+}
+
+/// CRC-32 of metadata entries, in key order, each `key NUL value NUL`.
+fn metadata_checksum(metadata: &BTreeMap<String, String>) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    for (key, value) in metadata {
+        crc.update(key.as_bytes());
+        crc.update(&[0]);
+        crc.update(value.as_bytes());
+        crc.update(&[0]);
+    }
+    crc.finalize()
+}
+
+fn hex(crc: u32) -> String {
+    format!("{crc:08x}")
+}
+
+/// A safetensors error's message without the path the caller prefixes anyway.
+fn without_path(error: crate::data::DataError) -> String {
+    match error {
+        crate::data::DataError::Safetensors { message, .. } => message,
+        other => other.to_string(),
+    }
 }
 
 /// The model's state_dict, in PyTorch's order and names (under `prefix`, usually "").

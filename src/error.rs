@@ -26,6 +26,8 @@ pub enum Error {
     Spec(#[from] crate::nn::spec::SpecError),
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    RunDir(#[from] crate::rundir::RunDirError),
     /// A batch that does not fit the model.
     #[error("batch: {0}")]
     Batch(#[from] BatchError),
@@ -61,6 +63,22 @@ pub enum Error {
          run::restore, or build with RunConfig::transform and RunConfig::build_with"
     )]
     PreprocessNotLoaded { option: String },
+    /// An optimizer update met a NaN or infinite gradient, or left a parameter so.
+    #[error(
+        "the update at step {step} {}: training diverged (lower the learning rate, or check the data for NaN/Inf with --check-finite)",
+        if *gradient {
+            format!("met a non-finite gradient of {parameter}[{index}]")
+        } else {
+            format!("left {parameter}[{index}] non-finite")
+        }
+    )]
+    NonFiniteUpdate {
+        step: u64,
+        parameter: String,
+        index: usize,
+        /// The gradient was non-finite (else the update overflowed the parameter).
+        gradient: bool,
+    },
     /// Training produced a NaN or infinite loss.
     #[error(
         "the loss became {value} at step {step}: training diverged (lower the learning rate, or check the data for NaN/Inf with --check-finite)"

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod data;
+pub mod durable;
 pub mod error;
 pub mod exec;
 pub mod gpu;
@@ -28,6 +29,7 @@ pub mod optim;
 pub mod plot;
 pub mod rng;
 pub mod run;
+pub mod rundir;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -14,6 +14,19 @@ const DEFAULT_LOG_FILTER: &str = "warn";
 fn main() {
     restore_default_sigpipe();
     init_logger();
+    // Tests stop the program at a chosen disk operation (see wgnn::durable).
+    if let Ok(text) = std::env::var(wgnn::durable::FAILPOINT_ENV) {
+        match wgnn::durable::Failpoint::parse(&text) {
+            Some(failpoint) => wgnn::durable::set_failpoint(Some(failpoint)),
+            None => {
+                eprintln!(
+                    "error: {}={text:?}: expected K, K:abort, K:crash or K:full (K ≥ 1)",
+                    wgnn::durable::FAILPOINT_ENV
+                );
+                std::process::exit(1);
+            }
+        }
+    }
     let args = cli::Cli::parse();
     if let Err(error) = cli::run(args) {
         // One line, whatever went wrong.

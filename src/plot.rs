@@ -10,10 +10,21 @@ use crate::train::EpochMetrics;
 /// Reads one figure of an epoch.
 type Metric = fn(&EpochMetrics) -> f64;
 
-/// Draws two panels (loss, accuracy) of train and test curves per epoch into `path`.
+/// Draws two panels (loss, accuracy) of train and test curves per epoch into `path`,
+/// atomically ([`crate::durable::write_atomic`]).
 pub fn write_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (960, 400)).into_drawing_area();
+    let svg = curves_svg(history)?;
+    crate::durable::write_atomic(path, svg.as_bytes()).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The SVG of [`write_curves`].
+pub fn curves_svg(history: &[EpochMetrics]) -> Result<String> {
+    let mut svg = String::new();
+    let mut draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::with_string(&mut svg, (960, 400)).into_drawing_area();
         root.fill(&WHITE)?;
         let panels = root.split_evenly((1, 2));
         let epochs = history.len().max(1) as f64;
@@ -62,9 +73,10 @@ pub fn write_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         Ok(())
     };
     draw().map_err(|e| Error::Io {
-        path: path.display().to_string(),
+        path: "curves.svg".into(),
         source: std::io::Error::other(e.to_string()),
-    })
+    })?;
+    Ok(svg)
 }
 
 /// One variant's runs (one per seed) for [`write_comparison`].

@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{
-    self, CheckpointError, MODEL_FILE, StateDict, StateTensor, TRAINING_FILE, TensorData,
-    apply_optimizer_state, apply_state_dict,
-};
+use crate::checkpoint::{CheckpointError, MODEL_FILE, StateDict, StateTensor, TensorData, apply_state_dict};
 use crate::data::{Normalization, Preprocess, Transform};
 use crate::error::{Error, Result};
 use crate::exec::state::HostState;
@@ -27,7 +24,8 @@ pub const PREPROCESS_FILE: &str = "preprocess.safetensors";
 
 /// Metadata key of the run description in `checkpoint.safetensors`.
 pub const RUN_KEY: &str = "wgnn.run";
-/// Metadata key of the completed epochs in `training_state.safetensors`.
+/// Metadata key of the completed epochs in `training_state.safetensors` (see
+/// [`crate::rundir`] for the rest of what it holds).
 pub const EPOCH_KEY: &str = "epoch";
 /// Metadata keys of a checkpoint taken within an epoch: the batches of the next epoch done,
 /// and that epoch's running totals (the totals buffer's words, as hexadecimal bits).
@@ -123,6 +121,12 @@ pub struct DataConfig {
     pub holdout: f64,
     /// CSV label column (name or 0-based index); None: automatic.
     pub label_column: Option<String>,
+    /// Whether a CSV file's first row is a header; None: guessed.
+    #[serde(default)]
+    pub header: Option<bool>,
+    /// A CSV file's delimiter; None: `,` (a tab for `.tsv`).
+    #[serde(default)]
+    pub delimiter: Option<u8>,
     /// Per-channel normalization (else the data is used as is).
     pub normalize: bool,
     pub check_finite: bool,
@@ -144,7 +148,11 @@ impl DataConfig {
                 .parse()
                 .map_or_else(|_| LabelColumn::Name(c.clone()), LabelColumn::Index),
         };
-        crate::data::LoadOptions { csv_label }
+        crate::data::LoadOptions {
+            csv_label,
+            csv_header: self.header,
+            csv_delimiter: self.delimiter,
+        }
     }
 
     /// Loads both splits (and checks them for NaN/Inf when asked), unnormalized.
@@ -349,45 +357,6 @@ fn read_transform(path: &Path, record: &PreprocessRecord, run: &RunConfig) -> Re
     Ok(transform)
 }
 
-/// Writes `dir/checkpoint.safetensors` (the state_dict and this run) and
-/// `dir/training_state.safetensors` (optimizer state, step, position in the data), each
-/// atomically.
-pub fn save(dir: &Path, model: &mut Model, run: &RunConfig, position: Position) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    if let Some(Preprocessing::Fitted(_)) = &run.normalization
-        && let Some(t) = model.preprocess()
-    {
-        write_transform(&dir.join(PREPROCESS_FILE), t)?;
-    }
-    let state = model.state()?;
-    let mut sd = checkpoint::model_state_dict(model.sequential(), model.graph(), &state, "");
-    let json = serde_json::to_string(run).map_err(|e| CheckpointError::Format {
-        path: dir.display().to_string(),
-        message: e.to_string(),
-    })?;
-    sd.metadata.insert(RUN_KEY.into(), json);
-    sd.write(&dir.join(MODEL_FILE))?;
-    let mut training = checkpoint::optimizer_state_dict(model.graph(), &state);
-    training
-        .metadata
-        .insert(EPOCH_KEY.into(), position.epochs_done.to_string());
-    if let Some((batches, totals)) = position.within {
-        let words: Vec<String> = totals
-            .iter()
-            .map(|v| format!("{:08x}", v.to_bits()))
-            .collect();
-        training
-            .metadata
-            .insert(BATCH_KEY.into(), batches.to_string());
-        training.metadata.insert(TOTALS_KEY.into(), words.join(","));
-    }
-    training.write(&dir.join(TRAINING_FILE))?;
-    Ok(())
-}
-
 /// The model file of a checkpoint given as the file itself or its directory.
 pub fn model_file(path: &Path) -> PathBuf {
     if path.is_dir() {
@@ -424,12 +393,20 @@ pub fn load(path: &Path) -> Result<(RunConfig, StateDict)> {
         path: file.display().to_string(),
         message: format!("bad {RUN_KEY:?} metadata: {e}"),
     })?;
+    if !sd.checksummed {
+        log::warn!(
+            "{}: no checksums (written by an earlier wgnn?): its contents are not verified",
+            file.display()
+        );
+    }
     Ok((run, sd))
 }
 
-/// A model ready for eval or predict from a checkpoint, with its normalization.
+/// A model ready for eval or predict from a checkpoint, with its normalization. A checkpoint
+/// whose parameters or running statistics hold NaN or ±∞ is refused.
 pub fn restore(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> {
     let (run, sd) = load(path)?;
+    sd.check_finite()?;
     let transform = run.transform(&checkpoint_dir(path))?;
     let mut model = run.build_with(ctx, None, transform)?;
     let base = model.state()?;
@@ -438,49 +415,18 @@ pub fn restore(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> 
     Ok((model, run))
 }
 
-/// A model and its position in the data, exactly as a run left it (for `--resume`).
-pub fn resume(ctx: Arc<GpuContext>, dir: &Path) -> Result<(Model, RunConfig, Position)> {
-    let (run, sd) = load(dir)?;
-    let transform = run.transform(dir)?;
-    let mut model = run.build_with(ctx, None, transform)?;
-    let base = model.state()?;
-    let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
-    let training_path = dir.join(TRAINING_FILE);
-    let training = StateDict::read(&training_path)?;
-    let state = apply_optimizer_state(&training, model.graph(), &state)?;
-    let bad = |key: &str| CheckpointError::Format {
-        path: training_path.display().to_string(),
-        message: format!("metadata {key:?} is missing or malformed"),
-    };
-    let metadata = &training.metadata;
-    let epochs_done = metadata
-        .get(EPOCH_KEY)
-        .and_then(|e| e.parse().ok())
-        .ok_or_else(|| bad(EPOCH_KEY))?;
-    let within = match metadata.get(BATCH_KEY) {
-        None => None,
-        Some(batches) => {
-            let batches = batches.parse().map_err(|_| bad(BATCH_KEY))?;
-            let totals = metadata
-                .get(TOTALS_KEY)
-                .and_then(|t| parse_totals(t))
-                .ok_or_else(|| bad(TOTALS_KEY))?;
-            Some((batches, totals))
-        }
-    };
-    model.load_state(&state)?;
-    Ok((
-        model,
-        run,
-        Position {
-            epochs_done,
-            within,
-        },
-    ))
+/// The totals words as a checkpoint within an epoch keeps them: hexadecimal bits,
+/// comma-separated.
+pub(crate) fn format_totals(totals: &RawTotals) -> String {
+    let words: Vec<String> = totals
+        .iter()
+        .map(|v| format!("{:08x}", v.to_bits()))
+        .collect();
+    words.join(",")
 }
 
-/// The totals words as [`save`] writes them: hexadecimal bits, comma-separated.
-fn parse_totals(text: &str) -> Option<RawTotals> {
+/// The totals words as [`format_totals`] writes them.
+pub(crate) fn parse_totals(text: &str) -> Option<RawTotals> {
     let mut totals = [0.0; TOTALS_LEN];
     let mut words = text.split(',');
     for slot in &mut totals {

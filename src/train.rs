@@ -60,7 +60,7 @@ impl Default for FitOptions {
 }
 
 /// One epoch's figures.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// 1-based.
     pub epoch: usize,
@@ -151,7 +151,7 @@ pub fn fit(
             samples += indices.len();
             let polled = model.poll_metrics()?;
             if let Some(t) = &polled {
-                check_finite(t, options)?;
+                check_finite(model, t, options)?;
             }
             let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
             progress.batch(i + 1, rate, polled.as_ref());
@@ -161,7 +161,7 @@ pub fn fit(
             let last = i + 1 == batches.len();
             if !last && (due || at_limit(model)) {
                 let totals = model.raw_totals()?;
-                check_finite(&Totals::from_raw(&totals), options)?;
+                check_finite(model, &Totals::from_raw(&totals), options)?;
                 let within = Checkpoint::Within {
                     epoch,
                     batches_done: i + 1,
@@ -175,7 +175,7 @@ pub fn fit(
         }
         let totals = model.read_metrics()?;
         let seconds = start.elapsed().as_secs_f64();
-        check_finite(&totals, options)?;
+        check_finite(model, &totals, options)?;
         let (test_loss, test_accuracy) = evaluate_totals(model, test, options.batch_size)?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
@@ -195,12 +195,31 @@ pub fn fit(
     Ok(history)
 }
 
-fn check_finite(totals: &Totals, options: &FitOptions) -> Result<()> {
-    match totals.first_nonfinite_step {
-        Some(step) if options.stop_on_nonfinite => Err(Error::Diverged {
+/// Stops at the first non-finite loss or update, whichever came first (the loss when both
+/// are of one step: its gradients are then non-finite too).
+fn check_finite(model: &Model, totals: &Totals, options: &FitOptions) -> Result<()> {
+    if !options.stop_on_nonfinite {
+        return Ok(());
+    }
+    let loss = totals.first_nonfinite_step;
+    match (loss, totals.first_nonfinite_update) {
+        (Some(step), update) if update.is_none_or(|u| step <= u.step) => Err(Error::Diverged {
             step: u64::from(step),
             value: totals.last_loss,
         }),
+        (_, Some(update)) => {
+            let (parameter, index) = model
+                .parameter_at(update.element as usize)
+                .map_or(("a parameter".to_string(), 0), |(name, i)| {
+                    (name.to_string(), i)
+                });
+            Err(Error::NonFiniteUpdate {
+                step: u64::from(update.step),
+                parameter,
+                index,
+                gradient: update.gradient,
+            })
+        }
         _ => Ok(()),
     }
 }

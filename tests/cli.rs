@@ -6,9 +6,15 @@ use std::process::{Command, Output};
 use wgnn::checkpoint::{StateDict, TensorData};
 use wgnn::data::{Split, embedded, npy};
 
+/// The binary under test: this build's, or `WGNN_TEST_BINARY` (another build, such as an
+/// earlier one, to see which of its defects the tests catch).
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("WGNN_TEST_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_wgnn").into())
+}
+
 /// Runs wgnn at the default log level, whatever `RUST_LOG` the tests run under.
 fn wgnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgnn"))
+    Command::new(binary())
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("RUST_LOG")
@@ -207,7 +213,7 @@ fn the_log_is_quiet_by_default_and_rust_log_opens_it() {
     let o = wgnn(&["info"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o), "");
-    let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+    let o = Command::new(binary())
         .arg("info")
         .env("RUST_LOG", "wgnn=info")
         .output()
@@ -533,18 +539,248 @@ fn check_finite_rejects_nan_inputs_naming_sample_and_feature() {
 
 #[test]
 fn no_matching_adapter_is_a_clear_error() {
-    let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+    let o = Command::new(binary())
         .args(["train", "--epochs", "1"])
         .env_remove("RUST_LOG")
         .env("WGNN_ADAPTER", "no-such-adapter")
         .output()
         .unwrap();
     assert_fails_with(&o, &["no adapter matches", "no-such-adapter", "available:"]);
-    let o = Command::new(env!("CARGO_BIN_EXE_wgnn"))
+    let o = Command::new(binary())
         .args(["info"])
         .env_remove("RUST_LOG")
         .env("WGNN_BACKEND", "glide")
         .output()
         .unwrap();
     assert_fails_with(&o, &["unknown backend", "glide"]);
+}
+
+/// A CSV of `rows` rows of three features and a 0/1 label, after `header`, with `sep`
+/// between cells and `end` after each line.
+fn csv_text(header: &str, rows: usize, sep: &str, end: &str) -> String {
+    let mut text = format!("{header}{end}");
+    for i in 0..rows {
+        let label = i % 2;
+        let f = |k: usize| format!("{:.2}", ((i * 7 + k * 3) % 10) as f32 / 10.0 + label as f32);
+        text.push_str(&[f(0), f(1), f(2), label.to_string()].join(sep));
+        text.push_str(end);
+    }
+    text
+}
+
+/// Trains one epoch on a CSV file of `text` in a fresh directory.
+fn train_csv(name: &str, text: &str, extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let out = dir.path().join("run");
+    let mut args = vec![
+        "train",
+        "--data",
+        path.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    wgnn(&args)
+}
+
+#[test]
+fn a_header_of_column_indices_as_pandas_writes_it_is_a_header() {
+    // pandas' header for an unnamed frame: the column indices. 30 rows, binary labels.
+    let o = train_csv("pandas.csv", &csv_text("0,1,2,3", 30, ",", "\n"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("24 training samples"), "{text}");
+    assert!(text.contains("linear:2 (Ce"), "a binary classifier: {text}");
+    assert!(
+        text.contains("csv: header row (guessed: its numbers are the column indices)")
+            && text.contains("--header or --no-header decides"),
+        "{text}"
+    );
+    // Read as data when asked: one more row, and its label 3 makes a fourth class.
+    let o = train_csv(
+        "pandas.csv",
+        &csv_text("0,1,2,3", 30, ",", "\n"),
+        &["--no-header"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("25 training samples") && stdout(&o).contains("linear:4 (Ce"));
+}
+
+#[test]
+fn quoted_fields_as_r_writes_them_are_read() {
+    let r = csv_text("\"x, one\",\"x two\",\"x3\",\"label\"", 30, ",", "\n")
+        .replace(",0\n", ",\"0\"\n");
+    let o = train_csv("r.csv", &r, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("labels in column 3 (\"label\")"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn semicolons_are_read_with_delimiter() {
+    let o = train_csv(
+        "semi.csv",
+        &csv_text("a;b;c;label", 30, ";", "\n"),
+        &["--delimiter", ";"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("24 training samples"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_lone_cr_at_line_ends_ends_lines() {
+    let o = train_csv("mac.csv", &csv_text("a,b,c,label", 30, ",", "\r"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("24 training samples"), "{}", stdout(&o));
+}
+
+#[test]
+fn an_outlier_label_is_named_instead_of_building_its_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, sample) in [("100000", "sample 27"), ("1000000000", "sample 27")] {
+        let mut text = csv_text("a,b,c,label", 30, ",", "\n");
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let row = &mut lines[28];
+        let cut = row.rfind(',').unwrap();
+        row.replace_range(cut + 1.., label);
+        text = lines.join("\n");
+        let path = dir.path().join("outlier.csv");
+        std::fs::write(&path, text).unwrap();
+        let out = dir.path().join(format!("run-{label}"));
+        let o = wgnn(&[
+            "train",
+            "--data",
+            path.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_fails_with(&o, &[&format!("label {label}"), sample, "distinct labels"]);
+    }
+}
+
+#[test]
+fn check_finite_names_the_files_own_sample_in_a_held_out_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut features = vec![0.5f32; 20 * 3];
+    features[18 * 3 + 1] = f32::INFINITY;
+    let labels: Vec<u32> = (0..20).map(|i| i % 2).collect();
+    let data = wgnn::data::Dataset::new(features, vec![3], labels, "inf").unwrap();
+    let path = dir.path().join("inf.safetensors");
+    std::fs::write(&path, wgnn::data::safetensors::encode(&data).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let o = wgnn(&[
+        "train",
+        "--data",
+        path.to_str().unwrap(),
+        "--check-finite",
+        "--normalize",
+        "none",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // Row 18 of the file, the third of the held-out 20 %.
+    assert_fails_with(&o, &["sample 18,", "feature 1", "not finite"]);
+}
+
+/// A breast-cancer run of two epochs in `dir/run`.
+fn two_epochs(dir: &Path) -> PathBuf {
+    let run = dir.join("run");
+    let o = wgnn(&[
+        "train",
+        "--data",
+        "data/breast_cancer.csv",
+        "--loss",
+        "bce",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    run
+}
+
+#[test]
+fn epochs_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    assert_fails_with(
+        &wgnn(&["train", "--epochs", "0", "--out", out.to_str().unwrap()]),
+        &["--epochs 0 trains nothing"],
+    );
+}
+
+#[test]
+fn resuming_to_fewer_epochs_than_done_is_refused_and_a_finished_run_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = two_epochs(dir.path());
+    let r = run.to_str().unwrap();
+    let before = std::fs::read(run.join("training_state.safetensors")).unwrap();
+    assert_fails_with(
+        &wgnn(&["train", "--resume", r, "--epochs", "1"]),
+        &["has done 2 epoch(s)", "--epochs 1 would train nothing"],
+    );
+    let o = wgnn(&["train", "--resume", r]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nothing to train"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("wrote"), "{}", stdout(&o));
+    assert_eq!(
+        std::fs::read(run.join("training_state.safetensors")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn predict_refuses_a_batch_size_of_zero_as_eval_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = two_epochs(dir.path());
+    let out = dir.path().join("p.npy");
+    for command in ["predict", "eval"] {
+        let mut args = vec![
+            command,
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--batch-size",
+            "0",
+        ];
+        if command == "predict" {
+            args.extend(["--input", "data/breast_cancer.csv", "--output"]);
+            args.push(out.to_str().unwrap());
+        } else {
+            args.extend(["--data", "data/breast_cancer.csv"]);
+        }
+        assert_fails_with(&wgnn(&args), &["batch size must be at least 1, got 0"]);
+    }
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
+    let o = wgnn(&[
+        "eval",
+        "--checkpoint",
+        bad.to_str().unwrap(),
+        "--data",
+        "data/breast_cancer.csv",
+    ]);
+    assert_fails_with(&o, &["bad.safetensors"]);
+    assert_eq!(
+        stderr(&o).matches("bad.safetensors").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
 }

@@ -11,6 +11,7 @@ use wgnn::gpu::GpuContext;
 use wgnn::nn::{CrossEntropyLoss, Linear, ReLU, Sequential};
 use wgnn::optim::{Optimizer, Sgd};
 use wgnn::run::{DataConfig, LossKind, OptimizerKind, RunConfig};
+use wgnn::rundir::RunDir;
 use wgnn::{Error, Model, ModelConfig};
 
 fn config(features: usize, batch_size: usize) -> ModelConfig {
@@ -57,6 +58,8 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
             test_path: None,
             holdout: 0.2,
             label_column: None,
+            header: None,
+            delimiter: None,
             normalize: false,
             check_finite: false,
         },
@@ -64,13 +67,15 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
     let mut model = run.build(ctx.clone(), None).unwrap();
     let (x, y) = batch(1, 8, 6, 3);
     model.train_step(&x, &y).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dir = RunDir::create(tmp.path(), false).unwrap();
     let epoch = |epochs_done| wgnn::run::Position {
         epochs_done,
         within: None,
     };
-    wgnn::run::save(dir.path(), &mut model, &run, epoch(1)).unwrap();
-    let saved = std::fs::read(dir.path().join("checkpoint.safetensors")).unwrap();
+    let report = dir.save(&mut model, &run, epoch(1)).unwrap();
+    assert_eq!(report.nonfinite, None);
+    let saved = std::fs::read(tmp.path().join("checkpoint.safetensors")).unwrap();
 
     ctx.device.destroy();
     let mut failed = false;
@@ -86,17 +91,19 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
     }
     assert!(failed, "training on a lost device reports an error");
     assert!(
-        wgnn::run::save(dir.path(), &mut model, &run, epoch(2)).is_err(),
+        dir.save(&mut model, &run, epoch(2)).is_err(),
         "no checkpoint from a lost device"
     );
     assert_eq!(
-        std::fs::read(dir.path().join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(tmp.path().join("checkpoint.safetensors")).unwrap(),
         saved,
         "the last good checkpoint is intact"
     );
-    // And it still loads.
+    // And it still loads, and resumes.
     let fresh = Arc::new(GpuContext::new().unwrap());
-    assert!(wgnn::run::restore(fresh, dir.path()).is_ok());
+    assert!(wgnn::run::restore(fresh.clone(), tmp.path()).is_ok());
+    drop(dir);
+    assert!(RunDir::resume(fresh, tmp.path()).is_ok());
 }
 
 #[test]
@@ -261,4 +268,460 @@ fn valid_checkpoint() -> Vec<u8> {
         .insert("2.num_batches_tracked".into(), StateTensor::i64_scalar(4));
     sd.metadata.insert("wgnn.run".into(), "{}".into());
     sd.to_bytes().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// The run directory under faults: a stop at every disk operation of a save, a full disk,
+// two writers, a checkpoint of another run, corrupted and non-finite files.
+
+mod run_dir {
+    use std::path::Path;
+
+    use wgnn::checkpoint::StateDict;
+    use wgnn::data::Dataset;
+    use wgnn::durable::{self, FailAction, Failpoint};
+    use wgnn::run::{DataConfig, LossKind, OptimizerKind, Position, RunConfig};
+    use wgnn::rundir::RunDir;
+    use wgnn::train::{EpochMetrics, FitOptions, Silent, fit};
+
+    use super::common::{batch, ctx};
+
+    /// Disk operations of one save (see `wgnn::rundir`): 14, and 4 more for curves.svg.
+    const SAVE_OPS: usize = if cfg!(feature = "plot") { 18 } else { 14 };
+
+    /// What a run directory holds once a run has saved.
+    fn run_files() -> Vec<&'static str> {
+        let mut files = vec![".wgnn-lock", "checkpoint.safetensors"];
+        if cfg!(feature = "plot") {
+            files.push("curves.svg");
+        }
+        files.extend(["metrics.csv", "training_state.safetensors"]);
+        files
+    }
+
+    /// A small run: 40 samples in batches of 8 (5 steps an epoch) for 3 epochs, a checkpoint
+    /// every 2 steps within an epoch: saves at steps 2, 4, 5 (epoch 1), 6, 8, 10, 12, 14, 15.
+    fn tiny_run() -> RunConfig {
+        RunConfig {
+            arch: "linear:16,bn,relu,dropout:0.2,linear:3".into(),
+            sample_shape: vec![6],
+            classes: 3,
+            loss: LossKind::Ce,
+            label_smoothing: 0.0,
+            pos_weight: 1.0,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            amsgrad: false,
+            lr_schedule: None,
+            batch_size: 8,
+            epochs: 3,
+            seed: 4,
+            shuffle: true,
+            drop_last: false,
+            normalization: None,
+            data: DataConfig {
+                path: None,
+                test_path: None,
+                holdout: 0.2,
+                label_column: None,
+                header: None,
+                delimiter: None,
+                normalize: false,
+                check_finite: false,
+            },
+        }
+    }
+
+    fn data() -> (Dataset, Dataset) {
+        let (x, y) = batch(11, 40, 6, 3);
+        let (tx, ty) = batch(12, 16, 6, 3);
+        (
+            Dataset::new(x, vec![6], y, "train").unwrap(),
+            Dataset::new(tx, vec![6], ty, "test").unwrap(),
+        )
+    }
+
+    fn options(run: &RunConfig, position: Position) -> FitOptions {
+        FitOptions {
+            epochs: run.epochs,
+            batch_size: run.batch_size,
+            shuffle_seed: Some(run.seed),
+            start_epoch: position.epochs_done,
+            start_within: position.within,
+            checkpoint_every: Some(2),
+            ..FitOptions::default()
+        }
+    }
+
+    /// Trains from where `dir` stands to the end, saving into it; the disk operations done
+    /// by the end of each save, counted from the start.
+    fn train_into(
+        dir: &mut RunDir,
+        model: &mut wgnn::Model,
+        run: &RunConfig,
+        position: Position,
+    ) -> (wgnn::Result<Vec<EpochMetrics>>, Vec<usize>) {
+        let (train, test) = data();
+        let mut ends = Vec::new();
+        let result = fit(
+            model,
+            &train,
+            &test,
+            &options(run, position),
+            &mut Silent,
+            |model, at| {
+                let report = dir.checkpoint(model, run, at)?;
+                assert_eq!(report.nonfinite, None);
+                ends.push(durable::trace().len());
+                Ok(())
+            },
+        );
+        (result, ends)
+    }
+
+    /// What must match bit for bit: every tensor of both files, and the figures but the
+    /// wall-clock ones.
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        training: StateDict,
+        checkpoint: StateDict,
+        metrics: Vec<String>,
+    }
+
+    fn outcome(dir: &Path) -> Outcome {
+        let read = |file: &str| {
+            let mut sd = StateDict::read(&dir.join(file)).unwrap();
+            // The run id and the save numbers differ between runs; the source is the path.
+            sd.metadata.clear();
+            sd.source.clear();
+            sd
+        };
+        let metrics = std::fs::read_to_string(dir.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                [&f[..5], &f[7..]].concat().join(",")
+            })
+            .collect();
+        Outcome {
+            training: read("training_state.safetensors"),
+            checkpoint: read("checkpoint.safetensors"),
+            metrics,
+        }
+    }
+
+    fn uninterrupted(root: &Path) -> (Outcome, Vec<usize>, Vec<String>) {
+        let path = root.join("whole");
+        durable::set_failpoint(None);
+        let mut dir = RunDir::create(&path, false).unwrap();
+        let run = tiny_run();
+        let mut model = run.build(ctx(), None).unwrap();
+        let start = durable::trace().len();
+        let (result, ends) = train_into(&mut dir, &mut model, &run, Position::default());
+        assert_eq!(result.unwrap().len(), 3);
+        let trace = durable::trace();
+        let ends = std::iter::once(start).chain(ends).collect();
+        (outcome(&path), ends, trace)
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Stops the run at operation `at` of the disk (as `action` says), then resumes it in a
+    /// fresh model and trains to the end: the result must be the uninterrupted run's.
+    fn stop_and_resume(root: &Path, name: &str, at: u64, action: FailAction, want: &Outcome) {
+        let path = root.join(name);
+        let run = tiny_run();
+        durable::set_failpoint(None);
+        let mut dir = RunDir::create(&path, false).unwrap();
+        let mut model = run.build(ctx(), None).unwrap();
+        let start = durable::trace().len() as u64;
+        durable::set_failpoint(Some(Failpoint {
+            at: at - start,
+            action,
+        }));
+        let (result, _) = train_into(&mut dir, &mut model, &run, Position::default());
+        let stopped = durable::trace();
+        let err = result.expect_err("the stop ends the run");
+        // The process is gone: its lock, its model and whatever it meant to do next.
+        drop((dir, model));
+        durable::set_failpoint(None);
+        let context = format!(
+            "{name}: stopped at operation {at} ({}) by {action:?}: {err}",
+            stopped.last().map_or("", String::as_str)
+        );
+        // What eval and predict read is whole whenever it is there.
+        if path.join("checkpoint.safetensors").exists() {
+            wgnn::run::restore(ctx(), &path).unwrap_or_else(|e| panic!("{context}: {e}"));
+        }
+        let (mut dir, mut resumed) =
+            RunDir::resume(ctx(), &path).unwrap_or_else(|e| panic!("{context}: resume: {e}"));
+        // Before training goes on, the figures are those of the save resumed from.
+        let rows = std::fs::read_to_string(path.join("metrics.csv")).unwrap();
+        assert_eq!(rows.lines().count(), 1 + dir.history().len(), "{context}");
+        assert_eq!(
+            dir.history().len(),
+            resumed.position.epochs_done,
+            "{context}"
+        );
+        let (result, _) = train_into(&mut dir, &mut resumed.model, &resumed.run, resumed.position);
+        result.unwrap_or_else(|e| panic!("{context}: after resuming: {e}"));
+        assert_eq!(
+            &outcome(&path),
+            want,
+            "{context}; notes {:?}",
+            resumed.notes
+        );
+        let names = files(&path);
+        assert_eq!(names, run_files(), "{context}: no temp file left");
+    }
+
+    #[test]
+    fn a_stop_at_every_disk_operation_of_a_save_resumes_bit_for_bit() {
+        let root = tempfile::tempdir().unwrap();
+        let (want, ends, trace) = uninterrupted(root.path());
+        assert_eq!(ends.len(), 10, "9 saves: {ends:?}");
+        // Every save is the same SAVE_OPS operations; the commit is the training state's rename.
+        for save in ends.windows(2) {
+            assert_eq!(
+                save[1] - save[0],
+                SAVE_OPS,
+                "{:#?}",
+                &trace[save[0]..save[1]]
+            );
+        }
+        let third = &trace[ends[2]..ends[3]];
+        assert!(
+            third[6].starts_with("rename") && third[6].ends_with("training_state.safetensors"),
+            "{third:#?}"
+        );
+        // The save at the end of epoch 1 (the third, which adds a metrics row) and the one
+        // after it (within epoch 2): stop after each of their operations.
+        for save in [2, 3] {
+            for k in 1..=SAVE_OPS {
+                let at = (ends[save] + k) as u64;
+                stop_and_resume(
+                    root.path(),
+                    &format!("s{save}k{k}"),
+                    at,
+                    FailAction::Crash,
+                    &want,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_disk_at_any_write_of_a_save_keeps_the_last_save_and_says_which() {
+        let root = tempfile::tempdir().unwrap();
+        let (want, ends, trace) = uninterrupted(root.path());
+        let save = 2;
+        for k in 1..=SAVE_OPS {
+            let op = &trace[ends[save] + k - 1];
+            if !(op.starts_with("write") || op.starts_with("create")) {
+                continue;
+            }
+            let path = root.path().join(format!("full{k}"));
+            let run = tiny_run();
+            durable::set_failpoint(None);
+            let mut dir = RunDir::create(&path, false).unwrap();
+            let mut model = run.build(ctx(), None).unwrap();
+            let start = durable::trace().len();
+            durable::set_failpoint(Some(Failpoint {
+                at: (ends[save] + k - start) as u64,
+                action: FailAction::Fail(std::io::ErrorKind::StorageFull),
+            }));
+            let (result, _) = train_into(&mut dir, &mut model, &run, Position::default());
+            let err = result.expect_err("a full disk fails the save").to_string();
+            assert!(err.contains("injected failure"), "{k} ({op}): {err}");
+            // Up to the checkpoint's rename (operation 9) the previous save is the one whole
+            // on disk; after it, the new one.
+            let saved = dir.last_saved().unwrap();
+            let expected = if k > 9 {
+                "epoch 1"
+            } else {
+                "batch 4 of epoch 1"
+            };
+            assert_eq!(saved.to_string(), expected, "{k} ({op})");
+            // No temp file stays behind, and the run resumes and ends as it would have.
+            drop((dir, model));
+            durable::set_failpoint(None);
+            assert!(
+                files(&path).iter().all(|f| !durable::is_temp_file(f)),
+                "{k}: {:?}",
+                files(&path)
+            );
+            let (mut dir, mut resumed) = RunDir::resume(ctx(), &path).unwrap();
+            let (result, _) =
+                train_into(&mut dir, &mut resumed.model, &resumed.run, resumed.position);
+            result.unwrap();
+            assert_eq!(outcome(&path), want, "{k} ({op})");
+        }
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_at_once_and_the_lock_ends_with_its_holder() {
+        let root = tempfile::tempdir().unwrap();
+        let first = RunDir::create(root.path(), false).unwrap();
+        let err = RunDir::create(root.path(), false).unwrap_err().to_string();
+        assert!(
+            err.contains("in use by another wgnn process")
+                && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        let err = RunDir::resume(ctx(), root.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("in use"), "{err}");
+        drop(first);
+        assert!(RunDir::create(root.path(), false).is_ok());
+    }
+
+    #[test]
+    fn a_directory_holding_a_run_is_refused_unless_overwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let run = tiny_run();
+        let mut model = run.build(ctx(), None).unwrap();
+        let mut dir = RunDir::create(root.path(), false).unwrap();
+        assert_eq!(
+            dir.save(&mut model, &run, Position::default())
+                .unwrap()
+                .nonfinite,
+            None
+        );
+        drop(dir);
+        let err = RunDir::create(root.path(), false).unwrap_err().to_string();
+        assert!(
+            err.contains("already holds a run") && err.contains("step 0"),
+            "{err}"
+        );
+        let mut dir = RunDir::create(root.path(), true).unwrap();
+        let notes = dir.take_notes();
+        assert!(notes[0].contains("removed the run"), "{notes:?}");
+        assert_eq!(files(root.path()), [".wgnn-lock"]);
+        // A file is no run directory, and says so before anything trains.
+        let file = root.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = RunDir::create(&file, false).unwrap_err().to_string();
+        assert!(err.contains("a file, not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_run_is_refused_and_one_save_behind_is_rewritten() {
+        let root = tempfile::tempdir().unwrap();
+        let run = tiny_run();
+        let save_in = |name: &str, steps: usize| {
+            let path = root.path().join(name);
+            let mut dir = RunDir::create(&path, false).unwrap();
+            let mut model = run.build(ctx(), None).unwrap();
+            let (x, y) = batch(1, 8, 6, 3);
+            for _ in 0..steps {
+                model.train_step(&x, &y).unwrap();
+            }
+            assert_eq!(
+                dir.save(&mut model, &run, Position::default())
+                    .unwrap()
+                    .nonfinite,
+                None
+            );
+            let old = std::fs::read(path.join("checkpoint.safetensors")).unwrap();
+            model.train_step(&x, &y).unwrap();
+            assert_eq!(
+                dir.save(&mut model, &run, Position::default())
+                    .unwrap()
+                    .nonfinite,
+                None
+            );
+            (path, old)
+        };
+        let (a, a_first) = save_in("a", 2);
+        let (b, _) = save_in("b", 2);
+        // Same architecture, another run.
+        std::fs::copy(
+            b.join("checkpoint.safetensors"),
+            a.join("checkpoint.safetensors"),
+        )
+        .unwrap();
+        let err = RunDir::resume(ctx(), &a)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("belongs to another run"), "{err}");
+        // The run's own checkpoint of its first save: rewritten from the training state.
+        std::fs::write(a.join("checkpoint.safetensors"), a_first).unwrap();
+        let (_, resumed) = RunDir::resume(ctx(), &a).unwrap();
+        assert!(
+            resumed
+                .notes
+                .iter()
+                .any(|n| n.contains("save 1") && n.contains("rewrote")),
+            "{:?}",
+            resumed.notes
+        );
+        let (m, t) = (
+            StateDict::read(&a.join("checkpoint.safetensors")).unwrap(),
+            StateDict::read(&a.join("training_state.safetensors")).unwrap(),
+        );
+        assert_eq!(m.tensors["0.weight"], t.tensors["0.weight"]);
+        assert_eq!(m.metadata["wgnn.save"], "2");
+    }
+
+    #[test]
+    fn a_corrupt_or_non_finite_checkpoint_is_refused_naming_file_and_tensor() {
+        let root = tempfile::tempdir().unwrap();
+        let run = tiny_run();
+        let mut model = run.build(ctx(), None).unwrap();
+        let mut dir = RunDir::create(root.path(), false).unwrap();
+        assert_eq!(
+            dir.save(&mut model, &run, Position::default())
+                .unwrap()
+                .nonfinite,
+            None
+        );
+        drop(dir);
+        let file = root.path().join("checkpoint.safetensors");
+        let good = std::fs::read(&file).unwrap();
+        // One flipped bit in the last tensor's bytes.
+        let mut bad = good.clone();
+        let last = bad.len() - 3;
+        bad[last] ^= 0x10;
+        std::fs::write(&file, &bad).unwrap();
+        let err = wgnn::run::restore(ctx(), root.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("checkpoint.safetensors")
+                && err.contains("tensor \"")
+                && err.contains("checksum"),
+            "{err}"
+        );
+        // NaN in 1.weight… written with valid checksums (as another tool would).
+        let mut sd = StateDict::from_bytes(&good, &file).unwrap();
+        let wgnn::checkpoint::TensorData::F32(w) =
+            &mut sd.tensors.get_mut("0.weight").unwrap().data
+        else {
+            panic!()
+        };
+        w[5] = f32::NAN;
+        sd.write(&file).unwrap();
+        let err = wgnn::run::restore(ctx(), root.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("non-finite") && err.contains("0.weight[5]"),
+            "{err}"
+        );
+    }
 }

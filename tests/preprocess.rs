@@ -355,11 +355,13 @@ fn a_checkpoint_round_trip_gives_the_same_predictions() {
                 test_path: None,
                 holdout: 0.2,
                 label_column: None,
+                header: None,
+                delimiter: None,
                 normalize: true,
                 check_finite: false,
             },
         };
-        let mut model = run.build_with(ctx(), None, Some(t)).unwrap();
+        let mut model = run.build_with(ctx(), None, Some(t.clone())).unwrap();
         model.train();
         let labels: Vec<u32> = (0..50).map(|i| (i % 3) as u32).collect();
         model
@@ -368,7 +370,13 @@ fn a_checkpoint_round_trip_gives_the_same_predictions() {
         model.eval();
         let before = model.predict(&test.features).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        run::save(dir.path(), &mut model, &run, run::Position::default()).unwrap();
+        let mut run_dir = wgnn::rundir::RunDir::create(dir.path(), false).unwrap();
+        if matches!(run.normalization, Some(run::Preprocessing::Fitted(_))) {
+            run::write_transform(&dir.path().join(run::PREPROCESS_FILE), &t).unwrap();
+        }
+        let _report = run_dir
+            .save(&mut model, &run, run::Position::default())
+            .unwrap();
         assert_eq!(
             dir.path().join(run::PREPROCESS_FILE).exists(),
             !matches!(kind, "per-channel"),

@@ -447,7 +447,7 @@ fn run_one(
     seed: u64,
 ) -> Result<RunResult> {
     let args = train_args(path, variant, seed)?;
-    let (run, transform) = train::new_run(&args)?;
+    let (run, transform, splits) = train::new_run(&args)?;
     if experiment.gradient_signs
         && run
             .sequential()?
@@ -465,7 +465,6 @@ fn run_one(
         ));
     }
     let mut model = run.build_with(ctx.clone(), None, transform)?;
-    let splits = run.data.load()?;
     let options = FitOptions {
         epochs: run.epochs,
         batch_size: run.batch_size,

@@ -12,16 +12,33 @@ pub enum CliError {
     Wgnn(#[from] wgnn::Error),
     /// Training failed after a checkpoint was written: the error, and where the run can be
     /// resumed from.
-    #[error("{source} (the checkpoint of {place} in {} is intact)", dir.display())]
+    #[error(
+        "{source} (the checkpoint of {place} in {dir} is intact: `wgnn train --resume {dir}` continues from it)",
+        dir = dir.display()
+    )]
     AfterCheckpoint {
         source: Box<wgnn::Error>,
-        /// `epoch 3`, or `batch 7 of epoch 2`.
-        place: String,
+        /// The last save whole on disk: `epoch 3`, or `batch 7 of epoch 2`.
+        place: wgnn::rundir::Saved,
         dir: PathBuf,
     },
     /// A mistake in an experiment file for `wgnn compare`, naming the key.
     #[error("{}: {message}", path.display())]
     Experiment { path: PathBuf, message: String },
+    #[error("--epochs 0 trains nothing: give at least 1")]
+    NoEpochs,
+    /// `--resume --epochs N` with N below what the run has done.
+    #[error(
+        "{} has done {done} epoch(s){}: --epochs {epochs} would train nothing (give more than {done})",
+        dir.display(),
+        if *within { " and part of the next" } else { "" }
+    )]
+    ResumeEpochs {
+        dir: PathBuf,
+        epochs: usize,
+        done: usize,
+        within: bool,
+    },
     #[error("--loss bce needs labels 0 and 1, but the data has {classes} classes")]
     BinaryLossClasses { classes: usize },
     #[error("--amsgrad applies to --optimizer adam or adamw, not sgd")]
@@ -59,13 +76,6 @@ pub enum CliError {
     },
     #[error("--output {}: use a .safetensors or .npy file name", path.display())]
     OutputFormat { path: PathBuf },
-    /// A line of an earlier run's metrics.csv that does not parse (`line` is 1-based).
-    #[error("{} line {line}: not a metrics row: {text:?}", path.display())]
-    MetricsRow {
-        path: PathBuf,
-        line: usize,
-        text: String,
-    },
     #[error("writing the JSON report: {0}")]
     Json(#[from] serde_json::Error),
 }

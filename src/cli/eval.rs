@@ -16,6 +16,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let options = DataConfig {
         label_column: args.label_column.clone(),
+        header: args.csv.header().or(run.data.header),
+        delimiter: args.csv.delimiter.or(run.data.delimiter),
         ..run.data.clone()
     }
     .load_options();

@@ -76,6 +76,45 @@ pub struct BenchArgs {
     pub profile: bool,
 }
 
+/// How CSV files are read.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct CsvArgs {
+    /// A CSV file's first row is a header (default: guessed, and the guess printed).
+    #[arg(long, conflicts_with = "no_header")]
+    pub header: bool,
+    /// A CSV file's first row is data.
+    #[arg(long)]
+    pub no_header: bool,
+    /// A CSV file's cell delimiter, one character such as ';' or '\t' (default: ',', a tab
+    /// for .tsv files).
+    #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+}
+
+impl CsvArgs {
+    /// `--header` / `--no-header`, or neither (guess).
+    pub fn header(&self) -> Option<bool> {
+        match (self.header, self.no_header) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// One ASCII character, or `\t` / `tab` for a tab.
+fn parse_delimiter(text: &str) -> Result<u8, String> {
+    match text {
+        "\\t" | "tab" | "\t" => Ok(b'\t'),
+        _ => match text.as_bytes() {
+            [b] if b.is_ascii() && !matches!(b, b'\n' | b'\r' | b'"') => Ok(*b),
+            _ => Err(format!(
+                "{text:?}: one ASCII character other than a quote or a line end, or \\t"
+            )),
+        },
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Training data: an MNIST or CIFAR-10 directory, a .csv (label column), a .safetensors
@@ -91,6 +130,12 @@ pub struct TrainArgs {
     /// CSV label column, by name or 0-based index (default: label/target/y/class, else the last).
     #[arg(long)]
     pub label_column: Option<String>,
+    #[command(flatten)]
+    pub csv: CsvArgs,
+    /// Classes of the model's output (default: the largest label plus one, refusing an
+    /// outlier label that would leave most of them empty).
+    #[arg(long, value_name = "N")]
+    pub classes: Option<usize>,
     /// Model spec, e.g. flatten,linear:64,bn,relu,dropout:0.2,linear:10 (default: the
     /// lecture's MLP with as many outputs as the data has classes, one for --loss bce).
     #[arg(long)]
@@ -159,9 +204,14 @@ pub struct TrainArgs {
     /// the checkpoint there (--resume continues).
     #[arg(long, value_name = "N")]
     pub max_steps: Option<u64>,
-    /// Where checkpoint.safetensors, training_state.safetensors, metrics.csv and curves.svg go.
-    #[arg(long, default_value = "runs/latest")]
-    pub out: PathBuf,
+    /// The run directory: checkpoint.safetensors, training_state.safetensors, metrics.csv and
+    /// curves.svg. One that holds a run already is refused (--overwrite replaces it). Default:
+    /// a new numbered directory under runs/ (runs/1, runs/2, …), runs/latest pointing at it.
+    #[arg(long, conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Replace the run that --out holds, instead of refusing.
+    #[arg(long, requires = "out")]
+    pub overwrite: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -221,6 +271,8 @@ pub struct EvalArgs {
     pub split: SplitArg,
     #[arg(long)]
     pub label_column: Option<String>,
+    #[command(flatten)]
+    pub csv: CsvArgs,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
 }
@@ -249,6 +301,8 @@ pub struct PredictArgs {
     pub probs: bool,
     #[arg(long)]
     pub label_column: Option<String>,
+    #[command(flatten)]
+    pub csv: CsvArgs,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
 }

@@ -12,13 +12,26 @@ use super::{PredictArgs, open_gpu};
 
 pub fn run(args: PredictArgs) -> Result<()> {
     let ctx = open_gpu()?;
+    if args.batch_size == 0 {
+        return Err(wgnn::data::DataError::BatchSize { batch_size: 0 }.into());
+    }
     let (mut model, run) = run::restore(ctx, &args.checkpoint)?;
+    let csv = wgnn::data::LoadOptions {
+        csv_header: args.csv.header().or(run.data.header),
+        csv_delimiter: args.csv.delimiter.or(run.data.delimiter),
+        ..wgnn::data::LoadOptions::default()
+    };
     // Raw samples: the model applies the run's preprocessing itself.
-    let (x, rows) = read_samples(&args.input, &run.sample_shape, args.label_column.clone())?;
+    let (x, rows) = read_samples(
+        &args.input,
+        &run.sample_shape,
+        args.label_column.clone(),
+        &csv,
+    )?;
     model.eval();
     let features: usize = run.sample_shape.iter().product();
     let mut logits = Vec::with_capacity(rows * model.graph().classes());
-    for chunk in x.chunks(args.batch_size.max(1) * features) {
+    for chunk in x.chunks(args.batch_size * features) {
         logits.extend(model.predict(chunk)?);
     }
     let classes = model.graph().classes();
@@ -59,6 +72,7 @@ fn read_samples(
     path: &Path,
     shape: &[usize],
     label_column: Option<String>,
+    csv: &wgnn::data::LoadOptions,
 ) -> Result<(Vec<f32>, usize)> {
     let features: usize = shape.iter().product();
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -90,6 +104,8 @@ fn read_samples(
                 test_path: None,
                 holdout: 0.2,
                 label_column,
+                header: csv.csv_header,
+                delimiter: csv.csv_delimiter,
                 normalize: false,
                 check_finite: false,
             }

@@ -2,50 +2,82 @@
 
 use std::path::Path;
 
-use wgnn::checkpoint::{StateDict, apply_state_dict, write_atomic};
+use wgnn::checkpoint::{StateDict, apply_state_dict};
+use wgnn::data::prepare::Splits;
+use wgnn::data::{Dataset, is_csv};
 use wgnn::nn::{Layer, Sequential, spec};
 use wgnn::optim::LrSchedule;
 use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
-use wgnn::train::{Checkpoint, EpochMetrics, FitOptions, fit};
+use wgnn::rundir::{RunDir, Saved};
+use wgnn::train::{FitOptions, fit};
 
 use super::error::{CliError, Result};
 use super::progress::Bar;
 use super::{TrainArgs, open_gpu};
 use wgnn::data::{Preprocess, Transform};
+use wgnn::run::Preprocessing;
 
 /// Epochs of a new run unless --epochs says otherwise.
 const DEFAULT_EPOCHS: usize = 12;
 /// Dropout of the default architecture, the lecture's MLP.
 const LECTURE_DROPOUT: f32 = 0.2;
+/// Where new runs go without --out: a numbered directory each.
+const RUNS: &str = "runs";
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.epochs == Some(0) {
+        return Err(CliError::NoEpochs);
+    }
+    // --out is created, locked and checked before any data is read or any step is taken.
+    let out = match &args.out {
+        Some(out) => Some(RunDir::create(out, args.overwrite)?),
+        None => None,
+    };
     let ctx = open_gpu()?;
-    let (mut model, run, position, mut history) = match &args.resume {
-        Some(dir) => {
-            let (model, mut run, position) = run::resume(ctx, dir)?;
+    let (mut dir, mut model, run, position, prepared) = match &args.resume {
+        Some(path) => {
+            let (dir, resumed) = RunDir::resume(ctx, path)?;
+            for note in &resumed.notes {
+                println!("{}: {note}", path.display());
+            }
+            let (model, mut run, position) = (resumed.model, resumed.run, resumed.position);
+            let done = position.epochs_done;
             if let Some(epochs) = args.epochs {
+                if epochs < done || (epochs == done && position.within.is_some()) {
+                    return Err(CliError::ResumeEpochs {
+                        dir: path.clone(),
+                        epochs,
+                        done,
+                        within: position.within.is_some(),
+                    });
+                }
                 run.epochs = epochs;
             }
-            let done = position.epochs_done;
-            let history = read_history(&dir.join("metrics.csv"), done)?;
+            if done >= run.epochs {
+                println!(
+                    "{} has done all {done} epochs of its run: nothing to train (--epochs N extends it)",
+                    path.display()
+                );
+                return Ok(());
+            }
             match position.within {
                 Some((batches, _)) => println!(
                     "resuming {} at step {}: batch {batches} of epoch {} of {}",
-                    dir.display(),
+                    path.display(),
                     model.step(),
                     done + 1,
                     run.epochs
                 ),
                 None => println!(
                     "resuming {} after epoch {done} of {}",
-                    dir.display(),
+                    path.display(),
                     run.epochs
                 ),
             }
-            (model, run, position, history)
+            (dir, model, run, position, None)
         }
         None => {
-            let (run, transform) = new_run(&args)?;
+            let (run, transform, splits) = new_run(&args)?;
             if let Some(t) = &transform
                 && t.kind != wgnn::data::Preprocess::PerChannel
             {
@@ -59,18 +91,37 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let mut model = run.build_with(ctx, None, transform)?;
             if let Some(init) = &args.init {
                 let sd = StateDict::read(&run::model_file(init))?;
+                sd.check_finite()?;
                 let base = model.state()?;
                 let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
                 model.load_state(&state)?;
                 println!("initialized from {}", init.display());
             }
-            (model, run, run::Position::default(), Vec::new())
+            let mut dir = match out {
+                Some(dir) => dir,
+                None => RunDir::create_numbered(Path::new(RUNS))?,
+            };
+            for note in dir.take_notes() {
+                println!("{}: {note}", dir.path().display());
+            }
+            println!("run directory: {}", dir.path().display());
+            // The fitted preprocessing is the run's for good: written once, before the first
+            // save commits, and read back by every resume, eval and predict.
+            if let Some(Preprocessing::Fitted(_)) = &run.normalization
+                && let Some(t) = model.preprocess()
+            {
+                run::write_transform(&dir.path().join(run::PREPROCESS_FILE), t)?;
+            }
+            (dir, model, run, run::Position::default(), Some(splits))
         }
     };
-    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
 
-    // Raw samples: the model applies the run's preprocessing as its first stage.
-    let splits = run.data.load()?;
+    // A new run's data, loaded once; a resumed run's, again as it says. Raw samples: the
+    // model applies the run's preprocessing as its first stage.
+    let splits = match prepared {
+        Some(splits) => splits,
+        None => run.data.load()?,
+    };
     println!(
         "data: {} training samples of shape {:?}; test: {} samples ({})",
         splits.train.len(),
@@ -78,6 +129,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         splits.test.len(),
         splits.test_origin
     );
+    if let Some(path) = run.data.path.as_deref().filter(|p| is_csv(p)) {
+        let layout = wgnn::data::csv::layout(path, &run.data.load_options().csv())?;
+        println!(
+            "csv: {layout}{}",
+            if args.resume.is_none() && args.csv.header().is_none() {
+                "; --header or --no-header decides"
+            } else {
+                ""
+            }
+        );
+    }
     println!("model: {} ({:?}, {:?})", run.arch, run.loss, run.optimizer);
     println!("plan: {}", model.report(wgnn::Mode::Train));
 
@@ -95,8 +157,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..FitOptions::default()
     };
     let mut bar = Bar::new(args.quiet);
-    // The last checkpoint written, for messages: (step, where, within an epoch).
-    let mut saved: Option<(u64, String, bool)> = None;
+    let before = dir.last_saved();
     let result = fit(
         &mut model,
         &splits.train,
@@ -104,41 +165,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &options,
         &mut bar,
         |model, checkpoint| {
-            let (position, place) = match checkpoint {
-                Checkpoint::EpochEnd(m) => {
-                    history.push(*m);
-                    let position = run::Position {
-                        epochs_done: m.epoch,
-                        within: None,
-                    };
-                    (position, format!("epoch {}", m.epoch))
-                }
-                Checkpoint::Within {
-                    epoch,
-                    batches_done,
-                    totals,
-                } => {
-                    let position = run::Position {
-                        epochs_done: epoch,
-                        within: Some((batches_done, totals)),
-                    };
-                    (
-                        position,
-                        format!("batch {batches_done} of epoch {}", epoch + 1),
-                    )
-                }
-            };
-            let within = position.within.is_some();
-            run::save(&out, model, &run, position)?;
-            write_history(&out.join("metrics.csv"), &history)?;
-            wgnn::plot::write_curves(&out.join("curves.svg"), &history)?;
-            saved = Some((model.step(), place, within));
+            let report = dir.checkpoint(model, &run, checkpoint)?;
+            if let Some((tensor, index, count)) = report.nonfinite {
+                eprintln!(
+                    "warning: {} holds {count} non-finite value(s), the first {tensor}[{index}] (--keep-going); eval and predict refuse it",
+                    dir.path().join(wgnn::checkpoint::MODEL_FILE).display()
+                );
+            }
             Ok(())
         },
     );
+    let out = dir.path().to_path_buf();
     if let Err(source) = result {
-        return Err(match saved {
-            Some((_, place, _)) => CliError::AfterCheckpoint {
+        return Err(match dir.last_saved() {
+            Some(place) => CliError::AfterCheckpoint {
                 source: Box::new(source),
                 place,
                 dir: out,
@@ -146,28 +186,42 @@ pub fn run(args: TrainArgs) -> Result<()> {
             None => source.into(),
         });
     }
-    // Only --max-steps ends a run within an epoch.
-    if let Some((step, place, true)) = &saved {
-        println!(
-            "stopped at step {step} (--max-steps); wrote the checkpoint of {place} to {}; `wgnn train --resume {}` continues",
+    let saved = dir.last_saved().filter(|s| Some(*s) != before);
+    match saved {
+        // Only --max-steps ends a run within an epoch.
+        Some(
+            place @ Saved {
+                batches_done: Some(_),
+                ..
+            },
+        ) => println!(
+            "stopped at step {} (--max-steps); wrote the checkpoint of {place} to {}; `wgnn train --resume {}` continues",
+            place.step,
             out.display(),
             out.display()
-        );
-    } else if let Some(last) = history.last() {
-        println!(
-            "final test accuracy {:.2}% (loss {:.4}) after {} epochs; wrote {}/{{checkpoint.safetensors, training_state.safetensors, metrics.csv, curves.svg}}",
-            100.0 * last.test_accuracy,
-            last.test_loss,
-            last.epoch,
-            out.display()
-        );
+        ),
+        Some(_) => {
+            if let Some(last) = dir.history().last() {
+                println!(
+                    "final test accuracy {:.2}% (loss {:.4}) after {} epochs; wrote {}/{{checkpoint.safetensors, training_state.safetensors, metrics.csv, curves.svg}}",
+                    100.0 * last.test_accuracy,
+                    last.test_loss,
+                    last.epoch,
+                    out.display()
+                );
+            }
+        }
+        None => println!(
+            "step {} already reaches --max-steps: nothing trained, nothing written",
+            model.step()
+        ),
     }
     Ok(())
 }
 
-/// The run the flags describe, with the data loaded to learn its shape and classes, and its
-/// preprocessing fitted on the training split.
-pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)> {
+/// The run the flags describe, its data (loaded once, to learn its shape and classes, and
+/// raw: the model preprocesses), and its preprocessing fitted on the training split.
+pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>, Splits)> {
     let normalize: Preprocess = args
         .normalize
         .parse()
@@ -177,11 +231,20 @@ pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)
         test_path: args.test_data.clone(),
         holdout: args.holdout,
         label_column: args.label_column.clone(),
+        header: args.csv.header(),
+        delimiter: args.csv.delimiter,
         normalize: normalize != Preprocess::None,
         check_finite: args.check_finite,
     };
     let splits = data.load()?;
-    let classes = splits.train.num_classes().max(splits.test.num_classes());
+    let classes = match args.classes {
+        Some(classes) => {
+            splits.train.check_labels(classes)?;
+            splits.test.check_labels(classes)?;
+            classes
+        }
+        None => Dataset::infer_classes(&[&splits.train, &splits.test])?,
+    };
     let loss: LossKind = args.loss.into();
     let outputs = match loss {
         LossKind::Ce => classes,
@@ -247,7 +310,7 @@ pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>)
         normalization,
         data,
     };
-    Ok((run, transform))
+    Ok((run, transform, splits))
 }
 
 /// The model's last Linear must give one logit per class (one for BCE).
@@ -266,60 +329,4 @@ fn check_outputs(model: &Sequential, outputs: usize, loss: LossKind, arch: &str)
         }),
         None => Err(CliError::ArchWithoutLogits { arch: arch.into() }),
     }
-}
-
-const HEADER: &str =
-    "epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds,samples_per_second,step";
-
-fn write_history(path: &Path, history: &[EpochMetrics]) -> wgnn::Result<()> {
-    let mut csv = String::from(HEADER);
-    csv.push('\n');
-    for m in history {
-        csv.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1},{}\n",
-            m.epoch,
-            m.train_loss,
-            m.train_accuracy,
-            m.test_loss,
-            m.test_accuracy,
-            m.seconds,
-            m.samples_per_second,
-            m.step
-        ));
-    }
-    Ok(write_atomic(path, csv.as_bytes())?)
-}
-
-/// Rows of an earlier run's metrics.csv up to epoch `done` (for --resume).
-fn read_history(path: &Path, done: usize) -> Result<Vec<EpochMetrics>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
-    };
-    let mut history = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let fields: Vec<&str> = line.split(',').collect();
-        let bad = || CliError::MetricsRow {
-            path: path.to_path_buf(),
-            line: i + 1,
-            text: line.to_string(),
-        };
-        let [epoch, tl, ta, vl, va, s, sps, step] = fields[..] else {
-            return Err(bad());
-        };
-        let f = |v: &str| v.parse::<f64>().map_err(|_| bad());
-        let m = EpochMetrics {
-            epoch: epoch.parse().map_err(|_| bad())?,
-            train_loss: f(tl)?,
-            train_accuracy: f(ta)?,
-            test_loss: f(vl)?,
-            test_accuracy: f(va)?,
-            seconds: f(s)?,
-            samples_per_second: f(sps)?,
-            step: step.parse().map_err(|_| bad())?,
-        };
-        if m.epoch <= done {
-            history.push(m);
-        }
-    }
-    Ok(history)
 }

@@ -1,18 +1,30 @@
-//! Comma-separated tabular data with one integer label column.
+//! Tabular data with one integer label column, read as spreadsheets, pandas and R write it.
 //!
-//! Rules: cells are separated by commas and trimmed; quoting is not
-//! supported (a `"` in a cell is reported, not silently mis-split). The first
-//! non-blank row is a header if any of its non-empty cells is not a number. Every row
-//! must have as many cells as the first. Blank lines after the last row are
-//! ignored; a blank line between rows is an error. Feature cells must be
-//! finite numbers; the label cell must be a non-negative integer (`1` and
-//! `1.0` are fine, `1.5`, `-1` and `abc` are not).
+//! Parsing is the `csv` crate's: quoted fields (`"a,b"`, with `""` for a quote inside), line
+//! ends `\n`, `\r\n` or a lone `\r`, a UTF-8 byte-order mark, and any one-byte delimiter
+//! ([`CsvOptions::delimiter`]: `,` unless given, a tab for `.tsv` files). Cells are trimmed;
+//! blank lines are skipped, as pandas does. Every row must have as many cells as the first.
+//! Feature cells must be finite numbers; the label cell must be a non-negative integer (`1`
+//! and `1.0` are fine, `1.5`, `-1` and `abc` are not).
+//!
+//! The first row is a header when [`CsvOptions::header`] says so; left unset, it is guessed
+//! — a header if one of its cells is not a number, or if its numbers are the column indices
+//! `0, 1, 2, …` that pandas writes for an unnamed frame (after an empty index cell or not) —
+//! and [`layout`] tells what was guessed and why, for the user to see.
+//!
+//! A file is read twice, streaming: once to count its rows, once to parse them into buffers
+//! allocated at their final size. The peak memory is the features as f32 and the labels, plus
+//! the reader's buffers, whatever the file's size (the data's f32 size × 1.05 for 20 features).
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+
+use flate2::read::MultiGzDecoder;
 
 use super::dataset::Dataset;
 use super::error::DataError;
-use super::file::{gunzip_if_needed, read_bytes};
+use super::file::{gunzip_if_needed, is_gzip};
 
 /// Header names that mark the label column when none is given explicitly,
 /// in order of preference (compared case-insensitively).
@@ -31,84 +43,340 @@ pub enum LabelColumn {
     Name(String),
 }
 
+/// How to read a CSV file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub label: LabelColumn,
+    /// Whether the first row is a header; `None`: guess (see the module's doc).
+    pub header: Option<bool>,
+    /// The cell delimiter; `None`: `,` (a tab for `.tsv` files).
+    pub delimiter: Option<u8>,
+}
+
+/// Why the first row was taken as a header or as data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderReason {
+    /// [`CsvOptions::header`] said so.
+    Given,
+    /// Guessed a header: this cell is not a number.
+    NotANumber(String),
+    /// Guessed a header: its numbers are the column indices 0, 1, 2, ….
+    ColumnIndices,
+    /// Guessed data: every cell is a number, and not the column indices.
+    AllNumbers,
+}
+
+/// How a CSV file was read: what [`load_with`] decided, for the user to check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvLayout {
+    pub header: bool,
+    pub reason: HeaderReason,
+    pub delimiter: u8,
+    pub columns: usize,
+    /// 0-based, and its header cell when there is a header.
+    pub label_column: usize,
+    pub label_name: Option<String>,
+    /// Data rows (the header and blank lines not counted).
+    pub rows: usize,
+}
+
+impl std::fmt::Display for CsvLayout {
+    /// `header row (guessed: "mean radius" is not a number), 31 columns separated by ',',
+    /// labels in column 30 ("target")`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let row = if self.header {
+            "header row"
+        } else {
+            "no header row"
+        };
+        let why = match &self.reason {
+            HeaderReason::Given => "as given".to_string(),
+            HeaderReason::NotANumber(cell) => format!("guessed: {cell:?} is not a number"),
+            HeaderReason::ColumnIndices => "guessed: its numbers are the column indices".into(),
+            HeaderReason::AllNumbers => "guessed: the first row is all numbers".into(),
+        };
+        let delimiter = match self.delimiter {
+            b'\t' => "tabs".to_string(),
+            d => format!("{:?}", char::from(d)),
+        };
+        write!(
+            f,
+            "{row} ({why}), {} columns separated by {delimiter}, labels in column {}",
+            self.columns, self.label_column
+        )?;
+        if let Some(name) = &self.label_name {
+            write!(f, " ({name:?})")?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads and parses a CSV file (gzip is decompressed transparently).
 pub fn load(path: &Path, label: &LabelColumn) -> Result<Dataset, DataError> {
-    let bytes = read_bytes(path)?;
-    parse(&gunzip_if_needed(&bytes, path)?, path, label)
+    let options = CsvOptions {
+        label: label.clone(),
+        ..CsvOptions::default()
+    };
+    load_with(path, &options)
+}
+
+/// Reads a CSV file (gzip is decompressed transparently), streaming, in two passes.
+pub fn load_with(path: &Path, options: &CsvOptions) -> Result<Dataset, DataError> {
+    let delimiter = delimiter_for(path, options);
+    let layout = survey(open(path)?, path, options, delimiter)?;
+    read_rows(open(path)?, path, &layout)
+}
+
+/// How [`load_with`] reads a file, from a first pass over it.
+pub fn layout(path: &Path, options: &CsvOptions) -> Result<CsvLayout, DataError> {
+    survey(open(path)?, path, options, delimiter_for(path, options))
 }
 
 /// Parses CSV bytes into a dataset whose samples have shape `[columns - 1]`.
 pub fn parse(bytes: &[u8], path: &Path, label: &LabelColumn) -> Result<Dataset, DataError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let offset = e.valid_up_to();
-        let before = bytes.get(..offset).unwrap_or_default();
-        DataError::NotUtf8 {
-            path: path.to_path_buf(),
-            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
-            offset,
-        }
-    })?;
-    // Spreadsheet exports often start with a byte-order mark.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-
-    // (1-based line number, line without its line ending).
-    let lines: Vec<(usize, &str)> = text
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .collect();
-    let is_blank = |l: &str| l.trim().is_empty();
-    let first = lines.iter().position(|(_, l)| !is_blank(l));
-    let last = lines.iter().rposition(|(_, l)| !is_blank(l));
-    let (Some(first), Some(last)) = (first, last) else {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
+    let options = CsvOptions {
+        label: label.clone(),
+        ..CsvOptions::default()
     };
-    let rows = lines.get(first..=last).unwrap_or_default();
-    let Some(((first_line, first_text), rest)) = rows.split_first() else {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
-    };
+    parse_with(bytes, path, &options)
+}
 
-    let first_cells = split_cells(first_text, *first_line, path)?;
-    let width = first_cells.len();
-    // Empty cells do not make a header (pandas writes an empty index name),
-    // so a data row with a missing value is reported rather than skipped.
-    let has_header = first_cells
-        .iter()
-        .any(|c| !c.is_empty() && c.parse::<f64>().is_err());
-    let header = has_header.then_some(first_cells.as_slice());
-    let label_col = resolve_label_column(label, header, width, path)?;
+/// [`parse`] with every option.
+pub fn parse_with(bytes: &[u8], path: &Path, options: &CsvOptions) -> Result<Dataset, DataError> {
+    let bytes = gunzip_if_needed(bytes, path)?;
+    let delimiter = delimiter_for(path, options);
+    let layout = survey(&bytes[..], path, options, delimiter)?;
+    read_rows(&bytes[..], path, &layout)
+}
 
-    let data_rows: &[(usize, &str)] = if has_header { rest } else { rows };
-    // Each feature takes at least two bytes ("0,"), which bounds the
-    // reservation even when the first row is much wider than the rest.
-    let mut features = Vec::with_capacity(
-        data_rows
-            .len()
-            .saturating_mul(width - 1)
-            .min(bytes.len() / 2 + 1),
-    );
-    let mut labels = Vec::with_capacity(data_rows.len());
-    for &(line, row) in data_rows {
-        let cells = if is_blank(row) {
-            Vec::new()
+fn delimiter_for(path: &Path, options: &CsvOptions) -> u8 {
+    options.delimiter.unwrap_or_else(|| {
+        let name = path.to_string_lossy().to_lowercase();
+        if name.ends_with(".tsv") || name.ends_with(".tsv.gz") {
+            b'\t'
         } else {
-            split_cells(row, line, path)?
-        };
-        if cells.len() != width {
+            b','
+        }
+    })
+}
+
+/// The file, decompressed as it is read when it starts like gzip.
+fn open(path: &Path) -> Result<Box<dyn Read>, DataError> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
+    let gzip = is_gzip(file.fill_buf().map_err(io)?);
+    Ok(if gzip {
+        Box::new(GzipErrors {
+            inner: MultiGzDecoder::new(file),
+        })
+    } else {
+        Box::new(file)
+    })
+}
+
+/// Marks decompression errors so that they are reported as corrupt gzip, not as I/O.
+struct GzipErrors<R> {
+    inner: R,
+}
+
+impl<R: Read> Read for GzipErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), GzipError(e.to_string())))
+    }
+}
+
+#[derive(Debug)]
+struct GzipError(String);
+
+impl std::fmt::Display for GzipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GzipError {}
+
+fn reader<R: Read>(input: R, delimiter: u8) -> csv::Reader<R> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        // Rows of another width are reported here, with their line.
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .delimiter(delimiter)
+        .buffer_capacity(1 << 16)
+        .from_reader(input)
+}
+
+/// Reads the next record that is not blank; false at the end.
+fn next_record<R: Read>(
+    rdr: &mut csv::Reader<R>,
+    record: &mut csv::ByteRecord,
+    path: &Path,
+) -> Result<bool, DataError> {
+    loop {
+        match rdr.read_byte_record(record) {
+            Ok(false) => return Ok(false),
+            Ok(true) => {}
+            Err(e) => return Err(csv_error(e, path)),
+        }
+        // A line of blanks reads as one empty cell.
+        let blank = record.is_empty() || (record.len() == 1 && record[0].is_empty());
+        if !blank {
+            return Ok(true);
+        }
+    }
+}
+
+fn csv_error(error: csv::Error, path: &Path) -> DataError {
+    let path = path.to_path_buf();
+    match error.into_kind() {
+        csv::ErrorKind::Io(source) => {
+            if source
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<GzipError>().is_some())
+            {
+                DataError::Gzip { path, source }
+            } else {
+                DataError::Io { path, source }
+            }
+        }
+        other => DataError::Io {
+            path,
+            source: std::io::Error::other(format!("{other:?}")),
+        },
+    }
+}
+
+fn line_of(record: &csv::ByteRecord) -> usize {
+    record.position().map_or(0, |p| p.line() as usize)
+}
+
+/// The first pass: where the header and the labels are, and how many rows there are.
+fn survey<R: Read>(
+    input: R,
+    path: &Path,
+    options: &CsvOptions,
+    delimiter: u8,
+) -> Result<CsvLayout, DataError> {
+    let mut rdr = reader(input, delimiter);
+    let mut record = csv::ByteRecord::new();
+    if !next_record(&mut rdr, &mut record, path)? {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let line = line_of(&record);
+    let cells: Vec<String> = record
+        .iter()
+        .enumerate()
+        .map(|(i, c)| text(c, &record, i, path).map(str::to_string))
+        .collect::<Result<_, _>>()?;
+    let (header, reason) = match options.header {
+        Some(h) => (h, HeaderReason::Given),
+        None => guess_header(&cells),
+    };
+    let width = cells.len();
+    if width < 2 {
+        let hint = [(';', "';'"), ('\t', "'\\t'"), ('|', "'|'")]
+            .iter()
+            .find(|(c, _)| cells.first().is_some_and(|cell| cell.contains(*c)))
+            .map(|(_, name)| format!("; the first line holds {name}: is that its delimiter?"))
+            .unwrap_or_default();
+        return Err(DataError::CsvLabelColumn {
+            path: path.to_path_buf(),
+            message: format!(
+                "need at least 2 columns (features and a label), found {width} separated by {:?} on line {line}{hint}",
+                char::from(delimiter)
+            ),
+        });
+    }
+    let names = header.then_some(cells.as_slice());
+    let label_column = resolve_label_column(&options.label, names, width, path)?;
+    let mut rows = usize::from(!header);
+    while next_record(&mut rdr, &mut record, path)? {
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(CsvLayout {
+        header,
+        reason,
+        delimiter,
+        columns: width,
+        label_column,
+        label_name: names.and_then(|n| n.get(label_column).cloned()),
+        rows,
+    })
+}
+
+/// A first row is a header if a cell is not a number, or if its numbers are the column
+/// indices pandas writes for an unnamed frame (`0,1,2` or, with its index, `,0,1,2`). Empty
+/// cells alone make no header, so that a data row with a missing value is reported.
+fn guess_header(cells: &[String]) -> (bool, HeaderReason) {
+    if let Some(cell) = cells
+        .iter()
+        .find(|c| !c.is_empty() && c.parse::<f64>().is_err())
+    {
+        return (true, HeaderReason::NotANumber(cell.clone()));
+    }
+    let named = match cells.split_first() {
+        Some((first, rest)) if first.is_empty() => rest,
+        _ => cells,
+    };
+    let indices = !named.is_empty()
+        && named
+            .iter()
+            .enumerate()
+            .all(|(i, c)| c.parse::<u64>().ok() == Some(i as u64));
+    if indices && named.len() >= 2 {
+        (true, HeaderReason::ColumnIndices)
+    } else {
+        (false, HeaderReason::AllNumbers)
+    }
+}
+
+/// The second pass: every row into buffers of their final size.
+fn read_rows<R: Read>(input: R, path: &Path, layout: &CsvLayout) -> Result<Dataset, DataError> {
+    let width = layout.columns;
+    let mut rdr = reader(input, layout.delimiter);
+    let mut record = csv::ByteRecord::new();
+    let mut features = Vec::with_capacity(layout.rows.saturating_mul(width - 1));
+    let mut labels = Vec::with_capacity(layout.rows);
+    let mut first = true;
+    while next_record(&mut rdr, &mut record, path)? {
+        if std::mem::take(&mut first) && layout.header {
+            continue;
+        }
+        let line = line_of(&record);
+        if record.len() != width {
             return Err(DataError::CsvRowWidth {
                 path: path.to_path_buf(),
                 line,
                 expected: width,
-                found: cells.len(),
+                found: record.len(),
             });
         }
-        for (col, cell) in cells.iter().enumerate() {
-            if col == label_col {
+        // A file that changed between the passes: its extra rows are refused, not grown into.
+        if labels.len() == layout.rows {
+            return Err(DataError::BadHeader {
+                path: path.to_path_buf(),
+                message: format!(
+                    "more rows than the {} counted: it changed while read",
+                    layout.rows
+                ),
+            });
+        }
+        for (col, cell) in record.iter().enumerate() {
+            let cell = text(cell, &record, col, path)?;
+            if col == layout.label_column {
                 labels.push(parse_label(cell, line, path)?);
             } else {
                 features.push(parse_feature(cell, line, col + 1, path)?);
@@ -128,25 +396,31 @@ pub fn parse(bytes: &[u8], path: &Path, label: &LabelColumn) -> Result<Dataset, 
     )
 }
 
-/// Splits a row into trimmed cells, rejecting quotes.
-fn split_cells<'a>(row: &'a str, line: usize, path: &Path) -> Result<Vec<&'a str>, DataError> {
-    let cells: Vec<&str> = row.split(',').map(str::trim).collect();
-    if let Some((col, cell)) = cells.iter().enumerate().find(|(_, c)| c.contains('"')) {
-        return Err(DataError::CsvCell {
-            path: path.to_path_buf(),
-            line,
-            column: col + 1,
-            text: (*cell).to_string(),
-            reason: "quoted fields are not supported",
-        });
+/// A cell as text; invalid UTF-8 is an error naming its line and (unquoted) byte offset.
+fn text<'a>(
+    cell: &'a [u8],
+    record: &csv::ByteRecord,
+    col: usize,
+    path: &Path,
+) -> Result<&'a str, DataError> {
+    match std::str::from_utf8(cell) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let start = record.position().map_or(0, |p| p.byte() as usize);
+            let within = record.range(col).map_or(0, |r| r.start) + col;
+            Err(DataError::NotUtf8 {
+                path: path.to_path_buf(),
+                line: line_of(record),
+                offset: start + within + e.valid_up_to(),
+            })
+        }
     }
-    Ok(cells)
 }
 
 /// Picks the 0-based label column.
 fn resolve_label_column(
     label: &LabelColumn,
-    header: Option<&[&str]>,
+    header: Option<&[String]>,
     width: usize,
     path: &Path,
 ) -> Result<usize, DataError> {
@@ -154,11 +428,6 @@ fn resolve_label_column(
         path: path.to_path_buf(),
         message,
     };
-    if width < 2 {
-        return Err(fail(format!(
-            "need at least 2 columns (features and a label), found {width}"
-        )));
-    }
     match label {
         LabelColumn::Index(i) if *i < width => Ok(*i),
         LabelColumn::Index(i) => Err(fail(format!(
@@ -234,6 +503,10 @@ mod tests {
         parse(text.as_bytes(), p(), &LabelColumn::Auto)
     }
 
+    fn parse_options(text: &str, options: &CsvOptions) -> Result<Dataset, DataError> {
+        parse_with(text.as_bytes(), p(), options)
+    }
+
     #[test]
     fn round_trip_through_file_with_header_and_trailing_blank_lines() {
         let dir = tempfile::tempdir().unwrap();
@@ -247,10 +520,133 @@ mod tests {
     }
 
     #[test]
+    fn gzip_files_stream_and_corrupt_gzip_is_named() {
+        use flate2::Compression;
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv.gz");
+        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(b"a,label\n1,0\n2,1\n").unwrap();
+        let mut gz = enc.finish().unwrap();
+        std::fs::write(&path, &gz).unwrap();
+        let d = load(&path, &LabelColumn::Auto).unwrap();
+        assert_eq!((d.features, d.labels), (vec![1.0, 2.0], vec![0, 1]));
+        gz.truncate(gz.len() / 2);
+        std::fs::write(&path, &gz).unwrap();
+        let err = load(&path, &LabelColumn::Auto).unwrap_err();
+        assert!(
+            matches!(err, DataError::Gzip { .. } | DataError::Io { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn no_header_label_is_last_column() {
         let d = parse_auto("1,2,3\n4,5,6\n").unwrap();
         assert_eq!(d.features, vec![1.0, 2.0, 4.0, 5.0]);
         assert_eq!(d.labels, vec![3, 6]);
+    }
+
+    #[test]
+    fn a_header_of_column_indices_is_a_header_as_pandas_writes_it() {
+        // pd.DataFrame(values).to_csv(index=False), and with its index.
+        for text in [
+            "0,1,2,3\n0.5,1.5,2.5,1\n0.1,0.2,0.3,0\n",
+            ",0,1,2\n0,0.5,1.5,1\n1,0.1,0.2,0\n",
+        ] {
+            let d = parse_auto(text).unwrap();
+            assert_eq!(d.labels, vec![1, 0], "{text:?}");
+            assert_eq!(d.sample_shape, vec![3]);
+        }
+        let layout = survey(
+            &b"0,1,2,3\n1,1,1,1\n"[..],
+            p(),
+            &CsvOptions::default(),
+            b',',
+        )
+        .unwrap();
+        assert_eq!(
+            (layout.header, layout.reason.clone(), layout.rows),
+            (true, HeaderReason::ColumnIndices, 1)
+        );
+        assert!(layout.to_string().contains("column indices"), "{layout}");
+        // --no-header reads it as data; other numbers are data.
+        let no_header = CsvOptions {
+            header: Some(false),
+            ..CsvOptions::default()
+        };
+        assert_eq!(
+            parse_options("0,1,2,3\n1,1,1,1\n", &no_header)
+                .unwrap()
+                .labels,
+            vec![3, 1]
+        );
+        assert_eq!(parse_auto("0,1,2,5\n1,1,1,1\n").unwrap().labels, vec![5, 1]);
+    }
+
+    #[test]
+    fn header_flags_override_the_guess() {
+        let header = CsvOptions {
+            header: Some(true),
+            ..CsvOptions::default()
+        };
+        let d = parse_options("10,20,30\n1,2,1\n", &header).unwrap();
+        assert_eq!((d.features, d.labels), (vec![1.0, 2.0], vec![1]));
+        let layout = survey(&b"10,20,30\n1,2,1\n"[..], p(), &header, b',').unwrap();
+        assert_eq!(layout.reason, HeaderReason::Given);
+        assert_eq!(layout.label_name.as_deref(), Some("30"));
+        let no_header = CsvOptions {
+            header: Some(false),
+            ..CsvOptions::default()
+        };
+        let err = parse_options("a,b\n1,2\n", &no_header).unwrap_err();
+        assert!(
+            err.to_string().contains("line 1, column 1: not a number"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn quoted_fields_as_r_and_spreadsheets_write_them() {
+        // R's write.csv: quoted names, and its row names as a first column.
+        let text = "\"\",\"x, first\",\"y\"\n\"1\",\"0.5\",1\n\"2\",\" 2.5 \",0\n";
+        let d = parse_auto(text).unwrap();
+        assert_eq!(d.labels, vec![1, 0]);
+        assert_eq!(d.features, vec![1.0, 0.5, 2.0, 2.5]);
+        let layout = survey(text.as_bytes(), p(), &CsvOptions::default(), b',').unwrap();
+        assert_eq!(layout.label_name.as_deref(), Some("y"));
+        // A quote inside a quoted name, and a delimiter inside one.
+        let d = parse_auto("\"a \"\"b\"\"\",\"c,d\",label\n1,2,0\n").unwrap();
+        assert_eq!(d.features, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn other_delimiters_and_line_ends() {
+        let semicolons = CsvOptions {
+            delimiter: Some(b';'),
+            ..CsvOptions::default()
+        };
+        let d = parse_options("a;b;label\n1;2;0\n3;4;1\n", &semicolons).unwrap();
+        assert_eq!(d.features, vec![1.0, 2.0, 3.0, 4.0]);
+        // Without the delimiter: one column, and the message says what the line holds.
+        let err = parse_auto("a;b;label\n1;2;0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("found 1 separated by ','"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("holds ';'"), "{err}");
+        // Tabs for .tsv files.
+        let d = parse_with(
+            b"a\tlabel\n1\t0\n",
+            Path::new("x.tsv"),
+            &CsvOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(d.labels, vec![0]);
+        // Classic Mac line ends: a lone CR.
+        let d = parse_auto("a,label\r1,0\r2,1\r").unwrap();
+        assert_eq!((d.features, d.labels), (vec![1.0, 2.0], vec![0, 1]));
     }
 
     #[test]
@@ -315,15 +711,8 @@ mod tests {
             err.to_string(),
             "data/x.csv line 3: expected 3 columns, found 2"
         );
-        let err = parse_auto("1,2,0\n\n1,2,0\n").unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::CsvRowWidth {
-                line: 2,
-                found: 0,
-                ..
-            }
-        ));
+        // Blank lines between rows are skipped, as pandas does.
+        assert_eq!(parse_auto("1,2,0\n\n1,2,0\n").unwrap().len(), 2);
     }
 
     #[test]
@@ -350,20 +739,6 @@ mod tests {
     }
 
     #[test]
-    fn quotes_are_a_clear_error() {
-        let err = parse_auto("1,\"2,3\",0\n").unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::CsvCell {
-                line: 1,
-                column: 2,
-                ..
-            }
-        ));
-        assert!(err.to_string().contains("quoted fields are not supported"));
-    }
-
-    #[test]
     fn bad_labels() {
         for (text, reason) in [
             ("1.5", "whole numbers"),
@@ -386,7 +761,7 @@ mod tests {
 
     #[test]
     fn empty_and_degenerate_inputs() {
-        for text in ["", "\n\n", "a,b,label\n"] {
+        for text in ["", "\n\n", "a,b,label\n", "\r\r"] {
             assert!(
                 matches!(parse_auto(text).unwrap_err(), DataError::Empty { .. }),
                 "{text:?}"
@@ -419,6 +794,17 @@ mod tests {
         assert_eq!(d.labels, vec![2]);
     }
 
+    #[test]
+    fn buffers_are_allocated_at_their_final_size() {
+        let mut text = String::from("a,b,c,label\n");
+        for i in 0..1000 {
+            text.push_str(&format!("{i},0.5,-1e-3,{}\n", i % 3));
+        }
+        let d = parse_auto(&text).unwrap();
+        assert_eq!(d.features.capacity(), 3000);
+        assert_eq!(d.labels.capacity(), 1000);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -427,9 +813,10 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_csv_like_text_never_panics(text in "[0-9a-z.,\" \\-\n\r]{0,120}") {
+        fn arbitrary_csv_like_text_never_panics(text in "[0-9a-z.,;\" \\-\n\r]{0,120}") {
             let _ = parse(text.as_bytes(), p(), &LabelColumn::Auto);
             let _ = parse(text.as_bytes(), p(), &LabelColumn::Name("label".into()));
+            let _ = parse_options(&text, &CsvOptions { header: Some(true), delimiter: Some(b';'), ..CsvOptions::default() });
         }
 
         #[test]

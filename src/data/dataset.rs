@@ -27,6 +27,9 @@ pub struct Dataset {
     pub labels: Vec<u32>,
     /// Where it came from (for error messages and reports).
     pub source: String,
+    /// The index in `source` of the first sample (non-zero for a split's later part), so
+    /// that messages name a sample as the file numbers it.
+    pub first_sample: usize,
 }
 
 impl Dataset {
@@ -43,6 +46,7 @@ impl Dataset {
             sample_shape,
             labels,
             source: source.into(),
+            first_sample: 0,
         };
         dataset.check_consistent()?;
         Ok(dataset)
@@ -73,6 +77,40 @@ impl Dataset {
             .iter()
             .max()
             .map_or(0, |&max| (max as usize).saturating_add(1))
+    }
+
+    /// The classes of a model for these datasets' labels (the largest plus one), refusing
+    /// labels that would make most of them empty: a label far above the others (`100000`
+    /// among 0 and 1, `1e9`) is an outlier to fix, named with its sample, not a reason to
+    /// build that many outputs. Up to two classes are always fine.
+    pub fn infer_classes(datasets: &[&Dataset]) -> Result<usize, DataError> {
+        let largest = datasets
+            .iter()
+            .filter_map(|d| {
+                let (i, &label) = d.labels.iter().enumerate().max_by_key(|(_, l)| **l)?;
+                Some((label, d, i))
+            })
+            .max_by_key(|(label, _, _)| *label);
+        let Some((largest, dataset, index)) = largest else {
+            return Ok(0);
+        };
+        let classes = largest as usize + 1;
+        let mut seen = std::collections::BTreeSet::new();
+        for d in datasets {
+            seen.extend(d.labels.iter().copied());
+        }
+        if classes > 2 && seen.len() * 2 < classes {
+            let shown: Vec<String> = seen.iter().take(8).map(u32::to_string).collect();
+            let more = if seen.len() > 8 { ", …" } else { "" };
+            return Err(DataError::SparseLabels {
+                dataset: dataset.source.clone(),
+                sample: dataset.first_sample + index,
+                label: largest,
+                distinct: seen.len(),
+                values: format!("{}{more}", shown.join(", ")),
+            });
+        }
+        Ok(classes)
     }
 
     /// The features of sample `index`, or `None` past the end.
@@ -111,24 +149,52 @@ impl Dataset {
         let cut = n.saturating_mul(self.sample_len()).min(self.features.len());
         let (x_head, x_tail) = self.features.split_at(cut);
         let (y_head, y_tail) = self.labels.split_at(n);
-        let part = |x: &[f32], y: &[u32]| Dataset {
+        let part = |x: &[f32], y: &[u32], first: usize| Dataset {
             features: x.to_vec(),
             sample_shape: self.sample_shape.clone(),
             labels: y.to_vec(),
             source: self.source.clone(),
+            first_sample: self.first_sample + first,
         };
-        Ok((part(x_head, y_head), part(x_tail, y_tail)))
+        Ok((part(x_head, y_head, 0), part(x_tail, y_tail, n)))
     }
 
-    /// Fails on the first NaN or infinite feature, naming its sample and
-    /// feature index (flat index within the sample).
+    /// Like [`Dataset::split_at`], in place: keeps the first `n` samples and returns the
+    /// rest, copying only the rest (a train/test split then needs no second copy of the
+    /// training part).
+    pub fn split_off(&mut self, n: usize) -> Result<Dataset, DataError> {
+        self.check_consistent()?;
+        if n > self.len() {
+            return Err(DataError::IndexOutOfRange {
+                dataset: self.source.clone(),
+                index: n,
+                len: self.len(),
+            });
+        }
+        let cut = n.saturating_mul(self.sample_len()).min(self.features.len());
+        let tail = Dataset {
+            features: self.features[cut..].to_vec(),
+            sample_shape: self.sample_shape.clone(),
+            labels: self.labels[n..].to_vec(),
+            source: self.source.clone(),
+            first_sample: self.first_sample + n,
+        };
+        self.features.truncate(cut);
+        self.features.shrink_to_fit();
+        self.labels.truncate(n);
+        self.labels.shrink_to_fit();
+        Ok(tail)
+    }
+
+    /// Fails on the first NaN or infinite feature, naming its sample (as the source numbers
+    /// it) and feature index (flat index within the sample).
     pub fn check_finite(&self) -> Result<(), DataError> {
         let n = self.sample_len().max(1);
         match self.features.iter().position(|v| !v.is_finite()) {
             None => Ok(()),
             Some(pos) => Err(DataError::NonFinite {
                 dataset: self.source.clone(),
-                sample: pos / n,
+                sample: self.first_sample + pos / n,
                 feature: pos % n,
                 value: self.features.get(pos).copied().unwrap_or(f32::NAN),
             }),
@@ -145,7 +211,7 @@ impl Dataset {
             None => Ok(()),
             Some(index) => Err(DataError::LabelOutOfRange {
                 dataset: self.source.clone(),
-                index,
+                index: self.first_sample + index,
                 label: self.labels.get(index).copied().unwrap_or(u32::MAX),
                 num_classes,
             }),
@@ -240,6 +306,48 @@ mod tests {
     }
 
     #[test]
+    fn split_off_keeps_the_head_and_later_messages_number_samples_as_the_file() {
+        let mut d = tiny();
+        let tail = d.split_off(1).unwrap();
+        assert_eq!(d.labels, vec![0]);
+        assert_eq!(d.features, vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(d.features.capacity(), 4);
+        assert_eq!((tail.labels.clone(), tail.first_sample), (vec![2, 1], 1));
+        let (_, mut last) = tail.split_at(1).unwrap();
+        assert_eq!(last.first_sample, 2);
+        last.features[3] = f32::INFINITY;
+        let err = last.check_finite().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tiny: sample 2, feature 3 is not finite (inf)"
+        );
+        let err = last.check_labels(1).unwrap_err();
+        assert!(err.to_string().contains("sample 2 has label 1"), "{err}");
+        assert!(d.split_off(5).is_err());
+    }
+
+    #[test]
+    fn classes_are_inferred_and_an_outlier_label_is_named() {
+        let labels =
+            |v: &[u32]| Dataset::new(vec![0.0; v.len()], vec![1], v.to_vec(), "d.csv").unwrap();
+        let train = labels(&[0, 1, 1, 0]);
+        assert_eq!(Dataset::infer_classes(&[&train]).unwrap(), 2);
+        let ten = labels(&(0..10).collect::<Vec<_>>());
+        assert_eq!(Dataset::infer_classes(&[&ten, &train]).unwrap(), 10);
+        // One class of three missing is fine; 100000 among 0 and 1 is not.
+        assert_eq!(Dataset::infer_classes(&[&labels(&[0, 2])]).unwrap(), 3);
+        let mut test = labels(&[1, 0, 100_000, 1]);
+        test.first_sample = 455;
+        let err = Dataset::infer_classes(&[&train, &test]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "d.csv: sample 457 has label 100000, but only 3 distinct labels occur (0, 1, 100000): \
+             an outlier would make a model of 100001 classes"
+        );
+        assert_eq!(Dataset::infer_classes(&[]).unwrap(), 0);
+    }
+
+    #[test]
     fn check_finite_names_sample_and_feature() {
         let mut d = tiny();
         assert!(d.check_finite().is_ok());
@@ -298,6 +406,7 @@ mod tests {
             sample_shape: vec![usize::MAX, 4],
             labels: vec![0],
             source: "x".into(),
+            first_sample: 0,
         };
         assert_eq!(d.sample_len(), usize::MAX);
         assert!(d.check_consistent().is_err());

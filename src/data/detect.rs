@@ -19,6 +19,32 @@ use super::{cifar, idx, npy, safetensors};
 pub struct LoadOptions {
     /// Label column of CSV files.
     pub csv_label: LabelColumn,
+    /// Whether a CSV file's first row is a header (`None`: guessed, see [`csv`]).
+    pub csv_header: Option<bool>,
+    /// A CSV file's delimiter (`None`: `,`, or a tab for `.tsv`).
+    pub csv_delimiter: Option<u8>,
+}
+
+impl LoadOptions {
+    /// What CSV files are read with.
+    pub fn csv(&self) -> csv::CsvOptions {
+        csv::CsvOptions {
+            label: self.csv_label.clone(),
+            header: self.csv_header,
+            delimiter: self.csv_delimiter,
+        }
+    }
+}
+
+/// Whether `path` is read as CSV (`.csv`, `.tsv`, gzipped or not).
+pub fn is_csv(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    [".csv", ".csv.gz", ".tsv", ".tsv.gz"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
 }
 
 /// Loads the dataset at `path` with default options; see [`load_with`].
@@ -34,7 +60,7 @@ pub fn load(path: &Path, split: Split) -> Result<Dataset, DataError> {
 ///   `raw/` subdirectory are accepted too), or CIFAR-10 batches
 ///   (`data_batch_1.bin` … `data_batch_5.bin`, whichever exist, for Train,
 ///   `test_batch.bin` for Test; also inside `cifar-10-batches-bin/`).
-/// * A single file: `.csv`, `.safetensors`, a `.bin` CIFAR-10 batch, or an
+/// * A single file: `.csv` (or `.tsv`), `.safetensors`, a `.bin` CIFAR-10 batch, or an
 ///   idx3 images file (its labels file is the name with `idx3` → `idx1` and
 ///   `images` → `labels`). `split` is ignored for a single file: the caller
 ///   splits. A `.npy` file holds no labels and is rejected.
@@ -141,8 +167,8 @@ fn load_file(path: &Path, options: &LoadOptions) -> Result<Dataset, DataError> {
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    if name.ends_with(".csv") || name.ends_with(".csv.gz") {
-        return csv::load(path, &options.csv_label);
+    if is_csv(path) {
+        return csv::load_with(path, &options.csv());
     }
     if name.ends_with(".safetensors") {
         return safetensors::load(path);
@@ -356,6 +382,7 @@ mod tests {
         std::fs::write(&p, "2,1,0\n").unwrap();
         let opts = LoadOptions {
             csv_label: LabelColumn::Index(0),
+            ..LoadOptions::default()
         };
         assert_eq!(load_with(&p, Split::Train, &opts).unwrap().labels, vec![2]);
     }

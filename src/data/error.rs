@@ -173,12 +173,28 @@ pub enum DataError {
         num_classes: usize,
     },
 
+    /// Labels whose largest would leave most classes empty: an outlier, named.
+    #[error(
+        "{dataset}: sample {sample} has label {label}, but only {distinct} distinct labels occur ({values}): an outlier would make a model of {} classes",
+        u64::from(*label) + 1
+    )]
+    SparseLabels {
+        /// The dataset's `source`.
+        dataset: String,
+        /// The sample holding the largest label, as the source numbers it.
+        sample: usize,
+        label: u32,
+        distinct: usize,
+        /// The first distinct labels, for the message.
+        values: String,
+    },
+
     /// A NaN or infinite feature value.
     #[error("{dataset}: sample {sample}, feature {feature} is not finite ({value})")]
     NonFinite {
         /// The dataset's `source`.
         dataset: String,
-        /// 0-based sample index.
+        /// 0-based sample index, as the source numbers it.
         sample: usize,
         /// 0-based flat feature index within the sample.
         feature: usize,

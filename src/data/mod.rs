@@ -30,7 +30,7 @@ pub mod safetensors;
 pub use batch::BatchOrder;
 pub use csv::LabelColumn;
 pub use dataset::{Dataset, Split};
-pub use detect::{LoadOptions, load, load_with};
+pub use detect::{LoadOptions, is_csv, load, load_with};
 pub use error::DataError;
 pub use normalize::Normalization;
 pub use npy::NpyArray;

@@ -82,14 +82,14 @@ pub fn load_splits(
     }
     let keep = ((train.len() as f64) * (1.0 - holdout)).round() as usize;
     let keep = keep.clamp(1, train.len().saturating_sub(1).max(1));
-    let (train_part, test_part) = train.split_at(keep)?;
+    let (rows, mut train) = (train.len(), train);
+    let test_part = train.split_off(keep)?;
     let origin = format!(
-        "the last {} of {} rows of {source} (holdout {holdout})",
+        "the last {} of {rows} rows of {source} (holdout {holdout})",
         test_part.len(),
-        train.len()
     );
     Ok(Splits {
-        train: train_part,
+        train,
         test: test_part,
         test_origin: origin,
     })

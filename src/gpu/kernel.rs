@@ -49,8 +49,13 @@ impl std::fmt::Debug for ActivationShader {
 /// The per-step uniform, shared by the kernels that read it.
 const STEP: &str = include_str!("../../shaders/step.wgsl");
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
-/// Parameters and epilogue shared by the matmul variants.
-const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+/// Parameters and epilogue shared by the matmul variants, after ReLU's definition.
+const MATMUL: &str = concat!(
+    include_str!("../../shaders/activation/relu.wgsl"),
+    include_str!("../../shaders/matmul.wgsl")
+);
+/// ReLU, which batch norm's kernels fuse.
+const RELU: &str = include_str!("../../shaders/activation/relu.wgsl");
 /// The element-wise kernels every activation's functions are appended to.
 const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
@@ -70,7 +75,12 @@ impl Shader {
                 MATMUL,
                 include_str!("../../shaders/matmul_broadcast_nn.wgsl"),
             ],
-            Shader::BatchNorm => &[STEP, PHILOX, include_str!("../../shaders/batchnorm.wgsl")],
+            Shader::BatchNorm => &[
+                STEP,
+                PHILOX,
+                RELU,
+                include_str!("../../shaders/batchnorm.wgsl"),
+            ],
             Shader::Activation(a) => return vec![ACTIVATION, a.source],
             Shader::Dropout => &[STEP, PHILOX, include_str!("../../shaders/dropout.wgsl")],
             // The dropout kernel's parameters and bindings, and an entry writing raw words.

@@ -34,6 +34,18 @@ impl Model {
             .collect())
     }
 
+    /// The parameter holding element `element` of the flat parameter buffer, and the index
+    /// within it: what a [`crate::ops::reduce::NonFiniteUpdate`] names.
+    pub fn parameter_at(&self, element: usize) -> Option<(&str, usize)> {
+        let layout = &self.state.layout;
+        self.graph()
+            .params
+            .iter()
+            .zip(&layout.params)
+            .find(|(p, offset)| (**offset..**offset + p.len()).contains(&element))
+            .map(|(p, &offset)| (p.name.as_str(), element - offset))
+    }
+
     /// Replaces the whole state (parameters, optimizer state, running stats, step).
     pub fn load_state(&mut self, state: &HostState) -> Result<()> {
         check_state(self.graph(), state)?;

@@ -463,7 +463,7 @@ pub fn reference(
         }
         if relu {
             for cj in row.iter_mut() {
-                *cj = cj.max(0.0);
+                *cj = crate::ops::activation::relu(*cj);
             }
         }
     }
@@ -541,6 +541,85 @@ mod tests {
             &want,
             tol,
         );
+    }
+
+    /// The fused ReLU keeps NaN as PyTorch's does: row 0 of A holds a NaN and row 1 a +∞, so
+    /// C's row 0 is NaN and row 1 ±∞ or NaN, through the epilogue of `variant`.
+    fn check_nonfinite_on(
+        ctx: &GpuContext,
+        layout: Layout,
+        (m, n, k): (usize, usize, usize),
+        variant: Variant,
+    ) {
+        let shape = MatmulShape { layout, m, n, k };
+        let mut a = uniform(1 + m as u64, m * k, -1.0, 1.0);
+        let at = |row: usize, col: usize| match layout {
+            Layout::NN | Layout::NT => row * k + col,
+            Layout::TN => col * m + row,
+        };
+        a[at(0, 0)] = f32::NAN;
+        a[at(1, k - 1)] = f32::INFINITY;
+        let b = uniform(2 + n as u64, k * n, -1.0, 1.0);
+        let bias = uniform(3, n, -1.0, 1.0);
+        let ga = GpuTensor::from_slice(ctx, &a, &shape.a_shape(), "a").unwrap();
+        let gb = GpuTensor::from_slice(ctx, &b, &shape.b_shape(), "b").unwrap();
+        let gbias = GpuTensor::from_slice(ctx, &bias, &[n], "bias").unwrap();
+        let gc = GpuTensor::zeros(ctx, &[m, n], "c").unwrap();
+        let epi = Epilogue {
+            bias: true,
+            relu: true,
+        };
+        let d = dispatch(
+            ctx,
+            shape,
+            epi,
+            Some(variant),
+            ga.binding(),
+            gb.binding(),
+            Some(gbias.binding()),
+            gc.binding(),
+        )
+        .unwrap();
+        d.submit(ctx);
+        let got: Vec<f32> = gc.read(ctx).unwrap();
+        let want = reference(shape, &a, &b, Some(&bias), true);
+        assert!(
+            want[..n].iter().all(|v| v.is_nan()),
+            "the reference keeps NaN"
+        );
+        assert!(want[n..2 * n].iter().any(|v| v.is_infinite()));
+        let tol = Tolerance::new(1e-5 * (k as f32).sqrt(), 1e-5);
+        assert_close(
+            &format!("relu epilogue on NaN/inf, {layout:?} {m}x{n}x{k} {variant:?}"),
+            &got,
+            &want,
+            tol,
+        );
+    }
+
+    #[test]
+    fn the_fused_relu_keeps_nan_in_every_variant() {
+        let (small, long) = ((9, 64, 16), (9, 64, 784));
+        for ctx in [ctx(), gpu_style_ctx()] {
+            for (layout, variant) in [
+                (Layout::NT, Variant::NtVec4),
+                (Layout::NN, Variant::NnBvec4),
+                (Layout::TN, Variant::TnBvec4),
+                (Layout::NT, Variant::General),
+                (Layout::TN, Variant::General),
+                (Layout::NT, Variant::Tiled),
+                (Layout::NN, Variant::Tiled),
+            ] {
+                check_nonfinite_on(ctx, layout, small, variant);
+                // Long K: the tiled variant splits it over workgroups, summed by splitk_reduce.
+                check_nonfinite_on(ctx, layout, long, variant);
+            }
+        }
+        if let Some(ctx) = subgroup_ctx() {
+            check_nonfinite_on(ctx, Layout::NT, long, Variant::BroadcastNt);
+            check_nonfinite_on(ctx, Layout::NN, (13, 66, 20), Variant::BroadcastNn);
+            check_nonfinite_on(ctx, Layout::TN, long, Variant::BroadcastNn);
+        }
     }
 
     const SHAPES: &[(usize, usize, usize)] = &[

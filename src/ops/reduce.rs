@@ -28,8 +28,11 @@ uniform_struct! {
     }
 }
 
-/// Floats in the running totals buffer.
-pub const TOTALS_LEN: usize = 8;
+/// Words in the running totals buffer: eight the metrics kernel keeps (see
+/// `shaders/reduce.wgsl`) and four the optimizer's (`NONFINITE` in `shaders/optim.wgsl`).
+pub const TOTALS_LEN: usize = 12;
+/// The first of the optimizer's words.
+const NONFINITE_WORDS: usize = 8;
 /// The totals buffer's words, as the metrics kernel leaves them.
 pub type RawTotals = [f32; TOTALS_LEN];
 
@@ -104,6 +107,23 @@ pub struct Totals {
     pub last_loss: f32,
     /// The step whose loss was first NaN or infinite.
     pub first_nonfinite_step: Option<u32>,
+    /// The first optimizer update that met a non-finite gradient or left a non-finite
+    /// parameter.
+    pub first_nonfinite_update: Option<NonFiniteUpdate>,
+}
+
+/// An optimizer update that met a non-finite gradient or left a non-finite parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NonFiniteUpdate {
+    /// The step (its low 32 bits).
+    pub step: u32,
+    /// An element of the flat parameter buffer concerned
+    /// ([`crate::Model::parameter_at`] names it).
+    pub element: u32,
+    /// The parameter was not finite after the update.
+    pub parameter: bool,
+    /// The gradient was not finite.
+    pub gradient: bool,
 }
 
 impl Totals {
@@ -117,6 +137,15 @@ impl Totals {
             batches: at(3) as u64,
             last_loss: at(4),
             first_nonfinite_step: (at(6) != 0.0).then(|| at(5).to_bits()),
+            first_nonfinite_update: {
+                let word = |i: usize| at(NONFINITE_WORDS + i).to_bits();
+                (word(0) != 0).then(|| NonFiniteUpdate {
+                    step: word(1),
+                    element: word(2),
+                    parameter: word(3) & 1 != 0,
+                    gradient: word(3) & 2 != 0,
+                })
+            },
         }
     }
 

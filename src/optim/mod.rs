@@ -11,8 +11,10 @@ use crate::ops::step::StepParams;
 use crate::ops::{OpError, groups};
 use std::any::Any;
 
+use crate::exec::state::StateLayout;
 use crate::exec::{CpuCx, GpuCx};
 use crate::graph::{Autodiff, Node, Op, ValueId};
+use crate::ops::reduce::NonFiniteUpdate;
 
 /// `torch.optim.SGD`'s options.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -249,7 +251,10 @@ const WG: u32 = 256;
 
 /// Builds the update of `len` parameters (one flat buffer); `state` holds
 /// [`Optimizer::state_count`] buffers shaped like `param`. The kernel updates four values per
-/// invocation, so every buffer must hold `len` rounded up to a multiple of 4.
+/// invocation, so every buffer must hold `len` rounded up to a multiple of 4. The first update
+/// that meets a non-finite gradient or leaves a non-finite parameter is noted in `totals` (the
+/// metrics totals, [`crate::ops::reduce::Totals::first_nonfinite_update`]).
+#[allow(clippy::too_many_arguments)]
 pub fn dispatch<'a>(
     ctx: &GpuContext,
     optimizer: &Optimizer,
@@ -258,6 +263,7 @@ pub fn dispatch<'a>(
     param: Binding<'a>,
     grad: Binding<'a>,
     state: &[Binding<'a>],
+    totals: Binding<'a>,
 ) -> Result<Dispatch, GpuError> {
     let vec4s = len.div_ceil(4);
     let (entry, params) = match *optimizer {
@@ -296,7 +302,7 @@ pub fn dispatch<'a>(
         size: (vec4s * 16) as u64,
         ..b
     };
-    let mut bindings = vec![(1, step), (2, whole(param)), (3, whole(grad))];
+    let mut bindings = vec![(1, step), (2, whole(param)), (3, whole(grad)), (7, totals)];
     for (i, s) in state.iter().enumerate() {
         bindings.push((4 + i as u32, whole(*s)));
     }
@@ -339,6 +345,8 @@ impl Op for OptimizerStep {
 
     fn run_cpu(&self, _: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
         let step = cx.state.step;
+        // Elements as a flat buffer aligned to 4 would number them.
+        let offsets = StateLayout::new(cx.graph, 4).params;
         for (i, grad) in cx.grads.iter().enumerate() {
             let mut state: Vec<Vec<f32>> = cx
                 .state
@@ -355,6 +363,21 @@ impl Op for OptimizerStep {
             );
             for (k, s) in state.into_iter().enumerate() {
                 cx.state.optimizer[k][i] = s;
+            }
+            let first_bad = cx.state.params[i]
+                .iter()
+                .zip(grad)
+                .position(|(p, g)| !p.is_finite() || !g.is_finite());
+            if let Some(j) = first_bad
+                && cx.totals.first_nonfinite_update.is_none()
+            {
+                let (p, g) = (cx.state.params[i][j], grad[j]);
+                cx.totals.first_nonfinite_update = Some(NonFiniteUpdate {
+                    step: step as u32,
+                    element: (offsets[i] + j) as u32,
+                    parameter: !p.is_finite(),
+                    gradient: !g.is_finite(),
+                });
             }
         }
         cx.state.step += 1;
@@ -383,6 +406,7 @@ impl Op for OptimizerStep {
             flat(&state.params),
             flat(&state.grads),
             &opt_state,
+            cx.totals,
         )?;
         cx.push(d);
         Ok(())

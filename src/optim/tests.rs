@@ -1,6 +1,7 @@
 use super::*;
 use crate::check::{Tolerance, assert_close};
 use crate::gpu::GpuTensor;
+use crate::ops::reduce::{TOTALS_LEN, Totals};
 use crate::ops::step::StepBuffer;
 use crate::ops::test_support::{ctx, uniform};
 
@@ -20,6 +21,7 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
         .collect();
     let step_buffer = StepBuffer::new(ctx).unwrap();
     let state_bindings: Vec<_> = gstate.iter().map(GpuTensor::binding).collect();
+    let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
     let d = dispatch(
         ctx,
         &optimizer,
@@ -28,6 +30,7 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
         gparam.binding(),
         ggrad.binding(),
         &state_bindings,
+        totals.binding(),
     )
     .unwrap();
     for step in 0..steps {
@@ -49,6 +52,73 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
     for (i, (g, s)) in gstate.iter().zip(&state).enumerate() {
         let got: Vec<f32> = g.read(ctx).unwrap();
         assert_close(&format!("{optimizer:?} state {i}"), &got[..len], s, tol);
+    }
+    let totals = Totals::from_raw(&totals.read::<f32>(ctx).unwrap());
+    assert_eq!(
+        totals.first_nonfinite_update, None,
+        "finite updates note nothing"
+    );
+}
+
+#[test]
+fn the_first_update_with_a_nonfinite_gradient_or_result_is_noted_with_its_step_and_element() {
+    let ctx = ctx();
+    let len = 1031;
+    for optimizer in [
+        Optimizer::Sgd(Sgd {
+            lr: 1e30,
+            momentum: 0.9,
+            ..Sgd::default()
+        }),
+        Optimizer::Adam(Adam::default()),
+    ] {
+        let gparam = GpuTensor::from_slice(ctx, &vec![0.5f32; len + 1], &[len + 1], "p").unwrap();
+        let ggrad = GpuTensor::zeros(ctx, &[len + 1], "grad").unwrap();
+        let gstate: Vec<GpuTensor> = (0..optimizer.state_count())
+            .map(|_| GpuTensor::zeros(ctx, &[len + 1], "state").unwrap())
+            .collect();
+        let state_bindings: Vec<_> = gstate.iter().map(GpuTensor::binding).collect();
+        let steps = StepBuffer::new(ctx).unwrap();
+        let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+        let d = dispatch(
+            ctx,
+            &optimizer,
+            len,
+            steps.binding(),
+            gparam.binding(),
+            ggrad.binding(),
+            &state_bindings,
+            totals.binding(),
+        )
+        .unwrap();
+        // Step 0 finite; step 1: a NaN gradient at element 1029, and a huge one at 7 (which
+        // SGD at lr 1e30 turns into a parameter of -inf, and Adam absorbs); later steps stay
+        // bad, but the first one is what is noted.
+        for step in 0..4u64 {
+            let mut grad = vec![1e-3f32; len + 1];
+            if step == 1 {
+                grad[1029] = f32::NAN;
+            }
+            if step >= 1 {
+                grad[7] = 3e38;
+            }
+            ggrad.write(ctx, &grad).unwrap();
+            let mut p = StepParams::at_step(step);
+            optimizer.fill_step(step, &mut p);
+            steps.write(ctx, &p);
+            ctx.submit(&[&d]);
+        }
+        let t = Totals::from_raw(&totals.read::<f32>(ctx).unwrap());
+        let noted = t.first_nonfinite_update.expect("noted");
+        assert_eq!(noted.step, 1, "{optimizer:?}: {noted:?}");
+        // One invocation updates four elements: the first bad one among them is named.
+        assert!(
+            noted.element == 1029 || (noted.element == 7 && noted.parameter),
+            "{optimizer:?}: {noted:?}"
+        );
+        if noted.element == 1029 {
+            assert!(noted.gradient, "{noted:?}");
+        }
     }
 }
 

@@ -44,6 +44,9 @@ activations!(
     leaky_relu::LeakyReLU,
 );
 
+/// ReLU's CPU reference, which Linear's and BatchNorm's fused epilogues share.
+pub use relu::{relu, relu_backward};
+
 #[cfg(test)]
 mod tests;
 

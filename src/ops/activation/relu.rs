@@ -1,6 +1,9 @@
-//! `torch.nn.ReLU()`: y = max(x, 0); dx = dy where y > 0 (0 at x = 0, as PyTorch).
-//! Kernel functions: `shaders/activation/relu.wgsl`. Linear and BatchNorm fuse it as their
-//! epilogue (see their `absorb`), so a standalone node is rare.
+//! `torch.nn.ReLU()`: y = 0 where x < 0, else x — NaN stays NaN and -0 stays -0, as PyTorch's
+//! `clamp_min` gives; dx = 0 where y ≤ 0, else dy (PyTorch's `threshold_backward(dy, y, 0)`,
+//! which lets the gradient through a NaN). Kernel functions: `shaders/activation/relu.wgsl`.
+//! Linear and BatchNorm fuse it as their epilogue (see their `absorb`) through [`relu`] and
+//! [`relu_backward`] here and the WGSL functions of the same names, so a standalone node is
+//! rare.
 
 use std::any::Any;
 
@@ -10,6 +13,16 @@ use crate::gpu::ActivationShader;
 /// `torch.nn.ReLU()`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReLU;
+
+/// CPU reference: 0 where x < 0, else x (NaN included).
+pub fn relu(x: f32) -> f32 {
+    if x < 0.0 { 0.0 } else { x }
+}
+
+/// CPU reference of the backward from the output `y`: 0 where y ≤ 0, else dy (NaN included).
+pub fn relu_backward(y: f32, dy: f32) -> f32 {
+    if y <= 0.0 { 0.0 } else { dy }
+}
 
 pub(super) const TOKEN: Token = Token {
     names: &["relu"],
@@ -33,7 +46,7 @@ impl Activation for ReLU {
     }
 
     fn forward(&self, x: f32) -> f32 {
-        x.max(0.0)
+        relu(x)
     }
 
     fn derivative_from(&self) -> DerivativeFrom {
@@ -41,7 +54,7 @@ impl Activation for ReLU {
     }
 
     fn backward(&self, y: f32, dy: f32) -> f32 {
-        if y > 0.0 { dy } else { 0.0 }
+        relu_backward(y, dy)
     }
 
     fn shader(&self) -> &'static ActivationShader {

@@ -92,13 +92,10 @@ fn reference_gradients_match_finite_differences() {
 }
 
 #[test]
-fn nan_propagates_through_every_activation_but_relu() {
+fn nan_propagates_through_every_activation() {
     let ctx = ctx();
     let x = [f32::NAN, 1.0, -1.0];
     for activation in every_activation() {
-        if activation.downcast::<ReLU>().is_some() {
-            continue; // max(NaN, 0): ReLU's NaN handling is not PyTorch's yet.
-        }
         let gx = GpuTensor::from_slice(ctx, &x, &[3], "x").unwrap();
         let y: Vec<f32> = forward(ctx, &*activation, &gx).unwrap().read(ctx).unwrap();
         assert!(
@@ -148,4 +145,37 @@ fn uniform_mirrors_the_shader_of_every_activation() {
     for activation in every_activation() {
         crate::gpu::assert_mirrors::<Params>(Shader::Activation(activation.shader()), 0);
     }
+}
+
+#[test]
+fn relu_keeps_nan_and_negative_zero_and_lets_the_gradient_through_nan_as_pytorch() {
+    // torch.relu([NaN, -0, 0, -1, 2, inf, -inf]) and its backward with dy = 1.
+    let ctx = ctx();
+    let x = [
+        f32::NAN,
+        -0.0,
+        0.0,
+        -1.0,
+        2.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    let want_y = [f32::NAN, -0.0, 0.0, 0.0, 2.0, f32::INFINITY, 0.0];
+    let want_dx = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0];
+    let relu = AnyActivation::new(ReLU);
+    // Bits, so that -0 differs from 0; any NaN is NaN.
+    let bits = |v: &[f32]| {
+        v.iter()
+            .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
+            .collect::<Vec<_>>()
+    };
+    let gx = GpuTensor::from_slice(ctx, &x, &[x.len()], "x").unwrap();
+    let y: Vec<f32> = forward(ctx, &*relu, &gx).unwrap().read(ctx).unwrap();
+    assert_eq!(bits(&y), bits(&want_y), "GPU forward {y:?}");
+    assert_eq!(bits(&reference_forward(&*relu, &x)), bits(&want_y));
+    let gy = GpuTensor::from_slice(ctx, &want_y, &[x.len()], "y").unwrap();
+    let dy = GpuTensor::from_slice(ctx, &[1.0f32; 7], &[7], "dy").unwrap();
+    let dx: Vec<f32> = backward(ctx, &*relu, &gy, &dy).unwrap().read(ctx).unwrap();
+    assert_eq!(dx, want_dx, "GPU backward");
+    assert_eq!(reference_backward(&*relu, &want_y, &[1.0; 7]), want_dx);
 }

@@ -83,7 +83,11 @@ fn normalize(
         .map(|(i, &v)| {
             let f = i % d;
             let y = (v - mean[f]) * invstd[f] * gamma[f] + beta[f];
-            if relu { y.max(0.0) } else { y }
+            if relu {
+                crate::ops::activation::relu(y)
+            } else {
+                y
+            }
         })
         .collect()
 }
@@ -109,8 +113,8 @@ pub fn reference_backward(
     relu_output: Option<&[f32]>,
 ) -> Gradients {
     let g = |i: usize| match relu_output {
-        Some(y) if y[i] <= 0.0 => 0.0,
-        _ => f64::from(dy[i]),
+        Some(y) => f64::from(crate::ops::activation::relu_backward(y[i], dy[i])),
+        None => f64::from(dy[i]),
     };
     let xhat = |i: usize| {
         let f = i % d;
