@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, MODEL_FILE, StateDict, StateTensor, TensorData, apply_state_dict};
+use crate::checkpoint::{
+    CheckpointError, MODEL_FILE, StateDict, StateTensor, TensorData, apply_state_dict,
+};
 use crate::data::{Normalization, Preprocess, Transform};
 use crate::error::{Error, Result};
 use crate::exec::state::HostState;
