@@ -212,8 +212,12 @@ impl GpuPlan {
 
     /// The buffer and byte length of the logits [N, classes].
     pub fn logits(&self) -> (&wgpu::Buffer, u64) {
-        let slot = self.memory.slot_of[self.logits.0].unwrap_or(0);
-        (&self.slots[slot], self.logits_bytes)
+        match self.memory.slot_of[self.logits.0] {
+            Some(slot) => (&self.slots[slot], self.logits_bytes),
+            // The logits are the uploaded batch itself (a model that changes nothing in
+            // eval, such as a lone Dropout): they have no slot of their own.
+            None => (&self.input, self.logits_bytes),
+        }
     }
 }
 
