@@ -148,9 +148,10 @@ pub fn write_comparison(path: &Path, variants: &[VariantRuns]) -> Result<()> {
                 |m| m.test_accuracy,
                 SeriesLabelPosition::LowerRight,
             ),
+            // On a log scale: a diverging run's loss spans many orders of magnitude.
             (
-                "training loss",
-                |m| m.train_loss,
+                "training loss (log10)",
+                |m| m.train_loss.log10(),
                 SeriesLabelPosition::UpperRight,
             ),
         ];

@@ -494,7 +494,9 @@ fn run_one(
     );
     let diverged = match result {
         Ok(_) => None,
-        Err(wgnn::Error::Diverged { .. }) => Some(epochs.len() + 1),
+        Err(wgnn::Error::Diverged { .. } | wgnn::Error::NonFiniteUpdate { .. }) => {
+            Some(epochs.len() + 1)
+        }
         Err(e) => return Err(e.into()),
     };
     Ok(RunResult {
