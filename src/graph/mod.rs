@@ -211,6 +211,7 @@ pub enum Mode {
 
 /// Errors building a graph. Each names the layer (index and kind) and the shapes involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     #[error("layer {index} ({kind}): expected input {expected}, got {found:?}")]
     Shape {

@@ -17,6 +17,7 @@ use crate::gpu::GpuError;
 
 /// Bad arguments to an operation. Each names the operation and what is wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpError {
     #[error("{op}: {what} has shape {found:?}, expected {expected}")]
     Shape {
