@@ -715,6 +715,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
         };
         for &seed in &experiment.seeds {
             let began = Instant::now();
+            // The run's name first, its outcome on the same line when it ends.
+            print!("[{:>3}/{total}] {} · seed {seed}: ", done + 1, variant.name);
+            let _ = std::io::stdout().flush();
             let r = run_one(&ctx, &args.experiment, &experiment, variant, seed)?;
             done += 1;
             csv.write_all(csv_rows(&variant.name, seed, &r).as_bytes())
@@ -726,8 +729,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
                 (None, None) => "no epoch".into(),
             };
             println!(
-                "[{done:>3}/{total}] {} · seed {seed}: {outcome} ({:.1} s; about {:.0} s left)",
-                variant.name,
+                "{outcome} ({:.1} s; about {:.0} s left)",
                 began.elapsed().as_secs_f64(),
                 left
             );
