@@ -8,6 +8,7 @@ use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
 use crate::graph::{ConstId, Graph, Mode, Node, ParamId, ValueId};
 use crate::nn::Loss;
 use crate::ops::dropout::MaskStream;
+use crate::ops::matmul::{self, Epilogue, MatmulShape};
 
 /// What a plan shares with the model: its resident state and per-step buffers.
 pub struct Shared<'a> {
@@ -346,6 +347,22 @@ impl<'a> GpuCx<'a, '_> {
 
     pub fn push(&mut self, dispatch: Dispatch) {
         self.dispatches.push(dispatch);
+    }
+
+    /// Appends c = a·b (+ bias, then ReLU, as `epilogue` says) with the matmul kernel the
+    /// adapter's choice gives, and keeps its scratch buffers (split-K) with the plan.
+    pub fn matmul(
+        &mut self,
+        shape: MatmulShape,
+        epilogue: Epilogue,
+        a: Binding<'a>,
+        b: Binding<'a>,
+        bias: Option<Binding<'a>>,
+        c: Binding<'a>,
+    ) -> Result<(), GpuError> {
+        let launch = matmul::dispatch(self.ctx, shape, epilogue, None, a, b, bias, c)?;
+        self.launch(launch);
+        Ok(())
     }
 
     /// Appends a launch's dispatches and keeps its scratch buffers alive with the plan.

@@ -71,18 +71,9 @@ impl Op for LinearOp {
             bias: self.bias.is_some(),
             relu: self.relu,
         };
-        let launch = matmul::dispatch(
-            cx.ctx,
-            shape,
-            epilogue,
-            None,
-            cx.input(node, 0),
-            cx.param(self.weight),
-            self.bias.map(|b| cx.param(b)),
-            cx.output(node, 0),
-        )?;
-        cx.launch(launch);
-        Ok(())
+        let (x, w, y) = (cx.input(node, 0), cx.param(self.weight), cx.output(node, 0));
+        let bias = self.bias.map(|b| cx.param(b));
+        cx.matmul(shape, epilogue, x, w, bias, y)
     }
 
     fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
@@ -123,18 +114,8 @@ impl Op for LinearGradInputOp {
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let rows = cx.input_shape(node, 0).0;
         let shape = MatmulShape::linear_grad_input(rows, &cx.graph.param(self.weight).shape);
-        let launch = matmul::dispatch(
-            cx.ctx,
-            shape,
-            Epilogue::default(),
-            None,
-            cx.input(node, 0),
-            cx.param(self.weight),
-            None,
-            cx.output(node, 0),
-        )?;
-        cx.launch(launch);
-        Ok(())
+        let (dy, w, dx) = (cx.input(node, 0), cx.param(self.weight), cx.output(node, 0));
+        cx.matmul(shape, Epilogue::default(), dy, w, None, dx)
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -169,17 +150,8 @@ impl Op for LinearGradParamsOp {
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let (rows, cols) = cx.input_shape(node, 0);
         let shape = MatmulShape::linear_grad_weight(rows, &cx.graph.param(self.weight).shape);
-        let launch = matmul::dispatch(
-            cx.ctx,
-            shape,
-            Epilogue::default(),
-            None,
-            cx.input(node, 0),
-            cx.input(node, 1),
-            None,
-            cx.grad(self.weight),
-        )?;
-        cx.launch(launch);
+        let (dy, x, dw) = (cx.input(node, 0), cx.input(node, 1), cx.grad(self.weight));
+        cx.matmul(shape, Epilogue::default(), dy, x, None, dw)?;
         if let Some(b) = self.bias {
             let sum =
                 reduce::column_sum_dispatch(cx.ctx, rows, cols, cx.input(node, 0), cx.grad(b))?;

@@ -131,17 +131,9 @@ impl Op for PreprocessOp {
         cx.push(centre);
         if let Some(a) = self.matrix {
             let k = cx.graph.constant(a).len() / d;
-            let launch = matmul::dispatch(
-                cx.ctx,
-                MatmulShape::linear_forward(rows, &[k, d]),
-                Epilogue::default(),
-                None,
-                centred,
-                cx.constant(a),
-                None,
-                cx.output(node, 0),
-            )?;
-            cx.launch(launch);
+            let shape = MatmulShape::linear_forward(rows, &[k, d]);
+            let (matrix, y) = (cx.constant(a), cx.output(node, 0));
+            cx.matmul(shape, Epilogue::default(), centred, matrix, None, y)?;
         }
         Ok(())
     }
