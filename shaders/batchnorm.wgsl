@@ -21,6 +21,8 @@ struct Params {
     scale: f32,
     key0: u32,
     key1: u32,
+    // SyncBatchNorm's backward_dx: rows of the global batch its sums are over (0: n).
+    total: u32,
 }
 
 const FLAG_RELU: u32 = 1u;
@@ -93,7 +95,12 @@ fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
     let n = f32(p.n);
     let mean_shifted = s.x / n;
     let var_biased = max(s.y / n - mean_shifted * mean_shifted, 0.0);
-    let mean = shift + mean_shifted;
+    return save_moments(f, shift + mean_shifted, var_biased, n);
+}
+
+// Writes feature f's mean and 1/std from the batch's mean and biased variance over n rows,
+// and updates its running statistics; returns (mean, 1/std).
+fn save_moments(f: u32, mean: f32, var_biased: f32, n: f32) -> vec2<f32> {
     let invstd = inverseSqrt(var_biased + p.eps);
     saved[f] = mean;
     saved[p.d + f] = invstd;
@@ -106,6 +113,35 @@ fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
     running[f] = (1.0 - m) * running[f] + m * mean;
     running[p.d + f] = (1.0 - m) * running[p.d + f] + m * var_unbiased;
     return vec2<f32>(mean, invstd);
+}
+
+// SyncBatchNorm, before the ranks' exchange: this rank's batch mean and biased variance,
+// saved = [mean; var] (shifted sums, as stats).
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn local_moments(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let f = gid.x;
+    let fc = min(f, p.d - 1u);
+    let shift = x[fc];
+    var s = vec2<f32>(0.0);
+    for (var r = lid.y; r < p.n; r += ROWS) {
+        let v = x[r * p.d + fc] - shift;
+        s += vec2<f32>(v, v * v);
+    }
+    s = reduce_rows(lid, s);
+    if (f >= p.d || lid.y != 0u) { return; }
+    let n = f32(p.n);
+    let mean_shifted = s.x / n;
+    saved[f] = shift + mean_shifted;
+    saved[p.d + f] = max(s.y / n - mean_shifted * mean_shifted, 0.0);
+}
+
+// SyncBatchNorm, after the exchange left the global batch's [mean; var] in saved: 1/std in
+// its place and the running statistics over the global batch's p.n rows.
+@compute @workgroup_size(WG_FEATURES, 1)
+fn apply_moments(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let f = gid.x;
+    if (f >= p.d) { return; }
+    save_moments(f, saved[f], saved[p.d + f], f32(p.n));
 }
 
 // y[i] from its feature's statistics, γ and β: x̂·γ + β (then ReLU, then dropout).
@@ -250,6 +286,6 @@ fn backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let i = r * p.d + f;
     let invstd = saved[p.d + f];
     let xhat = (x[i] - saved[f]) * invstd;
-    let n = f32(p.n);
+    let n = f32(select(p.n, p.total, p.total != 0u));
     dx[i] = gamma[f] * invstd / n * (n * upstream(i) - dbeta[f] - xhat * dgamma[f]);
 }

@@ -27,6 +27,8 @@ pub enum Error {
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
     #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
+    #[error(transparent)]
     RunDir(#[from] crate::rundir::RunDirError),
     /// A batch that does not fit the model.
     #[error("batch: {0}")]

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod durable;
 pub mod error;
 pub mod exec;

@@ -28,12 +28,35 @@ fn main() {
         }
     }
     let args = cli::Cli::parse();
-    if let Err(error) = cli::run(args) {
+    // Under mpirun (and built with the `mpi` feature), one process of a data-parallel job.
+    let comm = match cli::dist::init() {
+        Ok(comm) => comm,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    };
+    let result = cli::run(args, &comm);
+    if let Err(error) = result {
         // One line, whatever went wrong.
         let message = error.to_string().replace('\n', " ");
-        eprintln!("error: {message}");
+        if comm.size() == 1 {
+            eprintln!("error: {message}");
+        } else if error.is_collective() {
+            // Every rank found it: rank 0 says it, and the job ends in order.
+            if comm.rank() == 0 {
+                eprintln!("error: {message}");
+            }
+        } else {
+            // The other ranks wait in a collective this one will never join: end them all.
+            eprintln!("error: {}: {message}", comm.describe());
+            comm.abort(1);
+        }
+        drop(comm);
         std::process::exit(1);
     }
+    // Finalizes MPI in a job.
+    drop(comm);
 }
 
 /// Log records go to stderr as `[LEVEL target] message`; `RUST_LOG` replaces the default

@@ -90,6 +90,27 @@ pub struct RunConfig {
     /// The preprocessing fitted on the training split (absent: data used as is).
     pub normalization: Option<Preprocessing>,
     pub data: DataConfig,
+    /// The data-parallel job that trains it (absent from single-process runs before it).
+    #[serde(default)]
+    pub data_parallel: DataParallel,
+}
+
+/// How many processes train a run, and how their batch norms meet: a run resumes only under
+/// the same number, since every rank's share of an epoch depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataParallel {
+    pub processes: usize,
+    /// `--sync-bn`: batch statistics over the global batch (`torch.nn.SyncBatchNorm`).
+    pub sync_bn: bool,
+}
+
+impl Default for DataParallel {
+    fn default() -> Self {
+        Self {
+            processes: 1,
+            sync_bn: false,
+        }
+    }
 }
 
 /// A run's fitted preprocessing as its checkpoint records it.

@@ -3,6 +3,10 @@
 //! asynchronously for progress and reads them once per epoch. It asks for checkpoints at
 //! every epoch's end and, optionally, every so many steps within one; it starts where such
 //! a checkpoint left off.
+//!
+//! In a data-parallel job ([`Model::distribute`]) every rank runs this loop: each takes its
+//! share of every epoch as PyTorch's `DistributedSampler` gives it, `batch_size` is per rank,
+//! the test split is divided among the ranks, and the figures are those of all ranks.
 
 use std::time::Instant;
 
@@ -112,12 +116,14 @@ pub fn fit(
     progress: &mut dyn Progress,
     mut on_checkpoint: impl FnMut(&mut Model, Checkpoint<'_>) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
+    let comm = model.communicator();
     let order = BatchOrder::new(
         train.len(),
         options.batch_size,
         options.shuffle_seed,
         options.drop_last,
-    )?;
+    )?
+    .shard(comm.rank(), comm.size())?;
     let mut history = Vec::new();
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let at_limit = |model: &Model| options.max_steps.is_some_and(|max| model.step() >= max);
@@ -224,14 +230,21 @@ fn check_finite(model: &Model, totals: &Totals, options: &FitOptions) -> Result<
     }
 }
 
-/// Mean loss and accuracy of `data` in eval mode, accumulated on the GPU.
+/// Mean loss and accuracy of `data` in eval mode, accumulated on the GPU. In a
+/// data-parallel job every rank evaluates samples rank, rank + ranks, … (each once, no
+/// padding) with rank 0's running statistics, and the figures are the whole split's.
 pub fn evaluate_totals(model: &mut Model, data: &Dataset, batch_size: usize) -> Result<(f64, f64)> {
+    if batch_size == 0 {
+        return Err(crate::data::DataError::BatchSize { batch_size }.into());
+    }
+    model.broadcast_buffers()?;
     model.eval();
     model.reset_metrics();
-    let order = BatchOrder::new(data.len(), batch_size, None, false)?;
+    let comm = model.communicator();
+    let mine: Vec<usize> = (comm.rank()..data.len()).step_by(comm.size()).collect();
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    for indices in order.epoch_batches(0) {
-        data.gather(&indices, &mut x, &mut y)?;
+    for indices in mine.chunks(batch_size) {
+        data.gather(indices, &mut x, &mut y)?;
         model.eval_step(&x, &y)?;
     }
     let totals = model.read_metrics()?;

@@ -63,6 +63,7 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
             normalize: false,
             check_finite: false,
         },
+        data_parallel: Default::default(),
     };
     let mut model = run.build(ctx.clone(), None).unwrap();
     let (x, y) = batch(1, 8, 6, 3);
@@ -331,6 +332,7 @@ mod run_dir {
                 normalize: false,
                 check_finite: false,
             },
+            data_parallel: Default::default(),
         }
     }
 

@@ -25,6 +25,11 @@ pub enum CliError {
     /// A mistake in an experiment file for `wgnn compare`, naming the key.
     #[error("{}: {message}", path.display())]
     Experiment { path: PathBuf, message: String },
+    /// A command other than `train` under mpirun.
+    #[error(
+        "only `wgnn train` runs as several processes (this job has {size}): run other commands alone"
+    )]
+    OnlyTrainRunsParallel { size: usize },
     #[error("--epochs 0 trains nothing: give at least 1")]
     NoEpochs,
     /// `--resume --epochs N` with N below what the run has done.

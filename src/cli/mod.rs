@@ -2,6 +2,7 @@
 
 mod bench;
 mod compare;
+pub mod dist;
 mod error;
 mod eval;
 mod info;
@@ -177,9 +178,14 @@ pub struct TrainArgs {
     /// Keep the data's order.
     #[arg(long)]
     pub no_shuffle: bool,
-    /// Drop the last batch when it is partial.
+    /// Drop the last batch when it is partial (under mpirun, also the samples that do not
+    /// divide among the processes, as DistributedSampler's drop_last).
     #[arg(long)]
     pub drop_last: bool,
+    /// Under mpirun: batch norm takes its mean and variance over every process's batch, in
+    /// forward and backward (torch.nn.SyncBatchNorm); else each process's own batch.
+    #[arg(long)]
+    pub sync_bn: bool,
     /// Preprocessing fitted on the training split and applied by the model to raw inputs:
     /// none, mean-image, channel-mean, per-channel, pca:K, pca-whiten:K or zca[:EPS].
     #[arg(long, default_value = "per-channel")]
@@ -308,10 +314,16 @@ pub struct PredictArgs {
 }
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> error::Result<()> {
+pub fn run(cli: Cli, comm: &wgnn::dist::Comm) -> error::Result<()> {
+    // Every process of a job must have been started alike.
+    dist::check_arguments(comm.as_ref())?;
+    match (&cli.command, comm.size()) {
+        (None | Some(Command::Train(_)), _) | (_, 1) => {}
+        (Some(_), size) => return Err(error::CliError::OnlyTrainRunsParallel { size }),
+    }
     match cli.command {
-        None => train::run(TrainDefaults::parse_from(["wgnn"]).args),
-        Some(Command::Train(args)) => train::run(*args),
+        None => train::run(TrainDefaults::parse_from(["wgnn"]).args, comm),
+        Some(Command::Train(args)) => train::run(*args, comm),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Info) => Ok(info::run()?),
@@ -324,5 +336,20 @@ pub fn run(cli: Cli) -> error::Result<()> {
 fn open_gpu() -> wgnn::Result<Arc<GpuContext>> {
     let ctx = GpuContext::new()?;
     println!("adapter: {}", ctx.adapter());
+    Ok(Arc::new(ctx))
+}
+
+/// [`open_gpu`] for one process of a job: every rank says which adapter it took.
+fn open_gpu_in(comm: &dyn wgnn::dist::Communicator) -> wgnn::Result<Arc<GpuContext>> {
+    if comm.size() == 1 {
+        return open_gpu();
+    }
+    let ctx = GpuContext::new()?;
+    println!(
+        "{} (pid {}): adapter: {}",
+        comm.describe(),
+        std::process::id(),
+        ctx.adapter()
+    );
     Ok(Arc::new(ctx))
 }

@@ -1,20 +1,24 @@
 //! `wgnn train`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use wgnn::checkpoint::{StateDict, apply_state_dict};
 use wgnn::data::prepare::Splits;
 use wgnn::data::{Dataset, is_csv};
 use wgnn::nn::{Layer, Sequential, spec};
 use wgnn::optim::LrSchedule;
-use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, RunConfig};
+use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, Position, RunConfig};
 use wgnn::rundir::{RunDir, Saved};
 use wgnn::train::{FitOptions, fit};
 
 use super::error::{CliError, Result};
 use super::progress::Bar;
-use super::{TrainArgs, open_gpu};
+use super::{TrainArgs, dist, open_gpu_in};
+use wgnn::Model;
 use wgnn::data::{Preprocess, Transform};
+use wgnn::dist::{Comm, Communicator, DistError};
+use wgnn::gpu::GpuContext;
 use wgnn::run::Preprocessing;
 
 /// Epochs of a new run unless --epochs says otherwise.
@@ -24,105 +28,49 @@ const LECTURE_DROPOUT: f32 = 0.2;
 /// Where new runs go without --out: a numbered directory each.
 const RUNS: &str = "runs";
 
-pub fn run(args: TrainArgs) -> Result<()> {
+/// Prints a line on rank 0 only (every line, on one process).
+macro_rules! say {
+    ($primary:expr, $($arg:tt)*) => {
+        if $primary {
+            println!($($arg)*);
+        }
+    };
+}
+
+pub fn run(args: TrainArgs, comm: &Comm) -> Result<()> {
     if args.epochs == Some(0) {
         return Err(CliError::NoEpochs);
     }
+    // Rank 0 owns the run directory, prints, and decides the run; the others build the same
+    // model from what it hands them.
+    let primary = comm.rank() == 0;
     // --out is created, locked and checked before any data is read or any step is taken.
     let out = match &args.out {
-        Some(out) => Some(RunDir::create(out, args.overwrite)?),
-        None => None,
+        Some(out) if primary => Some(RunDir::create(out, args.overwrite)?),
+        _ => None,
     };
-    let ctx = open_gpu()?;
-    let (mut dir, mut model, run, position, prepared) = match &args.resume {
-        Some(path) => {
-            let (dir, resumed) = RunDir::resume(ctx, path)?;
-            for note in &resumed.notes {
-                println!("{}: {note}", path.display());
-            }
-            let (model, mut run, position) = (resumed.model, resumed.run, resumed.position);
-            let done = position.epochs_done;
-            if let Some(epochs) = args.epochs {
-                if epochs < done || (epochs == done && position.within.is_some()) {
-                    return Err(CliError::ResumeEpochs {
-                        dir: path.clone(),
-                        epochs,
-                        done,
-                        within: position.within.is_some(),
-                    });
-                }
-                run.epochs = epochs;
-            }
-            if done >= run.epochs {
-                println!(
-                    "{} has done all {done} epochs of its run: nothing to train (--epochs N extends it)",
-                    path.display()
-                );
-                return Ok(());
-            }
-            match position.within {
-                Some((batches, _)) => println!(
-                    "resuming {} at step {}: batch {batches} of epoch {} of {}",
-                    path.display(),
-                    model.step(),
-                    done + 1,
-                    run.epochs
-                ),
-                None => println!(
-                    "resuming {} after epoch {done} of {}",
-                    path.display(),
-                    run.epochs
-                ),
-            }
-            (dir, model, run, position, None)
-        }
-        None => {
-            let (run, transform, splits) = new_run(&args)?;
-            if let Some(t) = &transform
-                && t.kind != wgnn::data::Preprocess::PerChannel
-            {
-                println!(
-                    "preprocess: {} fitted on the training split ({} → {} features)",
-                    t.kind,
-                    t.input_features(),
-                    t.output_features()
-                );
-            }
-            let mut model = run.build_with(ctx, None, transform)?;
-            if let Some(init) = &args.init {
-                let sd = StateDict::read(&run::model_file(init))?;
-                sd.check_finite()?;
-                let base = model.state()?;
-                let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
-                model.load_state(&state)?;
-                println!("initialized from {}", init.display());
-            }
-            let mut dir = match out {
-                Some(dir) => dir,
-                None => RunDir::create_numbered(Path::new(RUNS))?,
-            };
-            for note in dir.take_notes() {
-                println!("{}: {note}", dir.path().display());
-            }
-            println!("run directory: {}", dir.path().display());
-            // The fitted preprocessing is the run's for good: written once, before the first
-            // save commits, and read back by every resume, eval and predict.
-            if let Some(Preprocessing::Fitted(_)) = &run.normalization
-                && let Some(t) = model.preprocess()
-            {
-                run::write_transform(&dir.path().join(run::PREPROCESS_FILE), t)?;
-            }
-            (dir, model, run, run::Position::default(), Some(splits))
-        }
+    let ctx = open_gpu_in(comm.as_ref())?;
+    let decided = if primary {
+        Some(decide(&args, ctx.clone(), out, comm.size())?)
+    } else {
+        None
     };
+    let Some(mut decided) = share(comm.as_ref(), decided, &ctx)? else {
+        return Ok(());
+    };
+    let (run, position) = (&decided.run, decided.position);
+    let (model, dir) = (&mut decided.model, &mut decided.dir);
+    model.distribute(comm.clone(), run.data_parallel.sync_bn)?;
 
     // A new run's data, loaded once; a resumed run's, again as it says. Raw samples: the
     // model applies the run's preprocessing as its first stage.
-    let splits = match prepared {
+    let splits = match decided.prepared.take() {
         Some(splits) => splits,
         None => run.data.load()?,
     };
-    println!(
+    dist::check_data(comm.as_ref(), &splits.train, &splits.test)?;
+    say!(
+        primary,
         "data: {} training samples of shape {:?}; test: {} samples ({})",
         splits.train.len(),
         splits.train.sample_shape,
@@ -131,7 +79,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     if let Some(path) = run.data.path.as_deref().filter(|p| is_csv(p)) {
         let layout = wgnn::data::csv::layout(path, &run.data.load_options().csv())?;
-        println!(
+        say!(
+            primary,
             "csv: {layout}{}",
             if args.resume.is_none() && args.csv.header().is_none() {
                 "; --header or --no-header decides"
@@ -140,8 +89,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
         );
     }
-    println!("model: {} ({:?}, {:?})", run.arch, run.loss, run.optimizer);
-    println!("plan: {}", model.report(wgnn::Mode::Train));
+    say!(
+        primary,
+        "model: {} ({:?}, {:?})",
+        run.arch,
+        run.loss,
+        run.optimizer
+    );
+    say!(primary, "plan: {}", model.report(wgnn::Mode::Train));
+    if comm.size() > 1 {
+        say!(
+            primary,
+            "data-parallel: {} processes × batch {} = {} samples per step; batch norm {}",
+            comm.size(),
+            run.batch_size,
+            comm.size() * run.batch_size,
+            if run.data_parallel.sync_bn {
+                "over the global batch (--sync-bn)"
+            } else {
+                "per process, rank 0's running statistics kept"
+            }
+        );
+    }
 
     let options = FitOptions {
         epochs: run.epochs,
@@ -156,16 +125,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop_on_nonfinite: !args.keep_going,
         ..FitOptions::default()
     };
-    let mut bar = Bar::new(args.quiet);
-    let before = dir.last_saved();
+    let mut bar = Bar::new(args.quiet || !primary);
+    let before = dir.as_ref().and_then(RunDir::last_saved);
     let result = fit(
-        &mut model,
+        model,
         &splits.train,
         &splits.test,
         &options,
         &mut bar,
         |model, checkpoint| {
-            let report = dir.checkpoint(model, &run, checkpoint)?;
+            // Only rank 0 writes; every rank's state is the same.
+            let Some(dir) = dir.as_mut() else {
+                return Ok(());
+            };
+            let report = dir.checkpoint(model, run, checkpoint)?;
             if let Some((tensor, index, count)) = report.nonfinite {
                 eprintln!(
                     "warning: {} holds {count} non-finite value(s), the first {tensor}[{index}] (--keep-going); eval and predict refuse it",
@@ -175,6 +148,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Ok(())
         },
     );
+    let Some(dir) = dir else {
+        return Ok(result.map(|_| ())?);
+    };
     let out = dir.path().to_path_buf();
     if let Err(source) = result {
         return Err(match dir.last_saved() {
@@ -217,6 +193,159 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What rank 0 decides before training: the run, its model, where it stands, its directory
+/// (rank 0's only) and its data when already loaded.
+struct Decided {
+    run: RunConfig,
+    model: Model,
+    position: Position,
+    dir: Option<RunDir>,
+    prepared: Option<Splits>,
+}
+
+/// A new run from the flags, or the resumed one; `None` when there is nothing to train.
+fn decide(
+    args: &TrainArgs,
+    ctx: Arc<GpuContext>,
+    out: Option<RunDir>,
+    processes: usize,
+) -> Result<Option<Decided>> {
+    match &args.resume {
+        Some(path) => {
+            let (dir, resumed) = RunDir::resume(ctx, path)?;
+            for note in &resumed.notes {
+                println!("{}: {note}", path.display());
+            }
+            let (model, mut run, position) = (resumed.model, resumed.run, resumed.position);
+            let trained = run.data_parallel.processes;
+            if trained != processes {
+                return Err(wgnn::Error::from(DistError::WorldSize {
+                    dir: path.display().to_string(),
+                    trained,
+                    now: processes,
+                })
+                .into());
+            }
+            let done = position.epochs_done;
+            if let Some(epochs) = args.epochs {
+                if epochs < done || (epochs == done && position.within.is_some()) {
+                    return Err(CliError::ResumeEpochs {
+                        dir: path.clone(),
+                        epochs,
+                        done,
+                        within: position.within.is_some(),
+                    });
+                }
+                run.epochs = epochs;
+            }
+            if done >= run.epochs {
+                println!(
+                    "{} has done all {done} epochs of its run: nothing to train (--epochs N extends it)",
+                    path.display()
+                );
+                return Ok(None);
+            }
+            match position.within {
+                Some((batches, _)) => println!(
+                    "resuming {} at step {}: batch {batches} of epoch {} of {}",
+                    path.display(),
+                    model.step(),
+                    done + 1,
+                    run.epochs
+                ),
+                None => println!(
+                    "resuming {} after epoch {done} of {}",
+                    path.display(),
+                    run.epochs
+                ),
+            }
+            Ok(Some(Decided {
+                run,
+                model,
+                position,
+                dir: Some(dir),
+                prepared: None,
+            }))
+        }
+        None => {
+            let (mut run, transform, splits) = new_run(args)?;
+            run.data_parallel.processes = processes;
+            if let Some(t) = &transform
+                && t.kind != wgnn::data::Preprocess::PerChannel
+            {
+                println!(
+                    "preprocess: {} fitted on the training split ({} → {} features)",
+                    t.kind,
+                    t.input_features(),
+                    t.output_features()
+                );
+            }
+            let mut model = run.build_with(ctx, None, transform)?;
+            if let Some(init) = &args.init {
+                let sd = StateDict::read(&run::model_file(init))?;
+                sd.check_finite()?;
+                let base = model.state()?;
+                let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
+                model.load_state(&state)?;
+                println!("initialized from {}", init.display());
+            }
+            let mut dir = match out {
+                Some(dir) => dir,
+                None => RunDir::create_numbered(Path::new(RUNS))?,
+            };
+            for note in dir.take_notes() {
+                println!("{}: {note}", dir.path().display());
+            }
+            println!("run directory: {}", dir.path().display());
+            // The fitted preprocessing is the run's for good: written once, before the first
+            // save commits, and read back by every resume, eval and predict.
+            if let Some(Preprocessing::Fitted(_)) = &run.normalization
+                && let Some(t) = model.preprocess()
+            {
+                run::write_transform(&dir.path().join(run::PREPROCESS_FILE), t)?;
+            }
+            Ok(Some(Decided {
+                run,
+                model,
+                position: run::Position::default(),
+                dir: Some(dir),
+                prepared: Some(splits),
+            }))
+        }
+    }
+}
+
+/// Rank 0's decision on every rank: the others build the same model (its state comes with
+/// [`wgnn::Model::distribute`]).
+fn share(
+    comm: &dyn Communicator,
+    decided: Option<Option<Decided>>,
+    ctx: &Arc<GpuContext>,
+) -> Result<Option<Decided>> {
+    if comm.size() == 1 {
+        return Ok(decided.flatten());
+    }
+    let mine = decided
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map(|d| (&d.run, d.position, d.model.preprocess()));
+    let handed = dist::hand_run(comm, mine)?;
+    if let Some(decided) = decided {
+        return Ok(decided);
+    }
+    let Some((run, position, transform)) = handed else {
+        return Ok(None);
+    };
+    let model = run.build_with(ctx.clone(), None, transform)?;
+    Ok(Some(Decided {
+        run,
+        model,
+        position,
+        dir: None,
+        prepared: None,
+    }))
 }
 
 /// The run the flags describe, its data (loaded once, to learn its shape and classes, and
@@ -309,6 +438,10 @@ pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>,
         drop_last: args.drop_last,
         normalization,
         data,
+        data_parallel: wgnn::run::DataParallel {
+            processes: 1,
+            sync_bn: args.sync_bn,
+        },
     };
     Ok((run, transform, splits))
 }

@@ -18,6 +18,8 @@ pub struct BatchOrder {
     batch_size: usize,
     shuffle_seed: Option<u64>,
     drop_last: bool,
+    /// This process's share: (rank, ranks), as `DistributedSampler` splits an epoch.
+    shard: (usize, usize),
 }
 
 impl BatchOrder {
@@ -37,25 +39,56 @@ impl BatchOrder {
             batch_size,
             shuffle_seed,
             drop_last,
+            shard: (0, 1),
         })
+    }
+
+    /// Rank `rank`'s share of every epoch among `ranks` processes, as PyTorch's
+    /// `DistributedSampler`: every rank draws the same order from (seed, epoch), pads it by
+    /// repeating its start to a multiple of `ranks` (or, with `drop_last`, cuts it down to
+    /// one), and takes positions rank, rank + ranks, …; its batches are then cut from that
+    /// share as a `DataLoader` cuts them, so every rank takes the same number of batches of
+    /// the same sizes.
+    pub fn shard(mut self, rank: usize, ranks: usize) -> Result<Self, DataError> {
+        if ranks == 0 || rank >= ranks {
+            return Err(DataError::Shard { rank, ranks });
+        }
+        if self.len > 0 && self.len < ranks && self.drop_last {
+            return Err(DataError::TooFewForRanks {
+                len: self.len,
+                ranks,
+            });
+        }
+        self.shard = (rank, ranks);
+        Ok(self)
+    }
+
+    /// Samples this rank visits per epoch before batching (all of them on one process).
+    fn share_len(&self) -> usize {
+        let ranks = self.shard.1;
+        if self.drop_last {
+            self.len / ranks
+        } else {
+            self.len.div_ceil(ranks)
+        }
     }
 
     /// Number of batches per epoch.
     pub fn num_batches(&self) -> usize {
         if self.drop_last {
-            self.len / self.batch_size
+            self.share_len() / self.batch_size
         } else {
-            self.len.div_ceil(self.batch_size)
+            self.share_len().div_ceil(self.batch_size)
         }
     }
 
-    /// Number of samples visited per epoch (fewer than `len` only when
-    /// `drop_last` drops a partial batch).
+    /// Number of samples this rank visits per epoch (on one process, fewer than `len` only
+    /// when `drop_last` drops a partial batch).
     pub fn samples_per_epoch(&self) -> usize {
         if self.drop_last {
             self.num_batches() * self.batch_size
         } else {
-            self.len
+            self.share_len()
         }
     }
 
@@ -64,6 +97,18 @@ impl BatchOrder {
         let mut order: Vec<usize> = (0..self.len).collect();
         if let Some(seed) = self.shuffle_seed {
             order.shuffle(&mut epoch_rng(seed, epoch));
+        }
+        let (rank, ranks) = self.shard;
+        if ranks > 1 && !order.is_empty() {
+            let total = self.share_len() * ranks;
+            // Padding repeats the order from its start, as often as a tiny dataset needs.
+            let mut i = 0;
+            while order.len() < total {
+                order.push(order[i]);
+                i += 1;
+            }
+            order.truncate(total);
+            order = order.into_iter().skip(rank).step_by(ranks).collect();
         }
         order
             .chunks(self.batch_size)
@@ -256,5 +301,68 @@ mod tests {
                 prop_assert_eq!(flat, (0..len).collect::<Vec<_>>());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn ranks_split_one_order_as_distributed_sampler_with_padding() {
+        // 10 samples over 3 ranks: padded to 12 by repeating the order's first two.
+        let whole = BatchOrder::new(10, 100, Some(5), false).unwrap();
+        let order = whole.epoch_batches(2).concat();
+        let shares: Vec<Vec<usize>> = (0..3)
+            .map(|rank| {
+                let shard = whole.clone().shard(rank, 3).unwrap();
+                assert_eq!(shard.samples_per_epoch(), 4);
+                shard.epoch_batches(2).concat()
+            })
+            .collect();
+        let padded: Vec<usize> = order.iter().chain(&order[..2]).copied().collect();
+        for (rank, share) in shares.iter().enumerate() {
+            let expected: Vec<usize> = padded.iter().skip(rank).step_by(3).copied().collect();
+            assert_eq!(share, &expected, "rank {rank}");
+        }
+    }
+
+    #[test]
+    fn two_ranks_of_batch_b_take_the_samples_of_one_batch_of_2b() {
+        let single = BatchOrder::new(24, 6, Some(1), false).unwrap();
+        let ranks: Vec<Vec<Vec<usize>>> = (0..2)
+            .map(|r| {
+                BatchOrder::new(24, 3, Some(1), false)
+                    .unwrap()
+                    .shard(r, 2)
+                    .unwrap()
+                    .epoch_batches(0)
+            })
+            .collect();
+        for (k, batch) in single.epoch_batches(0).iter().enumerate() {
+            let mut union = [ranks[0][k].clone(), ranks[1][k].clone()].concat();
+            union.sort_unstable();
+            let mut batch = batch.clone();
+            batch.sort_unstable();
+            assert_eq!(union, batch, "batch {k}");
+        }
+    }
+
+    #[test]
+    fn drop_last_cuts_the_order_to_a_multiple_of_the_ranks() {
+        let order = BatchOrder::new(11, 2, None, true).unwrap();
+        let rank1 = order.clone().shard(1, 3).unwrap();
+        // 9 samples kept: rank 1 gets 1, 4, 7 and one full batch of 2.
+        assert_eq!(rank1.epoch_batches(0), vec![vec![1, 4]]);
+        assert_eq!(rank1.num_batches(), 1);
+        assert!(matches!(
+            order.clone().shard(3, 3),
+            Err(DataError::Shard { rank: 3, ranks: 3 })
+        ));
+        let tiny = BatchOrder::new(2, 1, None, true).unwrap();
+        assert!(matches!(
+            tiny.shard(0, 3),
+            Err(DataError::TooFewForRanks { len: 2, ranks: 3 })
+        ));
     }
 }

@@ -291,6 +291,14 @@ pub enum DataError {
         len: usize,
     },
 
+    /// A rank outside its job.
+    #[error("rank {rank} of {ranks} processes: the rank must be below the number of processes")]
+    Shard { rank: usize, ranks: usize },
+
+    /// Fewer samples than processes, with every rank's share cut to whole samples.
+    #[error("{len} sample(s) for {ranks} processes with --drop-last: every rank's share is empty")]
+    TooFewForRanks { len: usize, ranks: usize },
+
     /// A batch size of zero.
     #[error("batch size must be at least 1, got {batch_size}")]
     BatchSize {

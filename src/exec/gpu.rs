@@ -19,6 +19,72 @@ pub struct Shared<'a> {
     pub totals: Binding<'a>,
     /// Seed of the dropout masks.
     pub seed: u64,
+    /// The data-parallel job the plan runs in.
+    pub parallel: Parallel,
+}
+
+/// How a plan takes part in a data-parallel job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parallel {
+    /// Processes training together (1: alone, and the plan exchanges nothing).
+    pub ranks: usize,
+    /// Batch norm takes its statistics over every rank's batch (`torch.nn.SyncBatchNorm`).
+    pub sync_bn: bool,
+}
+
+impl Parallel {
+    /// One process, batch norm on its own batch.
+    pub const ALONE: Self = Self {
+        ranks: 1,
+        sync_bn: false,
+    };
+
+    /// Whether the train plan averages gradients over ranks.
+    pub fn averages_gradients(&self) -> bool {
+        self.ranks > 1
+    }
+}
+
+/// Part of a buffer, owned (a [`Binding`] without its borrow), for the host to read or write
+/// between a plan's dispatches.
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Region {
+    pub fn of(binding: Binding<'_>) -> Self {
+        Self {
+            buffer: binding.buffer.clone(),
+            offset: binding.offset,
+            size: binding.size,
+        }
+    }
+}
+
+/// A point within a step where the plan stops and the ranks of a data-parallel job exchange
+/// data through the host: the dispatches before it are submitted and waited for, the host
+/// reads the region, runs the collective and writes the result back, and the step goes on.
+#[derive(Clone, Debug)]
+pub enum Exchange {
+    /// The gradient buffer: summed over the ranks, then divided by their number (DDP).
+    AverageGradients { grads: Region },
+    /// SyncBatchNorm forward: `saved` holds this rank's [mean; biased variance] of `rows`
+    /// rows and `features` features, and gets the global batch's.
+    BatchNormMoments {
+        saved: Region,
+        rows: usize,
+        features: usize,
+    },
+    /// SyncBatchNorm backward: this rank's Σdy and Σdy·x̂ (its dβ and dγ), summed over the
+    /// ranks into `sums` (of dβ, of dγ), which the dx kernel reads.
+    BatchNormGradSums {
+        dbeta: Region,
+        dgamma: Region,
+        sums: [Region; 2],
+    },
 }
 
 /// A plan's dispatches rebuilt on a resident batch's buffers ([`GpuPlan::bind_batch`]).
@@ -39,6 +105,9 @@ pub struct GpuPlan {
     memory: MemoryPlan,
     /// Buffers private to some dispatches (split-K partial products), kept alive with them.
     scratch: Vec<wgpu::Buffer>,
+    /// Where the step stops for the ranks to exchange data: before the dispatch at each
+    /// index, in order (none on one process without SyncBatchNorm).
+    exchanges: Vec<(usize, Exchange)>,
     /// The nodes that read the batch (by graph index) and their range of `dispatches`, which
     /// [`GpuPlan::bind_batch`] rebuilds on a resident batch's own buffers.
     batch_nodes: Vec<(usize, std::ops::Range<usize>)>,
@@ -88,6 +157,7 @@ impl GpuPlan {
             slots,
             memory,
             scratch: Vec::new(),
+            exchanges: Vec::new(),
             batch_nodes: Vec::new(),
             input,
             target,
@@ -96,16 +166,23 @@ impl GpuPlan {
             class_weight,
         };
         let (mut dispatches, mut scratch, mut batch_nodes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut exchanges = Vec::new();
         let builder = plan.builder(ctx, graph, shared, &plan.input, &plan.target);
         for (index, node) in graph.nodes_for(mode) {
             let first = dispatches.len();
-            builder.node(node, &mut dispatches, &mut scratch)?;
+            let mut out = Emitted {
+                dispatches: &mut dispatches,
+                scratch: &mut scratch,
+                exchanges: &mut exchanges,
+            };
+            builder.node(node, &mut out)?;
             if node.inputs.contains(&graph.input) || node.inputs.contains(&graph.target) {
                 batch_nodes.push((index, first..dispatches.len()));
             }
         }
         plan.dispatches = dispatches;
         plan.scratch = scratch;
+        plan.exchanges = exchanges;
         plan.batch_nodes = batch_nodes;
         Ok(plan)
     }
@@ -154,7 +231,21 @@ impl GpuPlan {
         let mut bound = BatchDispatches::default();
         for (index, range) in &self.batch_nodes {
             let mut dispatches = Vec::with_capacity(range.len());
-            builder.node(&graph.nodes[*index], &mut dispatches, &mut bound.scratch)?;
+            let mut exchanges = Vec::new();
+            let mut out = Emitted {
+                dispatches: &mut dispatches,
+                scratch: &mut bound.scratch,
+                exchanges: &mut exchanges,
+            };
+            builder.node(&graph.nodes[*index], &mut out)?;
+            // The plan's exchanges sit between dispatches by index: a rebuilt node must keep
+            // its dispatch count (its exchanges are the plan's own).
+            if dispatches.len() != range.len() {
+                return Err(GpuError::Unsupported(format!(
+                    "{}: a resident batch's dispatches differ from the plan's",
+                    graph.nodes[*index].op.name()
+                )));
+            }
             bound.replaced.push((range.clone(), dispatches));
         }
         Ok(bound)
@@ -162,19 +253,28 @@ impl GpuPlan {
 
     /// Records the plan into `pass` with `batch`'s dispatches for the nodes that read it.
     pub fn encode_with(&self, pass: &mut wgpu::ComputePass<'_>, batch: &BatchDispatches) {
-        let mut next = 0;
-        for (range, dispatches) in &batch.replaced {
-            for d in &self.dispatches[next..range.start] {
-                d.encode(pass);
-            }
-            for d in dispatches {
-                d.encode(pass);
-            }
-            next = range.end;
-        }
-        for d in &self.dispatches[next..] {
+        for d in self.ordered(Some(batch)) {
             d.encode(pass);
         }
+    }
+
+    /// The plan's dispatches in order, with `batch`'s in place of those of the nodes that
+    /// read the batch.
+    pub fn ordered<'s>(&'s self, batch: Option<&'s BatchDispatches>) -> Vec<&'s Dispatch> {
+        let mut out = Vec::with_capacity(self.dispatches.len());
+        let mut next = 0;
+        for (range, dispatches) in batch.map_or(&[][..], |b| &b.replaced[..]) {
+            out.extend(&self.dispatches[next..range.start]);
+            out.extend(dispatches);
+            next = range.end;
+        }
+        out.extend(&self.dispatches[next..]);
+        out
+    }
+
+    /// Where the step stops for the ranks to exchange data (see [`Exchange`]).
+    pub fn exchanges(&self) -> &[(usize, Exchange)] {
+        &self.exchanges
     }
 
     /// Seconds each dispatch takes on its own (repeated `reps` times in one submit), in plan
@@ -258,13 +358,8 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Appends the dispatches of `node` (and the scratch buffers they keep).
-    fn node(
-        &self,
-        node: &Node,
-        dispatches: &mut Vec<Dispatch>,
-        scratch: &mut Vec<wgpu::Buffer>,
-    ) -> Result<(), GpuError> {
+    /// Appends the dispatches of `node` (and the scratch buffers and exchanges they need).
+    fn node(&self, node: &Node, out: &mut Emitted<'_>) -> Result<(), GpuError> {
         let mut cx = GpuCx {
             ctx: self.ctx,
             graph: self.graph,
@@ -274,12 +369,21 @@ impl<'a> Builder<'a> {
             totals: self.shared.totals,
             class_weight: self.class_weight,
             seed: self.shared.seed,
+            parallel: self.shared.parallel,
             builder: self,
-            dispatches,
-            scratch,
+            dispatches: out.dispatches,
+            scratch: out.scratch,
+            exchanges: out.exchanges,
         };
         node.op.encode_gpu(node, &mut cx)
     }
+}
+
+/// What building nodes appends to.
+struct Emitted<'p> {
+    dispatches: &'p mut Vec<Dispatch>,
+    scratch: &'p mut Vec<wgpu::Buffer>,
+    exchanges: &'p mut Vec<(usize, Exchange)>,
 }
 
 /// What an op's GPU launcher sees while the plan is built: the buffers of the graph's values
@@ -297,9 +401,12 @@ pub struct GpuCx<'a, 'p> {
     pub class_weight: Option<&'a wgpu::Buffer>,
     /// Seed of the dropout masks.
     pub seed: u64,
+    /// The data-parallel job the plan runs in.
+    pub parallel: Parallel,
     builder: &'p Builder<'a>,
     dispatches: &'p mut Vec<Dispatch>,
     scratch: &'p mut Vec<wgpu::Buffer>,
+    exchanges: &'p mut Vec<(usize, Exchange)>,
 }
 
 impl<'a> GpuCx<'a, '_> {
@@ -369,5 +476,17 @@ impl<'a> GpuCx<'a, '_> {
     pub fn launch(&mut self, launch: Launch) {
         self.dispatches.extend(launch.dispatches);
         self.scratch.extend(launch.scratch);
+    }
+
+    /// Stops the step here for the ranks to exchange data (after the dispatches so far).
+    pub fn exchange(&mut self, exchange: Exchange) {
+        self.exchanges.push((self.dispatches.len(), exchange));
+    }
+
+    /// A zeroed buffer of `bytes` kept with the plan, for one op's private use.
+    pub fn scratch_buffer(&mut self, label: &str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
+        let buffer = self.ctx.create_buffer(label, bytes, TENSOR_USAGE)?;
+        self.scratch.push(buffer.clone());
+        Ok(buffer)
     }
 }

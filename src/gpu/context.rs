@@ -104,11 +104,16 @@ pub struct AdapterRequest {
     pub backend: Option<wgpu::Backends>,
     /// Forces the kernel choices; `None` follows the adapter's type.
     pub kernels: Option<KernelChoice>,
+    /// Without a name: take the adapter at this position (modulo their number) among the
+    /// best ones of one kind and backend, so that the ranks of a node take one GPU each.
+    pub ordinal: Option<usize>,
 }
 
 impl AdapterRequest {
     /// Reads `WGNN_ADAPTER`, `WGNN_BACKEND` and `WGNN_KERNELS`; an unknown backend name or
-    /// kernel choice is an error.
+    /// kernel choice is an error. Without `WGNN_ADAPTER`, a process that an MPI launcher
+    /// started takes the adapter of its node-local rank (`OMPI_COMM_WORLD_LOCAL_RANK`)
+    /// modulo the adapters found.
     pub fn from_env() -> Result<Self, GpuError> {
         let name = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
         let backend = match std::env::var(BACKEND_ENV).ok().filter(|s| !s.is_empty()) {
@@ -119,10 +124,16 @@ impl AdapterRequest {
             Some(v) => Some(KernelChoice::parse(&v)?),
             None => None,
         };
+        // Under mpirun, the rank's place on its node picks its GPU, unless it was named.
+        let ordinal = match name {
+            Some(_) => None,
+            None => crate::dist::local_rank(),
+        };
         Ok(Self {
             name,
             backend,
             kernels,
+            ordinal,
         })
     }
 }
@@ -408,7 +419,7 @@ fn choose_adapter(
         });
     }
     // Hardware first; among equals, Vulkan/Metal/DX12 before GL.
-    candidates.sort_by_key(|a| {
+    let rank = |a: &wgpu::Adapter| {
         let info = a.get_info();
         let kind = match info.device_type {
             wgpu::DeviceType::DiscreteGpu => 0,
@@ -419,8 +430,12 @@ fn choose_adapter(
         };
         let backend = u8::from(info.backend == wgpu::Backend::Gl);
         (kind, backend)
-    });
-    Ok(candidates.remove(0))
+    };
+    candidates.sort_by_key(rank);
+    let best = rank(&candidates[0]);
+    let peers = candidates.iter().take_while(|a| rank(a) == best).count();
+    let at = request.ordinal.map_or(0, |k| k % peers);
+    Ok(candidates.remove(at))
 }
 
 #[cfg(test)]

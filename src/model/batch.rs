@@ -42,13 +42,13 @@ impl DeviceBatch {
 
     /// Hands `encode` the dispatches of `model`'s plan in `mode` on this batch, made by
     /// `build` on first use.
-    pub(super) fn encode_bound(
+    pub(super) fn encode_bound<T>(
         &self,
         model: u64,
         mode: Mode,
         build: impl FnOnce() -> Result<BatchDispatches>,
-        encode: impl FnOnce(&BatchDispatches),
-    ) -> Result<()> {
+        encode: impl FnOnce(&BatchDispatches) -> Result<T>,
+    ) -> Result<T> {
         // An entry is pushed only once it is complete, so a panic elsewhere while the lock
         // was held leaves the cache consistent: take it back rather than fail.
         let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
@@ -62,8 +62,7 @@ impl DeviceBatch {
                 bound.len() - 1
             }
         };
-        encode(&bound[at].2);
-        Ok(())
+        encode(&bound[at].2)
     }
 }
 

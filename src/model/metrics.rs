@@ -56,14 +56,15 @@ impl MetricTotals {
         self.buffer.size() + self.staging.size()
     }
 
-    /// Records the copy into the staging buffer if one was requested; true if it did (the
-    /// caller then maps it with [`MetricTotals::map_copy`] once the step is submitted).
-    pub(super) fn encode_requested_copy(&mut self, encoder: &mut wgpu::CommandEncoder) -> bool {
-        let copy = std::mem::take(&mut self.copy_requested);
-        if copy {
-            encoder.copy_buffer_to_buffer(&self.buffer, 0, &self.staging, 0, TOTALS_BYTES);
-        }
-        copy
+    /// Whether a copy was requested, clearing the request: the step that takes it records
+    /// [`MetricTotals::encode_copy`] and then maps it with [`MetricTotals::map_copy`].
+    pub(super) fn take_copy_request(&mut self) -> bool {
+        std::mem::take(&mut self.copy_requested)
+    }
+
+    /// Records the copy of the totals into the staging buffer.
+    pub(super) fn encode_copy(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_buffer(&self.buffer, 0, &self.staging, 0, TOTALS_BYTES);
     }
 
     /// Starts mapping the staging buffer after the submit that copies into it.
@@ -89,8 +90,15 @@ impl Model {
     }
 
     /// The totals buffer's words now (blocking): what a checkpoint within an epoch keeps so
-    /// that the resumed epoch reports what an uninterrupted one would.
+    /// that the resumed epoch reports what an uninterrupted one would. In a data-parallel
+    /// job, the totals of every rank combined (a collective: every rank calls it).
     pub fn raw_totals(&mut self) -> Result<RawTotals> {
+        let mine = self.local_raw_totals()?;
+        self.reduce_totals(&mine)
+    }
+
+    /// This rank's own totals (blocking).
+    fn local_raw_totals(&mut self) -> Result<RawTotals> {
         let raw = crate::gpu::read_buffer(&self.ctx, &self.totals.buffer, 0, TOTALS_BYTES)?;
         self.counters.blocking_readbacks += 1;
         self.in_flight.clear();
@@ -101,11 +109,18 @@ impl Model {
         Ok(words)
     }
 
-    /// Puts back totals read by [`Model::raw_totals`] (lands before the next step).
+    /// Puts back totals read by [`Model::raw_totals`] (lands before the next step). In a
+    /// data-parallel job rank 0 holds them and the other ranks start from zero, so that the
+    /// job's totals are `raw`.
     pub fn set_raw_totals(&mut self, raw: &RawTotals) {
+        let raw = if self.comm.rank() == 0 {
+            *raw
+        } else {
+            [0.0; TOTALS_LEN]
+        };
         self.ctx
             .queue
-            .write_buffer(&self.totals.buffer, 0, bytemuck::cast_slice(raw));
+            .write_buffer(&self.totals.buffer, 0, bytemuck::cast_slice(&raw));
     }
 
     /// Asks for the totals as of the next step, without waiting: the copy rides in that
@@ -116,7 +131,8 @@ impl Model {
         }
     }
 
-    /// The totals asked for by [`Model::request_metrics`], once the device has them.
+    /// The totals asked for by [`Model::request_metrics`], once the device has them: this
+    /// rank's own, in a data-parallel job (for progress; [`Model::read_metrics`] reduces).
     pub fn poll_metrics(&mut self) -> Result<Option<Totals>> {
         let totals = &mut self.totals;
         if !totals.mapping {

@@ -15,6 +15,8 @@
 //! | `report.rs` | [`Counters`], [`PlanReport`], profiling and memory accounting |
 
 mod batch;
+mod distributed;
+mod exchange;
 mod metrics;
 mod plan;
 mod report;
@@ -32,6 +34,7 @@ pub use state::StateProblem;
 pub use validate::BatchError;
 
 use crate::data::Transform;
+use crate::dist::Comm;
 use crate::error::Result;
 use crate::exec::gpu::GpuPlan;
 use crate::exec::state::{GpuState, HostState};
@@ -76,6 +79,10 @@ pub struct Model {
     counters: Counters,
     /// Tells this model's dispatches apart in a [`DeviceBatch`] used by several models.
     id: u64,
+    /// The data-parallel job this model trains in ([`Model::distribute`]); alone by default.
+    comm: Comm,
+    /// Batch norm takes its statistics over every rank's batch.
+    sync_bn: bool,
 }
 
 /// What a model is made of, besides its device and state.
@@ -212,6 +219,8 @@ impl Model {
             totals,
             counters: Counters::default(),
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+            comm: crate::dist::single(),
+            sync_bn: false,
         };
         let batch = model.config.batch_size;
         model.graphs.insert(batch, graph);

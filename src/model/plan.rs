@@ -47,6 +47,7 @@ impl Model {
             step: self.step_buffer.binding(),
             totals: self.totals.binding(),
             seed: self.config.seed,
+            parallel: self.parallel(),
         }
     }
 }

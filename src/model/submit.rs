@@ -1,12 +1,13 @@
 //! One step on the device: the step uniform, the batch (written through the queue or bound
-//! in place), one command buffer, one submit. Nothing waits for the device except the
+//! in place), one command buffer, one submit (a data-parallel step: one per segment). Nothing waits for the device except the
 //! back-pressure that keeps at most [`MAX_IN_FLIGHT`] submits queued.
 
 use crate::error::Result;
-use crate::gpu::GpuError;
+use crate::gpu::{Dispatch, GpuError};
 use crate::graph::Mode;
 use crate::ops::step::StepParams;
 
+use super::exchange::submit_segments;
 use super::{DeviceBatch, Model};
 
 /// Submissions allowed in flight before a step waits for the oldest: keeps the host from
@@ -35,7 +36,8 @@ impl Model {
         )
     }
 
-    /// Records the step of `mode` at `rows` samples into one command buffer and submits it.
+    /// Records the step of `mode` at `rows` samples into one command buffer and submits it
+    /// (in a data-parallel job, one per segment between the plan's exchanges).
     pub(super) fn run_on(
         &mut self,
         mode: Mode,
@@ -49,40 +51,6 @@ impl Model {
         params.rows = rows as u32;
         params.loss_scale = loss_scale;
         self.optimizer.fill_step(self.step, &mut params);
-        let plan = &self.plans[&(mode, rows)];
-        let queue = &self.ctx.queue;
-        let mut encoder = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("step"),
-            });
-        self.step_buffer.write(&self.ctx, &params);
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("step"),
-                timestamp_writes: None,
-            });
-            match source {
-                BatchSource::Host { x, target } => {
-                    queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(x));
-                    queue.write_buffer(&plan.target, 0, target);
-                    plan.encode(&mut pass);
-                }
-                BatchSource::Device(batch) => batch.encode_bound(
-                    self.id,
-                    mode,
-                    || {
-                        let graph = &self.graphs[&rows];
-                        let shared = self.shared();
-                        let (x, target) = batch.buffers();
-                        Ok(plan.bind_batch(&self.ctx, graph, &shared, x, target)?)
-                    },
-                    |dispatches| plan.encode_with(&mut pass, dispatches),
-                )?,
-            }
-        }
-        let copy_metrics = self.totals.encode_requested_copy(&mut encoder);
         // Keep at most MAX_IN_FLIGHT steps queued: wait for the oldest (not a readback).
         if self.in_flight.len() >= MAX_IN_FLIGHT
             && let Some(oldest) = self.in_flight.pop_front()
@@ -95,9 +63,35 @@ impl Model {
                 })
                 .map_err(|e| GpuError::Device(e.to_string()))?;
         }
-        let index = queue.submit([encoder.finish()]);
+        self.step_buffer.write(&self.ctx, &params);
+        let copy_metrics = self.totals.take_copy_request();
+        let plan = &self.plans[&(mode, rows)];
+        let metrics = copy_metrics.then_some(&self.totals);
+        let comm = self.comm.as_ref();
+        let submit = |dispatches: Vec<&Dispatch>| -> Result<(wgpu::SubmissionIndex, u64)> {
+            submit_segments(&self.ctx, &dispatches, plan.exchanges(), comm, metrics)
+        };
+        let (index, submits) = match source {
+            BatchSource::Host { x, target } => {
+                let queue = &self.ctx.queue;
+                queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(x));
+                queue.write_buffer(&plan.target, 0, target);
+                submit(plan.ordered(None))?
+            }
+            BatchSource::Device(batch) => batch.encode_bound(
+                self.id,
+                mode,
+                || {
+                    let graph = &self.graphs[&rows];
+                    let shared = self.shared();
+                    let (x, target) = batch.buffers();
+                    Ok(plan.bind_batch(&self.ctx, graph, &shared, x, target)?)
+                },
+                |dispatches| submit(plan.ordered(Some(dispatches))),
+            )?,
+        };
         self.in_flight.push_back(index);
-        self.counters.submits += 1;
+        self.counters.submits += submits;
         if copy_metrics {
             self.totals.map_copy();
         }

@@ -11,6 +11,7 @@ use crate::ops::step::StepParams;
 use crate::ops::{OpError, groups};
 use std::any::Any;
 
+use crate::exec::gpu::{Exchange, Region};
 use crate::exec::state::StateLayout;
 use crate::exec::{CpuCx, GpuCx};
 use crate::graph::{Autodiff, Node, Op, ValueId};
@@ -398,6 +399,12 @@ impl Op for OptimizerStep {
             size: (len * 4) as u64,
         };
         let opt_state: Vec<Binding<'_>> = state.optimizer.iter().map(flat).collect();
+        // Data-parallel: every rank's gradients are averaged before the same update (DDP).
+        if cx.parallel.averages_gradients() {
+            cx.exchange(Exchange::AverageGradients {
+                grads: Region::of(flat(&state.grads)),
+            });
+        }
         let d = dispatch(
             cx.ctx,
             &self.optimizer,

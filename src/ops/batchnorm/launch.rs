@@ -17,7 +17,8 @@ uniform_struct! {
         scale: f32,
         key0: u32,
         key1: u32,
-        _pad: [u32; 3],
+        total: u32,
+        _pad: [u32; 2],
     }
 }
 
@@ -74,7 +75,8 @@ fn params(
         scale: 1.0,
         key0: 0,
         key1: 0,
-        _pad: [0; 3],
+        total: 0,
+        _pad: [0; 2],
     };
     if let Some(FusedDropout { p, stream }) = dropout {
         let [key0, key1] = stream.key();
@@ -294,4 +296,119 @@ pub fn backward_dispatches(
     let dx_grid = element_grid(ctx, n, d);
     let dx = ctx.dispatch_at(&kernel(ctx, "backward_dx"), Some(&params), &all, dx_grid)?;
     Ok(vec![reduce, dx])
+}
+
+/// SyncBatchNorm's train-mode forward, in two parts around the ranks' exchange of moments:
+/// before it, this rank's batch mean and biased variance into `saved` (shifted sums, as
+/// `stats`); after it (`saved` then holds the global batch's), 1/std, the running-stat
+/// update over the global batch of `total` rows, and the normalization (+ ReLU) (+ dropout).
+#[allow(clippy::too_many_arguments)]
+pub fn sync_train_dispatches(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    total: usize,
+    config: BatchNormConfig,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    layer: LayerBindings<'_>,
+    x: Binding<'_>,
+    saved: Binding<'_>,
+    y: Binding<'_>,
+) -> Result<[Vec<Dispatch>; 2], GpuError> {
+    check_fusion(relu, dropout)?;
+    let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
+    let params = params(n, d, config, flags, dropout);
+    let moments = ctx.dispatch_at(
+        &kernel(ctx, "local_moments"),
+        Some(&params),
+        &[(X, x), (SAVED, saved)],
+        feature_grid(ctx, d),
+    )?;
+    let apply = ctx.dispatch_at(
+        &column_kernel("apply_moments"),
+        Some(&Params {
+            n: total as u32,
+            flags: params.flags & FLAG_CUMULATIVE,
+            ..params
+        }),
+        &[
+            (SAVED, saved),
+            (RUNNING, layer.running),
+            (NUM_BATCHES, layer.num_batches_tracked),
+        ],
+        [groups(d, COLUMN_FEATURES), 1, 1],
+    )?;
+    let normalize = ctx.dispatch_at(
+        &kernel(ctx, "normalize"),
+        Some(&params),
+        &[
+            (X, x),
+            (Y, y),
+            (SAVED, saved),
+            (GAMMA, layer.gamma),
+            (BETA, layer.beta),
+            (NUM_BATCHES, layer.num_batches_tracked),
+            (STEP, layer.step),
+        ],
+        element_grid(ctx, n, d),
+    )?;
+    Ok([vec![moments], vec![apply, normalize]])
+}
+
+/// SyncBatchNorm's backward, in two parts around the ranks' all-reduce of Σdy and Σdy·x̂:
+/// before it, this rank's dβ and dγ (into the gradient buffer, which DDP then averages);
+/// after it, dx from the global sums (`sums`: Σdβ, Σdγ over `total` rows).
+#[allow(clippy::too_many_arguments)]
+pub fn sync_backward_dispatches(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    total: usize,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    x: Binding<'_>,
+    y: Binding<'_>,
+    dy: Binding<'_>,
+    saved: Binding<'_>,
+    gamma: Binding<'_>,
+    dgamma: Binding<'_>,
+    dbeta: Binding<'_>,
+    sums: [&wgpu::Buffer; 2],
+    dx: Binding<'_>,
+) -> Result<[Vec<Dispatch>; 2], GpuError> {
+    check_fusion(relu, dropout)?;
+    let flags = if relu { FLAG_RELU } else { 0 };
+    let mut params = params(n, d, BatchNormConfig::default(), flags, dropout);
+    let reduce = ctx.dispatch_at(
+        &kernel(ctx, "backward_reduce"),
+        Some(&params),
+        &[
+            (X, x),
+            (Y, y),
+            (DY, dy),
+            (SAVED, saved),
+            (DGAMMA, dgamma),
+            (DBETA, dbeta),
+        ],
+        feature_grid(ctx, d),
+    )?;
+    let [global_dbeta, global_dgamma] = sums.map(Binding::whole);
+    params.total = total as u32;
+    let dx = ctx.dispatch_at(
+        &kernel(ctx, "backward_dx"),
+        Some(&params),
+        &[
+            (X, x),
+            (Y, y),
+            (DY, dy),
+            (SAVED, saved),
+            (DGAMMA, global_dgamma),
+            (DBETA, global_dbeta),
+            (DX, dx),
+            (GAMMA, gamma),
+        ],
+        element_grid(ctx, n, d),
+    )?;
+    Ok([vec![reduce], vec![dx]])
 }

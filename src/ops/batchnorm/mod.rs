@@ -22,7 +22,10 @@ mod tensor;
 #[cfg(test)]
 mod tests;
 
-pub use launch::{LayerBindings, backward_dispatches, eval_dispatch, train_dispatches};
+pub use launch::{
+    LayerBindings, backward_dispatches, eval_dispatch, sync_backward_dispatches,
+    sync_train_dispatches, train_dispatches,
+};
 pub use node::{BatchNormBackwardOp, BatchNormOp};
 pub use reference::{
     Gradients, check_train_batch, reference_backward, reference_eval, reference_train,

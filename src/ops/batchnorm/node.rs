@@ -5,8 +5,12 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::launch::{LayerBindings, backward_dispatches, eval_dispatch, train_dispatches};
+use super::launch::{
+    LayerBindings, backward_dispatches, eval_dispatch, sync_backward_dispatches,
+    sync_train_dispatches, train_dispatches,
+};
 use super::{FusedDropout, Saved, reference_backward, reference_eval, reference_train};
+use crate::exec::gpu::{Exchange, Region};
 use crate::exec::{CpuCx, GpuCx};
 use crate::gpu::GpuError;
 use crate::graph::{Autodiff, FoldedDropout, Mode, Node, Op, ValueId};
@@ -128,6 +132,29 @@ impl Op for BatchNormOp {
         let (n, d) = (cx.input_shape(node, 0).0, info.features);
         let layer = self.layer(cx);
         match cx.mode {
+            Mode::Train if cx.parallel.sync_bn => {
+                let saved = cx.output(node, 1);
+                let [before, after] = sync_train_dispatches(
+                    cx.ctx,
+                    n,
+                    d,
+                    n * cx.parallel.ranks,
+                    info.config,
+                    self.relu,
+                    fused(cx.seed, self.dropout),
+                    layer,
+                    cx.input(node, 0),
+                    saved,
+                    cx.output(node, 0),
+                )?;
+                before.into_iter().for_each(|d| cx.push(d));
+                cx.exchange(Exchange::BatchNormMoments {
+                    saved: Region::of(saved),
+                    rows: n,
+                    features: d,
+                });
+                after.into_iter().for_each(|d| cx.push(d));
+            }
             Mode::Train => {
                 let dispatches = train_dispatches(
                     cx.ctx,
@@ -187,6 +214,44 @@ impl Op for BatchNormOp {
     }
 }
 
+impl BatchNormBackwardOp {
+    /// SyncBatchNorm: dx from Σdy and Σdy·x̂ over every rank's batch.
+    fn encode_sync(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
+        let info = &cx.graph.batch_norms[self.bn];
+        let (n, d) = (cx.input_shape(node, 0).0, info.features);
+        let sums = [
+            cx.scratch_buffer("sync batch norm Σdy", (d * 4) as u64)?,
+            cx.scratch_buffer("sync batch norm Σdy·x̂", (d * 4) as u64)?,
+        ];
+        let (dgamma, dbeta) = (cx.grad(info.gamma), cx.grad(info.beta));
+        let [before, after] = sync_backward_dispatches(
+            cx.ctx,
+            n,
+            d,
+            n * cx.parallel.ranks,
+            self.relu,
+            fused(cx.seed, self.dropout),
+            cx.input(node, 0),
+            cx.input(node, 1),
+            cx.input(node, 2),
+            cx.input(node, 3),
+            cx.param(info.gamma),
+            dgamma,
+            dbeta,
+            [&sums[0], &sums[1]],
+            cx.output(node, 0),
+        )?;
+        before.into_iter().for_each(|d| cx.push(d));
+        cx.exchange(Exchange::BatchNormGradSums {
+            dbeta: Region::of(dbeta),
+            dgamma: Region::of(dgamma),
+            sums: sums.map(|b| Region::of(crate::gpu::Binding::whole(&b))),
+        });
+        after.into_iter().for_each(|d| cx.push(d));
+        Ok(())
+    }
+}
+
 impl Op for BatchNormBackwardOp {
     fn name(&self) -> &'static str {
         "batch_norm_backward"
@@ -232,6 +297,9 @@ impl Op for BatchNormBackwardOp {
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let info = &cx.graph.batch_norms[self.bn];
+        if cx.parallel.sync_bn {
+            return self.encode_sync(node, cx);
+        }
         let dispatches = backward_dispatches(
             cx.ctx,
             cx.input_shape(node, 0).0,

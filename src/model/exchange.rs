@@ -1,0 +1,154 @@
+//! A step of a data-parallel job: the plan's dispatches are submitted in segments, and at
+//! each of its [`Exchange`]s the host reads what the segment left, runs the collective over
+//! the ranks and writes the result back before the next segment. On one process without
+//! SyncBatchNorm a plan has no exchanges and a step stays one submit.
+
+use crate::dist::{Communicator, RankMoments, all_gather_u64, combine_moments};
+use crate::error::Result;
+use crate::exec::gpu::{Exchange, Region};
+use crate::gpu::{Dispatch, GpuContext, map_and_read};
+
+use super::metrics::MetricTotals;
+
+/// Submits `dispatches` in segments split at `exchanges`, with the metrics copy (when asked)
+/// at the end; returns the last submit and the number of submits.
+pub(super) fn submit_segments(
+    ctx: &GpuContext,
+    dispatches: &[&Dispatch],
+    exchanges: &[(usize, Exchange)],
+    comm: &dyn Communicator,
+    metrics: Option<&MetricTotals>,
+) -> Result<(wgpu::SubmissionIndex, u64)> {
+    let mut start = 0;
+    let mut submits = 0;
+    for (at, exchange) in exchanges {
+        let mut encoder = encoder(ctx);
+        encode(&mut encoder, &dispatches[start..*at]);
+        let staged = stage(ctx, &mut encoder, exchange)?;
+        ctx.queue.submit([encoder.finish()]);
+        submits += 1;
+        let read = map_and_read::<f32>(ctx, &staged, staged.size())?;
+        exchange_on_host(ctx, comm, exchange, &read)?;
+        start = *at;
+    }
+    let mut encoder = encoder(ctx);
+    encode(&mut encoder, &dispatches[start..]);
+    if let Some(metrics) = metrics {
+        metrics.encode_copy(&mut encoder);
+    }
+    let index = ctx.queue.submit([encoder.finish()]);
+    Ok((index, submits + 1))
+}
+
+fn encoder(ctx: &GpuContext) -> wgpu::CommandEncoder {
+    ctx.device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("step"),
+        })
+}
+
+fn encode(encoder: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch]) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("step"),
+        timestamp_writes: None,
+    });
+    for d in dispatches {
+        d.encode(&mut pass);
+    }
+}
+
+/// The regions an exchange reads, in order.
+fn sources(exchange: &Exchange) -> Vec<&Region> {
+    match exchange {
+        Exchange::AverageGradients { grads } => vec![grads],
+        Exchange::BatchNormMoments { saved, .. } => vec![saved],
+        Exchange::BatchNormGradSums { dbeta, dgamma, .. } => vec![dbeta, dgamma],
+    }
+}
+
+/// Copies what the exchange reads, after the segment, into one staging buffer.
+fn stage(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    exchange: &Exchange,
+) -> Result<wgpu::Buffer> {
+    let regions = sources(exchange);
+    let bytes: u64 = regions.iter().map(|r| r.size).sum();
+    let staging = ctx.create_buffer(
+        "exchange",
+        bytes.max(4),
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    )?;
+    let mut at = 0;
+    for r in regions {
+        encoder.copy_buffer_to_buffer(&r.buffer, r.offset, &staging, at, r.size);
+        at += r.size;
+    }
+    Ok(staging)
+}
+
+/// The collective of one exchange, on what the segment left (`read`), and the write back.
+fn exchange_on_host(
+    ctx: &GpuContext,
+    comm: &dyn Communicator,
+    exchange: &Exchange,
+    read: &[f32],
+) -> Result<()> {
+    let write = |region: &Region, values: &[f32]| {
+        ctx.queue
+            .write_buffer(&region.buffer, region.offset, bytemuck::cast_slice(values));
+    };
+    match exchange {
+        Exchange::AverageGradients { grads } => {
+            let mut values = read[..(grads.size / 4) as usize].to_vec();
+            comm.all_reduce_sum(&mut values)?;
+            if comm.size() > 1 {
+                let scale = 1.0 / comm.size() as f32;
+                values.iter_mut().for_each(|v| *v *= scale);
+            }
+            write(grads, &values);
+        }
+        Exchange::BatchNormMoments {
+            saved,
+            rows,
+            features,
+        } => {
+            let d = *features;
+            let ranks = gather_moments(comm, *rows as u64, &read[..2 * d])?;
+            let (mean, var) = combine_moments(&ranks);
+            write(saved, &[mean, var].concat());
+        }
+        Exchange::BatchNormGradSums { sums, .. } => {
+            let mut values = read.to_vec();
+            comm.all_reduce_sum(&mut values)?;
+            let (dbeta, dgamma) = values.split_at(values.len() / 2);
+            write(&sums[0], dbeta);
+            write(&sums[1], dgamma);
+        }
+    }
+    Ok(())
+}
+
+/// Every rank's rows and [mean; var] of one layer; every rank must have the same rows (the
+/// dx kernel divides by their total).
+fn gather_moments(comm: &dyn Communicator, rows: u64, moments: &[f32]) -> Result<Vec<RankMoments>> {
+    let all_rows = all_gather_u64(comm, &[rows])?;
+    if all_rows.iter().any(|&r| r != rows) {
+        return Err(crate::dist::DistError::UnequalBatches { rows: all_rows }.into());
+    }
+    let mut all = vec![0f32; moments.len() * comm.size()];
+    comm.all_gather(
+        bytemuck::cast_slice(moments),
+        bytemuck::cast_slice_mut(&mut all),
+    )?;
+    let d = moments.len() / 2;
+    Ok(all
+        .chunks(2 * d)
+        .zip(all_rows)
+        .map(|(m, rows)| RankMoments {
+            rows,
+            mean: m[..d].to_vec(),
+            var: m[d..].to_vec(),
+        })
+        .collect())
+}
