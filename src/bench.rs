@@ -373,6 +373,97 @@ pub fn run_all(
     Ok(out)
 }
 
+/// What a data-parallel training step of the lecture's MLP costs, measured on every rank of
+/// a job (the slowest rank's figures).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DataParallelStep {
+    pub ranks: usize,
+    pub features: usize,
+    /// Per rank.
+    pub batch: usize,
+    pub sync_bn: bool,
+    pub seconds_per_step: f64,
+    /// Per step at the plan's exchanges: waiting for the device (the segment before each and
+    /// its read-back), then on the host (the collectives, combining, the write-back).
+    pub exchange_wait_seconds_per_step: f64,
+    pub exchange_host_seconds_per_step: f64,
+    /// Of the host part, in the collectives (including the wait for the slowest rank).
+    pub collective_seconds_per_step: f64,
+    /// One all-reduce of the gradient buffer alone, between steps.
+    pub all_reduce_seconds: f64,
+    pub exchanges_per_step: usize,
+    /// Bytes each rank sends into the collectives per step.
+    pub exchanged_bytes_per_step: u64,
+    /// Global samples per second.
+    pub samples_per_second: f64,
+}
+
+/// `steps` training steps of the lecture's MLP (`features` inputs, `batch` per rank, data
+/// resident) on every rank of `comm`; every rank must call it alike.
+pub fn data_parallel_step(
+    ctx: Arc<GpuContext>,
+    comm: crate::dist::Comm,
+    features: usize,
+    batch: usize,
+    sync_bn: bool,
+    steps: usize,
+) -> Result<DataParallelStep> {
+    let ranks = comm.size();
+    let mut model = lecture_model(ctx, features, batch)?;
+    model.distribute(comm.clone(), sync_bn)?;
+    let resident = batches(features, batch)
+        .iter()
+        .map(|(x, y)| model.upload_batch(x, y))
+        .collect::<Result<Vec<_>>>()?;
+    for k in 0..10 {
+        model.train_step_on(&resident[k % resident.len()])?;
+    }
+    model.synchronize()?;
+    // Every rank starts the timed steps together.
+    comm.all_reduce_sum(&mut [0.0])?;
+    let before = model.counters();
+    let start = Instant::now();
+    for k in 0..steps {
+        model.train_step_on(&resident[k % resident.len()])?;
+    }
+    model.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let after = model.counters();
+    let per_step = |nanos: u64| nanos as f64 * 1e-9 / steps.max(1) as f64;
+    let report = model.report(Mode::Train);
+    // The gradient all-reduce on its own: as many floats as the step sends, every rank ready.
+    let mut grads = vec![0.5f32; (report.gradient_bytes / 4) as usize];
+    comm.all_reduce_sum(&mut [0.0])?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        comm.all_reduce_sum(&mut grads)?;
+    }
+    let all_reduce = start.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let mine = [
+        seconds / steps.max(1) as f64,
+        per_step(after.exchange_wait_nanos - before.exchange_wait_nanos),
+        per_step(after.exchange_host_nanos - before.exchange_host_nanos),
+        per_step(after.collective_nanos - before.collective_nanos),
+        all_reduce,
+    ];
+    let all = crate::dist::all_gather_f64(comm.as_ref(), &mine)?;
+    let slowest = |i: usize| all.chunks(mine.len()).map(|r| r[i]).fold(0.0, f64::max);
+    Ok(DataParallelStep {
+        ranks,
+        features,
+        batch,
+        sync_bn,
+        seconds_per_step: slowest(0),
+        exchange_wait_seconds_per_step: slowest(1),
+        exchange_host_seconds_per_step: slowest(2),
+        collective_seconds_per_step: slowest(3),
+        all_reduce_seconds: slowest(4),
+        exchanges_per_step: report.exchanges_per_step,
+        exchanged_bytes_per_step: report.exchanged_bytes_per_step,
+        samples_per_second: (ranks * batch) as f64 / slowest(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

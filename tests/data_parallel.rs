@@ -51,8 +51,14 @@ impl Communicator for Mirror {
 const FEATURES: usize = 7;
 const CLASSES: u32 = 3;
 
+/// Linear (without bias before a batch norm, whose β takes its place) → [BatchNorm1d] → ReLU
+/// → [Dropout], twice, then Linear to the classes.
 fn mlp(batch_norm: bool, dropout: f32) -> Sequential {
-    let mut layers = Sequential::new().append(Linear::new(FEATURES, 5));
+    let linear = |i, o| Linear {
+        bias: !batch_norm,
+        ..Linear::new(i, o)
+    };
+    let mut layers = Sequential::new().append(linear(FEATURES, 5));
     if batch_norm {
         layers = layers.append(BatchNorm1d::new(5));
     }
@@ -60,7 +66,7 @@ fn mlp(batch_norm: bool, dropout: f32) -> Sequential {
     if dropout > 0.0 {
         layers = layers.append(Dropout::new(dropout));
     }
-    layers = layers.append(Linear::new(5, 4));
+    layers = layers.append(linear(5, 4));
     if batch_norm {
         layers = layers.append(BatchNorm1d::new(4));
     }
@@ -146,9 +152,9 @@ fn ranks_without_batch_norm_train_as_one_process_on_the_global_batch() {
 #[test]
 fn sync_bn_ranks_train_as_one_process_on_the_global_batch() {
     // Running variances too: the unbiased factor is that of the global batch, 14/13, not 7/6.
-    // SGD only: the bias of a Linear before a batch norm has a gradient of rounding noise,
+    // The Linears before a batch norm have no bias: its gradient would be rounding noise,
     // which Adam's normalization turns into steps of the learning rate's size.
-    for optimizer in [sgd()] {
+    for optimizer in [sgd(), adam()] {
         let [mut parallel, mut single] = train_both(true, true, optimizer, 7);
         assert_states_close(&parallel.state().unwrap(), &single.state().unwrap(), 1e-4);
     }

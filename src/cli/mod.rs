@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// inputs, batch 128 and 1024) on its own — where a step's time goes.
     #[arg(long)]
     pub profile: bool,
+    /// Instead: the per-step cost of data-parallel training (run alone, or under
+    /// `mpirun -np N`): the lecture MLP's step with and without --sync-bn, the time in the
+    /// exchanges and collectives, and the bytes exchanged.
+    #[arg(long)]
+    pub data_parallel: bool,
 }
 
 /// How CSV files are read.
@@ -319,6 +324,7 @@ pub fn run(cli: Cli, comm: &wgnn::dist::Comm) -> error::Result<()> {
     dist::check_arguments(comm.as_ref())?;
     match (&cli.command, comm.size()) {
         (None | Some(Command::Train(_)), _) | (_, 1) => {}
+        (Some(Command::Bench(b)), _) if b.data_parallel => {}
         (Some(_), size) => return Err(error::CliError::OnlyTrainRunsParallel { size }),
     }
     match cli.command {
@@ -327,6 +333,7 @@ pub fn run(cli: Cli, comm: &wgnn::dist::Comm) -> error::Result<()> {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Info) => Ok(info::run()?),
+        Some(Command::Bench(args)) if args.data_parallel => bench::data_parallel(args, comm),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Compare(args)) => compare::run(args),
     }

@@ -3,6 +3,8 @@
 //! the ranks and writes the result back before the next segment. On one process without
 //! SyncBatchNorm a plan has no exchanges and a step stays one submit.
 
+use std::time::Instant;
+
 use crate::dist::{Communicator, RankMoments, all_gather_u64, combine_moments};
 use crate::error::Result;
 use crate::exec::gpu::{Exchange, Region};
@@ -10,25 +12,43 @@ use crate::gpu::{Dispatch, GpuContext, map_and_read};
 
 use super::metrics::MetricTotals;
 
+/// What one step's submits did.
+pub(super) struct Submitted {
+    /// The last submit.
+    pub index: wgpu::SubmissionIndex,
+    pub submits: u64,
+    pub exchanges: u64,
+    /// From each segment's submit to its read-back on the host.
+    pub wait_nanos: u64,
+    /// From there to the result written back.
+    pub host_nanos: u64,
+    /// Of which in the collectives.
+    pub collective_nanos: u64,
+}
+
 /// Submits `dispatches` in segments split at `exchanges`, with the metrics copy (when asked)
-/// at the end; returns the last submit and the number of submits.
+/// at the end.
 pub(super) fn submit_segments(
     ctx: &GpuContext,
     dispatches: &[&Dispatch],
     exchanges: &[(usize, Exchange)],
     comm: &dyn Communicator,
     metrics: Option<&MetricTotals>,
-) -> Result<(wgpu::SubmissionIndex, u64)> {
+) -> Result<Submitted> {
     let mut start = 0;
-    let mut submits = 0;
+    let (mut wait_nanos, mut host_nanos, mut collective_nanos) = (0u64, 0u64, 0u64);
+    let nanos = |t: Instant| t.elapsed().as_nanos() as u64;
     for (at, exchange) in exchanges {
         let mut encoder = encoder(ctx);
         encode(&mut encoder, &dispatches[start..*at]);
         let staged = stage(ctx, &mut encoder, exchange)?;
+        let began = Instant::now();
         ctx.queue.submit([encoder.finish()]);
-        submits += 1;
         let read = map_and_read::<f32>(ctx, &staged, staged.size())?;
-        exchange_on_host(ctx, comm, exchange, &read)?;
+        wait_nanos += nanos(began);
+        let read_at = Instant::now();
+        collective_nanos += exchange_on_host(ctx, comm, exchange, &read)?;
+        host_nanos += nanos(read_at);
         start = *at;
     }
     let mut encoder = encoder(ctx);
@@ -37,7 +57,25 @@ pub(super) fn submit_segments(
         metrics.encode_copy(&mut encoder);
     }
     let index = ctx.queue.submit([encoder.finish()]);
-    Ok((index, submits + 1))
+    Ok(Submitted {
+        index,
+        submits: exchanges.len() as u64 + 1,
+        exchanges: exchanges.len() as u64,
+        wait_nanos,
+        host_nanos,
+        collective_nanos,
+    })
+}
+
+/// Bytes a step sends into the collectives of `exchanges` (what each rank contributes).
+pub(super) fn exchanged_bytes(exchanges: &[(usize, Exchange)]) -> u64 {
+    exchanges
+        .iter()
+        .map(|(_, e)| match e {
+            Exchange::BatchNormMoments { .. } => sources(e).iter().map(|r| r.size).sum::<u64>() + 8,
+            _ => sources(e).iter().map(|r| r.size).sum(),
+        })
+        .sum()
 }
 
 fn encoder(ctx: &GpuContext) -> wgpu::CommandEncoder {
@@ -87,26 +125,31 @@ fn stage(
     Ok(staging)
 }
 
-/// The collective of one exchange, on what the segment left (`read`), and the write back.
+/// The collective of one exchange, on what the segment left (`read`), and the write back;
+/// returns the nanoseconds spent in the collectives.
 fn exchange_on_host(
     ctx: &GpuContext,
     comm: &dyn Communicator,
     exchange: &Exchange,
     read: &[f32],
-) -> Result<()> {
+) -> Result<u64> {
     let write = |region: &Region, values: &[f32]| {
         ctx.queue
             .write_buffer(&region.buffer, region.offset, bytemuck::cast_slice(values));
     };
-    match exchange {
+    let began = Instant::now();
+    let in_collectives = || began.elapsed().as_nanos() as u64;
+    let nanos = match exchange {
         Exchange::AverageGradients { grads } => {
             let mut values = read[..(grads.size / 4) as usize].to_vec();
             comm.all_reduce_sum(&mut values)?;
+            let nanos = in_collectives();
             if comm.size() > 1 {
                 let scale = 1.0 / comm.size() as f32;
                 values.iter_mut().for_each(|v| *v *= scale);
             }
             write(grads, &values);
+            nanos
         }
         Exchange::BatchNormMoments {
             saved,
@@ -115,18 +158,22 @@ fn exchange_on_host(
         } => {
             let d = *features;
             let ranks = gather_moments(comm, *rows as u64, &read[..2 * d])?;
+            let nanos = in_collectives();
             let (mean, var) = combine_moments(&ranks);
             write(saved, &[mean, var].concat());
+            nanos
         }
         Exchange::BatchNormGradSums { sums, .. } => {
             let mut values = read.to_vec();
             comm.all_reduce_sum(&mut values)?;
+            let nanos = in_collectives();
             let (dbeta, dgamma) = values.split_at(values.len() / 2);
             write(&sums[0], dbeta);
             write(&sums[1], dgamma);
+            nanos
         }
-    }
-    Ok(())
+    };
+    Ok(nanos)
 }
 
 /// Every rank's rows and [mean; var] of one layer; every rank must have the same rows (the

@@ -15,6 +15,15 @@ pub struct Counters {
     pub submits: u64,
     /// Reads that waited for the device (metrics read, predictions, state download).
     pub blocking_readbacks: u64,
+    /// Data-parallel steps' stops for the ranks to exchange data ([`crate::exec::gpu::Exchange`]).
+    pub exchanges: u64,
+    /// Time at those stops waiting for the device to finish the segment before and copy what
+    /// the exchange reads.
+    pub exchange_wait_nanos: u64,
+    /// Time at those stops on the host after that: the collectives, combining, writing back.
+    pub exchange_host_nanos: u64,
+    /// Of which in the collectives themselves (including waiting for the slowest rank).
+    pub collective_nanos: u64,
 }
 
 /// What a plan costs per step and what the model keeps resident.
@@ -25,6 +34,10 @@ pub struct PlanReport {
     pub dispatches_per_step: usize,
     pub submits_per_step: usize,
     pub blocking_readbacks_per_step: usize,
+    /// Stops for the ranks of a data-parallel job to exchange data, and the bytes each rank
+    /// sends into their collectives.
+    pub exchanges_per_step: usize,
+    pub exchanged_bytes_per_step: u64,
     pub parameter_bytes: u64,
     pub gradient_bytes: u64,
     pub optimizer_bytes: u64,
@@ -54,7 +67,16 @@ impl std::fmt::Display for PlanReport {
             kib(self.optimizer_bytes),
             kib(self.activation_bytes),
             kib(self.other_bytes),
-        )
+        )?;
+        if self.exchanges_per_step > 0 {
+            write!(
+                f,
+                "; {} exchange(s) of {:.1} KiB in all between ranks per step",
+                self.exchanges_per_step,
+                kib(self.exchanged_bytes_per_step)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -80,8 +102,10 @@ impl Model {
             mode,
             batch_size: batch,
             dispatches_per_step: plan.dispatch_count(),
-            submits_per_step: 1,
-            blocking_readbacks_per_step: 0,
+            submits_per_step: 1 + plan.exchanges().len(),
+            blocking_readbacks_per_step: plan.exchanges().len(),
+            exchanges_per_step: plan.exchanges().len(),
+            exchanged_bytes_per_step: super::exchange::exchanged_bytes(plan.exchanges()),
             parameter_bytes,
             gradient_bytes,
             optimizer_bytes,

@@ -7,7 +7,7 @@ use crate::gpu::{Dispatch, GpuError};
 use crate::graph::Mode;
 use crate::ops::step::StepParams;
 
-use super::exchange::submit_segments;
+use super::exchange::{Submitted, submit_segments};
 use super::{DeviceBatch, Model};
 
 /// Submissions allowed in flight before a step waits for the oldest: keeps the host from
@@ -68,10 +68,10 @@ impl Model {
         let plan = &self.plans[&(mode, rows)];
         let metrics = copy_metrics.then_some(&self.totals);
         let comm = self.comm.as_ref();
-        let submit = |dispatches: Vec<&Dispatch>| -> Result<(wgpu::SubmissionIndex, u64)> {
+        let submit = |dispatches: Vec<&Dispatch>| -> Result<Submitted> {
             submit_segments(&self.ctx, &dispatches, plan.exchanges(), comm, metrics)
         };
-        let (index, submits) = match source {
+        let done = match source {
             BatchSource::Host { x, target } => {
                 let queue = &self.ctx.queue;
                 queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(x));
@@ -90,8 +90,13 @@ impl Model {
                 |dispatches| submit(plan.ordered(Some(dispatches))),
             )?,
         };
-        self.in_flight.push_back(index);
-        self.counters.submits += submits;
+        self.in_flight.push_back(done.index);
+        let counters = &mut self.counters;
+        counters.submits += done.submits;
+        counters.exchanges += done.exchanges;
+        counters.exchange_wait_nanos += done.wait_nanos;
+        counters.exchange_host_nanos += done.host_nanos;
+        counters.collective_nanos += done.collective_nanos;
         if copy_metrics {
             self.totals.map_copy();
         }
