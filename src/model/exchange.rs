@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::dist::{Communicator, RankMoments, all_gather_u64, combine_moments};
 use crate::error::Result;
 use crate::exec::gpu::{Exchange, Region};
-use crate::gpu::{Dispatch, GpuContext, map_and_read};
+use crate::gpu::{Dispatch, GpuContext, GpuError, map_and_read};
 
 use super::metrics::MetricTotals;
 
@@ -26,15 +26,30 @@ pub(super) struct Submitted {
     pub collective_nanos: u64,
 }
 
-/// Submits `dispatches` in segments split at `exchanges`, with the metrics copy (when asked)
-/// at the end.
+/// How a step's dispatches are submitted.
+pub(super) struct Segments<'a> {
+    /// Where the step stops for the ranks (none: one submit).
+    pub exchanges: &'a [(usize, Exchange)],
+    pub comm: &'a dyn Communicator,
+    /// Copy the totals for an asynchronous read at the end.
+    pub metrics: Option<&'a MetricTotals>,
+    /// A submit to wait for before the last one (back-pressure).
+    pub oldest: Option<wgpu::SubmissionIndex>,
+}
+
+/// Submits `dispatches` in segments split at the exchanges, with the metrics copy (when
+/// asked) at the end.
 pub(super) fn submit_segments(
     ctx: &GpuContext,
     dispatches: &[&Dispatch],
-    exchanges: &[(usize, Exchange)],
-    comm: &dyn Communicator,
-    metrics: Option<&MetricTotals>,
+    segments: Segments<'_>,
 ) -> Result<Submitted> {
+    let Segments {
+        exchanges,
+        comm,
+        metrics,
+        oldest,
+    } = segments;
     let mut start = 0;
     let (mut wait_nanos, mut host_nanos, mut collective_nanos) = (0u64, 0u64, 0u64);
     let nanos = |t: Instant| t.elapsed().as_nanos() as u64;
@@ -55,6 +70,14 @@ pub(super) fn submit_segments(
     encode(&mut encoder, &dispatches[start..]);
     if let Some(metrics) = metrics {
         metrics.encode_copy(&mut encoder);
+    }
+    if let Some(oldest) = oldest {
+        ctx.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(oldest),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Device(e.to_string()))?;
     }
     let index = ctx.queue.submit([encoder.finish()]);
     Ok(Submitted {

@@ -3,11 +3,11 @@
 //! back-pressure that keeps at most [`MAX_IN_FLIGHT`] submits queued.
 
 use crate::error::Result;
-use crate::gpu::{Dispatch, GpuError};
+use crate::gpu::Dispatch;
 use crate::graph::Mode;
 use crate::ops::step::StepParams;
 
-use super::exchange::{Submitted, submit_segments};
+use super::exchange::{Segments, Submitted, submit_segments};
 use super::{DeviceBatch, Model};
 
 /// Submissions allowed in flight before a step waits for the oldest: keeps the host from
@@ -51,25 +51,25 @@ impl Model {
         params.rows = rows as u32;
         params.loss_scale = loss_scale;
         self.optimizer.fill_step(self.step, &mut params);
-        // Keep at most MAX_IN_FLIGHT steps queued: wait for the oldest (not a readback).
-        if self.in_flight.len() >= MAX_IN_FLIGHT
-            && let Some(oldest) = self.in_flight.pop_front()
-        {
-            self.ctx
-                .device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(oldest),
-                    timeout: None,
-                })
-                .map_err(|e| GpuError::Device(e.to_string()))?;
-        }
+        // Keep at most MAX_IN_FLIGHT steps queued: the step waits for the oldest (not a
+        // readback) once it is encoded, just before it is submitted.
+        let oldest = match self.in_flight.len() >= MAX_IN_FLIGHT {
+            true => self.in_flight.pop_front(),
+            false => None,
+        };
         self.step_buffer.write(&self.ctx, &params);
         let copy_metrics = self.totals.take_copy_request();
         let plan = &self.plans[&(mode, rows)];
         let metrics = copy_metrics.then_some(&self.totals);
         let comm = self.comm.as_ref();
         let submit = |dispatches: Vec<&Dispatch>| -> Result<Submitted> {
-            submit_segments(&self.ctx, &dispatches, plan.exchanges(), comm, metrics)
+            let segments = Segments {
+                exchanges: plan.exchanges(),
+                comm,
+                metrics,
+                oldest: oldest.clone(),
+            };
+            submit_segments(&self.ctx, &dispatches, segments)
         };
         let done = match source {
             BatchSource::Host { x, target } => {
