@@ -335,6 +335,10 @@ fn a_killed_rank_ends_the_job_quickly_and_the_checkpoint_resumes() {
         .read_to_string(&mut stderr)
         .ok();
     drain.join().unwrap();
+    eprintln!(
+        "the job ended {:.2} s after its rank 1 was killed",
+        killed_at.elapsed().as_secs_f64()
+    );
     assert!(!status.success());
     assert!(stderr.contains("rank 1"), "{stderr}");
     // What rank 0 last committed resumes: train on to the next checkpoint and stop.

@@ -3,8 +3,8 @@
 //! ranks average their gradients with one all-reduce per step before the same optimizer step.
 //!
 //! The ranks talk only through a [`Communicator`]: [`SingleProcess`] (one rank, every
-//! collective the identity) or, with the `mpi` feature, [`mpi::MpiCommunicator`] over the
-//! MPI implementation `mpirun` started the job with.
+//! collective the identity) or, with the `mpi` feature, `mpi::MpiCommunicator` over the MPI
+//! implementation `mpirun` started the job with.
 //!
 //! | file | what it holds |
 //! |---|---|
