@@ -117,6 +117,13 @@ pub fn fit(
     mut on_checkpoint: impl FnMut(&mut Model, Checkpoint<'_>) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
     let comm = model.communicator();
+    // Every rank must take the same steps, or one would wait for the others forever.
+    let agreed = [
+        ("training samples", train.len().to_string()),
+        ("test samples", test.len().to_string()),
+        ("options", format!("{options:?}")),
+    ];
+    crate::dist::agree(comm, &agreed.map(|(k, v)| (k.to_string(), v)).to_vec())?;
     let order = BatchOrder::new(
         train.len(),
         options.batch_size,

@@ -104,13 +104,13 @@ pub fn hand_run(
                     matrix: t.matrix.as_deref().map(bits),
                 }),
             };
-            serde_json::to_vec(&Some(handed)).map_err(|e| DistError::Mpi(e.to_string()))
+            serde_json::to_vec(&Some(handed)).map_err(|e| DistError::Garbled(e.to_string()))
         }
     }
     .map_err(wgnn::Error::from)?;
     let bytes = broadcast_bytes(comm, encoded, 0).map_err(wgnn::Error::from)?;
     let handed: Option<Handed> = serde_json::from_slice(&bytes)
-        .map_err(|e| wgnn::Error::from(DistError::Mpi(format!("rank 0's run: {e}"))))?;
+        .map_err(|e| wgnn::Error::from(DistError::Garbled(format!("rank 0's run: {e}"))))?;
     let Some(handed) = handed else {
         return Ok(None);
     };

@@ -14,10 +14,10 @@ pub fn agree(comm: &dyn Communicator, mine: &Fingerprint) -> Result<(), DistErro
     if comm.size() == 1 {
         return Ok(());
     }
-    let encoded = serde_json::to_vec(mine).map_err(|e| DistError::Mpi(e.to_string()))?;
+    let encoded = serde_json::to_vec(mine).map_err(|e| DistError::Garbled(e.to_string()))?;
     let root = broadcast_bytes(comm, encoded, 0)?;
     let reference: Fingerprint =
-        serde_json::from_slice(&root).map_err(|e| DistError::Mpi(e.to_string()))?;
+        serde_json::from_slice(&root).map_err(|e| DistError::Garbled(e.to_string()))?;
     let differs = first_difference(&reference, mine);
     let code = differs.as_ref().map_or(0, |(index, _)| *index as u64 + 1);
     let codes = all_gather_u64(comm, &[code])?;
@@ -80,6 +80,8 @@ fn contrast(mine: &str, theirs: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     fn print(items: &[(&str, &str)]) -> Fingerprint {
@@ -110,5 +112,60 @@ mod tests {
             first_difference(&reference, &short),
             Some((1, "training data is missing".into()))
         );
+    }
+
+    /// Rank 1 of 2, with rank 0's fingerprint scripted: what the collectives would bring.
+    struct RankOne {
+        rank0: Vec<u8>,
+        broadcasts: AtomicUsize,
+    }
+
+    impl Communicator for RankOne {
+        fn rank(&self) -> usize {
+            1
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), DistError> {
+            unreachable!()
+        }
+        fn all_gather(&self, send: &[u8], recv: &mut [u8]) -> Result<(), DistError> {
+            // Rank 0 agrees with itself (code 0); then this rank's code.
+            recv[..send.len()].fill(0);
+            recv[send.len()..].copy_from_slice(send);
+            Ok(())
+        }
+        fn broadcast(&self, buffer: &mut [u8], root: usize) -> Result<(), DistError> {
+            let n = self.broadcasts.fetch_add(1, Ordering::Relaxed);
+            match (root, n) {
+                (0, 0) => buffer.copy_from_slice(&(self.rank0.len() as u64).to_le_bytes()),
+                (0, 1) => buffer.copy_from_slice(&self.rank0),
+                _ => {}
+            }
+            Ok(())
+        }
+        fn abort(&self, _: i32) -> ! {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn a_rank_that_differs_is_named_with_what_differs() {
+        let rank0 = print(&[("model", "linear:5"), ("seed", "0")]);
+        let comm = RankOne {
+            rank0: serde_json::to_vec(&rank0).unwrap(),
+            broadcasts: AtomicUsize::new(0),
+        };
+        let mine = print(&[("model", "linear:5"), ("seed", "1")]);
+        match agree(&comm, &mine) {
+            Err(DistError::Mismatch { rank, what, detail }) => {
+                assert_eq!(
+                    (rank, what.as_str(), detail.as_str()),
+                    (1, "seed", "1 instead of 0")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

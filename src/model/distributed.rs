@@ -22,6 +22,8 @@ impl Model {
     /// the global batch in forward and backward (`torch.nn.SyncBatchNorm`); every rank must
     /// then step on batches of equal size. Every rank must call it, with the same model.
     pub fn distribute(&mut self, comm: Comm, sync_bn: bool) -> Result<()> {
+        // The state is broadcast as words of this model's shapes: every rank's must agree.
+        crate::dist::agree(comm.as_ref(), &self.fingerprint(sync_bn))?;
         self.comm = comm;
         self.sync_bn = sync_bn;
         // The plans' exchanges depend on the job: build them again (on use).
@@ -41,6 +43,32 @@ impl Model {
     /// Whether batch norm takes its statistics over every rank's batch.
     pub fn sync_bn(&self) -> bool {
         self.sync_bn
+    }
+
+    /// What every rank's model must share to train together.
+    fn fingerprint(&self, sync_bn: bool) -> crate::dist::Fingerprint {
+        let graph = self.graph();
+        let shapes: Vec<String> = graph
+            .params
+            .iter()
+            .map(|p| format!("{} {:?}", p.name, p.shape))
+            .collect();
+        vec![
+            (
+                "model".into(),
+                format!(
+                    "{} over samples {:?}, parameters {}",
+                    crate::nn::spec::to_spec(&self.sequential),
+                    self.config.sample_shape,
+                    shapes.join(", ")
+                ),
+            ),
+            ("loss".into(), format!("{:?}", self.loss)),
+            ("optimizer".into(), format!("{:?}", self.optimizer)),
+            ("batch size".into(), self.config.batch_size.to_string()),
+            ("seed".into(), self.config.seed.to_string()),
+            ("--sync-bn".into(), sync_bn.to_string()),
+        ]
     }
 
     pub(super) fn parallel(&self) -> Parallel {
