@@ -152,7 +152,7 @@ fn normalized(i: u32, mean: f32, invstd: f32, g: f32, b: f32) -> f32 {
         // Element i's word of the draw dropout.wgsl makes for its group of four.
         let bits = philox4x32_10(vec4<u32>(i >> 2u, 0u, step.step_lo, step.step_hi), vec2<u32>(p.key0, p.key1));
         let keep = (bits[i & 3u] >> 8u) >= p.threshold;
-        v = select(0.0, v * p.scale, keep);
+        v = v * select(0.0, p.scale, keep);
     }
     return v;
 }

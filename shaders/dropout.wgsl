@@ -29,7 +29,9 @@ fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         let i = first + j;
         if (i < p.len) {
             let keep = (bits[j] >> 8u) >= p.threshold;
-            y[i] = select(0.0, x[i] * p.scale, keep);
+            // x · (mask · scale), as PyTorch multiplies: a dropped NaN or ∞ gives NaN, a
+            // dropped negative -0.
+            y[i] = x[i] * select(0.0, p.scale, keep);
         }
     }
 }

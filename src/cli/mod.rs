@@ -188,7 +188,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub drop_last: bool,
     /// Under mpirun: batch norm takes its mean and variance over every process's batch, in
-    /// forward and backward (torch.nn.SyncBatchNorm); else each process's own batch.
+    /// forward and backward (torch.nn.SyncBatchNorm); else each process's own batch. Alone,
+    /// nothing changes.
     #[arg(long)]
     pub sync_bn: bool,
     /// Preprocessing fitted on the training split and applied by the model to raw inputs:

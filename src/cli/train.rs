@@ -60,7 +60,9 @@ pub fn run(args: TrainArgs, comm: &Comm) -> Result<()> {
     };
     let (run, position) = (&decided.run, decided.position);
     let (model, dir) = (&mut decided.model, &mut decided.dir);
-    model.distribute(comm.clone(), run.data_parallel.sync_bn)?;
+    if comm.size() > 1 {
+        model.distribute(comm.clone(), run.data_parallel.sync_bn)?;
+    }
 
     // A new run's data, loaded once; a resumed run's, again as it says. Raw samples: the
     // model applies the run's preprocessing as its first stage.

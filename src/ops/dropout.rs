@@ -79,13 +79,15 @@ pub fn reference_mask(len: usize, p: DropProbability, stream: MaskStream, step: 
     mask
 }
 
-/// CPU reference: y = x · mask · scale. The backward is the same function applied to dy.
+/// CPU reference: y = x · (mask · scale), as PyTorch multiplies by its scaled mask (so a
+/// dropped NaN or ∞ gives NaN and a dropped negative -0). The backward is the same function
+/// applied to dy.
 pub fn reference(x: &[f32], p: DropProbability, stream: MaskStream, step: u64) -> Vec<f32> {
     let scale = p.scale();
     reference_mask(x.len(), p, stream, step)
         .iter()
         .zip(x)
-        .map(|(&keep, &v)| if keep { v * scale } else { 0.0 })
+        .map(|(&keep, &v)| v * if keep { scale } else { 0.0 })
         .collect()
 }
 
@@ -351,6 +353,44 @@ mod tests {
                 assert!(same, "len {len} p {p}: GPU and CPU dropout differ");
             }
         }
+    }
+
+    #[test]
+    fn dropped_nan_and_infinities_stay_not_finite_as_in_pytorch() {
+        // PyTorch computes x · (mask / (1 - p)): 0 · NaN and 0 · ∞ are NaN, 0 · -1 is -0.
+        let ctx = ctx();
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -1.0,
+            2.0,
+            -0.0,
+            3e38,
+        ];
+        let x: Vec<f32> = specials.iter().cycle().take(7 * 65).copied().collect();
+        let p = DropProbability::new(0.5).unwrap();
+        let gx = GpuTensor::from_slice(ctx, &x, &[x.len()], "x").unwrap();
+        let got: Vec<f32> = dropout(ctx, &gx, 0.5, STREAM, 3)
+            .unwrap()
+            .read(ctx)
+            .unwrap();
+        let want = reference(&x, p, STREAM, 3);
+        let mask = reference_mask(x.len(), p, STREAM, 3);
+        for (i, ((&g, &w), &keep)) in got.iter().zip(&want).zip(&mask).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "element {i}: GPU {g} vs CPU {w}");
+            let v = x[i];
+            if keep {
+                assert_eq!(w.to_bits(), (v * p.scale()).to_bits(), "element {i} of {v}");
+            }
+            if !keep && !v.is_finite() {
+                assert!(w.is_nan(), "a dropped {v} gives NaN");
+            }
+            if !keep && v == -1.0 {
+                assert!(w == 0.0 && w.is_sign_negative(), "a dropped -1 gives -0");
+            }
+        }
+        assert!(mask.iter().any(|k| !k) && mask.iter().any(|&k| k));
     }
 
     #[test]
