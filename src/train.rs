@@ -74,6 +74,7 @@ pub struct EpochMetrics {
     pub test_accuracy: f64,
     /// Wall time of the epoch's training part.
     pub seconds: f64,
+    /// Training samples per second, of every rank in a data-parallel job.
     pub samples_per_second: f64,
     /// Optimizer steps taken so far.
     pub step: u64,
@@ -117,6 +118,8 @@ pub fn fit(
     mut on_checkpoint: impl FnMut(&mut Model, Checkpoint<'_>) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
     let comm = model.communicator();
+    // Throughput counts every rank's samples.
+    let ranks = comm.size();
     // Every rank must take the same steps, or one would wait for the others forever.
     let agreed = [
         ("training samples", train.len().to_string()),
@@ -161,7 +164,7 @@ pub fn fit(
                 model.request_metrics();
             }
             model.train_step(&x, &y)?;
-            samples += indices.len();
+            samples += indices.len() * ranks;
             let polled = model.poll_metrics()?;
             if let Some(t) = &polled {
                 check_finite(model, t, options)?;

@@ -127,14 +127,20 @@ pub fn run(args: TrainArgs, comm: &Comm) -> Result<()> {
         stop_on_nonfinite: !args.keep_going,
         ..FitOptions::default()
     };
-    let mut bar = Bar::new(args.quiet || !primary);
+    // Only rank 0 reports progress.
+    let mut bar = Bar::new(args.quiet);
+    let progress: &mut dyn wgnn::train::Progress = if primary {
+        &mut bar
+    } else {
+        &mut wgnn::train::Silent
+    };
     let before = dir.as_ref().and_then(RunDir::last_saved);
     let result = fit(
         model,
         &splits.train,
         &splits.test,
         &options,
-        &mut bar,
+        progress,
         |model, checkpoint| {
             // Only rank 0 writes; every rank's state is the same.
             let Some(dir) = dir.as_mut() else {
