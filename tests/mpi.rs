@@ -192,7 +192,12 @@ fn reduced_metrics_equal_one_process_over_the_same_samples() {
     let common = ["--arch", NO_BN, "--epochs", "1"];
     let job = train(2, &two, &[&common[..], &["--batch-size", "16"]].concat());
     // Rank 0 alone reports; every rank names its adapter.
-    assert_eq!(job.stdout.matches("epoch   1/1:").count(), 1, "{}", job.stdout);
+    assert_eq!(
+        job.stdout.matches("epoch   1/1:").count(),
+        1,
+        "{}",
+        job.stdout
+    );
     assert_eq!(job.stdout.matches("final test accuracy").count(), 1);
     assert_eq!(job.stdout.matches("): adapter: ").count(), 2);
     train(1, &one, &[&common[..], &["--batch-size", "32"]].concat());

@@ -64,6 +64,22 @@ impl Region {
     }
 }
 
+impl Exchange {
+    /// The regions the host reads at this exchange, in order.
+    pub fn reads(&self) -> Vec<&Region> {
+        match self {
+            Exchange::AverageGradients { grads } => vec![grads],
+            Exchange::BatchNormMoments { saved, .. } => vec![saved],
+            Exchange::BatchNormGradSums { dbeta, dgamma, .. } => vec![dbeta, dgamma],
+        }
+    }
+
+    /// Bytes read back (and sent into the collectives) at this exchange.
+    pub fn read_bytes(&self) -> u64 {
+        self.reads().iter().map(|r| r.size).sum()
+    }
+}
+
 /// A point within a step where the plan stops and the ranks of a data-parallel job exchange
 /// data through the host: the dispatches before it are submitted and waited for, the host
 /// reads the region, runs the collective and writes the result back, and the step goes on.
@@ -108,6 +124,8 @@ pub struct GpuPlan {
     /// Where the step stops for the ranks to exchange data: before the dispatch at each
     /// index, in order (none on one process without SyncBatchNorm).
     exchanges: Vec<(usize, Exchange)>,
+    /// A read-back buffer per exchange, made with the plan.
+    staging: Vec<wgpu::Buffer>,
     /// The nodes that read the batch (by graph index) and their range of `dispatches`, which
     /// [`GpuPlan::bind_batch`] rebuilds on a resident batch's own buffers.
     batch_nodes: Vec<(usize, std::ops::Range<usize>)>,
@@ -158,6 +176,7 @@ impl GpuPlan {
             memory,
             scratch: Vec::new(),
             exchanges: Vec::new(),
+            staging: Vec::new(),
             batch_nodes: Vec::new(),
             input,
             target,
@@ -182,6 +201,16 @@ impl GpuPlan {
         }
         plan.dispatches = dispatches;
         plan.scratch = scratch;
+        plan.staging = exchanges
+            .iter()
+            .map(|(_, e)| {
+                ctx.create_buffer(
+                    "exchange read-back",
+                    e.read_bytes().max(4),
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )
+            })
+            .collect::<Result<_, _>>()?;
         plan.exchanges = exchanges;
         plan.batch_nodes = batch_nodes;
         Ok(plan)
@@ -275,6 +304,11 @@ impl GpuPlan {
     /// Where the step stops for the ranks to exchange data (see [`Exchange`]).
     pub fn exchanges(&self) -> &[(usize, Exchange)] {
         &self.exchanges
+    }
+
+    /// The read-back buffer of each exchange, in order.
+    pub fn exchange_staging(&self) -> &[wgpu::Buffer] {
+        &self.staging
     }
 
     /// Seconds each dispatch takes on its own (repeated `reps` times in one submit), in plan

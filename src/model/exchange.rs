@@ -28,8 +28,9 @@ pub(super) struct Submitted {
 
 /// How a step's dispatches are submitted.
 pub(super) struct Segments<'a> {
-    /// Where the step stops for the ranks (none: one submit).
+    /// Where the step stops for the ranks (none: one submit), and a read-back buffer each.
     pub exchanges: &'a [(usize, Exchange)],
+    pub staging: &'a [wgpu::Buffer],
     pub comm: &'a dyn Communicator,
     /// Copy the totals for an asynchronous read at the end.
     pub metrics: Option<&'a MetricTotals>,
@@ -46,6 +47,7 @@ pub(super) fn submit_segments(
 ) -> Result<Submitted> {
     let Segments {
         exchanges,
+        staging,
         comm,
         metrics,
         oldest,
@@ -53,13 +55,17 @@ pub(super) fn submit_segments(
     let mut start = 0;
     let (mut wait_nanos, mut host_nanos, mut collective_nanos) = (0u64, 0u64, 0u64);
     let nanos = |t: Instant| t.elapsed().as_nanos() as u64;
-    for (at, exchange) in exchanges {
+    for ((at, exchange), staged) in exchanges.iter().zip(staging) {
         let mut encoder = encoder(ctx);
         encode(&mut encoder, &dispatches[start..*at]);
-        let staged = stage(ctx, &mut encoder, exchange)?;
+        let mut offset = 0;
+        for r in exchange.reads() {
+            encoder.copy_buffer_to_buffer(&r.buffer, r.offset, staged, offset, r.size);
+            offset += r.size;
+        }
         let began = Instant::now();
         ctx.queue.submit([encoder.finish()]);
-        let read = map_and_read::<f32>(ctx, &staged, staged.size())?;
+        let read = map_and_read::<f32>(ctx, staged, exchange.read_bytes())?;
         wait_nanos += nanos(began);
         let read_at = Instant::now();
         collective_nanos += exchange_on_host(ctx, comm, exchange, &read)?;
@@ -95,8 +101,9 @@ pub(super) fn exchanged_bytes(exchanges: &[(usize, Exchange)]) -> u64 {
     exchanges
         .iter()
         .map(|(_, e)| match e {
-            Exchange::BatchNormMoments { .. } => sources(e).iter().map(|r| r.size).sum::<u64>() + 8,
-            _ => sources(e).iter().map(|r| r.size).sum(),
+            // The row count travels with the moments.
+            Exchange::BatchNormMoments { .. } => e.read_bytes() + 8,
+            _ => e.read_bytes(),
         })
         .sum()
 }
@@ -116,36 +123,6 @@ fn encode(encoder: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch]) {
     for d in dispatches {
         d.encode(&mut pass);
     }
-}
-
-/// The regions an exchange reads, in order.
-fn sources(exchange: &Exchange) -> Vec<&Region> {
-    match exchange {
-        Exchange::AverageGradients { grads } => vec![grads],
-        Exchange::BatchNormMoments { saved, .. } => vec![saved],
-        Exchange::BatchNormGradSums { dbeta, dgamma, .. } => vec![dbeta, dgamma],
-    }
-}
-
-/// Copies what the exchange reads, after the segment, into one staging buffer.
-fn stage(
-    ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
-    exchange: &Exchange,
-) -> Result<wgpu::Buffer> {
-    let regions = sources(exchange);
-    let bytes: u64 = regions.iter().map(|r| r.size).sum();
-    let staging = ctx.create_buffer(
-        "exchange",
-        bytes.max(4),
-        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-    )?;
-    let mut at = 0;
-    for r in regions {
-        encoder.copy_buffer_to_buffer(&r.buffer, r.offset, &staging, at, r.size);
-        at += r.size;
-    }
-    Ok(staging)
 }
 
 /// The collective of one exchange, on what the segment left (`read`), and the write back;

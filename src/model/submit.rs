@@ -65,6 +65,7 @@ impl Model {
         let submit = |dispatches: Vec<&Dispatch>| -> Result<Submitted> {
             let segments = Segments {
                 exchanges: plan.exchanges(),
+                staging: plan.exchange_staging(),
                 comm,
                 metrics,
                 oldest: oldest.clone(),
