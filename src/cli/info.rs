@@ -39,5 +39,16 @@ pub fn run() -> Result<()> {
     let request = AdapterRequest::from_env()?;
     let chosen = GpuContext::with_request(&request)?;
     println!("wgnn uses: {} ({})", chosen.adapter(), chosen.kernels());
+    match chosen.pipeline_cache() {
+        Some((file, bytes)) => println!(
+            "pipeline cache: {} ({bytes} bytes found; {}=off disables it)",
+            file.display(),
+            wgnn::gpu::disk_cache::PIPELINE_CACHE_ENV
+        ),
+        None => println!(
+            "pipeline cache: none ({}, or not Vulkan)",
+            wgnn::gpu::disk_cache::PIPELINE_CACHE_ENV
+        ),
+    }
     Ok(())
 }

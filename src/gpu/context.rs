@@ -1,5 +1,6 @@
 //! Adapter selection, device creation and the device's limits.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::GpuError;
@@ -107,6 +108,9 @@ pub struct AdapterRequest {
     /// Without a name: take the adapter at this position (modulo their number) among the
     /// best ones of one kind and backend, so that the ranks of a node take one GPU each.
     pub ordinal: Option<usize>,
+    /// Where compiled pipelines are kept between processes (`None`: nowhere); see
+    /// [`crate::gpu::disk_cache`].
+    pub pipeline_cache: Option<std::path::PathBuf>,
 }
 
 impl AdapterRequest {
@@ -134,6 +138,7 @@ impl AdapterRequest {
             backend,
             kernels,
             ordinal,
+            pipeline_cache: super::disk_cache::default_dir(),
         })
     }
 }
@@ -209,6 +214,16 @@ pub struct GpuContext {
     kernels: KernelChoice,
     /// Subgroup operations are enabled and subgroups have at least 8 lanes.
     subgroups_of_8: bool,
+    /// wgpu's pipeline cache and the file it is kept in between processes (Vulkan).
+    pub(crate) disk_cache: Option<DiskCache>,
+}
+
+/// A pipeline cache with its file.
+pub(crate) struct DiskCache {
+    pub(crate) cache: wgpu::PipelineCache,
+    path: std::path::PathBuf,
+    /// Bytes it started from (0: none, or unusable).
+    loaded: usize,
 }
 
 impl GpuContext {
@@ -227,10 +242,22 @@ impl GpuContext {
         // The adapter's own limits, not WebGPU's defaults: lavapipe and discrete GPUs both
         // allow far larger storage bindings than the 128 MiB default.
         let limits = adapter.limits();
+        let cache_file = request
+            .pipeline_cache
+            .as_deref()
+            .and_then(|dir| super::disk_cache::file_for(dir, &info))
+            .filter(|_| adapter.features().contains(wgpu::Features::PIPELINE_CACHE));
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("wgnn"),
             // Subgroup operations where the adapter has them: the broadcast matmul uses them.
-            required_features: adapter.features() & wgpu::Features::SUBGROUP,
+            // The pipeline cache where it is kept on disk.
+            required_features: adapter.features()
+                & (wgpu::Features::SUBGROUP
+                    | if cache_file.is_some() {
+                        wgpu::Features::PIPELINE_CACHE
+                    } else {
+                        wgpu::Features::empty()
+                    }),
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -276,6 +303,25 @@ impl GpuContext {
             );
         }
         log::info!("opened {} ({kernels})", AdapterSummary::from_info(&info));
+        let disk_cache = cache_file.map(|path| {
+            let data = super::disk_cache::load(&path);
+            // SAFETY: the data is what `PipelineCache::get_data` gave for an adapter with the
+            // same `pipeline_cache_key` (the file's name holds it, and its driver), whole by
+            // its checksum; wgpu checks its own header against this adapter and, with
+            // `fallback`, starts empty from data it cannot use.
+            let cache = unsafe {
+                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("wgnn pipelines"),
+                    data: data.as_deref(),
+                    fallback: true,
+                })
+            };
+            DiskCache {
+                cache,
+                path,
+                loaded: data.map_or(0, |d| d.len()),
+            }
+        });
         Ok(Self {
             kernels,
             subgroups_of_8,
@@ -287,7 +333,31 @@ impl GpuContext {
             adapter: AdapterSummary::from_info(&info),
             limits,
             device_errors,
+            disk_cache,
         })
+    }
+
+    /// The file compiled pipelines are kept in between processes, and the bytes this context
+    /// started from (0: it compiled afresh); `None` where there is no cache (not Vulkan, or
+    /// `WGNN_PIPELINE_CACHE=off`).
+    pub fn pipeline_cache(&self) -> Option<(&std::path::Path, usize)> {
+        self.disk_cache
+            .as_ref()
+            .map(|c| (c.path.as_path(), c.loaded))
+    }
+
+    /// Writes the pipeline cache to its file if this context compiled any pipeline (also
+    /// done when the context is dropped). Failures are logged: the cache only saves time.
+    pub fn save_pipeline_cache(&self) {
+        let Some(disk) = &self.disk_cache else {
+            return;
+        };
+        if self.pipelines.pipelines_created.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(data) = disk.cache.get_data() {
+            super::disk_cache::save(&disk.path, &data);
+        }
     }
 
     /// Binding for an absent optional input: 16 zero bytes, never written.
@@ -436,6 +506,12 @@ fn choose_adapter(
     let peers = candidates.iter().take_while(|a| rank(a) == best).count();
     let at = request.ordinal.map_or(0, |k| k % peers);
     Ok(candidates.remove(at))
+}
+
+impl Drop for GpuContext {
+    fn drop(&mut self) {
+        self.save_pipeline_cache();
+    }
 }
 
 #[cfg(test)]

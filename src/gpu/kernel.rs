@@ -351,7 +351,7 @@ impl GpuContext {
                     constants: &kernel.constants,
                     zero_initialize_workgroup_memory: false,
                 },
-                cache: None,
+                cache: self.disk_cache.as_ref().map(|c| &c.cache),
             });
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Shader {

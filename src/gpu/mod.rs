@@ -1,6 +1,7 @@
 //! The GPU side: adapter and device, buffers, pipeline cache, kernel dispatch.
 
 mod context;
+pub mod disk_cache;
 mod kernel;
 mod layout;
 mod tensor;
