@@ -71,6 +71,17 @@ fn reduce_rows(lid: vec3<u32>, value: vec2<f32>) -> vec2<f32> {
     return partial[lid.x];
 }
 
+// Feature fc's Σv and Σv² over the batch, v = x - shift, its rows split over the workgroup's
+// ROWS invocations; every invocation gets the totals.
+fn shifted_sums(fc: u32, shift: f32, lid: vec3<u32>) -> vec2<f32> {
+    var s = vec2<f32>(0.0);
+    for (var r = lid.y; r < p.n; r += ROWS) {
+        let v = x[r * p.d + fc] - shift;
+        s += vec2<f32>(v, v * v);
+    }
+    return reduce_rows(lid, s);
+}
+
 // Per feature: the batch mean, 1/std and the running statistics. Sums are shifted by the
 // feature's first value, so a feature with mean 1e4 and std 1e-2 keeps its variance
 // (E[x²] - E[x]² in f32 would lose it all).
@@ -79,12 +90,7 @@ fn stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocatio
     let f = gid.x;
     let fc = min(f, p.d - 1u);
     let shift = x[fc];
-    var s = vec2<f32>(0.0);
-    for (var r = lid.y; r < p.n; r += ROWS) {
-        let v = x[r * p.d + fc] - shift;
-        s += vec2<f32>(v, v * v);
-    }
-    s = reduce_rows(lid, s);
+    let s = shifted_sums(fc, shift, lid);
     if (f >= p.d || lid.y != 0u) { return; }
     save_stats(f, shift, s);
 }
@@ -92,10 +98,15 @@ fn stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocatio
 // Writes feature f's mean and 1/std (from its shifted sums Σv, Σv²) and updates its running
 // statistics; returns (mean, 1/std).
 fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
+    let m = moments(shift, s);
+    return save_moments(f, m.x, m.y, f32(p.n));
+}
+
+// (mean, biased variance) of the batch's p.n rows from their shifted sums Σv, Σv².
+fn moments(shift: f32, s: vec2<f32>) -> vec2<f32> {
     let n = f32(p.n);
     let mean_shifted = s.x / n;
-    let var_biased = max(s.y / n - mean_shifted * mean_shifted, 0.0);
-    return save_moments(f, shift + mean_shifted, var_biased, n);
+    return vec2<f32>(shift + mean_shifted, max(s.y / n - mean_shifted * mean_shifted, 0.0));
 }
 
 // Writes feature f's mean and 1/std from the batch's mean and biased variance over n rows,
@@ -122,17 +133,11 @@ fn local_moments(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_i
     let f = gid.x;
     let fc = min(f, p.d - 1u);
     let shift = x[fc];
-    var s = vec2<f32>(0.0);
-    for (var r = lid.y; r < p.n; r += ROWS) {
-        let v = x[r * p.d + fc] - shift;
-        s += vec2<f32>(v, v * v);
-    }
-    s = reduce_rows(lid, s);
+    let s = shifted_sums(fc, shift, lid);
     if (f >= p.d || lid.y != 0u) { return; }
-    let n = f32(p.n);
-    let mean_shifted = s.x / n;
-    saved[f] = shift + mean_shifted;
-    saved[p.d + f] = max(s.y / n - mean_shifted * mean_shifted, 0.0);
+    let m = moments(shift, s);
+    saved[f] = m.x;
+    saved[p.d + f] = m.y;
 }
 
 // SyncBatchNorm, after the exchange left the global batch's [mean; var] in saved: 1/std in

@@ -152,6 +152,12 @@ fn metrics(dir: &Path) -> Vec<[f64; 4]> {
         .collect()
 }
 
+/// A job of two ranks, one started in each directory with the same arguments.
+fn one_rank_in_each(a: &Path, b: &Path, app: Vec<String>) -> Finished {
+    let job = mpirun_command(&[(1, a, WGNN, app.clone()), (1, b, WGNN, app)]);
+    wait(start(job), JOB_LIMIT)
+}
+
 const NO_BN: &str = "flatten,linear:32,relu,linear:10";
 const WITH_BN: &str = "flatten,linear:32,bn,relu,linear:16,bn,relu,linear:10";
 
@@ -413,21 +419,12 @@ fn ranks_started_differently_are_refused_at_start_up() {
             .collect();
         std::fs::write(dir.join("data.csv"), csv).unwrap();
     }
-    let app = strings(&[
-        "train",
-        "--data",
-        "data.csv",
-        "--no-header",
-        "--out",
-        &out,
-        "--overwrite",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-    ]);
-    let job = mpirun_command(&[(1, &a, WGNN, app.clone()), (1, &b, WGNN, app)]);
-    let done = wait(start(job), JOB_LIMIT);
+    let csv_app = |extra: &[&str]| {
+        let base = ["train", "--data", "data.csv", "--no-header", "--out", &out];
+        strings(&[&base[..], &["--overwrite", "--epochs", "1"], extra].concat())
+    };
+    let app = csv_app(&["--batch-size", "2"]);
+    let done = one_rank_in_each(&a, &b, app);
     assert!(!done.success);
     assert!(
         done.stderr
@@ -437,19 +434,8 @@ fn ranks_started_differently_are_refused_at_start_up() {
     );
     // A rank that cannot read its data fails the job by name.
     std::fs::write(b.join("data.csv"), "0,1.5,2\n1,oops,3\n").unwrap();
-    let app = strings(&[
-        "train",
-        "--data",
-        "data.csv",
-        "--no-header",
-        "--out",
-        &out,
-        "--overwrite",
-        "--epochs",
-        "1",
-    ]);
-    let job = mpirun_command(&[(1, &a, WGNN, app.clone()), (1, &b, WGNN, app)]);
-    let done = wait(start(job), JOB_LIMIT);
+    let app = csv_app(&[]);
+    let done = one_rank_in_each(&a, &b, app);
     assert!(!done.success);
     assert!(done.stderr.contains("rank 1 of 2"), "{}", done.stderr);
     assert!(done.stderr.contains("oops"), "{}", done.stderr);

@@ -68,7 +68,7 @@ pub(super) fn submit_segments(
         let read = map_and_read::<f32>(ctx, staged, exchange.read_bytes())?;
         wait_nanos += nanos(began);
         let read_at = Instant::now();
-        collective_nanos += exchange_on_host(ctx, comm, exchange, &read)?;
+        collective_nanos += exchange_on_host(ctx, comm, exchange, read)?;
         host_nanos += nanos(read_at);
         start = *at;
     }
@@ -131,7 +131,7 @@ fn exchange_on_host(
     ctx: &GpuContext,
     comm: &dyn Communicator,
     exchange: &Exchange,
-    read: &[f32],
+    mut read: Vec<f32>,
 ) -> Result<u64> {
     let write = |region: &Region, values: &[f32]| {
         ctx.queue
@@ -141,14 +141,14 @@ fn exchange_on_host(
     let in_collectives = || began.elapsed().as_nanos() as u64;
     let nanos = match exchange {
         Exchange::AverageGradients { grads } => {
-            let mut values = read[..(grads.size / 4) as usize].to_vec();
-            comm.all_reduce_sum(&mut values)?;
+            read.truncate((grads.size / 4) as usize);
+            comm.all_reduce_sum(&mut read)?;
             let nanos = in_collectives();
             if comm.size() > 1 {
                 let scale = 1.0 / comm.size() as f32;
-                values.iter_mut().for_each(|v| *v *= scale);
+                read.iter_mut().for_each(|v| *v *= scale);
             }
-            write(grads, &values);
+            write(grads, &read);
             nanos
         }
         Exchange::BatchNormMoments {
@@ -164,10 +164,9 @@ fn exchange_on_host(
             nanos
         }
         Exchange::BatchNormGradSums { sums, .. } => {
-            let mut values = read.to_vec();
-            comm.all_reduce_sum(&mut values)?;
+            comm.all_reduce_sum(&mut read)?;
             let nanos = in_collectives();
-            let (dbeta, dgamma) = values.split_at(values.len() / 2);
+            let (dbeta, dgamma) = read.split_at(read.len() / 2);
             write(&sums[0], dbeta);
             write(&sums[1], dgamma);
             nanos

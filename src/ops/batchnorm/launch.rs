@@ -193,9 +193,26 @@ pub fn train_dispatches(
         ],
         feature_grid(ctx, d),
     )?;
-    let normalize = ctx.dispatch_at(
+    let normalize = normalize_dispatch(ctx, n, d, &params, layer, x, saved, y)?;
+    Ok(vec![stats, normalize])
+}
+
+/// y from the batch statistics in `saved` ([mean; invstd]), counting the batch: the second
+/// half of the train-mode forward wherever its statistics come from.
+#[allow(clippy::too_many_arguments)]
+fn normalize_dispatch(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    params: &Params,
+    layer: LayerBindings<'_>,
+    x: Binding<'_>,
+    saved: Binding<'_>,
+    y: Binding<'_>,
+) -> Result<Dispatch, GpuError> {
+    ctx.dispatch_at(
         &kernel(ctx, "normalize"),
-        Some(&params),
+        Some(params),
         &[
             (X, x),
             (Y, y),
@@ -206,8 +223,7 @@ pub fn train_dispatches(
             (STEP, layer.step),
         ],
         element_grid(ctx, n, d),
-    )?;
-    Ok(vec![stats, normalize])
+    )
 }
 
 /// Eval-mode forward with the running statistics (+ ReLU). One dispatch: per column on CPU
@@ -339,20 +355,7 @@ pub fn sync_train_dispatches(
         ],
         [groups(d, COLUMN_FEATURES), 1, 1],
     )?;
-    let normalize = ctx.dispatch_at(
-        &kernel(ctx, "normalize"),
-        Some(&params),
-        &[
-            (X, x),
-            (Y, y),
-            (SAVED, saved),
-            (GAMMA, layer.gamma),
-            (BETA, layer.beta),
-            (NUM_BATCHES, layer.num_batches_tracked),
-            (STEP, layer.step),
-        ],
-        element_grid(ctx, n, d),
-    )?;
+    let normalize = normalize_dispatch(ctx, n, d, &params, layer, x, saved, y)?;
     Ok([vec![moments], vec![apply, normalize]])
 }
 
