@@ -343,6 +343,37 @@ fn info_lists_the_adapter_and_its_limits() {
     );
 }
 
+#[test]
+fn bench_profile_json_breaks_each_step_down_by_dispatch() {
+    let o = wgnn(&["bench", "--profile", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    assert!(json["adapter"].as_str().is_some_and(|a| !a.is_empty()));
+    let steps = json["steps"].as_array().unwrap();
+    // Train and eval of 784 inputs at batch 128 and 1024, and of 3072 inputs at 128.
+    assert_eq!(steps.len(), 6);
+    for step in steps {
+        let profile = &step["profile"];
+        let dispatches = profile["dispatches"].as_array().unwrap();
+        let expected = if step["mode"] == "train" { 10 } else { 5 };
+        assert!(dispatches.len() >= expected, "{step}");
+        let sum: f64 = dispatches
+            .iter()
+            .map(|d| d["seconds"].as_f64().unwrap())
+            .sum();
+        assert!(sum > 0.0 && sum < 10.0, "{step}");
+        for key in [
+            "encode_seconds",
+            "submit_seconds",
+            "complete_seconds",
+            "gpu_seconds",
+        ] {
+            let v = profile[key].as_f64().unwrap();
+            assert!(v > 0.0 && v < 10.0, "{key} in {step}");
+        }
+    }
+}
+
 /// Metrics rows without the wall-clock columns (seconds, samples/s).
 fn metrics_without_timing(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("metrics.csv"))

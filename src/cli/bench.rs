@@ -9,7 +9,10 @@ use super::error::Result;
 pub fn run(args: BenchArgs) -> Result<()> {
     let ctx = std::sync::Arc::new(GpuContext::new()?);
     if args.profile {
-        return profile(ctx);
+        if !args.json {
+            println!("adapter: {}", ctx.adapter());
+        }
+        return profile(ctx, args.json);
     }
     let budget = if args.quick {
         Budget::quick()
@@ -34,29 +37,59 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Per-dispatch times of the lecture MLP's plans.
-fn profile(ctx: std::sync::Arc<GpuContext>) -> Result<()> {
-    println!("adapter: {}", ctx.adapter());
-    for batch in [128usize, 1024] {
-        let mut model = wgnn::bench::lecture_model(ctx.clone(), 784, batch)?;
+/// Where the lecture MLP's steps spend their time, per dispatch and on the host.
+fn profile(ctx: std::sync::Arc<GpuContext>, json: bool) -> Result<()> {
+    const REPETITIONS: usize = 30;
+    let mut steps = Vec::new();
+    for (features, batch) in [(784usize, 128usize), (784, 1024), (3072, 128)] {
+        let mut model = wgnn::bench::lecture_model(ctx.clone(), features, batch)?;
         for mode in [wgnn::Mode::Train, wgnn::Mode::Eval] {
-            let times = model.profile(mode, 20)?;
-            let total: f64 = times.iter().map(|t| t.1).sum();
-            println!(
-                "{mode:?} step, batch {batch}: {:.3} ms in {} dispatches",
-                total * 1e3,
-                times.len()
-            );
-            for (name, seconds) in times {
-                println!(
-                    "  {name:<16} {:>9.1} µs  {:>5.1} %",
-                    seconds * 1e6,
-                    100.0 * seconds / total
+            let profile = model.profile(mode, REPETITIONS)?;
+            if !json {
+                print_profile(
+                    &format!("{mode:?}, {features} inputs, batch {batch}"),
+                    &profile,
                 );
             }
+            steps.push(serde_json::json!({
+                "mode": format!("{mode:?}").to_lowercase(),
+                "features": features,
+                "batch": batch,
+                "profile": profile,
+            }));
         }
     }
+    if json {
+        let out = serde_json::json!({ "adapter": ctx.adapter().to_string(), "steps": steps });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
     Ok(())
+}
+
+fn print_profile(title: &str, p: &wgnn::gpu::StepProfile) {
+    let clock = match p.clock {
+        wgnn::gpu::Clock::Timestamps => "GPU timestamps",
+        wgnn::gpu::Clock::Wall => "host clock, each dispatch alone",
+    };
+    println!(
+        "{title}: {} dispatches, GPU {:.1} µs ({clock}); host: record {:.1} µs, submit {:.1} µs, \
+         submit to done {:.1} µs (medians of {})",
+        p.dispatches.len(),
+        p.gpu_seconds * 1e6,
+        p.encode_seconds * 1e6,
+        p.submit_seconds * 1e6,
+        p.complete_seconds * 1e6,
+        p.repetitions
+    );
+    let total = p.dispatch_seconds().max(f64::MIN_POSITIVE);
+    for d in &p.dispatches {
+        println!(
+            "  {:<20} {:>9.1} µs  {:>5.1} %",
+            d.kernel,
+            d.seconds * 1e6,
+            100.0 * d.seconds / total
+        );
+    }
 }
 
 /// `wgnn bench --data-parallel`: every rank runs the same steps; rank 0 prints.

@@ -71,8 +71,10 @@ pub struct BenchArgs {
     /// Shorter rounds and no CPU reference.
     #[arg(long)]
     pub quick: bool,
-    /// Instead: time every dispatch of the lecture MLP's training and eval steps (784
-    /// inputs, batch 128 and 1024) on its own — where a step's time goes.
+    /// Instead: where the lecture MLP's training and eval steps spend their time (784 inputs
+    /// at batch 128 and 1024, 3072 inputs at 128): each dispatch's GPU time from timestamps
+    /// within whole steps, and the host's time to record and submit one. With --json, one
+    /// JSON object.
     #[arg(long)]
     pub profile: bool,
     /// Instead: the per-step cost of data-parallel training (run alone, or under

@@ -4,7 +4,7 @@
 
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
-use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, TENSOR_USAGE};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, StepProfile, TENSOR_USAGE};
 use crate::graph::{ConstId, Graph, Mode, Node, ParamId, ValueId};
 use crate::nn::Loss;
 use crate::ops::dropout::MaskStream;
@@ -311,23 +311,11 @@ impl GpuPlan {
         &self.staging
     }
 
-    /// Seconds each dispatch takes on its own (repeated `reps` times in one submit), in plan
-    /// order with its kernel's name: where a step's time goes.
-    pub fn profile(
-        &self,
-        ctx: &GpuContext,
-        reps: usize,
-    ) -> Result<Vec<(&'static str, f64)>, GpuError> {
-        ctx.wait_idle()?;
-        let mut out = Vec::with_capacity(self.dispatches.len());
-        for d in &self.dispatches {
-            let start = std::time::Instant::now();
-            let list: Vec<&Dispatch> = std::iter::repeat_n(d, reps.max(1)).collect();
-            ctx.submit(&list);
-            ctx.wait_idle()?;
-            out.push((d.label, start.elapsed().as_secs_f64() / reps.max(1) as f64));
-        }
-        Ok(out)
+    /// Where a step's time goes: each dispatch's GPU time within whole steps, and the
+    /// host's time to record and submit one (see [`GpuContext::profile_step`]).
+    pub fn profile(&self, ctx: &GpuContext, reps: usize) -> Result<StepProfile, GpuError> {
+        let dispatches: Vec<&Dispatch> = self.dispatches.iter().collect();
+        ctx.profile_step(&dispatches, reps)
     }
 
     pub fn dispatch_count(&self) -> usize {

@@ -250,9 +250,12 @@ impl GpuContext {
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("wgnn"),
             // Subgroup operations where the adapter has them: the broadcast matmul uses them.
+            // Timestamps inside passes: `wgnn bench --profile` times each dispatch of a step.
             // The pipeline cache where it is kept on disk.
             required_features: adapter.features()
                 & (wgpu::Features::SUBGROUP
+                    | wgpu::Features::TIMESTAMP_QUERY
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
                     | if cache_file.is_some() {
                         wgpu::Features::PIPELINE_CACHE
                     } else {

@@ -4,6 +4,7 @@ mod context;
 pub mod disk_cache;
 mod kernel;
 mod layout;
+mod profile;
 mod tensor;
 
 pub use context::{
@@ -17,6 +18,7 @@ pub use layout::UniformLayout;
 #[cfg(test)]
 pub(crate) use layout::assert_mirrors;
 pub(crate) use layout::uniform_struct;
+pub use profile::{Clock, DispatchTime, StepProfile};
 pub use tensor::{GpuTensor, TENSOR_USAGE, byte_len, map_and_read, read_buffer};
 
 /// Errors from the GPU layer. Each names what failed and, where it can, how to fix it.

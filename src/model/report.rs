@@ -2,6 +2,7 @@
 //! submits and resident bytes per kind), per-dispatch profiling, and the bytes it holds.
 
 use crate::error::Result;
+use crate::gpu::StepProfile;
 use crate::graph::Mode;
 use crate::ops::step::StepParams;
 
@@ -119,15 +120,16 @@ impl Model {
         }
     }
 
-    /// Per-dispatch times of the plan for `mode` at the configured batch size (each dispatch
-    /// repeated `reps` times on its own). Running it updates the model's state: profile a
-    /// throw-away model.
-    pub fn profile(&mut self, mode: Mode, reps: usize) -> Result<Vec<(&'static str, f64)>> {
+    /// Where a step of `mode` at the configured batch size spends its time: each dispatch's
+    /// GPU time, the host's recording and submit (medians of `reps` steps after a warm-up).
+    /// Running it updates the model's state: profile a throw-away model.
+    pub fn profile(&mut self, mode: Mode, reps: usize) -> Result<StepProfile> {
         let batch = self.config.batch_size;
-        let plan = &self.plans[&(mode, batch)];
-        let result = plan.profile(&self.ctx, reps)?;
+        self.plan(mode, batch)?;
+        self.ctx.wait_idle()?;
         self.in_flight.clear();
-        Ok(result)
+        let plan = &self.plans[&(mode, batch)];
+        Ok(plan.profile(&self.ctx, reps)?)
     }
 
     /// Bytes of every buffer the model holds (all plans included).
