@@ -250,6 +250,7 @@ fn dropout_and_loss(c: &mut Criterion) {
             weight: None,
             rows: rows.binding(),
             grad: Some(grad.binding()),
+            totals: None,
         },
     )
     .unwrap();

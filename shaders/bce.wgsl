@@ -2,6 +2,8 @@
 //   loss_i = (1 - y)·x + (1 + (pw - 1)·y)·(log1p(exp(-|x|)) + max(-x, 0))
 //   ∂loss_i/∂x = (1 + (pw - 1)·y)·σ(x) - pw·y
 // multiplied by step.loss_scale (1/N for 'mean', 1 otherwise).
+// bce_with_logits_totals does the same in one workgroup and folds the batch into the running
+// totals itself (fold_batch, shaders/totals.wgsl).
 
 struct Params {
     n: u32,
@@ -17,6 +19,7 @@ struct Params {
 // Per element: (loss_i · loss_scale, 1 if (x > 0) = (y > ½), 1, 0).
 @group(0) @binding(4) var<storage, read_write> rows: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(6) var<storage, read_write> totals: array<f32>;
 
 override WG: u32 = 64u;
 
@@ -27,10 +30,8 @@ fn log1p(e: f32) -> f32 {
     return log(u) * e / (u - 1.0);
 }
 
-@compute @workgroup_size(WG)
-fn bce_with_logits(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    if (i >= p.n) { return; }
+// Element i's loss and gradient; writes rows[i] (and the gradient) and returns rows[i].
+fn bce_row(i: u32) -> vec4<f32> {
     let x = logits[i];
     let y = targets[i];
     let lw = 1.0 + (p.pos_weight - 1.0) * y;
@@ -39,8 +40,24 @@ fn bce_with_logits(@builtin(global_invocation_id) gid: vec3<u32>) {
     let loss = (1.0 - y) * x + lw * (softplus_tail + max(-x, 0.0));
     let sigmoid = select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
     let correct = select(0.0, 1.0, (x > 0.0) == (y > 0.5));
-    rows[i] = vec4<f32>(loss * step.loss_scale, correct, 1.0, 0.0);
+    let row = vec4<f32>(loss * step.loss_scale, correct, 1.0, 0.0);
+    rows[i] = row;
     if ((p.flags & 1u) != 0u) {
         grad[i] = (lw * sigmoid - p.pos_weight * y) * step.loss_scale;
     }
+    return row;
+}
+
+@compute @workgroup_size(WG)
+fn bce_with_logits(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.n) { _ = bce_row(gid.x); }
+}
+
+// One workgroup: each invocation takes elements lid, lid + TOTALS_WG, … in order, as the
+// metrics kernel sums them.
+@compute @workgroup_size(TOTALS_WG)
+fn bce_with_logits_totals(@builtin(local_invocation_index) lid: u32) {
+    var s = vec4<f32>(0.0);
+    for (var i = lid; i < p.n; i += TOTALS_WG) { s += bce_row(i); }
+    fold_batch(lid, s);
 }

@@ -1,6 +1,7 @@
 // Reductions.
 //   column_sum: out[j] = Σ_i x[i, j] over x: [N, D]   (a Linear layer's bias gradient)
 //   metrics:    folds a batch's per-row (loss, correct, counted, _) into running totals
+//               (fold_batch, shaders/totals.wgsl)
 
 struct Params {
     n: u32,
@@ -12,15 +13,13 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> rows: array<vec4<f32>>;
-// [loss·count summed over batches, correct, count, batches, last batch loss,
-//  first non-finite step (bits of a u32), 1 if a loss was non-finite, 0]
+// The running totals (layout: shaders/totals.wgsl).
 @group(0) @binding(5) var<storage, read_write> totals: array<f32>;
 
 // column_sum: WG_FEATURES × ROWS invocations per workgroup, ROWS of them sharing a column's
 // rows (16 on GPUs, 1 on lavapipe where barriers are costly).
 override WG_FEATURES: u32 = 64u;
 override ROWS: u32 = 1u;
-const METRICS_WG: u32 = 256u;
 
 var<workgroup> column_partial: array<f32, 256>;
 
@@ -42,33 +41,11 @@ fn column_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invo
     if (gid.x < p.d && lid.y == 0u) { out[gid.x] = s; }
 }
 
-var<workgroup> partial: array<vec4<f32>, METRICS_WG>;
-
-// One workgroup: each invocation sums a strided share of the rows, then a tree reduction.
-@compute @workgroup_size(METRICS_WG)
+// One workgroup: each invocation sums a strided share of the rows, then fold_batch
+// (shaders/totals.wgsl).
+@compute @workgroup_size(TOTALS_WG)
 fn metrics(@builtin(local_invocation_index) lid: u32) {
     var s = vec4<f32>(0.0);
-    for (var i = lid; i < p.n; i += METRICS_WG) { s += rows[i]; }
-    partial[lid] = s;
-    workgroupBarrier();
-    for (var width = METRICS_WG / 2u; width > 0u; width /= 2u) {
-        if (lid < width) { partial[lid] += partial[lid + width]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) {
-        let total = partial[0];
-        let loss = total.x;
-        totals[0] += loss * total.z;
-        totals[1] += total.y;
-        totals[2] += total.z;
-        totals[3] += 1.0;
-        totals[4] = loss;
-        // NaN and ±inf have an all-ones exponent; a float comparison could be optimized away
-        // by compilers that assume finite math.
-        let nonfinite = (bitcast<u32>(loss) & 0x7f800000u) == 0x7f800000u;
-        if (nonfinite && totals[6] == 0.0) {
-            totals[5] = bitcast<f32>(step.step_lo);
-            totals[6] = 1.0;
-        }
-    }
+    for (var i = lid; i < p.n; i += TOTALS_WG) { s += rows[i]; }
+    fold_batch(lid, s);
 }

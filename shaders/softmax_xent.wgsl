@@ -5,6 +5,9 @@
 //   ∂loss_i/∂x_ij = (1-ε)·w_t·(p_ij - [j = t]) + ε/C·(p_ij·Σ_c w_c - w_j)
 // Both are multiplied by step.loss_scale: 1 / Σ_i w_{t_i} over non-ignored rows for 'mean',
 // 1 for 'sum' and 'none'. Ignored rows give 0 loss and 0 gradient.
+// softmax_xent_totals does the same in one workgroup and folds the batch into the running
+// totals itself (fold_batch, shaders/totals.wgsl): the metrics kernel's work, without its
+// dispatch.
 
 struct Params {
     n: u32,
@@ -29,6 +32,7 @@ const FLAG_GRAD: u32 = 2u;
 @group(0) @binding(5) var<storage, read_write> rows: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(7) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(8) var<storage, read_write> totals: array<f32>;
 
 override WG: u32 = 64u;
 
@@ -63,10 +67,8 @@ fn prob(stats: RowStats, x: f32) -> f32 {
     return exp(x - stats.max) * stats.inv_sum;
 }
 
-@compute @workgroup_size(WG)
-fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.x;
-    if (r >= p.n) { return; }
+// Row r's loss and gradient; writes rows[r] (and the gradient) and returns rows[r].
+fn xent_row(r: u32) -> vec4<f32> {
     let base = r * p.c;
     let t = targets[r];
     let write_grad = (p.flags & FLAG_GRAD) != 0u;
@@ -75,7 +77,7 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (write_grad) {
             for (var j = 0u; j < p.c; j++) { grad[base + j] = 0.0; }
         }
-        return;
+        return vec4<f32>(0.0);
     }
     let tu = u32(t);
     let stats = row_stats(base);
@@ -88,7 +90,8 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
         loss += eps / f32(p.c) * smoothed;
     }
     let scale = step.loss_scale;
-    rows[r] = vec4<f32>(loss * scale, select(0.0, 1.0, stats.argmax == tu), 1.0, 0.0);
+    let row = vec4<f32>(loss * scale, select(0.0, 1.0, stats.argmax == tu), 1.0, 0.0);
+    rows[r] = row;
     if (write_grad) {
         for (var j = 0u; j < p.c; j++) {
             let pj = prob(stats, logits[base + j]);
@@ -97,6 +100,21 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
             grad[base + j] = g * scale;
         }
     }
+    return row;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.n) { _ = xent_row(gid.x); }
+}
+
+// One workgroup: each invocation takes rows lid, lid + TOTALS_WG, … in order, as the metrics
+// kernel sums them.
+@compute @workgroup_size(TOTALS_WG)
+fn softmax_xent_totals(@builtin(local_invocation_index) lid: u32) {
+    var s = vec4<f32>(0.0);
+    for (var r = lid; r < p.n; r += TOTALS_WG) { s += xent_row(r); }
+    fold_batch(lid, s);
 }
 
 // probs = softmax(logits) row by row.

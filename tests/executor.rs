@@ -165,6 +165,46 @@ fn twenty_adam_steps_without_batch_norm_match_the_cpu_reference() {
     compare_states("adam", &model.state_dict_keys(), &gpu, &cpu, tol);
 }
 
+/// Up to FOLD_MAX_ROWS rows the loss folds the batch into the totals itself; beyond, the
+/// metrics kernel does in a dispatch of its own. Both count the same.
+#[test]
+fn a_batch_beyond_the_loss_fold_is_counted_by_the_metrics_kernel_alike() {
+    let big = wgnn::ops::reduce::FOLD_MAX_ROWS + 3;
+    let chunk = 1000;
+    let make = |batch_size| {
+        let mut model = Model::new(
+            ctx(),
+            Sequential::lecture_mlp(20, 10, 0.3),
+            Loss::default(),
+            Optimizer::Sgd(Sgd::default()),
+            config(&[20], batch_size),
+        )
+        .unwrap();
+        model.eval();
+        model
+    };
+    let (x, y) = batch(8, big, 20, 10);
+    let mut whole = make(big);
+    whole.eval_step(&x, &y).unwrap();
+    let mut chunked = make(chunk);
+    for (xs, ys) in x.chunks(chunk * 20).zip(y.chunks(chunk)) {
+        chunked.eval_step(xs, ys).unwrap();
+    }
+    assert_eq!(
+        whole.report(Mode::Eval).dispatches_per_step,
+        chunked.report(Mode::Eval).dispatches_per_step + 1
+    );
+    let (a, b) = (
+        whole.read_metrics().unwrap(),
+        chunked.read_metrics().unwrap(),
+    );
+    assert_eq!((a.count, a.correct), (b.count, b.correct));
+    assert_eq!(a.count, big as f64);
+    assert!(a.correct > 0.0);
+    let (la, lb) = (a.mean_loss(), b.mean_loss());
+    assert!((la - lb).abs() <= 1e-5 * lb.abs(), "{la} against {lb}");
+}
+
 #[test]
 fn eval_output_of_a_row_does_not_depend_on_its_batch() {
     let mut model = Model::new(
@@ -338,7 +378,8 @@ fn a_training_step_is_one_submit_without_blocking_readback() {
         (report.submits_per_step, report.blocking_readbacks_per_step),
         (1, 0)
     );
-    // Forward: 3 matmuls, 2 batch norms (ReLU and dropout folded in), loss, metrics. Backward:
+    // Forward: 3 matmuls, 2 batch norms (ReLU and dropout folded in), the loss (which folds
+    // the batch into the metrics totals itself). Backward:
     // weight, bias and input gradients of the last two Linears, weight and bias of the first,
     // 2 batch norms; 1 optimizer step. A batch norm is one pass per direction with per-column
     // reductions (CPU adapters), two with row-parallel ones.
@@ -349,7 +390,7 @@ fn a_training_step_is_one_submit_without_blocking_readback() {
     };
     assert_eq!(
         report.dispatches_per_step,
-        7 + 10 + 1 + 4 * (batch_norm_passes - 1),
+        6 + 10 + 1 + 4 * (batch_norm_passes - 1),
         "{report}"
     );
     assert!(report.total_bytes > report.parameter_bytes);

@@ -49,6 +49,8 @@ impl std::fmt::Debug for ActivationShader {
 /// The per-step uniform, shared by the kernels that read it.
 const STEP: &str = include_str!("../../shaders/step.wgsl");
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
+/// Folding a batch into the running loss/accuracy totals.
+const TOTALS: &str = include_str!("../../shaders/totals.wgsl");
 /// Parameters and epilogue shared by the matmul variants, after ReLU's definition.
 const MATMUL: &str = concat!(
     include_str!("../../shaders/activation/relu.wgsl"),
@@ -91,10 +93,14 @@ impl Shader {
                 include_str!("../../shaders/philox_words.wgsl"),
             ],
             Shader::Preprocess => &[include_str!("../../shaders/preprocess.wgsl")],
-            Shader::SoftmaxXent => &[STEP, include_str!("../../shaders/softmax_xent.wgsl")],
-            Shader::Bce => &[STEP, include_str!("../../shaders/bce.wgsl")],
+            Shader::SoftmaxXent => &[
+                STEP,
+                TOTALS,
+                include_str!("../../shaders/softmax_xent.wgsl"),
+            ],
+            Shader::Bce => &[STEP, TOTALS, include_str!("../../shaders/bce.wgsl")],
             Shader::Optim => &[STEP, include_str!("../../shaders/optim.wgsl")],
-            Shader::Reduce => &[STEP, include_str!("../../shaders/reduce.wgsl")],
+            Shader::Reduce => &[STEP, TOTALS, include_str!("../../shaders/reduce.wgsl")],
             Shader::Bench => &[include_str!("../../shaders/bench.wgsl")],
         };
         parts.to_vec()

@@ -71,8 +71,6 @@ pub fn build_with(
         layer.lower(&mut b)?;
     }
     let (shape, x) = (b.shape.clone(), b.x);
-    // Linear → ReLU, BatchNorm → ReLU (→ Dropout): see each op's `absorb`.
-    fusion::fuse(&mut b.nodes);
 
     if shape.len() != 2 {
         return Err(BuildError::Loss(format!(
@@ -100,6 +98,9 @@ pub fn build_with(
         phase: Phase::Forward,
         layer: None,
     });
+    // Linear → ReLU, BatchNorm → ReLU (→ Dropout), cross-entropy → metrics: see each op's
+    // `absorb`.
+    fusion::fuse(&mut b.nodes);
 
     let mut graph = Graph {
         batch_size,

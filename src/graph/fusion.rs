@@ -1,12 +1,14 @@
 //! Fusion as a rule over the graph: a node whose output 0 is read by exactly one node, that
 //! node having it as its only input, becomes one node when the producer's [`Op::absorb`]
-//! accepts the consumer. The pair's intermediate value then has no writer and no slot.
+//! accepts the consumer. The pair's intermediate value then has no writer and no slot,
+//! unless the consumer writes no value (the metrics, which the loss absorbs): the fused node
+//! then keeps the producer's outputs.
 
 use super::{Node, ValueId};
 
 /// Fuses every producer/consumer pair its ops allow, repeatedly (BatchNorm absorbs its ReLU,
-/// then the Dropout after it), in the layers' forward nodes (before the loss reads the
-/// model's output, which is always the last consumer's output and so survives).
+/// then the Dropout after it; the loss its metrics). The model's output, which the loss
+/// reads, is the last layer's consumer's output and so survives.
 pub(super) fn fuse(nodes: &mut Vec<Node>) {
     let mut i = 0;
     while i < nodes.len() {
@@ -26,7 +28,9 @@ pub(super) fn fuse(nodes: &mut Vec<Node>) {
                 let consumer: Node = nodes.remove(j);
                 let producer = &mut nodes[i];
                 producer.op = op;
-                producer.outputs[0] = consumer.outputs[0];
+                if let Some(&out) = consumer.outputs.first() {
+                    producer.outputs[0] = out;
+                }
                 // Stay on this node: it may absorb the next one too.
             }
             None => i += 1,

@@ -79,6 +79,7 @@ impl Loss {
                 }
                 Ok(Arc::new(CrossEntropyOp {
                     config: ce.config.clone(),
+                    metrics: false,
                 }))
             }
             Loss::BceWithLogits(bce) => {
@@ -94,7 +95,10 @@ impl Loss {
                         bce.config.pos_weight
                     ));
                 }
-                Ok(Arc::new(BceWithLogitsOp { config: bce.config }))
+                Ok(Arc::new(BceWithLogitsOp {
+                    config: bce.config,
+                    metrics: false,
+                }))
             }
         }
     }

@@ -1,12 +1,14 @@
 //! Binary cross-entropy with logits, the lecture's binary case: `torch.nn.BCEWithLogitsLoss`
 //! in its numerically stable form, with `pos_weight`. Kernel: `shaders/bce.wgsl`.
 
+use super::reduce::{self, FOLD_MAX_ROWS};
 use super::softmax_xent::Reduction;
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_shape, groups};
 use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
 use std::any::Any;
+use std::sync::Arc;
 
 use crate::exec::{CpuCx, GpuCx};
 use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
@@ -86,32 +88,61 @@ uniform_struct! {
 
 const WG: u32 = 64;
 
-/// Builds the BCE-with-logits dispatch over `n` logits; `rows` gets (scaled loss, correct,
-/// counted, 0) per element, `grad` the gradient when given.
-#[allow(clippy::too_many_arguments)]
+/// The GPU buffers of one BCE-with-logits evaluation.
+#[derive(Clone, Copy)]
+pub struct BceBindings<'a> {
+    /// The step uniform; its `loss_scale` is [`loss_scale`] of the batch.
+    pub step: Binding<'a>,
+    pub logits: Binding<'a>,
+    /// f32 targets in [0, 1].
+    pub targets: Binding<'a>,
+    /// [n, 4]: per element (scaled loss, correct, counted, 0).
+    pub rows: Binding<'a>,
+    /// ∂loss/∂logits, when wanted.
+    pub grad: Option<Binding<'a>>,
+    /// The running totals, when the loss folds the batch into them itself (at most
+    /// [`FOLD_MAX_ROWS`] elements, one workgroup).
+    pub totals: Option<Binding<'a>>,
+}
+
+/// Builds the BCE-with-logits dispatch over `n` logits (which also folds the batch into
+/// `b.totals` when given).
 pub fn dispatch(
     ctx: &GpuContext,
     n: usize,
     config: BceConfig,
-    step: Binding<'_>,
-    logits: Binding<'_>,
-    targets: Binding<'_>,
-    rows: Binding<'_>,
-    grad: Option<Binding<'_>>,
+    b: BceBindings<'_>,
 ) -> Result<Dispatch, GpuError> {
     let params = Params {
         n: n as u32,
-        flags: u32::from(grad.is_some()),
+        flags: u32::from(b.grad.is_some()),
         pos_weight: config.pos_weight,
         _pad: 0,
     };
-    let grad = grad.unwrap_or_else(|| ctx.placeholder_out());
-    ctx.dispatch(
-        &Kernel::new(Shader::Bce, "bce_with_logits").with("WG", WG),
-        Some(&params),
-        &[step, logits, targets, rows, grad],
-        [groups(n, WG), 1, 1],
-    )
+    let grad = b.grad.unwrap_or_else(|| ctx.placeholder_out());
+    let mut bindings = vec![
+        (1, b.step),
+        (2, b.logits),
+        (3, b.targets),
+        (4, b.rows),
+        (5, grad),
+    ];
+    match b.totals {
+        Some(totals) if n <= FOLD_MAX_ROWS => {
+            bindings.push((6, totals));
+            let kernel = Kernel::new(Shader::Bce, "bce_with_logits_totals");
+            ctx.dispatch_at(&kernel, Some(&params), &bindings, [1, 1, 1])
+        }
+        Some(_) => Err(GpuError::Unsupported(format!(
+            "BCE with logits folds at most {FOLD_MAX_ROWS} rows into the totals, not {n}"
+        ))),
+        None => ctx.dispatch_at(
+            &Kernel::new(Shader::Bce, "bce_with_logits").with("WG", WG),
+            Some(&params),
+            &bindings,
+            [groups(n, WG), 1, 1],
+        ),
+    }
 }
 
 /// BCE with logits of GPU logits (any shape) against `targets` of the same length:
@@ -145,11 +176,14 @@ pub fn bce_with_logits(
         ctx,
         n,
         config,
-        steps.binding(),
-        logits.binding(),
-        gtargets.binding(),
-        rows.binding(),
-        Some(grad.binding()),
+        BceBindings {
+            step: steps.binding(),
+            logits: logits.binding(),
+            targets: gtargets.binding(),
+            rows: rows.binding(),
+            grad: Some(grad.binding()),
+            totals: None,
+        },
     )?;
     ctx.submit(&[&d]);
     let per_row: Vec<f32> = rows.read(ctx)?;
@@ -169,6 +203,9 @@ pub fn bce_with_logits(
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BceWithLogitsOp {
     pub config: BceConfig,
+    /// The node has absorbed the metrics node after it and folds the rows into the running
+    /// totals itself (see [`crate::ops::softmax_xent::CrossEntropyOp`]).
+    pub metrics: bool,
 }
 
 impl Op for BceWithLogitsOp {
@@ -208,6 +245,9 @@ impl Op for BceWithLogitsOp {
             rows.extend_from_slice(&[loss * scale, f32::from(u8::from(correct)), 1.0, 0.0]);
         }
         *cx.loss = reduced.first().copied().unwrap_or(f32::NAN);
+        if self.metrics {
+            reduce::reference_fold(&rows, cx);
+        }
         match cx.mode {
             Mode::Train => vec![rows, grad],
             Mode::Eval => vec![rows],
@@ -215,20 +255,34 @@ impl Op for BceWithLogitsOp {
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
-        let rows = cx.input_shape(node, 0).0;
-        let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
-        let d = dispatch(
-            cx.ctx,
-            rows,
-            self.config,
-            cx.step,
-            cx.input(node, 0),
-            cx.input(node, 1),
-            cx.output(node, 0),
-            grad,
-        )?;
+        let n = cx.input_shape(node, 0).0;
+        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss.
+        let fold = self.metrics && n <= FOLD_MAX_ROWS;
+        let bindings = BceBindings {
+            step: cx.step,
+            logits: cx.input(node, 0),
+            targets: cx.input(node, 1),
+            rows: cx.output(node, 0),
+            grad: (cx.mode == Mode::Train).then(|| cx.output(node, 1)),
+            totals: fold.then_some(cx.totals),
+        };
+        let d = dispatch(cx.ctx, n, self.config, bindings)?;
         cx.push(d);
+        if self.metrics && !fold {
+            let metrics = reduce::metrics_dispatch(cx.ctx, n, cx.step, bindings.rows, cx.totals)?;
+            cx.push(metrics);
+        }
         Ok(())
+    }
+
+    fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
+        let metrics = next.as_any().downcast_ref::<reduce::MetricsOp>().is_some();
+        (metrics && !self.metrics).then(|| {
+            Arc::new(Self {
+                metrics: true,
+                ..*self
+            }) as Arc<dyn Op>
+        })
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -319,6 +373,77 @@ mod tests {
                 (fd - grad[i]).abs() < 1e-3,
                 "grad[{i}] fd {fd} analytic {}",
                 grad[i]
+            );
+        }
+    }
+
+    /// The loss kernel that folds its elements into the totals against the loss kernel
+    /// followed by the metrics kernel: rows, gradient and totals bit for bit.
+    #[test]
+    fn folding_the_totals_in_the_loss_matches_the_metrics_kernel_bit_for_bit() {
+        use crate::ops::reduce::{TOTALS_LEN, Totals, metrics_dispatch};
+        let ctx = ctx();
+        for n in [1usize, 3, 7, 65, 1000, FOLD_MAX_ROWS] {
+            let config = BceConfig {
+                pos_weight: 1.5,
+                reduction: Reduction::Mean,
+            };
+            let logits = uniform(n as u64, n, -6.0, 6.0);
+            let targets: Vec<f32> = uniform(n as u64 + 9, n, 0.0, 1.0)
+                .iter()
+                .map(|v| v.round())
+                .collect();
+            let steps = StepBuffer::new(ctx).unwrap();
+            steps.write(
+                ctx,
+                &StepParams {
+                    loss_scale: loss_scale(n, config.reduction),
+                    ..StepParams::at_step(2)
+                },
+            );
+            let gl = GpuTensor::from_slice(ctx, &logits, &[n], "logits").unwrap();
+            let gt = GpuTensor::from_slice(ctx, &targets, &[n], "targets").unwrap();
+            let run = |fold: bool| {
+                let rows = GpuTensor::zeros(ctx, &[n, 4], "rows").unwrap();
+                let grad = GpuTensor::zeros(ctx, &[n], "grad").unwrap();
+                let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+                let bindings = BceBindings {
+                    step: steps.binding(),
+                    logits: gl.binding(),
+                    targets: gt.binding(),
+                    rows: rows.binding(),
+                    grad: Some(grad.binding()),
+                    totals: fold.then(|| totals.binding()),
+                };
+                let loss = dispatch(ctx, n, config, bindings).unwrap();
+                if fold {
+                    ctx.submit(&[&loss]);
+                } else {
+                    let metrics =
+                        metrics_dispatch(ctx, n, steps.binding(), rows.binding(), totals.binding())
+                            .unwrap();
+                    ctx.submit(&[&loss, &metrics]);
+                }
+                let bits = |t: &GpuTensor| -> Vec<u32> {
+                    t.read::<f32>(ctx)
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                (bits(&rows), bits(&grad), bits(&totals))
+            };
+            let (apart, folded) = (run(false), run(true));
+            assert_eq!(apart, folded, "{n} elements");
+            let raw: Vec<f32> = folded.2.iter().map(|&b| f32::from_bits(b)).collect();
+            let totals = Totals::from_raw(&raw);
+            assert_eq!((totals.batches, totals.count), (1, n as f64));
+            let (want, _) = reference(&logits, &targets, config);
+            assert_close(
+                &format!("{n} elements, loss"),
+                &[totals.last_loss],
+                &want,
+                Tolerance::new(1e-5, 1e-5),
             );
         }
     }

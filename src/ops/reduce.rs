@@ -66,6 +66,11 @@ pub fn column_sum_dispatch(
 
 /// Adds a batch's per-row (loss, correct, counted, _) rows: [n, 4] into `totals`
 /// ([`TOTALS_LEN`] floats), noting the step of the first non-finite loss.
+/// The most rows a loss kernel folds into the totals itself, in one workgroup of
+/// `TOTALS_WG` = 256 invocations (16 rows each); a larger batch is spread over many
+/// workgroups and folded by the metrics kernel in a second dispatch.
+pub const FOLD_MAX_ROWS: usize = 4096;
+
 pub fn metrics_dispatch(
     ctx: &GpuContext,
     n: usize,
@@ -159,8 +164,26 @@ impl Totals {
     }
 }
 
+/// The CPU reference of folding a batch's per-row (scaled loss, correct, counted, 0) into the
+/// running totals, noting the first step whose loss is not finite.
+pub fn reference_fold(rows: &[f32], cx: &mut CpuCx<'_>) {
+    let batch_loss: f64 = rows.chunks(4).map(|c| f64::from(c[0])).sum();
+    let counted: f64 = rows.chunks(4).map(|c| f64::from(c[2])).sum();
+    let step = cx.step();
+    let t = &mut *cx.totals;
+    t.weighted_loss += batch_loss * counted;
+    t.correct += rows.chunks(4).map(|c| f64::from(c[1])).sum::<f64>();
+    t.count += counted;
+    t.batches += 1;
+    t.last_loss = batch_loss as f32;
+    if !batch_loss.is_finite() && t.first_nonfinite_step.is_none() {
+        t.first_nonfinite_step = Some(step as u32);
+    }
+}
+
 /// (rows) → (): folds the batch's per-row (loss, correct, counted) into the running totals,
-/// noting the first step whose loss is not finite.
+/// noting the first step whose loss is not finite. A loss that can fold its own rows absorbs
+/// it (see [`crate::ops::softmax_xent::CrossEntropyOp`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MetricsOp;
 
@@ -178,19 +201,8 @@ impl Op for MetricsOp {
     }
 
     fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        let r = cx.input(node, 0);
-        let batch_loss: f64 = r.chunks(4).map(|c| f64::from(c[0])).sum();
-        let counted: f64 = r.chunks(4).map(|c| f64::from(c[2])).sum();
-        let step = cx.step();
-        let t = &mut *cx.totals;
-        t.weighted_loss += batch_loss * counted;
-        t.correct += r.chunks(4).map(|c| f64::from(c[1])).sum::<f64>();
-        t.count += counted;
-        t.batches += 1;
-        t.last_loss = batch_loss as f32;
-        if !batch_loss.is_finite() && t.first_nonfinite_step.is_none() {
-            t.first_nonfinite_step = Some(step as u32);
-        }
+        let rows = cx.input(node, 0).to_vec();
+        reference_fold(&rows, cx);
         vec![]
     }
 

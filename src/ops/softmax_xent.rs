@@ -6,11 +6,13 @@
 //! The host holds the targets when it uploads them, so it computes that divisor
 //! ([`loss_scale`]) and passes it in the step uniform; the kernel needs no second pass.
 
+use super::reduce::{self, FOLD_MAX_ROWS};
 use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_matrix, expect_shape, groups};
 use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
 use std::any::Any;
+use std::sync::Arc;
 
 use crate::exec::{CpuCx, GpuCx};
 use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
@@ -200,6 +202,7 @@ const WEIGHT: u32 = 4;
 const ROWS: u32 = 5;
 const GRAD: u32 = 6;
 const PROBS: u32 = 7;
+const TOTALS: u32 = 8;
 
 fn kernel(entry: &'static str) -> Kernel {
     Kernel::new(Shader::SoftmaxXent, entry).with("WG", WG)
@@ -219,9 +222,13 @@ pub struct XentBindings<'a> {
     pub rows: Binding<'a>,
     /// ∂loss/∂logits, when wanted.
     pub grad: Option<Binding<'a>>,
+    /// The running totals, when the loss folds the batch into them itself (at most
+    /// [`FOLD_MAX_ROWS`] rows, one workgroup).
+    pub totals: Option<Binding<'a>>,
 }
 
-/// Builds the fused softmax + cross-entropy dispatch over logits [n, c].
+/// Builds the fused softmax + cross-entropy dispatch over logits [n, c] (which also folds
+/// the batch into `b.totals` when given).
 pub fn dispatch(
     ctx: &GpuContext,
     n: usize,
@@ -247,19 +254,34 @@ pub fn dispatch(
         _pad: [0; 2],
     };
     let placeholder = ctx.placeholder();
-    ctx.dispatch_at(
-        &kernel("softmax_xent"),
-        Some(&params),
-        &[
-            (STEP, b.step),
-            (LOGITS, b.logits),
-            (TARGETS, b.targets),
-            (WEIGHT, b.weight.unwrap_or(placeholder)),
-            (ROWS, b.rows),
-            (GRAD, b.grad.unwrap_or(ctx.placeholder_out())),
-        ],
-        [groups(n, WG), 1, 1],
-    )
+    let mut bindings = vec![
+        (STEP, b.step),
+        (LOGITS, b.logits),
+        (TARGETS, b.targets),
+        (WEIGHT, b.weight.unwrap_or(placeholder)),
+        (ROWS, b.rows),
+        (GRAD, b.grad.unwrap_or(ctx.placeholder_out())),
+    ];
+    match b.totals {
+        Some(totals) if n <= FOLD_MAX_ROWS => {
+            bindings.push((TOTALS, totals));
+            ctx.dispatch_at(
+                &kernel("softmax_xent_totals"),
+                Some(&params),
+                &bindings,
+                [1, 1, 1],
+            )
+        }
+        Some(_) => Err(GpuError::Unsupported(format!(
+            "cross-entropy folds at most {FOLD_MAX_ROWS} rows into the totals, not {n}"
+        ))),
+        None => ctx.dispatch_at(
+            &kernel("softmax_xent"),
+            Some(&params),
+            &bindings,
+            [groups(n, WG), 1, 1],
+        ),
+    }
 }
 
 /// Builds the softmax dispatch: probs[n, c] = softmax(logits) by row.
@@ -340,6 +362,7 @@ pub fn cross_entropy(
             weight: gweight.as_ref().map(GpuTensor::binding),
             rows: rows.binding(),
             grad: Some(grad.binding()),
+            totals: None,
         },
     )?;
     ctx.submit(&[&d]);
@@ -357,9 +380,12 @@ pub fn cross_entropy(
 
 /// (logits, target) → (rows, dlogits): `nn.CrossEntropyLoss` as the graph's loss node. Rows
 /// are per sample (scaled loss, correct, counted, 0) for the metrics; eval writes no gradient.
+/// With `metrics`, the node has absorbed the metrics node after it and folds the rows into
+/// the running totals itself: one dispatch for both up to [`FOLD_MAX_ROWS`] rows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CrossEntropyOp {
     pub config: CrossEntropyConfig,
+    pub metrics: bool,
 }
 
 impl Op for CrossEntropyOp {
@@ -415,6 +441,9 @@ impl Op for CrossEntropyOp {
             ]);
         }
         *cx.loss = reduced.first().copied().unwrap_or(f32::NAN);
+        if self.metrics {
+            reduce::reference_fold(&rows, cx);
+        }
         match cx.mode {
             Mode::Train => vec![rows, grad],
             Mode::Eval => vec![rows],
@@ -423,6 +452,8 @@ impl Op for CrossEntropyOp {
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let (n, c) = cx.input_shape(node, 0);
+        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss.
+        let fold = self.metrics && n <= FOLD_MAX_ROWS;
         let bindings = XentBindings {
             step: cx.step,
             logits: cx.input(node, 0),
@@ -430,10 +461,25 @@ impl Op for CrossEntropyOp {
             weight: cx.class_weight.map(Binding::whole),
             rows: cx.output(node, 0),
             grad: (cx.mode == Mode::Train).then(|| cx.output(node, 1)),
+            totals: fold.then_some(cx.totals),
         };
         let d = dispatch(cx.ctx, n, c, &self.config, bindings)?;
         cx.push(d);
+        if self.metrics && !fold {
+            let metrics = reduce::metrics_dispatch(cx.ctx, n, cx.step, bindings.rows, cx.totals)?;
+            cx.push(metrics);
+        }
         Ok(())
+    }
+
+    fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
+        let metrics = next.as_any().downcast_ref::<reduce::MetricsOp>().is_some();
+        (metrics && !self.metrics).then(|| {
+            Arc::new(Self {
+                metrics: true,
+                ..self.clone()
+            }) as Arc<dyn Op>
+        })
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -458,6 +504,119 @@ mod tests {
             .iter()
             .map(|&v| (v as i64).min(c as i64 - 1))
             .collect()
+    }
+
+    /// The loss kernel that folds its rows into the totals against the loss kernel followed by
+    /// the metrics kernel: rows, gradient and totals bit for bit.
+    #[test]
+    fn folding_the_totals_in_the_loss_matches_the_metrics_kernel_bit_for_bit() {
+        use crate::ops::reduce::{TOTALS_LEN, Totals, metrics_dispatch};
+        let ctx = ctx();
+        let weighted = CrossEntropyConfig {
+            weight: Some((0..10).map(|j| 0.5 + j as f32 / 10.0).collect()),
+            ignore_index: 3,
+            label_smoothing: 0.1,
+            reduction: Reduction::Mean,
+        };
+        for config in [CrossEntropyConfig::default(), weighted] {
+            for n in [1usize, 3, 7, 65, 1000, FOLD_MAX_ROWS] {
+                let c = 10;
+                let logits = uniform(n as u64, n * c, -4.0, 4.0);
+                let t = targets(n, c, n as u64 + 1);
+                let t32: Vec<i32> = t.iter().map(|&v| v as i32).collect();
+                let steps = StepBuffer::new(ctx).unwrap();
+                steps.write(
+                    ctx,
+                    &StepParams {
+                        loss_scale: loss_scale(&t, &config),
+                        ..StepParams::at_step(5)
+                    },
+                );
+                let gl = GpuTensor::from_slice(ctx, &logits, &[n, c], "logits").unwrap();
+                let gt = GpuTensor::from_slice(ctx, &t32, &[n], "targets").unwrap();
+                let gw = config
+                    .weight
+                    .as_ref()
+                    .map(|w| GpuTensor::from_slice(ctx, w, &[c], "weight").unwrap());
+                let run = |fold: bool| {
+                    let rows = GpuTensor::zeros(ctx, &[n, 4], "rows").unwrap();
+                    let grad = GpuTensor::zeros(ctx, &[n, c], "grad").unwrap();
+                    let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+                    let bindings = XentBindings {
+                        step: steps.binding(),
+                        logits: gl.binding(),
+                        targets: gt.binding(),
+                        weight: gw.as_ref().map(GpuTensor::binding),
+                        rows: rows.binding(),
+                        grad: Some(grad.binding()),
+                        totals: fold.then(|| totals.binding()),
+                    };
+                    let loss = dispatch(ctx, n, c, &config, bindings).unwrap();
+                    if fold {
+                        ctx.submit(&[&loss]);
+                    } else {
+                        let metrics = metrics_dispatch(
+                            ctx,
+                            n,
+                            steps.binding(),
+                            rows.binding(),
+                            totals.binding(),
+                        )
+                        .unwrap();
+                        ctx.submit(&[&loss, &metrics]);
+                    }
+                    let bits = |t: &GpuTensor| -> Vec<u32> {
+                        t.read::<f32>(ctx)
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect()
+                    };
+                    (bits(&rows), bits(&grad), bits(&totals))
+                };
+                let (apart, folded) = (run(false), run(true));
+                let label = format!("{n} rows, {config:?}");
+                assert_eq!(apart.0, folded.0, "rows, {label}");
+                assert_eq!(apart.1, folded.1, "gradient, {label}");
+                assert_eq!(apart.2, folded.2, "totals, {label}");
+                let raw: Vec<f32> = folded.2.iter().map(|&b| f32::from_bits(b)).collect();
+                let totals = Totals::from_raw(&raw);
+                let counted = t.iter().filter(|&&v| v != config.ignore_index).count();
+                assert_eq!(
+                    (totals.batches, totals.count),
+                    (1, counted as f64),
+                    "{label}"
+                );
+                let (want, _) = reference(&logits, c, &t, &config);
+                assert_close(
+                    &format!("{label} loss"),
+                    &[totals.last_loss],
+                    &want,
+                    Tolerance::new(1e-5, 1e-5),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_too_large_to_fold_in_one_workgroup_is_refused() {
+        let ctx = ctx();
+        let n = FOLD_MAX_ROWS + 1;
+        let buffer = GpuTensor::zeros(ctx, &[n, 4], "rows").unwrap();
+        let steps = StepBuffer::new(ctx).unwrap();
+        let bindings = XentBindings {
+            step: steps.binding(),
+            logits: buffer.binding(),
+            targets: buffer.binding(),
+            weight: None,
+            rows: buffer.binding(),
+            grad: None,
+            totals: Some(buffer.binding()),
+        };
+        let Err(err) = dispatch(ctx, n, 1, &CrossEntropyConfig::default(), bindings) else {
+            panic!("{n} rows folded in one workgroup");
+        };
+        assert!(err.to_string().contains("at most 4096 rows"), "{err}");
     }
 
     fn check(n: usize, c: usize, config: &CrossEntropyConfig, logits: &[f32], t: &[i64]) {
