@@ -149,6 +149,7 @@ fn batch_norm(c: &mut Criterion) {
         dgamma.binding(),
         dbeta.binding(),
         gdx.binding(),
+        None,
     )
     .unwrap();
     let mut group = c.benchmark_group("batch_norm_1024x64");

@@ -50,6 +50,8 @@ const FLAG_DROPOUT: u32 = 16u;
 @group(0) @binding(10) var<storage, read_write> dbeta: array<f32>;
 @group(0) @binding(11) var<storage, read_write> num_batches_tracked: array<u32>;
 @group(0) @binding(12) var<uniform> step: Step;
+// The preceding Linear's bias gradient, Σ_r dx (backward_column_bias).
+@group(0) @binding(13) var<storage, read_write> dbias: array<f32>;
 
 // Per-feature reductions use WG_FEATURES × ROWS invocations per workgroup: ROWS invocations
 // share a feature's rows and combine their partial sums in workgroup memory. A GPU wants many
@@ -258,12 +260,9 @@ fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local
     dgamma[f] = s.y;
 }
 
-// CPU adapters: backward_reduce and backward_dx in one dispatch, one invocation per feature
-// walking its column twice.
-@compute @workgroup_size(WG_FEATURES, 1)
-fn backward_column(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let f = gid.x;
-    if (f >= p.d) { return; }
+// Feature f's backward walking its column twice; returns Σ_r dx in row order (what a
+// column sum of dx with one invocation per column gives).
+fn column_backward(f: u32) -> f32 {
     let mean = saved[f];
     let invstd = saved[p.d + f];
     var s = vec2<f32>(0.0);
@@ -276,11 +275,27 @@ fn backward_column(@builtin(global_invocation_id) gid: vec3<u32>) {
     dgamma[f] = s.y;
     let n = f32(p.n);
     let scale = gamma[f] * invstd / n;
+    var dx_sum = 0.0;
     for (var r = 0u; r < p.n; r++) {
         let i = r * p.d + f;
         let xhat = (x[i] - mean) * invstd;
-        dx[i] = scale * (n * upstream(i) - s.x - xhat * s.y);
+        let g = scale * (n * upstream(i) - s.x - xhat * s.y);
+        dx[i] = g;
+        dx_sum += g;
     }
+    return dx_sum;
+}
+
+// CPU adapters: backward_reduce and backward_dx in one dispatch, one invocation per feature.
+@compute @workgroup_size(WG_FEATURES, 1)
+fn backward_column(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.d) { _ = column_backward(gid.x); }
+}
+
+// The same, also writing the preceding Linear's bias gradient: no column-sum dispatch.
+@compute @workgroup_size(WG_FEATURES, 1)
+fn backward_column_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.d) { dbias[gid.x] = column_backward(gid.x); }
 }
 
 @compute @workgroup_size(MAP_X, MAP_Y)

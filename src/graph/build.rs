@@ -119,6 +119,8 @@ pub fn build_with(
         loss_rows: rows,
     };
     autodiff::append_backward(&mut graph, dlogits);
+    // A Linear's bias gradient summed by the batch norm backward that wrote its dy.
+    fusion::hand_off_column_sums(&mut graph.nodes);
     debug_assert!(
         graph
             .nodes_for(Mode::Eval)
@@ -307,9 +309,11 @@ mod tests {
     use crate::graph::FoldedDropout;
     use crate::nn::{BCEWithLogitsLoss, BatchNorm1d, Dropout, Flatten, Linear, ReLU};
     use crate::ops::activation::ActivationOp;
+    use crate::ops::batchnorm::BatchNormBackwardOp;
     use crate::ops::batchnorm::BatchNormOp;
     use crate::ops::dropout::DropoutOp;
-    use crate::ops::linear::{LinearGradInputOp, LinearOp};
+    use crate::ops::linear::{LinearGradInputOp, LinearGradParamsOp, LinearOp};
+    use crate::ops::softmax_xent::CrossEntropyOp;
     use crate::optim::Sgd;
 
     fn sgd() -> Optimizer {
@@ -354,6 +358,43 @@ mod tests {
             .count();
         // BN×2 (through their dropouts), Linear params×3, Linear inputs×2
         assert_eq!(backward, 7);
+        // The loss has absorbed the metrics node.
+        assert!(!g.nodes.iter().any(|n| n.op_as::<MetricsOp>().is_some()));
+        let loss = g.nodes.iter().find_map(|n| n.op_as::<CrossEntropyOp>());
+        assert!(loss.is_some_and(|l| l.metrics), "{:?}", g.nodes);
+        // The first two Linears' bias gradients are summed by the batch norm backward after
+        // them (params 1 and 5: each Linear's bias); the last Linear, read by the loss, keeps
+        // its own.
+        let params: Vec<_> = g
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<LinearGradParamsOp>())
+            .map(|op| (op.weight.0, op.bias.map(|b| b.0)))
+            .collect();
+        assert_eq!(params, vec![(8, Some(9)), (4, None), (0, None)]);
+        let handed: Vec<_> = g
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<BatchNormBackwardOp>())
+            .map(|op| op.bias_grad.map(|b| b.0))
+            .collect();
+        assert_eq!(handed, vec![Some(5), Some(1)]);
+    }
+
+    #[test]
+    fn a_linear_not_followed_by_batch_norm_keeps_its_bias_gradient() {
+        let model = Sequential::new()
+            .append(Linear::new(5, 4))
+            .append(ReLU)
+            .append(Linear::new(4, 3));
+        let g = build(&model, &Loss::default(), &sgd(), &[5], 8).unwrap();
+        let biases: Vec<_> = g
+            .nodes
+            .iter()
+            .filter_map(|n| n.op_as::<LinearGradParamsOp>())
+            .map(|op| op.bias.map(|b| b.0))
+            .collect();
+        assert_eq!(biases, vec![Some(3), Some(1)]);
     }
 
     #[test]

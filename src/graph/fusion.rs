@@ -38,6 +38,29 @@ pub(super) fn fuse(nodes: &mut Vec<Node>) {
     }
 }
 
+/// Hands each column sum a node writes of its input 0 ([`Op::yield_column_sum`]) to the node
+/// that wrote that input, where it can sum it on the way ([`Op::absorb_column_sum`]): batch
+/// norm's backward then writes the bias gradient of the Linear before it, and the Linear's
+/// gradient node keeps only its weight product. The parameter gradient's value is unchanged:
+/// both sum the same dx.
+pub(super) fn hand_off_column_sums(nodes: &mut [Node]) {
+    for j in 0..nodes.len() {
+        let Some((param, rest)) = nodes[j].op.yield_column_sum() else {
+            continue;
+        };
+        let Some(&input) = nodes[j].inputs.first() else {
+            continue;
+        };
+        let Some(i) = nodes.iter().position(|n| n.outputs.first() == Some(&input)) else {
+            continue;
+        };
+        if let Some(with_sum) = nodes[i].op.absorb_column_sum(param) {
+            nodes[i].op = with_sum;
+            nodes[j].op = rest;
+        }
+    }
+}
+
 fn readers_of(nodes: &[Node], v: ValueId) -> impl Iterator<Item = usize> + '_ {
     nodes
         .iter()

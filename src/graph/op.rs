@@ -10,7 +10,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use super::{Autodiff, Mode, Node, ValueId};
+use super::{Autodiff, Mode, Node, ParamId, ValueId};
 use crate::exec::{CpuCx, GpuCx};
 use crate::gpu::GpuError;
 
@@ -49,6 +49,20 @@ pub trait Op: Debug + Send + Sync + 'static {
     /// pair can run as one (Linear → ReLU, BatchNorm → ReLU → Dropout). The fusion pass
     /// applies it wherever the output has no other reader.
     fn absorb(&self, _next: &dyn Op) -> Option<Arc<dyn Op>> {
+        None
+    }
+
+    /// Where the op writes the column sums of its input 0 into a parameter's gradient (a
+    /// Linear's bias gradient from the gradient of its output): that parameter, and the op
+    /// without that part, for the producer of the input to take over when it can
+    /// ([`Op::absorb_column_sum`]).
+    fn yield_column_sum(&self) -> Option<(ParamId, Arc<dyn Op>)> {
+        None
+    }
+
+    /// This op also writing the column sums of its output 0 into `param`'s gradient, when it
+    /// can do so cheaply on the way (batch norm's backward, which walks dx by column).
+    fn absorb_column_sum(&self, _param: ParamId) -> Option<Arc<dyn Op>> {
         None
     }
 

@@ -26,7 +26,8 @@ pub struct LinearGradInputOp {
     pub weight: ParamId,
 }
 
-/// (dy, x) → (): dW = dyᵀ·x, db = Σ_rows dy, into the gradient buffer.
+/// (dy, x) → (): dW = dyᵀ·x, db = Σ_rows dy, into the gradient buffer (db, where the node
+/// that wrote dy can sum it on the way, is handed to that node: [`Op::yield_column_sum`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearGradParamsOp {
     pub weight: ParamId,
@@ -158,6 +159,17 @@ impl Op for LinearGradParamsOp {
             cx.push(sum);
         }
         Ok(())
+    }
+
+    fn yield_column_sum(&self) -> Option<(ParamId, Arc<dyn Op>)> {
+        let bias = self.bias?;
+        Some((
+            bias,
+            Arc::new(Self {
+                bias: None,
+                ..*self
+            }),
+        ))
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -52,6 +52,7 @@ const DGAMMA: u32 = 9;
 const DBETA: u32 = 10;
 const NUM_BATCHES: u32 = 11;
 const STEP: u32 = 12;
+const DBIAS: u32 = 13;
 
 fn params(
     n: usize,
@@ -266,7 +267,8 @@ pub fn eval_dispatch(
 
 /// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch on
 /// CPU adapters (per-column reductions), else two. `y` is the forward's output, used for the
-/// fused ReLU's (and dropout's) mask.
+/// fused ReLU's (and dropout's) mask. With `dbias`, also the column sums of dx (the bias
+/// gradient of the Linear before): in the same dispatch on CPU adapters, else a third.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_dispatches(
     ctx: &GpuContext,
@@ -282,6 +284,7 @@ pub fn backward_dispatches(
     dgamma: Binding<'_>,
     dbeta: Binding<'_>,
     dx: Binding<'_>,
+    dbias: Option<Binding<'_>>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     check_fusion(relu, dropout)?;
     let flags = if relu { FLAG_RELU } else { 0 };
@@ -299,7 +302,16 @@ pub fn backward_dispatches(
     ];
     if !ctx.kernels().parallel_reductions {
         let grid = [groups(d, COLUMN_FEATURES), 1, 1];
-        let pass = ctx.dispatch_at(&column_kernel("backward_column"), Some(&params), &all, grid)?;
+        let pass = match dbias {
+            Some(dbias) => {
+                let bindings = [&all[..], &[(DBIAS, dbias)]].concat();
+                let kernel = column_kernel("backward_column_bias");
+                ctx.dispatch_at(&kernel, Some(&params), &bindings, grid)?
+            }
+            None => {
+                ctx.dispatch_at(&column_kernel("backward_column"), Some(&params), &all, grid)?
+            }
+        };
         return Ok(vec![pass]);
     }
     let reduce_grid = feature_grid(ctx, d);
@@ -310,8 +322,14 @@ pub fn backward_dispatches(
         reduce_grid,
     )?;
     let dx_grid = element_grid(ctx, n, d);
-    let dx = ctx.dispatch_at(&kernel(ctx, "backward_dx"), Some(&params), &all, dx_grid)?;
-    Ok(vec![reduce, dx])
+    let dx_pass = ctx.dispatch_at(&kernel(ctx, "backward_dx"), Some(&params), &all, dx_grid)?;
+    let mut out = vec![reduce, dx_pass];
+    if let Some(dbias) = dbias {
+        out.push(crate::ops::reduce::column_sum_dispatch(
+            ctx, n, d, dx, dbias,
+        )?);
+    }
+    Ok(out)
 }
 
 /// SyncBatchNorm's train-mode forward, in two parts around the ranks' exchange of moments:

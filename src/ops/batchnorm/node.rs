@@ -13,9 +13,10 @@ use super::{FusedDropout, Saved, reference_backward, reference_eval, reference_t
 use crate::exec::gpu::{Exchange, Region};
 use crate::exec::{CpuCx, GpuCx};
 use crate::gpu::GpuError;
-use crate::graph::{Autodiff, FoldedDropout, Mode, Node, Op, ValueId};
+use crate::graph::{Autodiff, FoldedDropout, Mode, Node, Op, ParamId, ValueId};
 use crate::ops::activation::ActivationOp;
 use crate::ops::dropout::{self, DropoutOp};
+use crate::ops::reduce;
 
 /// (x) → (y, saved). Train: batch statistics, running-stat update, saved = [mean; invstd].
 /// Eval: running statistics; `saved` is not produced. A folded dropout (only after the
@@ -29,12 +30,15 @@ pub struct BatchNormOp {
 }
 
 /// (x, y, dy, saved) → (dx), with dγ, dβ into the gradient buffer; through the folded
-/// dropout and ReLU too.
+/// dropout and ReLU too. With `bias_grad`, also Σ_rows dx into that parameter's gradient: the
+/// bias gradient of the Linear before, handed over by its gradient node
+/// ([`Op::absorb_column_sum`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormBackwardOp {
     pub bn: usize,
     pub relu: bool,
     pub dropout: Option<FoldedDropout>,
+    pub bias_grad: Option<ParamId>,
 }
 
 fn fused(cx_seed: u64, dropout: Option<FoldedDropout>) -> Option<FusedDropout> {
@@ -83,6 +87,7 @@ impl Op for BatchNormOp {
             bn: self.bn,
             relu: self.relu,
             dropout: self.dropout,
+            bias_grad: None,
         };
         Some(ad.push_gradient(op, vec![x, y, dy, saved], x))
     }
@@ -248,6 +253,10 @@ impl BatchNormBackwardOp {
             sums: sums.map(|b| Region::of(crate::gpu::Binding::whole(&b))),
         });
         after.into_iter().for_each(|d| cx.push(d));
+        if let Some(b) = self.bias_grad {
+            let sum = reduce::column_sum_dispatch(cx.ctx, n, d, cx.output(node, 0), cx.grad(b))?;
+            cx.push(sum);
+        }
         Ok(())
     }
 }
@@ -292,6 +301,9 @@ impl Op for BatchNormBackwardOp {
         );
         cx.grads[info.gamma.0] = grads.dgamma;
         cx.grads[info.beta.0] = grads.dbeta;
+        if let Some(b) = self.bias_grad {
+            cx.grads[b.0] = reduce::reference_column_sum(&grads.dx, d);
+        }
         vec![grads.dx]
     }
 
@@ -314,9 +326,19 @@ impl Op for BatchNormBackwardOp {
             cx.grad(info.gamma),
             cx.grad(info.beta),
             cx.output(node, 0),
+            self.bias_grad.map(|b| cx.grad(b)),
         )?;
         dispatches.into_iter().for_each(|d| cx.push(d));
         Ok(())
+    }
+
+    fn absorb_column_sum(&self, param: ParamId) -> Option<Arc<dyn Op>> {
+        self.bias_grad.is_none().then(|| {
+            Arc::new(Self {
+                bias_grad: Some(param),
+                ..*self
+            }) as Arc<dyn Op>
+        })
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -144,6 +144,7 @@ impl GpuBatchNorm {
             dgamma.binding(),
             dbeta.binding(),
             dx.binding(),
+            None,
         )?;
         ctx.submit(&dispatches.iter().collect::<Vec<_>>());
         Ok((dx, dgamma, dbeta))

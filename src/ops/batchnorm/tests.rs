@@ -381,3 +381,63 @@ fn the_fused_relu_keeps_nan_as_pytorch() {
         );
     }
 }
+
+/// The Linear's bias gradient that the backward sums on its way through dx is the column-sum
+/// kernel's over the same dx, bit for bit, with both kernel families. (Σ_r dx is zero but for
+/// rounding, so only the bits can tell a sum from a written zero.)
+#[test]
+fn the_bias_gradient_summed_in_the_backward_is_the_column_sum_of_dx() {
+    use crate::ops::reduce::column_sum_dispatch;
+    for ctx in [ctx(), gpu_style_ctx()] {
+        for (n, d) in [(2usize, 1usize), (3, 7), (65, 33), (1000, 10)] {
+            let c = case(n, d, 0.5, 2.0);
+            let config = BatchNormConfig::default();
+            let bn =
+                GpuBatchNorm::new(ctx, &c.gamma, &c.beta, &RunningStats::new(d), config).unwrap();
+            let gx = GpuTensor::from_slice(ctx, &c.x, &[n, d], "x").unwrap();
+            let (gy, gsaved) = bn.forward_train(ctx, &gx, true, None, STEP).unwrap();
+            let dy = uniform(5, n * d, -1.0, 1.0);
+            let gdy = GpuTensor::from_slice(ctx, &dy, &[n, d], "dy").unwrap();
+            let run = |summed_inside: bool| {
+                let zeros = |len: usize| GpuTensor::zeros(ctx, &[len], "out").unwrap();
+                let (dx, dgamma, dbeta, dbias) = (zeros(n * d), zeros(d), zeros(d), zeros(d));
+                let mut list = backward_dispatches(
+                    ctx,
+                    n,
+                    d,
+                    true,
+                    None,
+                    gx.binding(),
+                    gy.binding(),
+                    gdy.binding(),
+                    gsaved.binding(),
+                    bn.gamma.binding(),
+                    dgamma.binding(),
+                    dbeta.binding(),
+                    dx.binding(),
+                    summed_inside.then(|| dbias.binding()),
+                )
+                .unwrap();
+                if !summed_inside {
+                    list.push(
+                        column_sum_dispatch(ctx, n, d, dx.binding(), dbias.binding()).unwrap(),
+                    );
+                }
+                ctx.submit(&list.iter().collect::<Vec<_>>());
+                let bits = |t: &GpuTensor| -> Vec<u32> {
+                    t.read::<f32>(ctx)
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                [bits(&dx), bits(&dgamma), bits(&dbeta), bits(&dbias)]
+            };
+            let label = format!("{n}x{d}, gpu kernels {}", ctx.kernels().parallel_reductions);
+            let (inside, apart) = (run(true), run(false));
+            for (k, what) in ["dx", "dgamma", "dbeta", "dbias"].iter().enumerate() {
+                assert_eq!(inside[k], apart[k], "{what}, {label}");
+            }
+        }
+    }
+}
