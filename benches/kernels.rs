@@ -252,6 +252,7 @@ fn dropout_and_loss(c: &mut Criterion) {
             rows: rows.binding(),
             grad: Some(grad.binding()),
             totals: None,
+            bias_grad: None,
         },
     )
     .unwrap();

@@ -3,11 +3,12 @@
 //   ∂loss_i/∂x = (1 + (pw - 1)·y)·σ(x) - pw·y
 // multiplied by step.loss_scale (1/N for 'mean', 1 otherwise).
 // bce_with_logits_totals does the same in one workgroup and folds the batch into the running
-// totals itself (fold_batch, shaders/totals.wgsl).
+// totals itself (fold_batch, shaders/totals.wgsl); with flag bit 1, also the bias gradient
+// of the Linear before the loss, Σ of the gradient (column_sums, shaders/loss_columns.wgsl).
 
 struct Params {
     n: u32,
-    // bit 0: write the gradient
+    // bit 0: write the gradient, bit 1: and its sum
     flags: u32,
     pos_weight: f32,
 }
@@ -20,6 +21,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> rows: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(6) var<storage, read_write> totals: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dbias: array<f32>;
 
 override WG: u32 = 64u;
 
@@ -59,5 +61,9 @@ fn bce_with_logits(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn bce_with_logits_totals(@builtin(local_invocation_index) lid: u32) {
     var s = vec4<f32>(0.0);
     for (var i = lid; i < p.n; i += TOTALS_WG) { s += bce_row(i); }
+    if ((p.flags & 2u) != 0u) {
+        storageBarrier();
+        column_sums(lid, p.n, 1u);
+    }
     fold_batch(lid, s);
 }

@@ -7,13 +7,14 @@
 // 1 for 'sum' and 'none'. Ignored rows give 0 loss and 0 gradient.
 // softmax_xent_totals does the same in one workgroup and folds the batch into the running
 // totals itself (fold_batch, shaders/totals.wgsl): the metrics kernel's work, without its
-// dispatch.
+// dispatch; with FLAG_BIAS also the bias gradient of the Linear before the loss, Σ_r of the
+// gradient's rows (column_sums, shaders/loss_columns.wgsl): the column-sum kernel's work.
 
 struct Params {
     n: u32,
     c: u32,
     ignore_index: i32,
-    // bit 0: class weights bound, bit 1: write the gradient
+    // bit 0: class weights bound, bit 1: write the gradient, bit 2: and its column sums
     flags: u32,
     label_smoothing: f32,
     // Σ_c w_c (C without weights)
@@ -22,6 +23,7 @@ struct Params {
 
 const FLAG_WEIGHTS: u32 = 1u;
 const FLAG_GRAD: u32 = 2u;
+const FLAG_BIAS: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -33,6 +35,7 @@ const FLAG_GRAD: u32 = 2u;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(7) var<storage, read_write> probs: array<f32>;
 @group(0) @binding(8) var<storage, read_write> totals: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dbias: array<f32>;
 
 override WG: u32 = 64u;
 
@@ -114,6 +117,10 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn softmax_xent_totals(@builtin(local_invocation_index) lid: u32) {
     var s = vec4<f32>(0.0);
     for (var r = lid; r < p.n; r += TOTALS_WG) { s += xent_row(r); }
+    if ((p.flags & FLAG_BIAS) != 0u) {
+        storageBarrier();
+        column_sums(lid, p.n, p.c);
+    }
     fold_batch(lid, s);
 }
 

@@ -51,6 +51,8 @@ const STEP: &str = include_str!("../../shaders/step.wgsl");
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
 /// Folding a batch into the running loss/accuracy totals.
 const TOTALS: &str = include_str!("../../shaders/totals.wgsl");
+/// A loss kernel's sums of its gradient's columns (after TOTALS).
+const LOSS_COLUMNS: &str = include_str!("../../shaders/loss_columns.wgsl");
 /// Parameters and epilogue shared by the matmul variants, after ReLU's definition.
 const MATMUL: &str = concat!(
     include_str!("../../shaders/activation/relu.wgsl"),
@@ -96,9 +98,15 @@ impl Shader {
             Shader::SoftmaxXent => &[
                 STEP,
                 TOTALS,
+                LOSS_COLUMNS,
                 include_str!("../../shaders/softmax_xent.wgsl"),
             ],
-            Shader::Bce => &[STEP, TOTALS, include_str!("../../shaders/bce.wgsl")],
+            Shader::Bce => &[
+                STEP,
+                TOTALS,
+                LOSS_COLUMNS,
+                include_str!("../../shaders/bce.wgsl"),
+            ],
             Shader::Optim => &[STEP, include_str!("../../shaders/optim.wgsl")],
             Shader::Reduce => &[STEP, TOTALS, include_str!("../../shaders/reduce.wgsl")],
             Shader::Bench => &[include_str!("../../shaders/bench.wgsl")],

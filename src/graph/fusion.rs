@@ -40,8 +40,8 @@ pub(super) fn fuse(nodes: &mut Vec<Node>) {
 
 /// Hands each column sum a node writes of its input 0 ([`Op::yield_column_sum`]) to the node
 /// that wrote that input, where it can sum it on the way ([`Op::absorb_column_sum`]): batch
-/// norm's backward then writes the bias gradient of the Linear before it, and the Linear's
-/// gradient node keeps only its weight product. The parameter gradient's value is unchanged:
+/// norm's backward then writes the bias gradient of the Linear before it, and so does the
+/// loss for the last Linear; the Linear's gradient node keeps only its weight product. The parameter gradient's value is unchanged:
 /// both sum the same dx.
 pub(super) fn hand_off_column_sums(nodes: &mut [Node]) {
     for j in 0..nodes.len() {
@@ -51,10 +51,13 @@ pub(super) fn hand_off_column_sums(nodes: &mut [Node]) {
         let Some(&input) = nodes[j].inputs.first() else {
             continue;
         };
-        let Some(i) = nodes.iter().position(|n| n.outputs.first() == Some(&input)) else {
+        let Some((i, output)) = nodes.iter().enumerate().find_map(|(i, n)| {
+            let output = n.outputs.iter().position(|&v| v == input)?;
+            Some((i, output))
+        }) else {
             continue;
         };
-        if let Some(with_sum) = nodes[i].op.absorb_column_sum(param) {
+        if let Some(with_sum) = nodes[i].op.absorb_column_sum(param, output) {
             nodes[i].op = with_sum;
             nodes[j].op = rest;
         }

@@ -60,9 +60,10 @@ pub trait Op: Debug + Send + Sync + 'static {
         None
     }
 
-    /// This op also writing the column sums of its output 0 into `param`'s gradient, when it
-    /// can do so cheaply on the way (batch norm's backward, which walks dx by column).
-    fn absorb_column_sum(&self, _param: ParamId) -> Option<Arc<dyn Op>> {
+    /// This op also writing the column sums of its output `output` into `param`'s gradient,
+    /// when it can do so on the way (batch norm's backward, which walks dx by column; a loss
+    /// that runs as one workgroup, over dlogits).
+    fn absorb_column_sum(&self, _param: ParamId, _output: usize) -> Option<Arc<dyn Op>> {
         None
     }
 

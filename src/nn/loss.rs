@@ -80,6 +80,7 @@ impl Loss {
                 Ok(Arc::new(CrossEntropyOp {
                     config: ce.config.clone(),
                     metrics: false,
+                    bias_grad: None,
                 }))
             }
             Loss::BceWithLogits(bce) => {
@@ -98,6 +99,7 @@ impl Loss {
                 Ok(Arc::new(BceWithLogitsOp {
                     config: bce.config,
                     metrics: false,
+                    bias_grad: None,
                 }))
             }
         }

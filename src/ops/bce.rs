@@ -11,7 +11,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::exec::{CpuCx, GpuCx};
-use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
+use crate::graph::{Autodiff, Mode, Node, Op, ParamId, ValueId};
 
 /// `torch.nn.BCEWithLogitsLoss`'s options (a scalar `pos_weight`: one output).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -103,6 +103,9 @@ pub struct BceBindings<'a> {
     /// The running totals, when the loss folds the batch into them itself (at most
     /// [`FOLD_MAX_ROWS`] elements, one workgroup).
     pub totals: Option<Binding<'a>>,
+    /// The gradient's sum (the last Linear's bias gradient), when the loss folds the totals
+    /// and writes the gradient.
+    pub bias_grad: Option<Binding<'a>>,
 }
 
 /// Builds the BCE-with-logits dispatch over `n` logits (which also folds the batch into
@@ -115,7 +118,7 @@ pub fn dispatch(
 ) -> Result<Dispatch, GpuError> {
     let params = Params {
         n: n as u32,
-        flags: u32::from(b.grad.is_some()),
+        flags: u32::from(b.grad.is_some()) | (u32::from(b.bias_grad.is_some()) << 1),
         pos_weight: config.pos_weight,
         _pad: 0,
     };
@@ -127,10 +130,20 @@ pub fn dispatch(
         (4, b.rows),
         (5, grad),
     ];
+    if b.bias_grad.is_some() && (b.totals.is_none() || b.grad.is_none()) {
+        return Err(GpuError::Unsupported(
+            "BCE with logits sums its gradient only where it folds the totals and writes \
+             the gradient"
+                .into(),
+        ));
+    }
     match b.totals {
         Some(totals) if n <= FOLD_MAX_ROWS => {
             bindings.push((6, totals));
-            let kernel = Kernel::new(Shader::Bce, "bce_with_logits_totals");
+            // The kernel's layout has the binding whether or not the flag asks for the sum.
+            bindings.push((7, b.bias_grad.unwrap_or(ctx.placeholder_out())));
+            let kernel = Kernel::new(Shader::Bce, "bce_with_logits_totals")
+                .with("SUM_ROWS", reduce::column_sum_rows(ctx));
             ctx.dispatch_at(&kernel, Some(&params), &bindings, [1, 1, 1])
         }
         Some(_) => Err(GpuError::Unsupported(format!(
@@ -183,6 +196,7 @@ pub fn bce_with_logits(
             rows: rows.binding(),
             grad: Some(grad.binding()),
             totals: None,
+            bias_grad: None,
         },
     )?;
     ctx.submit(&[&d]);
@@ -206,6 +220,9 @@ pub struct BceWithLogitsOp {
     /// The node has absorbed the metrics node after it and folds the rows into the running
     /// totals itself (see [`crate::ops::softmax_xent::CrossEntropyOp`]).
     pub metrics: bool,
+    /// In train mode it also writes the sum of its gradient there: the last Linear's bias
+    /// gradient.
+    pub bias_grad: Option<ParamId>,
 }
 
 impl Op for BceWithLogitsOp {
@@ -249,22 +266,31 @@ impl Op for BceWithLogitsOp {
             reduce::reference_fold(&rows, cx);
         }
         match cx.mode {
-            Mode::Train => vec![rows, grad],
+            Mode::Train => {
+                if let Some(b) = self.bias_grad {
+                    cx.grads[b.0] = reduce::reference_column_sum(&grad, 1);
+                }
+                vec![rows, grad]
+            }
             Mode::Eval => vec![rows],
         }
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let n = cx.input_shape(node, 0).0;
-        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss.
+        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss,
+        // and the column-sum kernel for the bias gradient.
         let fold = self.metrics && n <= FOLD_MAX_ROWS;
+        let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
+        let bias_grad = grad.and(self.bias_grad).map(|b| cx.grad(b));
         let bindings = BceBindings {
             step: cx.step,
             logits: cx.input(node, 0),
             targets: cx.input(node, 1),
             rows: cx.output(node, 0),
-            grad: (cx.mode == Mode::Train).then(|| cx.output(node, 1)),
+            grad,
             totals: fold.then_some(cx.totals),
+            bias_grad: bias_grad.filter(|_| fold),
         };
         let d = dispatch(cx.ctx, n, self.config, bindings)?;
         cx.push(d);
@@ -272,7 +298,20 @@ impl Op for BceWithLogitsOp {
             let metrics = reduce::metrics_dispatch(cx.ctx, n, cx.step, bindings.rows, cx.totals)?;
             cx.push(metrics);
         }
+        if let (Some(grad), Some(dbias)) = (grad, bias_grad.filter(|_| !fold)) {
+            cx.push(reduce::column_sum_dispatch(cx.ctx, n, 1, grad, dbias)?);
+        }
         Ok(())
+    }
+
+    fn absorb_column_sum(&self, param: ParamId, output: usize) -> Option<Arc<dyn Op>> {
+        // dlogits is output 1.
+        (output == 1 && self.bias_grad.is_none()).then(|| {
+            Arc::new(Self {
+                bias_grad: Some(param),
+                ..*self
+            }) as Arc<dyn Op>
+        })
     }
 
     fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
@@ -299,7 +338,7 @@ mod tests {
 
     use super::*;
     use crate::check::{Tolerance, assert_close};
-    use crate::ops::test_support::{ctx, uniform};
+    use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
 
     #[test]
     fn matches_reference_with_saturated_logits_and_pos_weight() {
@@ -377,74 +416,90 @@ mod tests {
         }
     }
 
-    /// The loss kernel that folds its elements into the totals against the loss kernel
-    /// followed by the metrics kernel: rows, gradient and totals bit for bit.
+    /// The loss kernel that folds its elements into the totals (and sums its gradient)
+    /// against the loss kernel followed by the metrics and column-sum kernels: rows,
+    /// gradient, totals and sum bit for bit, with both kernel families.
     #[test]
     fn folding_the_totals_in_the_loss_matches_the_metrics_kernel_bit_for_bit() {
-        use crate::ops::reduce::{TOTALS_LEN, Totals, metrics_dispatch};
-        let ctx = ctx();
-        for n in [1usize, 3, 7, 65, 1000, FOLD_MAX_ROWS] {
-            let config = BceConfig {
-                pos_weight: 1.5,
-                reduction: Reduction::Mean,
-            };
-            let logits = uniform(n as u64, n, -6.0, 6.0);
-            let targets: Vec<f32> = uniform(n as u64 + 9, n, 0.0, 1.0)
-                .iter()
-                .map(|v| v.round())
-                .collect();
-            let steps = StepBuffer::new(ctx).unwrap();
-            steps.write(
-                ctx,
-                &StepParams {
-                    loss_scale: loss_scale(n, config.reduction),
-                    ..StepParams::at_step(2)
-                },
-            );
-            let gl = GpuTensor::from_slice(ctx, &logits, &[n], "logits").unwrap();
-            let gt = GpuTensor::from_slice(ctx, &targets, &[n], "targets").unwrap();
-            let run = |fold: bool| {
-                let rows = GpuTensor::zeros(ctx, &[n, 4], "rows").unwrap();
-                let grad = GpuTensor::zeros(ctx, &[n], "grad").unwrap();
-                let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
-                let bindings = BceBindings {
-                    step: steps.binding(),
-                    logits: gl.binding(),
-                    targets: gt.binding(),
-                    rows: rows.binding(),
-                    grad: Some(grad.binding()),
-                    totals: fold.then(|| totals.binding()),
+        use crate::ops::reduce::{TOTALS_LEN, Totals, column_sum_dispatch, metrics_dispatch};
+        for ctx in [ctx(), gpu_style_ctx()] {
+            for n in [1usize, 3, 7, 65, 1000, FOLD_MAX_ROWS] {
+                let config = BceConfig {
+                    pos_weight: 1.5,
+                    reduction: Reduction::Mean,
                 };
-                let loss = dispatch(ctx, n, config, bindings).unwrap();
-                if fold {
-                    ctx.submit(&[&loss]);
-                } else {
-                    let metrics =
-                        metrics_dispatch(ctx, n, steps.binding(), rows.binding(), totals.binding())
-                            .unwrap();
-                    ctx.submit(&[&loss, &metrics]);
-                }
-                let bits = |t: &GpuTensor| -> Vec<u32> {
-                    t.read::<f32>(ctx)
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect()
+                let logits = uniform(n as u64, n, -6.0, 6.0);
+                let targets: Vec<f32> = uniform(n as u64 + 9, n, 0.0, 1.0)
+                    .iter()
+                    .map(|v| v.round())
+                    .collect();
+                let steps = StepBuffer::new(ctx).unwrap();
+                steps.write(
+                    ctx,
+                    &StepParams {
+                        loss_scale: loss_scale(n, config.reduction),
+                        ..StepParams::at_step(2)
+                    },
+                );
+                let gl = GpuTensor::from_slice(ctx, &logits, &[n], "logits").unwrap();
+                let gt = GpuTensor::from_slice(ctx, &targets, &[n], "targets").unwrap();
+                let run = |fold: bool| {
+                    let rows = GpuTensor::zeros(ctx, &[n, 4], "rows").unwrap();
+                    let grad = GpuTensor::zeros(ctx, &[n], "grad").unwrap();
+                    let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+                    let dbias = GpuTensor::zeros(ctx, &[1], "dbias").unwrap();
+                    let bindings = BceBindings {
+                        step: steps.binding(),
+                        logits: gl.binding(),
+                        targets: gt.binding(),
+                        rows: rows.binding(),
+                        grad: Some(grad.binding()),
+                        totals: fold.then(|| totals.binding()),
+                        bias_grad: fold.then(|| dbias.binding()),
+                    };
+                    let mut list = vec![dispatch(ctx, n, config, bindings).unwrap()];
+                    if !fold {
+                        let (s, r, t) = (steps.binding(), rows.binding(), totals.binding());
+                        list.push(metrics_dispatch(ctx, n, s, r, t).unwrap());
+                        let (g, b) = (grad.binding(), dbias.binding());
+                        list.push(column_sum_dispatch(ctx, n, 1, g, b).unwrap());
+                    }
+                    ctx.submit(&list.iter().collect::<Vec<_>>());
+                    let bits = |t: &GpuTensor| -> Vec<u32> {
+                        t.read::<f32>(ctx)
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect()
+                    };
+                    [bits(&rows), bits(&grad), bits(&totals), bits(&dbias)]
                 };
-                (bits(&rows), bits(&grad), bits(&totals))
-            };
-            let (apart, folded) = (run(false), run(true));
-            assert_eq!(apart, folded, "{n} elements");
-            let raw: Vec<f32> = folded.2.iter().map(|&b| f32::from_bits(b)).collect();
-            let totals = Totals::from_raw(&raw);
-            assert_eq!((totals.batches, totals.count), (1, n as f64));
-            let (want, _) = reference(&logits, &targets, config);
-            assert_close(
-                &format!("{n} elements, loss"),
-                &[totals.last_loss],
-                &want,
-                Tolerance::new(1e-5, 1e-5),
-            );
+                let (apart, folded) = (run(false), run(true));
+                let label = format!(
+                    "{n} elements, gpu kernels {}",
+                    ctx.kernels().parallel_reductions
+                );
+                assert_eq!(apart, folded, "{label}");
+                let floats = |bits: &[u32]| -> Vec<f32> {
+                    bits.iter().map(|&b| f32::from_bits(b)).collect()
+                };
+                let totals = Totals::from_raw(&floats(&folded[2]));
+                assert_eq!((totals.batches, totals.count), (1, n as f64));
+                let (want, want_grad) = reference(&logits, &targets, config);
+                assert_close(
+                    &format!("{label}, loss"),
+                    &[totals.last_loss],
+                    &want,
+                    Tolerance::new(1e-5, 1e-5),
+                );
+                let sum: f64 = want_grad.iter().map(|&g| f64::from(g)).sum();
+                assert_close(
+                    &format!("{label}, gradient sum"),
+                    &floats(&folded[3]),
+                    &[sum as f32],
+                    Tolerance::new(1e-5, 1e-4),
+                );
+            }
         }
     }
 

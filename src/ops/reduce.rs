@@ -44,12 +44,9 @@ pub fn column_sum_dispatch(
     x: Binding<'_>,
     out: Binding<'_>,
 ) -> Result<Dispatch, GpuError> {
-    // Row-parallel on GPUs, one invocation per column on lavapipe (as batch norm's sums).
-    let (features, rows) = if ctx.kernels().parallel_reductions {
-        (16u32, 16u32)
-    } else {
-        (64, 1)
-    };
+    // Row-parallel on GPUs (256 invocations), one invocation per column on lavapipe.
+    let rows = column_sum_rows(ctx);
+    let features = if rows > 1 { 256 / rows } else { 64 };
     ctx.dispatch_at(
         &Kernel::new(Shader::Reduce, "column_sum")
             .with("WG_FEATURES", features)
@@ -64,13 +61,24 @@ pub fn column_sum_dispatch(
     )
 }
 
-/// Adds a batch's per-row (loss, correct, counted, _) rows: [n, 4] into `totals`
-/// ([`TOTALS_LEN`] floats), noting the step of the first non-finite loss.
 /// The most rows a loss kernel folds into the totals itself, in one workgroup of
 /// `TOTALS_WG` = 256 invocations (16 rows each); a larger batch is spread over many
 /// workgroups and folded by the metrics kernel in a second dispatch.
 pub const FOLD_MAX_ROWS: usize = 4096;
 
+/// Invocations sharing a column's rows in a column sum: 16 on GPUs, 1 on lavapipe (as batch
+/// norm's sums). The losses that sum their gradient's columns themselves use the same, so
+/// that their sums are the column-sum kernel's bits.
+pub fn column_sum_rows(ctx: &GpuContext) -> u32 {
+    if ctx.kernels().parallel_reductions {
+        16
+    } else {
+        1
+    }
+}
+
+/// Adds a batch's per-row (loss, correct, counted, _) rows: [n, 4] into `totals`
+/// ([`TOTALS_LEN`] floats), noting the step of the first non-finite loss.
 pub fn metrics_dispatch(
     ctx: &GpuContext,
     n: usize,

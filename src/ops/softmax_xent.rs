@@ -15,7 +15,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::exec::{CpuCx, GpuCx};
-use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
+use crate::graph::{Autodiff, Mode, Node, Op, ParamId, ValueId};
 
 /// How per-sample losses are combined, as PyTorch's `reduction`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,6 +192,7 @@ uniform_struct! {
 
 const FLAG_WEIGHTS: u32 = 1;
 const FLAG_GRAD: u32 = 2;
+const FLAG_BIAS: u32 = 4;
 const WG: u32 = 64;
 
 // @binding numbers in shaders/softmax_xent.wgsl.
@@ -203,6 +204,7 @@ const ROWS: u32 = 5;
 const GRAD: u32 = 6;
 const PROBS: u32 = 7;
 const TOTALS: u32 = 8;
+const DBIAS: u32 = 9;
 
 fn kernel(entry: &'static str) -> Kernel {
     Kernel::new(Shader::SoftmaxXent, entry).with("WG", WG)
@@ -225,6 +227,9 @@ pub struct XentBindings<'a> {
     /// The running totals, when the loss folds the batch into them itself (at most
     /// [`FOLD_MAX_ROWS`] rows, one workgroup).
     pub totals: Option<Binding<'a>>,
+    /// The gradient's column sums (the last Linear's bias gradient), when the loss folds the
+    /// totals and writes the gradient.
+    pub bias_grad: Option<Binding<'a>>,
 }
 
 /// Builds the fused softmax + cross-entropy dispatch over logits [n, c] (which also folds
@@ -241,7 +246,8 @@ pub fn dispatch(
         FLAG_WEIGHTS
     } else {
         0
-    } | if b.grad.is_some() { FLAG_GRAD } else { 0 };
+    } | if b.grad.is_some() { FLAG_GRAD } else { 0 }
+        | if b.bias_grad.is_some() { FLAG_BIAS } else { 0 };
     let params = Params {
         n: n as u32,
         c: c as u32,
@@ -262,15 +268,21 @@ pub fn dispatch(
         (ROWS, b.rows),
         (GRAD, b.grad.unwrap_or(ctx.placeholder_out())),
     ];
+    if b.bias_grad.is_some() && (b.totals.is_none() || b.grad.is_none()) {
+        return Err(GpuError::Unsupported(
+            "cross-entropy sums its gradient's columns only where it folds the totals and \
+             writes the gradient"
+                .into(),
+        ));
+    }
     match b.totals {
         Some(totals) if n <= FOLD_MAX_ROWS => {
             bindings.push((TOTALS, totals));
-            ctx.dispatch_at(
-                &kernel("softmax_xent_totals"),
-                Some(&params),
-                &bindings,
-                [1, 1, 1],
-            )
+            // The kernel's layout has the binding whether or not the flag asks for the sums.
+            bindings.push((DBIAS, b.bias_grad.unwrap_or(ctx.placeholder_out())));
+            let kernel =
+                kernel("softmax_xent_totals").with("SUM_ROWS", reduce::column_sum_rows(ctx));
+            ctx.dispatch_at(&kernel, Some(&params), &bindings, [1, 1, 1])
         }
         Some(_) => Err(GpuError::Unsupported(format!(
             "cross-entropy folds at most {FOLD_MAX_ROWS} rows into the totals, not {n}"
@@ -363,6 +375,7 @@ pub fn cross_entropy(
             rows: rows.binding(),
             grad: Some(grad.binding()),
             totals: None,
+            bias_grad: None,
         },
     )?;
     ctx.submit(&[&d]);
@@ -381,11 +394,14 @@ pub fn cross_entropy(
 /// (logits, target) → (rows, dlogits): `nn.CrossEntropyLoss` as the graph's loss node. Rows
 /// are per sample (scaled loss, correct, counted, 0) for the metrics; eval writes no gradient.
 /// With `metrics`, the node has absorbed the metrics node after it and folds the rows into
-/// the running totals itself: one dispatch for both up to [`FOLD_MAX_ROWS`] rows.
+/// the running totals itself: one dispatch for both up to [`FOLD_MAX_ROWS`] rows. With
+/// `bias_grad`, it also writes the column sums of dlogits there in train mode (the last
+/// Linear's bias gradient, handed over by its gradient node: [`Op::absorb_column_sum`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CrossEntropyOp {
     pub config: CrossEntropyConfig,
     pub metrics: bool,
+    pub bias_grad: Option<ParamId>,
 }
 
 impl Op for CrossEntropyOp {
@@ -445,23 +461,32 @@ impl Op for CrossEntropyOp {
             reduce::reference_fold(&rows, cx);
         }
         match cx.mode {
-            Mode::Train => vec![rows, grad],
+            Mode::Train => {
+                if let Some(b) = self.bias_grad {
+                    cx.grads[b.0] = reduce::reference_column_sum(&grad, c);
+                }
+                vec![rows, grad]
+            }
             Mode::Eval => vec![rows],
         }
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let (n, c) = cx.input_shape(node, 0);
-        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss.
+        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss,
+        // and the column-sum kernel for the bias gradient.
         let fold = self.metrics && n <= FOLD_MAX_ROWS;
+        let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
+        let bias_grad = grad.and(self.bias_grad).map(|b| cx.grad(b));
         let bindings = XentBindings {
             step: cx.step,
             logits: cx.input(node, 0),
             targets: cx.input(node, 1),
             weight: cx.class_weight.map(Binding::whole),
             rows: cx.output(node, 0),
-            grad: (cx.mode == Mode::Train).then(|| cx.output(node, 1)),
+            grad,
             totals: fold.then_some(cx.totals),
+            bias_grad: bias_grad.filter(|_| fold),
         };
         let d = dispatch(cx.ctx, n, c, &self.config, bindings)?;
         cx.push(d);
@@ -469,7 +494,20 @@ impl Op for CrossEntropyOp {
             let metrics = reduce::metrics_dispatch(cx.ctx, n, cx.step, bindings.rows, cx.totals)?;
             cx.push(metrics);
         }
+        if let (Some(grad), Some(dbias)) = (grad, bias_grad.filter(|_| !fold)) {
+            cx.push(reduce::column_sum_dispatch(cx.ctx, n, c, grad, dbias)?);
+        }
         Ok(())
+    }
+
+    fn absorb_column_sum(&self, param: ParamId, output: usize) -> Option<Arc<dyn Op>> {
+        // dlogits is output 1.
+        (output == 1 && self.bias_grad.is_none()).then(|| {
+            Arc::new(Self {
+                bias_grad: Some(param),
+                ..self.clone()
+            }) as Arc<dyn Op>
+        })
     }
 
     fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
@@ -497,7 +535,7 @@ mod tests {
 
     use super::*;
     use crate::check::{Tolerance, assert_close};
-    use crate::ops::test_support::{ctx, uniform};
+    use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
 
     fn targets(n: usize, c: usize, seed: u64) -> Vec<i64> {
         uniform(seed, n, 0.0, c as f32)
@@ -506,94 +544,114 @@ mod tests {
             .collect()
     }
 
-    /// The loss kernel that folds its rows into the totals against the loss kernel followed by
-    /// the metrics kernel: rows, gradient and totals bit for bit.
+    /// The loss kernel that folds its rows into the totals (and sums its gradient's columns)
+    /// against the loss kernel followed by the metrics and column-sum kernels: rows,
+    /// gradient, totals and column sums bit for bit, with both kernel families, for class
+    /// counts that fill one block of columns or several.
     #[test]
     fn folding_the_totals_in_the_loss_matches_the_metrics_kernel_bit_for_bit() {
-        use crate::ops::reduce::{TOTALS_LEN, Totals, metrics_dispatch};
-        let ctx = ctx();
-        let weighted = CrossEntropyConfig {
-            weight: Some((0..10).map(|j| 0.5 + j as f32 / 10.0).collect()),
+        use crate::ops::reduce::{TOTALS_LEN, Totals, column_sum_dispatch, metrics_dispatch};
+        let weighted = |c: usize| CrossEntropyConfig {
+            weight: Some((0..c).map(|j| 0.5 + j as f32 / c as f32).collect()),
             ignore_index: 3,
             label_smoothing: 0.1,
             reduction: Reduction::Mean,
         };
-        for config in [CrossEntropyConfig::default(), weighted] {
-            for n in [1usize, 3, 7, 65, 1000, FOLD_MAX_ROWS] {
-                let c = 10;
-                let logits = uniform(n as u64, n * c, -4.0, 4.0);
-                let t = targets(n, c, n as u64 + 1);
-                let t32: Vec<i32> = t.iter().map(|&v| v as i32).collect();
-                let steps = StepBuffer::new(ctx).unwrap();
-                steps.write(
-                    ctx,
-                    &StepParams {
-                        loss_scale: loss_scale(&t, &config),
-                        ..StepParams::at_step(5)
-                    },
-                );
-                let gl = GpuTensor::from_slice(ctx, &logits, &[n, c], "logits").unwrap();
-                let gt = GpuTensor::from_slice(ctx, &t32, &[n], "targets").unwrap();
-                let gw = config
-                    .weight
-                    .as_ref()
-                    .map(|w| GpuTensor::from_slice(ctx, w, &[c], "weight").unwrap());
-                let run = |fold: bool| {
-                    let rows = GpuTensor::zeros(ctx, &[n, 4], "rows").unwrap();
-                    let grad = GpuTensor::zeros(ctx, &[n, c], "grad").unwrap();
-                    let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
-                    let bindings = XentBindings {
-                        step: steps.binding(),
-                        logits: gl.binding(),
-                        targets: gt.binding(),
-                        weight: gw.as_ref().map(GpuTensor::binding),
-                        rows: rows.binding(),
-                        grad: Some(grad.binding()),
-                        totals: fold.then(|| totals.binding()),
+        for ctx in [ctx(), gpu_style_ctx()] {
+            for (c, config) in [
+                (10, CrossEntropyConfig::default()),
+                (10, weighted(10)),
+                (37, weighted(37)),
+            ] {
+                for n in [1usize, 3, 7, 65, 1000, FOLD_MAX_ROWS] {
+                    let logits = uniform(n as u64, n * c, -4.0, 4.0);
+                    let t = targets(n, c, n as u64 + 1);
+                    let t32: Vec<i32> = t.iter().map(|&v| v as i32).collect();
+                    let steps = StepBuffer::new(ctx).unwrap();
+                    steps.write(
+                        ctx,
+                        &StepParams {
+                            loss_scale: loss_scale(&t, &config),
+                            ..StepParams::at_step(5)
+                        },
+                    );
+                    let gl = GpuTensor::from_slice(ctx, &logits, &[n, c], "logits").unwrap();
+                    let gt = GpuTensor::from_slice(ctx, &t32, &[n], "targets").unwrap();
+                    let gw = config
+                        .weight
+                        .as_ref()
+                        .map(|w| GpuTensor::from_slice(ctx, w, &[c], "weight").unwrap());
+                    let run = |fold: bool| {
+                        let rows = GpuTensor::zeros(ctx, &[n, 4], "rows").unwrap();
+                        let grad = GpuTensor::zeros(ctx, &[n, c], "grad").unwrap();
+                        let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+                        let dbias = GpuTensor::zeros(ctx, &[c], "dbias").unwrap();
+                        let bindings = XentBindings {
+                            step: steps.binding(),
+                            logits: gl.binding(),
+                            targets: gt.binding(),
+                            weight: gw.as_ref().map(GpuTensor::binding),
+                            rows: rows.binding(),
+                            grad: Some(grad.binding()),
+                            totals: fold.then(|| totals.binding()),
+                            bias_grad: fold.then(|| dbias.binding()),
+                        };
+                        let mut list = vec![dispatch(ctx, n, c, &config, bindings).unwrap()];
+                        if !fold {
+                            let (s, r, t) = (steps.binding(), rows.binding(), totals.binding());
+                            list.push(metrics_dispatch(ctx, n, s, r, t).unwrap());
+                            let (g, b) = (grad.binding(), dbias.binding());
+                            list.push(column_sum_dispatch(ctx, n, c, g, b).unwrap());
+                        }
+                        ctx.submit(&list.iter().collect::<Vec<_>>());
+                        let bits = |t: &GpuTensor| -> Vec<u32> {
+                            t.read::<f32>(ctx)
+                                .unwrap()
+                                .iter()
+                                .map(|v| v.to_bits())
+                                .collect()
+                        };
+                        [bits(&rows), bits(&grad), bits(&totals), bits(&dbias)]
                     };
-                    let loss = dispatch(ctx, n, c, &config, bindings).unwrap();
-                    if fold {
-                        ctx.submit(&[&loss]);
-                    } else {
-                        let metrics = metrics_dispatch(
-                            ctx,
-                            n,
-                            steps.binding(),
-                            rows.binding(),
-                            totals.binding(),
-                        )
-                        .unwrap();
-                        ctx.submit(&[&loss, &metrics]);
+                    let (apart, folded) = (run(false), run(true));
+                    let label = format!(
+                        "{n}x{c}, {config:?}, gpu kernels {}",
+                        ctx.kernels().parallel_reductions
+                    );
+                    for (k, what) in ["rows", "gradient", "totals", "column sums"]
+                        .iter()
+                        .enumerate()
+                    {
+                        assert_eq!(apart[k], folded[k], "{what}, {label}");
                     }
-                    let bits = |t: &GpuTensor| -> Vec<u32> {
-                        t.read::<f32>(ctx)
-                            .unwrap()
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect()
+                    let floats = |bits: &[u32]| -> Vec<f32> {
+                        bits.iter().map(|&b| f32::from_bits(b)).collect()
                     };
-                    (bits(&rows), bits(&grad), bits(&totals))
-                };
-                let (apart, folded) = (run(false), run(true));
-                let label = format!("{n} rows, {config:?}");
-                assert_eq!(apart.0, folded.0, "rows, {label}");
-                assert_eq!(apart.1, folded.1, "gradient, {label}");
-                assert_eq!(apart.2, folded.2, "totals, {label}");
-                let raw: Vec<f32> = folded.2.iter().map(|&b| f32::from_bits(b)).collect();
-                let totals = Totals::from_raw(&raw);
-                let counted = t.iter().filter(|&&v| v != config.ignore_index).count();
-                assert_eq!(
-                    (totals.batches, totals.count),
-                    (1, counted as f64),
-                    "{label}"
-                );
-                let (want, _) = reference(&logits, c, &t, &config);
-                assert_close(
-                    &format!("{label} loss"),
-                    &[totals.last_loss],
-                    &want,
-                    Tolerance::new(1e-5, 1e-5),
-                );
+                    let totals = Totals::from_raw(&floats(&folded[2]));
+                    let counted = t.iter().filter(|&&v| v != config.ignore_index).count();
+                    assert_eq!(
+                        (totals.batches, totals.count),
+                        (1, counted as f64),
+                        "{label}"
+                    );
+                    let (want, want_grad) = reference(&logits, c, &t, &config);
+                    // Every target ignored: the mean is 0/0 (NaN), the batch's rows sum to 0.
+                    let want = if counted == 0 { vec![0.0] } else { want };
+                    assert_close(
+                        &format!("{label} loss"),
+                        &[totals.last_loss],
+                        &want,
+                        Tolerance::new(1e-5, 1e-5),
+                    );
+                    if counted > 0 {
+                        assert_close(
+                            &format!("{label} column sums"),
+                            &floats(&folded[3]),
+                            &reduce::reference_column_sum(&want_grad, c),
+                            Tolerance::new(1e-5, 1e-4),
+                        );
+                    }
+                }
             }
         }
     }
@@ -612,6 +670,7 @@ mod tests {
             rows: buffer.binding(),
             grad: None,
             totals: Some(buffer.binding()),
+            bias_grad: None,
         };
         let Err(err) = dispatch(ctx, n, 1, &CrossEntropyConfig::default(), bindings) else {
             panic!("{n} rows folded in one workgroup");

@@ -332,8 +332,8 @@ impl Op for BatchNormBackwardOp {
         Ok(())
     }
 
-    fn absorb_column_sum(&self, param: ParamId) -> Option<Arc<dyn Op>> {
-        self.bias_grad.is_none().then(|| {
+    fn absorb_column_sum(&self, param: ParamId, output: usize) -> Option<Arc<dyn Op>> {
+        (output == 0 && self.bias_grad.is_none()).then(|| {
             Arc::new(Self {
                 bias_grad: Some(param),
                 ..*self
