@@ -165,9 +165,15 @@ pub fn reference(
         }
     }
     let (loss, scale) = match config.reduction {
+        // Every target ignored: the mean is 0/0 as in PyTorch, and the gradient 0 (each
+        // ignored row's is, whatever the total weight), not 0 · ∞.
         Reduction::Mean => (
             vec![losses.iter().sum::<f64>() / total_weight],
-            1.0 / total_weight,
+            if total_weight == 0.0 {
+                0.0
+            } else {
+                1.0 / total_weight
+            },
         ),
         Reduction::Sum => (vec![losses.iter().sum::<f64>()], 1.0),
         Reduction::None => (losses, 1.0),
@@ -643,14 +649,12 @@ mod tests {
                         &want,
                         Tolerance::new(1e-5, 1e-5),
                     );
-                    if counted > 0 {
-                        assert_close(
-                            &format!("{label} column sums"),
-                            &floats(&folded[3]),
-                            &reduce::reference_column_sum(&want_grad, c),
-                            Tolerance::new(1e-5, 1e-4),
-                        );
-                    }
+                    assert_close(
+                        &format!("{label} column sums"),
+                        &floats(&folded[3]),
+                        &reduce::reference_column_sum(&want_grad, c),
+                        Tolerance::new(1e-5, 1e-4),
+                    );
                 }
             }
         }
@@ -771,6 +775,15 @@ mod tests {
             cross_entropy(ctx, &g, &[-100, -100], &CrossEntropyConfig::default()).unwrap();
         assert!(loss[0].is_nan());
         assert!(grad.read::<f32>(ctx).unwrap().iter().all(|&v| v == 0.0));
+        // The CPU reference agrees.
+        let (want_loss, want_grad) = reference(
+            &[1.0, 2.0, 3.0, 4.0],
+            2,
+            &[-100, -100],
+            &CrossEntropyConfig::default(),
+        );
+        assert!(want_loss[0].is_nan());
+        assert_eq!(want_grad, vec![0.0; 4]);
     }
 
     #[test]
