@@ -41,8 +41,8 @@ pub(super) fn fuse(nodes: &mut Vec<Node>) {
 /// Hands each column sum a node writes of its input 0 ([`Op::yield_column_sum`]) to the node
 /// that wrote that input, where it can sum it on the way ([`Op::absorb_column_sum`]): batch
 /// norm's backward then writes the bias gradient of the Linear before it, and so does the
-/// loss for the last Linear; the Linear's gradient node keeps only its weight product. The parameter gradient's value is unchanged:
-/// both sum the same dx.
+/// loss for the last Linear; the Linear's gradient node keeps only its weight product. Both
+/// sum the same values, so the gradient is unchanged.
 pub(super) fn hand_off_column_sums(nodes: &mut [Node]) {
     for j in 0..nodes.len() {
         let Some((param, rest)) = nodes[j].op.yield_column_sum() else {
