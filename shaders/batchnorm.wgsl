@@ -183,6 +183,33 @@ fn stats_normalize(@builtin(global_invocation_id) gid: vec3<u32>) {
     normalize_column(f, stats.x, stats.y);
 }
 
+// GPUs, a batch of at most a few thousand rows: stats and normalize in one dispatch, the
+// ROWS invocations of a feature summing its rows as stats does (shifted_sums, the same order)
+// and then each mapping its share of them as normalize does: the same bits, one dispatch and
+// one barrier fewer. Not for the cumulative average (see stats_normalize).
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn stats_normalize_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let f = gid.x;
+    let fc = min(f, p.d - 1u);
+    let shift = x[fc];
+    let s = shifted_sums(fc, shift, lid);
+    if (f >= p.d) { return; }
+    var stats: vec2<f32>;
+    if (lid.y == 0u) {
+        stats = save_stats(f, shift, s);
+        if (f == 0u && (p.flags & FLAG_COUNT_BATCH) != 0u) { num_batches_tracked[0] += 1u; }
+    } else {
+        let m = moments(shift, s);
+        stats = vec2<f32>(m.x, inverseSqrt(m.y + p.eps));
+    }
+    let g = gamma[f];
+    let b = beta[f];
+    for (var r = lid.y; r < p.n; r += ROWS) {
+        let i = r * p.d + f;
+        y[i] = normalized(i, stats.x, stats.y, g, b);
+    }
+}
+
 // Feature f's column of y, its γ and β loaded once.
 fn normalize_column(f: u32, mean: f32, invstd: f32) {
     let g = gamma[f];
@@ -296,6 +323,55 @@ fn backward_column(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(WG_FEATURES, 1)
 fn backward_column_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x < p.d) { dbias[gid.x] = column_backward(gid.x); }
+}
+
+// GPUs, a batch of at most a few thousand rows: backward_reduce and backward_dx in one
+// dispatch, the ROWS invocations of a feature summing its rows as backward_reduce does and
+// then each computing its share of dx as backward_dx does. Returns the invocation's share of
+// Σ_r dx, summed in the column-sum kernel's order (rows lid.y, lid.y + ROWS, …).
+fn rows_backward(gid: vec3<u32>, lid: vec3<u32>) -> f32 {
+    let f = gid.x;
+    let fc = min(f, p.d - 1u);
+    let mean = saved[fc];
+    let invstd = saved[p.d + fc];
+    var s = vec2<f32>(0.0);
+    for (var r = lid.y; r < p.n; r += ROWS) {
+        let i = r * p.d + fc;
+        let g = upstream(i);
+        s += vec2<f32>(g, g * (x[i] - mean) * invstd);
+    }
+    s = reduce_rows(lid, s);
+    var dx_sum = 0.0;
+    if (f < p.d) {
+        if (lid.y == 0u) {
+            dbeta[f] = s.x;
+            dgamma[f] = s.y;
+        }
+        let n = f32(p.n);
+        for (var r = lid.y; r < p.n; r += ROWS) {
+            let i = r * p.d + f;
+            let xhat = (x[i] - mean) * invstd;
+            let g = gamma[f] * invstd / n * (n * upstream(i) - s.x - xhat * s.y);
+            dx[i] = g;
+            dx_sum += g;
+        }
+    }
+    return dx_sum;
+}
+
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    _ = rows_backward(gid, lid);
+}
+
+// The same, also writing the preceding Linear's bias gradient: no column-sum dispatch.
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn backward_rows_bias(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let share = rows_backward(gid, lid);
+    // Every invocation has read the first reduction's total before the partials are reused.
+    workgroupBarrier();
+    let total = reduce_rows(lid, vec2<f32>(share, 0.0)).x;
+    if (gid.x < p.d && lid.y == 0u) { dbias[gid.x] = total; }
 }
 
 @compute @workgroup_size(MAP_X, MAP_Y)

@@ -143,9 +143,20 @@ fn column_kernel(entry: &'static str) -> Kernel {
     Kernel::new(Shader::BatchNorm, entry).with("WG_FEATURES", COLUMN_FEATURES)
 }
 
+/// The most rows a train-mode batch norm takes in one pass with the GPU kernels: its 16
+/// invocations per feature then walk at most 256 rows each, twice. A larger batch runs the
+/// reduction and the map as two dispatches, spread over many more workgroups.
+pub const ONE_PASS_MAX_ROWS: usize = 4096;
+
+/// Whether a batch of `n` rows runs batch norm's train-mode passes as one dispatch with the
+/// row-parallel kernels.
+fn one_pass_rows(n: usize) -> bool {
+    n <= ONE_PASS_MAX_ROWS
+}
+
 /// Train-mode forward: batch statistics (saved: [mean; invstd], 2·D floats), running-stat
-/// update, normalization (+ ReLU) (+ dropout). One dispatch on CPU adapters (per-column
-/// reductions) with a set momentum, else two.
+/// update, normalization (+ ReLU) (+ dropout). One dispatch with a set momentum (per column
+/// on CPU adapters; row-parallel on GPUs up to [`ONE_PASS_MAX_ROWS`] rows), else two.
 #[allow(clippy::too_many_arguments)]
 pub fn train_dispatches(
     ctx: &GpuContext,
@@ -159,26 +170,67 @@ pub fn train_dispatches(
     saved: Binding<'_>,
     y: Binding<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    let one_pass = one_pass_rows(n);
+    train_passes(
+        ctx,
+        n,
+        d,
+        config,
+        relu,
+        dropout,
+        layer,
+        [x, saved, y],
+        one_pass,
+    )
+}
+
+/// [`train_dispatches`] with the row-parallel one-pass kernel allowed or not.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn train_passes(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    config: BatchNormConfig,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    layer: LayerBindings<'_>,
+    [x, saved, y]: [Binding<'_>; 3],
+    one_pass: bool,
+) -> Result<Vec<Dispatch>, GpuError> {
     check_fusion(relu, dropout)?;
     let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
     let params = params(n, d, config, flags, dropout);
-    if !ctx.kernels().parallel_reductions && config.momentum.is_some() {
-        let pass = ctx.dispatch_at(
-            &column_kernel("stats_normalize"),
-            Some(&params),
-            &[
-                (X, x),
-                (Y, y),
-                (SAVED, saved),
-                (RUNNING, layer.running),
-                (GAMMA, layer.gamma),
-                (BETA, layer.beta),
-                (NUM_BATCHES, layer.num_batches_tracked),
-                (STEP, layer.step),
-            ],
-            [groups(d, COLUMN_FEATURES), 1, 1],
-        )?;
-        return Ok(vec![pass]);
+    let bindings = [
+        (X, x),
+        (Y, y),
+        (SAVED, saved),
+        (RUNNING, layer.running),
+        (GAMMA, layer.gamma),
+        (BETA, layer.beta),
+        (NUM_BATCHES, layer.num_batches_tracked),
+        (STEP, layer.step),
+    ];
+    if config.momentum.is_some() {
+        if !ctx.kernels().parallel_reductions {
+            let grid = [groups(d, COLUMN_FEATURES), 1, 1];
+            let kernel = column_kernel("stats_normalize");
+            return Ok(vec![ctx.dispatch_at(
+                &kernel,
+                Some(&params),
+                &bindings,
+                grid,
+            )?]);
+        }
+        if one_pass {
+            let kernel = kernel(ctx, "stats_normalize_rows");
+            let grid = feature_grid(ctx, d);
+            return Ok(vec![ctx.dispatch_at(
+                &kernel,
+                Some(&params),
+                &bindings,
+                grid,
+            )?]);
+        }
     }
     let stats = ctx.dispatch_at(
         &kernel(ctx, "stats"),
@@ -265,10 +317,11 @@ pub fn eval_dispatch(
     ctx.dispatch_at(&kernel(ctx, "normalize"), Some(&params), &bindings, grid)
 }
 
-/// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch on
-/// CPU adapters (per-column reductions), else two. `y` is the forward's output, used for the
-/// fused ReLU's (and dropout's) mask. With `dbias`, also the column sums of dx (the bias
-/// gradient of the Linear before): in the same dispatch on CPU adapters, else a third.
+/// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch (per
+/// column on CPU adapters; row-parallel on GPUs up to [`ONE_PASS_MAX_ROWS`] rows), else two.
+/// `y` is the forward's output, used for the fused ReLU's (and dropout's) mask. With `dbias`,
+/// also the column sums of dx (the bias gradient of the Linear before): in the same dispatch
+/// where it is one, else in a third.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_dispatches(
     ctx: &GpuContext,
@@ -286,6 +339,34 @@ pub fn backward_dispatches(
     dx: Binding<'_>,
     dbias: Option<Binding<'_>>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    let inputs = [x, y, dy, saved, gamma];
+    let outputs = [dgamma, dbeta, dx];
+    backward_passes(
+        ctx,
+        n,
+        d,
+        relu,
+        dropout,
+        inputs,
+        outputs,
+        dbias,
+        one_pass_rows(n),
+    )
+}
+
+/// [`backward_dispatches`] with the row-parallel one-pass kernel allowed or not.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_passes(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    relu: bool,
+    dropout: Option<FusedDropout>,
+    [x, y, dy, saved, gamma]: [Binding<'_>; 5],
+    [dgamma, dbeta, dx]: [Binding<'_>; 3],
+    dbias: Option<Binding<'_>>,
+    one_pass: bool,
+) -> Result<Vec<Dispatch>, GpuError> {
     check_fusion(relu, dropout)?;
     let flags = if relu { FLAG_RELU } else { 0 };
     let params = params(n, d, BatchNormConfig::default(), flags, dropout);
@@ -300,19 +381,33 @@ pub fn backward_dispatches(
         (DX, dx),
         (GAMMA, gamma),
     ];
-    if !ctx.kernels().parallel_reductions {
-        let grid = [groups(d, COLUMN_FEATURES), 1, 1];
-        let pass = match dbias {
-            Some(dbias) => {
-                let bindings = [&all[..], &[(DBIAS, dbias)]].concat();
-                let kernel = column_kernel("backward_column_bias");
-                ctx.dispatch_at(&kernel, Some(&params), &bindings, grid)?
+    if !ctx.kernels().parallel_reductions || one_pass {
+        let (kernel, grid) = match ctx.kernels().parallel_reductions {
+            false => {
+                let entry = match dbias {
+                    Some(_) => "backward_column_bias",
+                    None => "backward_column",
+                };
+                (column_kernel(entry), [groups(d, COLUMN_FEATURES), 1, 1])
             }
-            None => {
-                ctx.dispatch_at(&column_kernel("backward_column"), Some(&params), &all, grid)?
+            true => {
+                let entry = match dbias {
+                    Some(_) => "backward_rows_bias",
+                    None => "backward_rows",
+                };
+                (kernel(ctx, entry), feature_grid(ctx, d))
             }
         };
-        return Ok(vec![pass]);
+        let bindings = match dbias {
+            Some(dbias) => [&all[..], &[(DBIAS, dbias)]].concat(),
+            None => all.to_vec(),
+        };
+        return Ok(vec![ctx.dispatch_at(
+            &kernel,
+            Some(&params),
+            &bindings,
+            grid,
+        )?]);
     }
     let reduce_grid = feature_grid(ctx, d);
     let reduce = ctx.dispatch_at(

@@ -49,7 +49,7 @@ impl GpuBatchNorm {
         })
     }
 
-    fn bindings(&self) -> LayerBindings<'_> {
+    pub(super) fn bindings(&self) -> LayerBindings<'_> {
         LayerBindings {
             gamma: self.gamma.binding(),
             beta: self.beta.binding(),

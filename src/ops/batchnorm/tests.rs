@@ -441,3 +441,104 @@ fn the_bias_gradient_summed_in_the_backward_is_the_column_sum_of_dx() {
         }
     }
 }
+
+/// With the GPU kernels, the one-pass train-mode forward and backward (a batch up to
+/// ONE_PASS_MAX_ROWS rows) against the two-pass ones they replace: every output bit for bit,
+/// through the fused ReLU and dropout, with and without the bias gradient.
+#[test]
+fn one_pass_row_parallel_kernels_match_the_two_pass_ones_bit_for_bit() {
+    use super::launch::{backward_passes, train_passes};
+    use crate::ops::reduce::column_sum_dispatch;
+    let ctx = gpu_style_ctx();
+    let bits = |t: &GpuTensor| -> Vec<u32> {
+        t.read::<f32>(ctx)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    for (n, d) in [(2usize, 1usize), (3, 7), (65, 33), (1000, 10)] {
+        for dropout in [None, Some(fused_dropout(0.3))] {
+            let c = case(n, d, 0.5, 2.0);
+            let config = BatchNormConfig::default();
+            let dy = uniform(5, n * d, -1.0, 1.0);
+            let run = |one_pass: bool| {
+                let mut running = RunningStats::new(d);
+                running.mean = uniform(3, d, -1.0, 1.0);
+                let bn = GpuBatchNorm::new(ctx, &c.gamma, &c.beta, &running, config).unwrap();
+                let gx = GpuTensor::from_slice(ctx, &c.x, &[n, d], "x").unwrap();
+                let gdy = GpuTensor::from_slice(ctx, &dy, &[n, d], "dy").unwrap();
+                let zeros = |len: usize| GpuTensor::zeros(ctx, &[len], "out").unwrap();
+                let (y, saved) = (zeros(n * d), zeros(2 * d));
+                let forward = train_passes(
+                    ctx,
+                    n,
+                    d,
+                    config,
+                    true,
+                    dropout,
+                    bn.bindings(),
+                    [gx.binding(), saved.binding(), y.binding()],
+                    one_pass,
+                )
+                .unwrap();
+                assert_eq!(forward.len(), if one_pass { 1 } else { 2 });
+                ctx.submit(&forward.iter().collect::<Vec<_>>());
+                let mut out = vec![bits(&y), bits(&saved), bits(&bn.running)];
+                for with_bias in [false, true] {
+                    let (dx, dgamma, dbeta, dbias) = (zeros(n * d), zeros(d), zeros(d), zeros(d));
+                    let mut list = backward_passes(
+                        ctx,
+                        n,
+                        d,
+                        true,
+                        dropout,
+                        [
+                            gx.binding(),
+                            y.binding(),
+                            gdy.binding(),
+                            saved.binding(),
+                            bn.gamma.binding(),
+                        ],
+                        [dgamma.binding(), dbeta.binding(), dx.binding()],
+                        with_bias.then(|| dbias.binding()),
+                        one_pass,
+                    )
+                    .unwrap();
+                    if with_bias && !one_pass {
+                        list.push(
+                            column_sum_dispatch(ctx, n, d, dx.binding(), dbias.binding()).unwrap(),
+                        );
+                    }
+                    ctx.submit(&list.iter().collect::<Vec<_>>());
+                    out.extend([bits(&dx), bits(&dgamma), bits(&dbeta)]);
+                    if with_bias {
+                        out.push(bits(&dbias));
+                    }
+                }
+                out
+            };
+            let (one, two) = (run(true), run(false));
+            let what = [
+                "y",
+                "saved",
+                "running",
+                "dx",
+                "dgamma",
+                "dbeta",
+                "dx (with bias)",
+                "dgamma (with bias)",
+                "dbeta (with bias)",
+                "dbias",
+            ];
+            for (k, name) in what.iter().enumerate() {
+                assert_eq!(
+                    one[k],
+                    two[k],
+                    "{name}, {n}x{d}, dropout {}",
+                    dropout.is_some()
+                );
+            }
+        }
+    }
+}
