@@ -23,7 +23,7 @@ mod tensor;
 mod tests;
 
 pub use launch::{
-    LayerBindings, backward_dispatches, eval_dispatch, sync_backward_dispatches,
+    LayerBindings, ONE_PASS_MAX_ROWS, backward_dispatches, eval_dispatch, sync_backward_dispatches,
     sync_train_dispatches, train_dispatches,
 };
 pub use node::{BatchNormBackwardOp, BatchNormOp};
