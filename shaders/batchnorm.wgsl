@@ -268,20 +268,30 @@ fn upstream(i: u32) -> f32 {
     return g;
 }
 
-// dβ and dγ per feature.
-@compute @workgroup_size(WG_FEATURES, ROWS)
-fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let f = gid.x;
-    let fc = min(f, p.d - 1u);
-    let mean = saved[fc];
-    let invstd = saved[p.d + fc];
+// Feature fc's Σdy and Σdy·x̂ (dβ, dγ) over the batch, its rows split over the workgroup's
+// ROWS invocations; every invocation gets the totals.
+fn upstream_sums(fc: u32, mean: f32, invstd: f32, lid: vec3<u32>) -> vec2<f32> {
     var s = vec2<f32>(0.0);
     for (var r = lid.y; r < p.n; r += ROWS) {
         let i = r * p.d + fc;
         let g = upstream(i);
         s += vec2<f32>(g, g * (x[i] - mean) * invstd);
     }
-    s = reduce_rows(lid, s);
+    return reduce_rows(lid, s);
+}
+
+// dx at element i of feature f from the sums (dβ, dγ) over n rows.
+fn dx_at(i: u32, f: u32, mean: f32, invstd: f32, sums: vec2<f32>, n: f32) -> f32 {
+    let xhat = (x[i] - mean) * invstd;
+    return gamma[f] * invstd / n * (n * upstream(i) - sums.x - xhat * sums.y);
+}
+
+// dβ and dγ per feature.
+@compute @workgroup_size(WG_FEATURES, ROWS)
+fn backward_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let f = gid.x;
+    let fc = min(f, p.d - 1u);
+    let s = upstream_sums(fc, saved[fc], saved[p.d + fc], lid);
     if (f >= p.d || lid.y != 0u) { return; }
     dbeta[f] = s.x;
     dgamma[f] = s.y;
@@ -334,13 +344,7 @@ fn rows_backward(gid: vec3<u32>, lid: vec3<u32>) -> f32 {
     let fc = min(f, p.d - 1u);
     let mean = saved[fc];
     let invstd = saved[p.d + fc];
-    var s = vec2<f32>(0.0);
-    for (var r = lid.y; r < p.n; r += ROWS) {
-        let i = r * p.d + fc;
-        let g = upstream(i);
-        s += vec2<f32>(g, g * (x[i] - mean) * invstd);
-    }
-    s = reduce_rows(lid, s);
+    let s = upstream_sums(fc, mean, invstd, lid);
     var dx_sum = 0.0;
     if (f < p.d) {
         if (lid.y == 0u) {
@@ -350,8 +354,7 @@ fn rows_backward(gid: vec3<u32>, lid: vec3<u32>) -> f32 {
         let n = f32(p.n);
         for (var r = lid.y; r < p.n; r += ROWS) {
             let i = r * p.d + f;
-            let xhat = (x[i] - mean) * invstd;
-            let g = gamma[f] * invstd / n * (n * upstream(i) - s.x - xhat * s.y);
+            let g = dx_at(i, f, mean, invstd, s, n);
             dx[i] = g;
             dx_sum += g;
         }
@@ -379,9 +382,7 @@ fn backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let f = gid.x;
     let r = map_row(gid, nwg);
     if (f >= p.d || r >= p.n) { return; }
-    let i = r * p.d + f;
-    let invstd = saved[p.d + f];
-    let xhat = (x[i] - saved[f]) * invstd;
     let n = f32(select(p.n, p.total, p.total != 0u));
-    dx[i] = gamma[f] * invstd / n * (n * upstream(i) - dbeta[f] - xhat * dgamma[f]);
+    let sums = vec2<f32>(dbeta[f], dgamma[f]);
+    dx[r * p.d + f] = dx_at(r * p.d + f, f, saved[f], saved[p.d + f], sums, n);
 }

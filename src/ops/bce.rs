@@ -278,8 +278,7 @@ impl Op for BceWithLogitsOp {
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let n = cx.input_shape(node, 0).0;
-        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss,
-        // and the column-sum kernel for the bias gradient.
+        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics and column-sum kernels follow.
         let fold = self.metrics && n <= FOLD_MAX_ROWS;
         let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
         let bias_grad = grad.and(self.bias_grad).map(|b| cx.grad(b));
@@ -294,13 +293,10 @@ impl Op for BceWithLogitsOp {
         };
         let d = dispatch(cx.ctx, n, self.config, bindings)?;
         cx.push(d);
-        if self.metrics && !fold {
-            let metrics = reduce::metrics_dispatch(cx.ctx, n, cx.step, bindings.rows, cx.totals)?;
-            cx.push(metrics);
-        }
-        if let (Some(grad), Some(dbias)) = (grad, bias_grad.filter(|_| !fold)) {
-            cx.push(reduce::column_sum_dispatch(cx.ctx, n, 1, grad, dbias)?);
-        }
+        let grad_sums = grad.zip(bias_grad);
+        let rest =
+            reduce::after_unfolded_loss(cx, (n, 1), fold, self.metrics, bindings.rows, grad_sums)?;
+        rest.into_iter().for_each(|d| cx.push(d));
         Ok(())
     }
 
@@ -338,7 +334,7 @@ mod tests {
 
     use super::*;
     use crate::check::{Tolerance, assert_close};
-    use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
+    use crate::ops::test_support::{bits, ctx, gpu_style_ctx, uniform};
 
     #[test]
     fn matches_reference_with_saturated_logits_and_pos_weight() {
@@ -465,14 +461,12 @@ mod tests {
                         list.push(column_sum_dispatch(ctx, n, 1, g, b).unwrap());
                     }
                     ctx.submit(&list.iter().collect::<Vec<_>>());
-                    let bits = |t: &GpuTensor| -> Vec<u32> {
-                        t.read::<f32>(ctx)
-                            .unwrap()
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect()
-                    };
-                    [bits(&rows), bits(&grad), bits(&totals), bits(&dbias)]
+                    [
+                        bits(ctx, &rows),
+                        bits(ctx, &grad),
+                        bits(ctx, &totals),
+                        bits(ctx, &dbias),
+                    ]
                 };
                 let (apart, folded) = (run(false), run(true));
                 let label = format!(

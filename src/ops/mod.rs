@@ -113,6 +113,12 @@ pub(crate) mod test_support {
         })
     }
 
+    /// A tensor's floats as their bits, for comparisons that must be exact (NaN included).
+    pub fn bits(ctx: &GpuContext, t: &crate::gpu::GpuTensor) -> Vec<u32> {
+        let values: Vec<f32> = t.read(ctx).unwrap_or_else(|e| panic!("reading back: {e}"));
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
     /// Seeded values uniform in [lo, hi).
     pub fn uniform(seed: u64, len: usize, lo: f32, hi: f32) -> Vec<f32> {
         let mut rng = rng::seeded(seed);

@@ -77,6 +77,31 @@ pub fn column_sum_rows(ctx: &GpuContext) -> u32 {
     }
 }
 
+/// The dispatches after a loss kernel that did not fold (`folded` false: no metrics node
+/// absorbed, or more than [`FOLD_MAX_ROWS`] rows): the metrics kernel over its `rows` when it
+/// absorbed the metrics, and the column sums of its gradient into the bias gradient it took
+/// over (`grad_sums`: gradient [n, cols], bias gradient).
+pub fn after_unfolded_loss(
+    cx: &GpuCx<'_, '_>,
+    (n, cols): (usize, usize),
+    folded: bool,
+    metrics: bool,
+    rows: Binding<'_>,
+    grad_sums: Option<(Binding<'_>, Binding<'_>)>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let mut out = Vec::new();
+    if folded {
+        return Ok(out);
+    }
+    if metrics {
+        out.push(metrics_dispatch(cx.ctx, n, cx.step, rows, cx.totals)?);
+    }
+    if let Some((grad, dbias)) = grad_sums {
+        out.push(column_sum_dispatch(cx.ctx, n, cols, grad, dbias)?);
+    }
+    Ok(out)
+}
+
 /// Adds a batch's per-row (loss, correct, counted, _) rows: [n, 4] into `totals`
 /// ([`TOTALS_LEN`] floats), noting the step of the first non-finite loss.
 pub fn metrics_dispatch(

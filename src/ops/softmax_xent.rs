@@ -479,8 +479,7 @@ impl Op for CrossEntropyOp {
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let (n, c) = cx.input_shape(node, 0);
-        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics kernel runs after the loss,
-        // and the column-sum kernel for the bias gradient.
+        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics and column-sum kernels follow.
         let fold = self.metrics && n <= FOLD_MAX_ROWS;
         let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
         let bias_grad = grad.and(self.bias_grad).map(|b| cx.grad(b));
@@ -496,13 +495,10 @@ impl Op for CrossEntropyOp {
         };
         let d = dispatch(cx.ctx, n, c, &self.config, bindings)?;
         cx.push(d);
-        if self.metrics && !fold {
-            let metrics = reduce::metrics_dispatch(cx.ctx, n, cx.step, bindings.rows, cx.totals)?;
-            cx.push(metrics);
-        }
-        if let (Some(grad), Some(dbias)) = (grad, bias_grad.filter(|_| !fold)) {
-            cx.push(reduce::column_sum_dispatch(cx.ctx, n, c, grad, dbias)?);
-        }
+        let grad_sums = grad.zip(bias_grad);
+        let rest =
+            reduce::after_unfolded_loss(cx, (n, c), fold, self.metrics, bindings.rows, grad_sums)?;
+        rest.into_iter().for_each(|d| cx.push(d));
         Ok(())
     }
 
@@ -541,7 +537,7 @@ mod tests {
 
     use super::*;
     use crate::check::{Tolerance, assert_close};
-    use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
+    use crate::ops::test_support::{bits, ctx, gpu_style_ctx, uniform};
 
     fn targets(n: usize, c: usize, seed: u64) -> Vec<i64> {
         uniform(seed, n, 0.0, c as f32)
@@ -610,14 +606,12 @@ mod tests {
                             list.push(column_sum_dispatch(ctx, n, c, g, b).unwrap());
                         }
                         ctx.submit(&list.iter().collect::<Vec<_>>());
-                        let bits = |t: &GpuTensor| -> Vec<u32> {
-                            t.read::<f32>(ctx)
-                                .unwrap()
-                                .iter()
-                                .map(|v| v.to_bits())
-                                .collect()
-                        };
-                        [bits(&rows), bits(&grad), bits(&totals), bits(&dbias)]
+                        [
+                            bits(ctx, &rows),
+                            bits(ctx, &grad),
+                            bits(ctx, &totals),
+                            bits(ctx, &dbias),
+                        ]
                     };
                     let (apart, folded) = (run(false), run(true));
                     let label = format!(

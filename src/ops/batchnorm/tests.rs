@@ -2,7 +2,7 @@ use super::*;
 use crate::check::{Tolerance, assert_close};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::OpError;
-use crate::ops::test_support::{ctx, gpu_style_ctx, uniform};
+use crate::ops::test_support::{bits, ctx, gpu_style_ctx, uniform};
 
 struct Case {
     x: Vec<f32>,
@@ -424,14 +424,12 @@ fn the_bias_gradient_summed_in_the_backward_is_the_column_sum_of_dx() {
                     );
                 }
                 ctx.submit(&list.iter().collect::<Vec<_>>());
-                let bits = |t: &GpuTensor| -> Vec<u32> {
-                    t.read::<f32>(ctx)
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect()
-                };
-                [bits(&dx), bits(&dgamma), bits(&dbeta), bits(&dbias)]
+                [
+                    bits(ctx, &dx),
+                    bits(ctx, &dgamma),
+                    bits(ctx, &dbeta),
+                    bits(ctx, &dbias),
+                ]
             };
             let label = format!("{n}x{d}, gpu kernels {}", ctx.kernels().parallel_reductions);
             let (inside, apart) = (run(true), run(false));
@@ -450,13 +448,6 @@ fn one_pass_row_parallel_kernels_match_the_two_pass_ones_bit_for_bit() {
     use super::launch::{backward_passes, train_passes};
     use crate::ops::reduce::column_sum_dispatch;
     let ctx = gpu_style_ctx();
-    let bits = |t: &GpuTensor| -> Vec<u32> {
-        t.read::<f32>(ctx)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
-    };
     for (n, d) in [(2usize, 1usize), (3, 7), (65, 33), (1000, 10)] {
         for dropout in [None, Some(fused_dropout(0.3))] {
             let c = case(n, d, 0.5, 2.0);
@@ -484,7 +475,7 @@ fn one_pass_row_parallel_kernels_match_the_two_pass_ones_bit_for_bit() {
                 .unwrap();
                 assert_eq!(forward.len(), if one_pass { 1 } else { 2 });
                 ctx.submit(&forward.iter().collect::<Vec<_>>());
-                let mut out = vec![bits(&y), bits(&saved), bits(&bn.running)];
+                let mut out = vec![bits(ctx, &y), bits(ctx, &saved), bits(ctx, &bn.running)];
                 for with_bias in [false, true] {
                     let (dx, dgamma, dbeta, dbias) = (zeros(n * d), zeros(d), zeros(d), zeros(d));
                     let mut list = backward_passes(
@@ -511,9 +502,9 @@ fn one_pass_row_parallel_kernels_match_the_two_pass_ones_bit_for_bit() {
                         );
                     }
                     ctx.submit(&list.iter().collect::<Vec<_>>());
-                    out.extend([bits(&dx), bits(&dgamma), bits(&dbeta)]);
+                    out.extend([bits(ctx, &dx), bits(ctx, &dgamma), bits(ctx, &dbeta)]);
                     if with_bias {
-                        out.push(bits(&dbias));
+                        out.push(bits(ctx, &dbias));
                     }
                 }
                 out
