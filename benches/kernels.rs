@@ -8,7 +8,9 @@ use std::time::Duration;
 use common::{ctx, pattern, time_dispatches};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wgnn::gpu::GpuTensor;
-use wgnn::ops::batchnorm::{self, BatchNormConfig, GpuBatchNorm, LayerBindings, RunningStats};
+use wgnn::ops::batchnorm::{
+    self, Affine, BatchNormConfig, GpuBatchNorm, LayerBindings, RunningStats,
+};
 use wgnn::ops::dropout::{self, DropProbability, MaskStream};
 use wgnn::ops::matmul::{self, Epilogue, Layout, MatmulShape};
 use wgnn::ops::softmax_xent::{self, CrossEntropyConfig, XentBindings};
@@ -74,11 +76,12 @@ fn matmuls(c: &mut Criterion) {
             &ctx,
             shape,
             Epilogue::default(),
-            None,
-            ga.binding(),
-            gb.binding(),
-            None,
-            gc.binding(),
+            matmul::MatmulBindings {
+                a: ga.binding(),
+                b: gb.binding(),
+                bias: None,
+                c: gc.binding(),
+            },
         )
         .unwrap();
         group.bench_function(BenchmarkId::new("gpu", &name), |bench| {
@@ -122,36 +125,32 @@ fn batch_norm(c: &mut Criterion) {
         num_batches_tracked: bn.num_batches_tracked.binding(),
         step: bn.steps.binding(),
     };
-    let forward = batchnorm::train_dispatches(
-        &ctx,
+    let pass = batchnorm::Pass {
         n,
         d,
-        BatchNormConfig::default(),
-        true,
-        None,
+        config: BatchNormConfig::default(),
+        relu: true,
+        dropout: None,
+    };
+    let forward_bindings = batchnorm::ForwardBindings {
         layer,
-        gx.binding(),
-        saved.binding(),
-        gy.binding(),
-    )
-    .unwrap();
-    let backward = batchnorm::backward_dispatches(
-        &ctx,
-        n,
-        d,
-        true,
-        None,
-        gx.binding(),
-        gy.binding(),
-        gx.binding(),
-        saved.binding(),
-        bn.gamma.binding(),
-        dgamma.binding(),
-        dbeta.binding(),
-        gdx.binding(),
-        None,
-    )
-    .unwrap();
+        x: gx.binding(),
+        saved: saved.binding(),
+        y: gy.binding(),
+    };
+    let forward = batchnorm::train_dispatches(&ctx, &pass, forward_bindings).unwrap();
+    let backward_bindings = batchnorm::BackwardBindings {
+        x: gx.binding(),
+        y: gy.binding(),
+        dy: gx.binding(),
+        saved: saved.binding(),
+        gamma: bn.gamma.binding(),
+        dgamma: dgamma.binding(),
+        dbeta: dbeta.binding(),
+        dx: gdx.binding(),
+        dbias: None,
+    };
+    let backward = batchnorm::backward_dispatches(&ctx, &pass, backward_bindings).unwrap();
     let mut group = c.benchmark_group("batch_norm_1024x64");
     group
         .throughput(Throughput::Elements((n * d) as u64))
@@ -167,25 +166,27 @@ fn batch_norm(c: &mut Criterion) {
         b.iter(|| {
             batchnorm::reference_train(
                 &x,
-                n,
-                d,
-                &gamma,
-                &beta,
-                BatchNormConfig::default(),
+                (n, d),
+                Affine {
+                    gamma: &gamma,
+                    beta: &beta,
+                    config: BatchNormConfig::default(),
+                    relu: true,
+                },
                 &mut running,
-                true,
             )
         })
     });
     let (y, s) = batchnorm::reference_train(
         &x,
-        n,
-        d,
-        &gamma,
-        &beta,
-        BatchNormConfig::default(),
+        (n, d),
+        Affine {
+            gamma: &gamma,
+            beta: &beta,
+            config: BatchNormConfig::default(),
+            relu: true,
+        },
         &mut running,
-        true,
     );
     group.bench_function("cpu_reference_backward", |b| {
         b.iter(|| batchnorm::reference_backward(&x, &x, n, d, &gamma, &s, Some(&y)))

@@ -83,11 +83,12 @@ fn covariance(c: &mut Criterion) {
         &ctx,
         shape,
         Epilogue::default(),
-        None,
-        gx.binding(),
-        gx.binding(),
-        None,
-        gc.binding(),
+        matmul::MatmulBindings {
+            a: gx.binding(),
+            b: gx.binding(),
+            bias: None,
+            c: gc.binding(),
+        },
     )
     .unwrap();
     group.bench_function("wgnn_gpu_tn_f32", |b| {

@@ -10,7 +10,6 @@ use common::ctx;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wgnn::Mode;
 use wgnn::bench::{batches, lecture_model};
-use wgnn::exec::cpu::CpuExecutor;
 
 fn steps(c: &mut Criterion) {
     let ctx = ctx();
@@ -50,9 +49,7 @@ fn steps(c: &mut Criterion) {
                     start.elapsed()
                 })
             });
-            let state = model.state().unwrap();
-            let mut cpu =
-                CpuExecutor::new(model.sequential().clone(), model.graph().clone(), state, 0);
+            let mut cpu = model.reference_executor().unwrap();
             let mut i = 0usize;
             group.bench_function(BenchmarkId::new("cpu_reference", name), |b| {
                 b.iter(|| {

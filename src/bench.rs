@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::exec::cpu::CpuExecutor;
 use crate::gpu::uniform_struct;
 use crate::gpu::{GpuContext, GpuTensor, Kernel, Shader};
 use crate::nn::{CrossEntropyLoss, Sequential};
-use crate::ops::matmul::{self, Epilogue, Layout, MatmulShape};
+use crate::ops::matmul::{self, Epilogue, Layout, MatmulBindings, MatmulShape};
 use crate::optim::{Optimizer, Sgd};
 use crate::{Mode, Model, ModelConfig};
 
@@ -146,16 +145,13 @@ pub fn matmul_gpu(ctx: &GpuContext, shape: MatmulShape, budget: Budget) -> Resul
     let a = GpuTensor::from_slice(ctx, &pattern(shape.m * shape.k), &shape.a_shape(), "a")?;
     let b = GpuTensor::from_slice(ctx, &pattern(shape.k * shape.n), &shape.b_shape(), "b")?;
     let c = GpuTensor::zeros(ctx, &[shape.m, shape.n], "c")?;
-    let d = matmul::dispatch(
-        ctx,
-        shape,
-        Epilogue::default(),
-        None,
-        a.binding(),
-        b.binding(),
-        None,
-        c.binding(),
-    )?;
+    let bindings = MatmulBindings {
+        a: a.binding(),
+        b: b.binding(),
+        bias: None,
+        c: c.binding(),
+    };
+    let d = matmul::dispatch(ctx, shape, Epilogue::default(), bindings)?;
     let seconds = time_per_rep(budget, |reps| {
         let list: Vec<_> = (0..reps).flat_map(|_| d.dispatches.iter()).collect();
         ctx.submit(&list);
@@ -264,8 +260,7 @@ pub fn mlp_cpu(
     budget: Budget,
 ) -> Result<f64> {
     let mut model = lecture_model(ctx, features, batch)?;
-    let state = model.state()?;
-    let mut cpu = CpuExecutor::new(model.sequential().clone(), model.graph().clone(), state, 0);
+    let mut cpu = model.reference_executor()?;
     let data = batches(features, batch);
     let mut k = 0usize;
     let seconds = time_per_rep(budget, |reps| {

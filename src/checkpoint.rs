@@ -25,8 +25,8 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
 use crate::exec::state::HostState;
-use crate::graph::Graph;
-use crate::nn::{Layer, Sequential};
+use crate::graph::{BufferValues, Graph};
+use crate::nn::Sequential;
 
 /// File holding the model's state_dict.
 pub const MODEL_FILE: &str = "checkpoint.safetensors";
@@ -102,9 +102,14 @@ impl StateTensor {
     }
 
     pub fn i64_scalar(value: i64) -> Self {
+        Self::i64(vec![], vec![value])
+    }
+
+    /// An int64 tensor of `shape` (`[]` for a scalar).
+    pub fn i64(shape: Vec<usize>, data: Vec<i64>) -> Self {
         Self {
-            shape: vec![],
-            data: TensorData::I64(vec![value]),
+            shape,
+            data: TensorData::I64(data),
             dtype: "I64".into(),
         }
     }
@@ -368,12 +373,7 @@ fn without_path(error: crate::data::DataError) -> String {
 }
 
 /// The model's state_dict, in PyTorch's order and names (under `prefix`, usually "").
-pub fn model_state_dict(
-    sequential: &Sequential,
-    graph: &Graph,
-    state: &HostState,
-    prefix: &str,
-) -> StateDict {
+pub fn model_state_dict(graph: &Graph, state: &HostState, prefix: &str) -> StateDict {
     let mut sd = StateDict::default();
     for (p, values) in graph.params.iter().zip(&state.params) {
         sd.tensors.insert(
@@ -381,25 +381,22 @@ pub fn model_state_dict(
             StateTensor::f32(p.shape.clone(), values.clone()),
         );
     }
-    let mut bn = graph.batch_norms.iter().zip(&state.running);
-    for (i, layer) in sequential.layers().iter().enumerate() {
-        if let Layer::BatchNorm1d(_) = layer
-            && let Some((info, running)) = bn.next()
-        {
-            debug_assert_eq!(info.layer, i);
-            let d = info.features;
-            sd.tensors.insert(
-                format!("{prefix}{i}.running_mean"),
-                StateTensor::f32(vec![d], running.mean.clone()),
-            );
-            sd.tensors.insert(
-                format!("{prefix}{i}.running_var"),
-                StateTensor::f32(vec![d], running.var.clone()),
-            );
-            sd.tensors.insert(
-                format!("{prefix}{i}.num_batches_tracked"),
-                StateTensor::i64_scalar(running.num_batches_tracked as i64),
-            );
+    for (buffer, values) in graph.buffers.iter().zip(&state.buffers) {
+        let mut offset = 0;
+        for part in &buffer.parts {
+            let range = offset..offset + part.len();
+            offset = range.end;
+            let tensor = match values {
+                BufferValues::F32(v) => StateTensor::f32(part.shape.clone(), v[range].to_vec()),
+                BufferValues::Count(v) => StateTensor::i64(
+                    part.shape.clone(),
+                    v[range]
+                        .iter()
+                        .map(|&c| c.min(i64::MAX as u64) as i64)
+                        .collect(),
+                ),
+            };
+            sd.tensors.insert(format!("{prefix}{}", part.name), tensor);
         }
     }
     sd.metadata.insert("format".into(), "pt".into());
@@ -478,33 +475,45 @@ pub fn apply_state_dict(
             state.params[i] = v;
         }
     }
-    for (i, b) in graph.batch_norms.iter().enumerate() {
-        let d = [b.features];
-        if let Some(v) = float(&format!("{}.running_mean", b.layer), &d) {
-            state.running[i].mean = v;
-        }
-        if let Some(v) = float(&format!("{}.running_var", b.layer), &d) {
-            state.running[i].var = v;
-        }
-    }
-    for (i, b) in graph.batch_norms.iter().enumerate() {
-        let key = format!("{}.num_batches_tracked", b.layer);
-        let Some(t) = lookup(&key) else { continue };
-        match (&t.data, t.shape.iter().product::<usize>()) {
-            (TensorData::I64(v), 1) if v[0] >= 0 => {
-                state.running[i].num_batches_tracked = v[0] as u64
+    // Counters' problems, reported after the floats' (as PyTorch lists them by key order).
+    let mut count_problems = Vec::new();
+    for (i, buffer) in graph.buffers.iter().enumerate() {
+        let mut offset = 0;
+        for part in &buffer.parts {
+            let range = offset..offset + part.len();
+            offset = range.end;
+            match &mut state.buffers[i] {
+                BufferValues::F32(values) => {
+                    if let Some(v) = float(&part.name, &part.shape) {
+                        values[range].copy_from_slice(&v);
+                    }
+                }
+                BufferValues::Count(values) => {
+                    let key = &part.name;
+                    let Some(t) = lookup(key) else { continue };
+                    match &t.data {
+                        TensorData::I64(_) if t.shape != part.shape => count_problems.push(format!(
+                            "size mismatch for {key}: the checkpoint has shape {:?}, the model {:?}",
+                            t.shape, part.shape
+                        )),
+                        TensorData::I64(v) if v.iter().any(|&c| c < 0) => {
+                            count_problems.push(format!("{key} is negative"))
+                        }
+                        TensorData::I64(v) => {
+                            for (c, &n) in values[range].iter_mut().zip(v) {
+                                *c = n as u64;
+                            }
+                        }
+                        TensorData::F32(_) => count_problems.push(format!(
+                            "dtype mismatch for {key}: {} where an integer is expected",
+                            t.dtype
+                        )),
+                    }
+                }
             }
-            (TensorData::I64(_), 1) => problems.push(format!("{key} is negative")),
-            (TensorData::I64(_), _) => problems.push(format!(
-                "size mismatch for {key}: the checkpoint has shape {:?}, the model []",
-                t.shape
-            )),
-            (TensorData::F32(_), _) => problems.push(format!(
-                "dtype mismatch for {key}: {} where an integer is expected",
-                t.dtype
-            )),
         }
     }
+    problems.extend(count_problems);
     if problems.is_empty() {
         Ok(state)
     } else {
@@ -525,7 +534,7 @@ fn quoted(keys: Vec<&String>) -> String {
 /// The optimizer state as named tensors: `<param>.momentum_buffer`, `<param>.exp_avg`, ….
 pub fn optimizer_state_dict(graph: &Graph, state: &HostState) -> StateDict {
     let mut sd = StateDict::default();
-    let names = graph.optimizer.state_names();
+    let names = &graph.optimizer_states;
     for (k, tensors) in state.optimizer.iter().enumerate() {
         for (p, values) in graph.params.iter().zip(tensors) {
             sd.tensors.insert(
@@ -546,7 +555,7 @@ pub fn apply_optimizer_state(
 ) -> Result<HostState, CheckpointError> {
     let mut problems = Vec::new();
     let mut state = base.clone();
-    let names = graph.optimizer.state_names();
+    let names = &graph.optimizer_states;
     for (k, name) in names.iter().enumerate() {
         for (i, p) in graph.params.iter().enumerate() {
             let key = format!("{}.{name}", p.name);
@@ -567,9 +576,10 @@ pub fn apply_optimizer_state(
     let expected = names.len() * graph.params.len();
     if sd.tensors.len() != expected {
         problems.push(format!(
-            "{} optimizer tensors, {:?} keeps {expected}",
+            "{} optimizer tensors, the optimizer keeps {expected} ({} per parameter: {})",
             sd.tensors.len(),
-            graph.optimizer
+            names.len(),
+            names.join(", ")
         ));
     }
     match sd.metadata.get("step").map(|s| s.parse::<u64>()) {
@@ -589,8 +599,7 @@ pub fn apply_optimizer_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::build;
-    use crate::nn::Loss;
+    use crate::nn::{Loss, build};
     use crate::optim::{Optimizer, Sgd};
 
     fn setup() -> (Sequential, Graph, HostState) {
@@ -601,8 +610,11 @@ mod tests {
         });
         let graph = build(&model, &Loss::default(), &sgd, &[12], 4).unwrap();
         let mut state = HostState::init(&graph, 3);
-        state.running[0].num_batches_tracked = 7;
-        state.running[1].mean[2] = 0.25;
+        // Layer 2's counter, and layer 6's running mean.
+        state.buffers[1] = BufferValues::Count(vec![7]);
+        if let Some(mean) = state.buffers[2].f32s_mut() {
+            mean[2] = 0.25;
+        }
         state.optimizer[0][0][5] = 1.5;
         state.step = 9;
         (model, graph, state)
@@ -613,9 +625,7 @@ mod tests {
         let (model, graph, state) = setup();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(MODEL_FILE);
-        model_state_dict(&model, &graph, &state, "")
-            .write(&path)
-            .unwrap();
+        model_state_dict(&graph, &state, "").write(&path).unwrap();
         let read = StateDict::read(&path).unwrap();
         assert_eq!(
             read.tensors["2.num_batches_tracked"],
@@ -628,7 +638,7 @@ mod tests {
         );
         let mut loaded = apply_state_dict(&read, &model, &graph, &fresh).unwrap();
         assert_eq!(loaded.params, state.params);
-        assert_eq!(loaded.running, state.running);
+        assert_eq!(loaded.buffers, state.buffers);
 
         let opt_path = dir.path().join(TRAINING_FILE);
         optimizer_state_dict(&graph, &state)
@@ -644,7 +654,7 @@ mod tests {
     #[test]
     fn prefixed_keys_load() {
         let (model, graph, state) = setup();
-        let sd = model_state_dict(&model, &graph, &state, "layers.");
+        let sd = model_state_dict(&graph, &state, "layers.");
         assert!(sd.tensors.contains_key("layers.1.weight"));
         let loaded = apply_state_dict(&sd, &model, &graph, &state).unwrap();
         assert_eq!(loaded.params, state.params);
@@ -653,7 +663,7 @@ mod tests {
     #[test]
     fn strict_loading_reports_every_problem_at_once() {
         let (model, graph, state) = setup();
-        let mut sd = model_state_dict(&model, &graph, &state, "");
+        let mut sd = model_state_dict(&graph, &state, "");
         sd.source = "ckpt.safetensors".into();
         sd.tensors.remove("5.bias");
         sd.tensors

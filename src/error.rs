@@ -18,6 +18,9 @@ pub enum Error {
     Op(#[from] OpError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The CPU reference executor could not run a step.
+    #[error("CPU reference: {0}")]
+    Reference(#[from] crate::exec::cpu::CpuRunError),
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
@@ -126,16 +129,19 @@ mod tests {
                     given: 2,
                     expected: 4,
                 },
-                StateProblem::RunningFeatures {
-                    layer: 1,
-                    features: 64,
+                StateProblem::BufferLength {
+                    names: "1.running_mean, 1.running_var".into(),
+                    len: 64,
+                    kind: "f32",
+                    expected: 128,
+                    expected_kind: "f32",
                 },
             ],
         };
         assert_eq!(
             mismatch.to_string(),
             "state does not fit the model: 2 parameters given, the model has 4; \
-             layer 1 running stats: expected 64 features"
+             1.running_mean, 1.running_var: 64 values of f32, expected 128 of f32"
         );
         let label = Error::from(BatchError::LabelOutOfRange {
             index: 1,

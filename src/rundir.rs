@@ -620,7 +620,7 @@ impl RunDir {
 
     /// The model's state_dict with what eval and predict need, stamped with the run's id.
     fn checkpoint_dict(&self, model: &Model, state: &HostState, run: &RunConfig) -> StateDict {
-        let mut sd = checkpoint::model_state_dict(model.sequential(), model.graph(), state, "");
+        let mut sd = checkpoint::model_state_dict(model.graph(), state, "");
         sd.source = self.path.join(MODEL_FILE).display().to_string();
         // RunConfig holds strings and numbers only: it always serializes.
         let json = serde_json::to_string(run).unwrap_or_default();

@@ -4,8 +4,8 @@ mod common;
 
 use common::{batch, ctx};
 use wgnn::check::{Tolerance, assert_close};
-use wgnn::exec::cpu::CpuExecutor;
 use wgnn::exec::state::HostState;
+use wgnn::graph::BufferValues;
 use wgnn::nn::{CrossEntropyLoss, Flatten, Linear, Loss, ReLU, Sequential};
 use wgnn::optim::{Adam, Optimizer, Sgd};
 use wgnn::{Mode, Model, ModelConfig};
@@ -39,8 +39,8 @@ fn train_both(
     )
     .unwrap();
     let initial = gpu.state().unwrap();
-    let graph = gpu.graph().clone();
-    let mut cpu = CpuExecutor::new(model, graph, initial, SEED);
+    let mut cpu = gpu.reference_executor().unwrap();
+    assert_eq!(cpu.state, initial);
     let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
     for step in 0..steps {
         // Batches of varying content; the last one is partial to exercise a second plan.
@@ -75,15 +75,14 @@ fn compare_states(label: &str, names: &[String], gpu: &HostState, cpu: &HostStat
             );
         }
     }
-    for (i, (g, c)) in gpu.running.iter().zip(&cpu.running).enumerate() {
-        assert_close(
-            &format!("{label} bn {i} running_mean"),
-            &g.mean,
-            &c.mean,
-            tol,
-        );
-        assert_close(&format!("{label} bn {i} running_var"), &g.var, &c.var, tol);
-        assert_eq!(g.num_batches_tracked, c.num_batches_tracked);
+    for (i, (g, c)) in gpu.buffers.iter().zip(&cpu.buffers).enumerate() {
+        match (g, c) {
+            (BufferValues::F32(g), BufferValues::F32(c)) => {
+                // [running_mean; running_var] of a batch norm.
+                assert_close(&format!("{label} buffer {i} (running stats)"), g, c, tol);
+            }
+            _ => assert_eq!(g, c, "{label} buffer {i} (counters)"),
+        }
     }
 }
 
@@ -128,7 +127,7 @@ fn gpu_kernel_variants_train_like_the_cpu_reference() {
         config(&[300], 160),
     )
     .unwrap();
-    let mut cpu = CpuExecutor::new(model, gpu.graph().clone(), gpu.state().unwrap(), SEED);
+    let mut cpu = gpu.reference_executor().unwrap();
     let (mut gl, mut cl) = (Vec::new(), Vec::new());
     for step in 0..5 {
         let (x, y) = batch(step, 160, 300, 10);

@@ -524,11 +524,11 @@ fn rank_program() {
         .unwrap();
         alone.train();
         alone.train_step(&x, &y).unwrap();
-        assert_eq!(alone.state().unwrap().running, after.running, "step {step}");
+        assert_eq!(alone.state().unwrap().buffers, after.buffers, "step {step}");
     }
-    let mine = model.state().unwrap().running;
+    let mine = model.state().unwrap().buffers;
     model.broadcast_buffers().unwrap();
-    let kept = model.state().unwrap().running;
+    let kept = model.state().unwrap().buffers;
     let words: Vec<u32> = kept[0].mean.iter().map(|v| v.to_bits()).collect();
     let mut all = vec![0u32; words.len() * 2];
     comm.all_gather(

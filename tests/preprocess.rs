@@ -256,7 +256,6 @@ fn the_gpu_stage_applies_the_transform_in_the_plan() {
 /// the same graph (PCA whitening, then the lecture's BatchNorm MLP shape) agree after steps.
 #[test]
 fn training_through_the_stage_matches_the_cpu_reference() {
-    use wgnn::exec::cpu::CpuExecutor;
     use wgnn::graph::Mode;
     use wgnn::nn::{BatchNorm1d, ReLU};
 
@@ -288,7 +287,7 @@ fn training_through_the_stage_matches_the_cpu_reference() {
         config,
     )
     .unwrap();
-    let mut cpu = CpuExecutor::new(sequential, gpu.graph().clone(), gpu.state().unwrap(), 9);
+    let mut cpu = gpu.reference_executor().unwrap();
     let labels: Vec<u32> = (0..60).map(|i| (i % 3) as u32).collect();
     gpu.train();
     for step in 0..5 {

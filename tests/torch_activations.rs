@@ -13,7 +13,7 @@ use wgnn::checkpoint::{StateDict, TensorData, apply_state_dict, model_state_dict
 use wgnn::exec::cpu::CpuExecutor;
 use wgnn::exec::state::HostState;
 use wgnn::gpu::GpuTensor;
-use wgnn::graph::{self, Mode};
+use wgnn::graph::Mode;
 use wgnn::nn::{
     CrossEntropyLoss, Flatten, GELU, LeakyReLU, Linear, Loss, ReLU, Sequential, Sigmoid, Tanh,
 };
@@ -205,8 +205,7 @@ fn a_model_with_every_activation_trains_as_in_pytorch() {
     );
 
     // The CPU reference executor's gradients of the initial loss against PyTorch's .grad.
-    let graph = graph::build(&sequential, &Loss::default(), &sgd, &[12], 10).unwrap();
-    let mut cpu = CpuExecutor::new(sequential.clone(), graph, init.clone(), 0);
+    let mut cpu = reference(&sequential, sgd, init.clone());
     let out = cpu.run(Mode::Train, &x, &y).unwrap();
     assert_close(
         "train loss",
@@ -233,7 +232,7 @@ fn a_model_with_every_activation_trains_as_in_pytorch() {
         .collect();
     assert_close("losses", &losses, &floats(&sd, "losses"), MODEL_TOL);
     let state: HostState = model.state().unwrap();
-    let mine = model_state_dict(&sequential, model.graph(), &state, "");
+    let mine = model_state_dict(model.graph(), &state, "");
     for key in sequential.state_dict_keys() {
         assert_close(
             &key,
@@ -306,12 +305,21 @@ fn model_gradients_are_pytorchs_grad() {
     let grads = model.gradients().unwrap();
     let names: Vec<&str> = grads.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names[..2], ["1.weight", "1.bias"]);
-    let graph = graph::build(&sequential, &Loss::default(), &sgd, &[12], 10).unwrap();
-    let mut cpu = CpuExecutor::new(sequential, graph, init, 0);
+    let mut cpu = reference(&sequential, sgd, init);
     cpu.run(Mode::Train, &x, &y).unwrap();
     for ((name, g), cpu_grad) in grads.iter().zip(&cpu.grads) {
         let want = floats(&sd, &format!("grad.{name}"));
         assert_close(&format!("GPU grad of {name}"), g, &want, MODEL_TOL);
         assert_close(&format!("CPU grad of {name}"), cpu_grad, &want, MODEL_TOL);
     }
+}
+
+/// The CPU reference executor of `sequential` on 12 features, from `state`, at seed 0.
+fn reference(sequential: &Sequential, sgd: Optimizer, state: HostState) -> CpuExecutor {
+    let build = {
+        let sequential = sequential.clone();
+        move |rows| wgnn::nn::build(&sequential, &Loss::default(), &sgd, &[12], rows)
+    };
+    let graph = build(10).unwrap();
+    CpuExecutor::new(Box::new(build), graph, state, 0)
 }

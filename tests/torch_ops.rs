@@ -10,7 +10,7 @@ use common::ctx;
 use wgnn::check::{Tolerance, assert_close};
 use wgnn::checkpoint::{StateDict, TensorData};
 use wgnn::gpu::GpuTensor;
-use wgnn::ops::batchnorm::{BatchNormConfig, GpuBatchNorm, RunningStats};
+use wgnn::ops::batchnorm::{BatchNormConfig, ForwardTensors, GpuBatchNorm, RunningStats};
 use wgnn::ops::bce::{BceConfig, bce_with_logits};
 use wgnn::ops::softmax_xent::{CrossEntropyConfig, Reduction, cross_entropy, softmax};
 
@@ -167,7 +167,19 @@ fn batch_norm_matches_pytorch_in_train_eval_and_backward() {
         TOL,
     );
     let dy = GpuTensor::from_slice(&ctx, &f(&sd, "bn.dy"), &[n, d], "dy").unwrap();
-    let (dx, dgamma, dbeta) = bn.backward(&ctx, &x, &y, &dy, &saved, false, None).unwrap();
+    let (dx, dgamma, dbeta) = bn
+        .backward(
+            &ctx,
+            ForwardTensors {
+                x: &x,
+                y: &y,
+                saved: &saved,
+            },
+            &dy,
+            false,
+            None,
+        )
+        .unwrap();
     assert_close(
         "bn.dx",
         &dx.read(&ctx).unwrap(),

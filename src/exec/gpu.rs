@@ -4,11 +4,11 @@
 
 use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
-use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Launch, StepProfile, TENSOR_USAGE};
-use crate::graph::{ConstId, Graph, Mode, Node, ParamId, ValueId};
-use crate::nn::Loss;
-use crate::ops::dropout::MaskStream;
-use crate::ops::matmul::{self, Epilogue, MatmulShape};
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, StepProfile, TENSOR_USAGE};
+use crate::graph::{
+    BufferId, ConstId, Exchange, FlatState, GpuCx, Graph, Mode, Node, Parallel, ParamId, PlanSink,
+    SharedBindings, ValueId,
+};
 
 /// What a plan shares with the model: its resident state and per-step buffers.
 pub struct Shared<'a> {
@@ -21,86 +21,6 @@ pub struct Shared<'a> {
     pub seed: u64,
     /// The data-parallel job the plan runs in.
     pub parallel: Parallel,
-}
-
-/// How a plan takes part in a data-parallel job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Parallel {
-    /// Processes training together (1: alone, and the plan exchanges nothing).
-    pub ranks: usize,
-    /// Batch norm takes its statistics over every rank's batch (`torch.nn.SyncBatchNorm`).
-    pub sync_bn: bool,
-}
-
-impl Parallel {
-    /// One process, batch norm on its own batch.
-    pub const ALONE: Self = Self {
-        ranks: 1,
-        sync_bn: false,
-    };
-
-    /// Whether the train plan averages gradients over ranks.
-    pub fn averages_gradients(&self) -> bool {
-        self.ranks > 1
-    }
-}
-
-/// Part of a buffer, owned (a [`Binding`] without its borrow), for the host to read or write
-/// between a plan's dispatches.
-#[derive(Clone, Debug)]
-pub struct Region {
-    pub buffer: wgpu::Buffer,
-    pub offset: u64,
-    pub size: u64,
-}
-
-impl Region {
-    pub fn of(binding: Binding<'_>) -> Self {
-        Self {
-            buffer: binding.buffer.clone(),
-            offset: binding.offset,
-            size: binding.size,
-        }
-    }
-}
-
-impl Exchange {
-    /// The regions the host reads at this exchange, in order.
-    pub fn reads(&self) -> Vec<&Region> {
-        match self {
-            Exchange::AverageGradients { grads } => vec![grads],
-            Exchange::BatchNormMoments { saved, .. } => vec![saved],
-            Exchange::BatchNormGradSums { dbeta, dgamma, .. } => vec![dbeta, dgamma],
-        }
-    }
-
-    /// Bytes read back (and sent into the collectives) at this exchange.
-    pub fn read_bytes(&self) -> u64 {
-        self.reads().iter().map(|r| r.size).sum()
-    }
-}
-
-/// A point within a step where the plan stops and the ranks of a data-parallel job exchange
-/// data through the host: the dispatches before it are submitted and waited for, the host
-/// reads the region, runs the collective and writes the result back, and the step goes on.
-#[derive(Clone, Debug)]
-pub enum Exchange {
-    /// The gradient buffer: summed over the ranks, then divided by their number (DDP).
-    AverageGradients { grads: Region },
-    /// SyncBatchNorm forward: `saved` holds this rank's [mean; biased variance] of `rows`
-    /// rows and `features` features, and gets the global batch's.
-    BatchNormMoments {
-        saved: Region,
-        rows: usize,
-        features: usize,
-    },
-    /// SyncBatchNorm backward: this rank's Σdy and Σdy·x̂ (its dβ and dγ), summed over the
-    /// ranks into `sums` (of dβ, of dγ), which the dx kernel reads.
-    BatchNormGradSums {
-        dbeta: Region,
-        dgamma: Region,
-        sums: [Region; 2],
-    },
 }
 
 /// A plan's dispatches rebuilt on a resident batch's buffers ([`GpuPlan::bind_batch`]).
@@ -135,8 +55,6 @@ pub struct GpuPlan {
     pub target: wgpu::Buffer,
     logits: ValueId,
     logits_bytes: u64,
-    /// Class weights of the cross-entropy.
-    class_weight: Option<wgpu::Buffer>,
 }
 
 impl GpuPlan {
@@ -155,17 +73,6 @@ impl GpuPlan {
         let value_bytes = |v: ValueId| graph.value(v).len() as u64 * 4;
         let input = ctx.create_buffer("input batch", value_bytes(graph.input), TENSOR_USAGE)?;
         let target = ctx.create_buffer("target batch", value_bytes(graph.target), TENSOR_USAGE)?;
-        let class_weight = match &graph.loss {
-            Loss::CrossEntropy(ce) => match &ce.config.weight {
-                Some(w) => Some(ctx.create_buffer_init(
-                    "class weights",
-                    bytemuck::cast_slice(w),
-                    TENSOR_USAGE,
-                )?),
-                None => None,
-            },
-            Loss::BceWithLogits(_) => None,
-        };
 
         let logits_bytes = value_bytes(graph.logits);
         let mut plan = Self {
@@ -182,7 +89,6 @@ impl GpuPlan {
             target,
             logits: graph.logits,
             logits_bytes,
-            class_weight,
         };
         let (mut dispatches, mut scratch, mut batch_nodes) = (Vec::new(), Vec::new(), Vec::new());
         let mut exchanges = Vec::new();
@@ -234,7 +140,6 @@ impl GpuPlan {
             slots: &self.slots,
             input,
             target,
-            class_weight: self.class_weight.as_ref(),
         }
     }
 
@@ -355,7 +260,6 @@ struct Builder<'a> {
     slots: &'a [wgpu::Buffer],
     input: &'a wgpu::Buffer,
     target: &'a wgpu::Buffer,
-    class_weight: Option<&'a wgpu::Buffer>,
 }
 
 impl<'a> Builder<'a> {
@@ -382,21 +286,14 @@ impl<'a> Builder<'a> {
 
     /// Appends the dispatches of `node` (and the scratch buffers and exchanges they need).
     fn node(&self, node: &Node, out: &mut Emitted<'_>) -> Result<(), GpuError> {
-        let mut cx = GpuCx {
-            ctx: self.ctx,
-            graph: self.graph,
-            mode: self.mode,
-            state: self.shared.state,
+        let shared = SharedBindings {
             step: self.shared.step,
             totals: self.shared.totals,
-            class_weight: self.class_weight,
             seed: self.shared.seed,
             parallel: self.shared.parallel,
-            builder: self,
-            dispatches: out.dispatches,
-            scratch: out.scratch,
-            exchanges: out.exchanges,
         };
+        let mut sink = Sink { builder: self, out };
+        let mut cx = GpuCx::new(self.ctx, self.graph, self.mode, shared, &mut sink);
         node.op.encode_gpu(node, &mut cx)
     }
 }
@@ -408,107 +305,69 @@ struct Emitted<'p> {
     exchanges: &'p mut Vec<(usize, Exchange)>,
 }
 
-/// What an op's GPU launcher sees while the plan is built: the buffers of the graph's values
-/// and of the resident state, and the plan's list of dispatches to append to.
-pub struct GpuCx<'a, 'p> {
-    pub ctx: &'a GpuContext,
-    pub graph: &'a Graph,
-    pub mode: Mode,
-    pub state: &'a GpuState,
-    /// The step uniform.
-    pub step: Binding<'a>,
-    /// Running loss and accuracy totals.
-    pub totals: Binding<'a>,
-    /// Class weights of the cross-entropy, when it has some.
-    pub class_weight: Option<&'a wgpu::Buffer>,
-    /// Seed of the dropout masks.
-    pub seed: u64,
-    /// The data-parallel job the plan runs in.
-    pub parallel: Parallel,
-    builder: &'p Builder<'a>,
-    dispatches: &'p mut Vec<Dispatch>,
-    scratch: &'p mut Vec<wgpu::Buffer>,
-    exchanges: &'p mut Vec<(usize, Exchange)>,
+/// The plan under construction as its ops see it ([`PlanSink`]).
+struct Sink<'b, 'a, 'e> {
+    builder: &'b Builder<'a>,
+    out: &'b mut Emitted<'e>,
 }
 
-impl<'a> GpuCx<'a, '_> {
-    /// The buffer holding a value in this plan.
-    pub fn bind(&self, v: ValueId) -> Binding<'a> {
+impl<'a> PlanSink<'a> for Sink<'_, 'a, '_> {
+    fn value(&self, v: ValueId) -> Binding<'a> {
         self.builder.bind(v)
     }
 
-    /// The buffer of the node's `i`-th input and output.
-    pub fn input(&self, node: &Node, i: usize) -> Binding<'a> {
-        self.bind(node.inputs[i])
+    fn param(&self, id: ParamId) -> Binding<'a> {
+        self.builder
+            .shared
+            .state
+            .param_binding(self.builder.graph, id)
     }
 
-    pub fn output(&self, node: &Node, i: usize) -> Binding<'a> {
-        self.bind(node.outputs[i])
+    fn grad(&self, id: ParamId) -> Binding<'a> {
+        self.builder
+            .shared
+            .state
+            .grad_binding(self.builder.graph, id)
     }
 
-    /// Rows and columns of the node's `i`-th input.
-    pub fn input_shape(&self, node: &Node, i: usize) -> (usize, usize) {
-        let v = self.graph.value(node.inputs[i]);
-        (v.rows, v.cols)
+    fn buffer(&self, id: BufferId) -> Binding<'a> {
+        self.builder
+            .shared
+            .state
+            .buffer_binding(self.builder.graph, id)
     }
 
-    /// A parameter's slice of the flat parameter buffer, and of the gradient buffer.
-    pub fn param(&self, id: ParamId) -> Binding<'a> {
-        self.state.param_binding(self.graph, id)
+    fn constant(&self, id: ConstId) -> Binding<'a> {
+        Binding::whole(&self.builder.shared.state.constants[id.0])
     }
 
-    pub fn grad(&self, id: ParamId) -> Binding<'a> {
-        self.state.grad_binding(self.graph, id)
-    }
-
-    /// A constant of the graph, resident with the model's state.
-    pub fn constant(&self, id: ConstId) -> Binding<'a> {
-        Binding::whole(&self.state.constants[id.0])
-    }
-
-    /// The dropout mask stream of a layer, under this model's seed.
-    pub fn stream(&self, layer: u32) -> MaskStream {
-        MaskStream {
-            seed: self.seed,
-            layer,
+    fn flat_state(&self) -> FlatState<'a> {
+        let state = self.builder.shared.state;
+        let len = state.layout.params_len;
+        // The first `len` floats of each flat buffer.
+        let flat = |buffer| Binding {
+            buffer,
+            offset: 0,
+            size: (len * 4) as u64,
+        };
+        FlatState {
+            len,
+            params: flat(&state.params),
+            grads: flat(&state.grads),
+            optimizer: state.optimizer.iter().map(flat).collect(),
         }
     }
 
-    pub fn push(&mut self, dispatch: Dispatch) {
-        self.dispatches.push(dispatch);
+    fn push(&mut self, dispatch: Dispatch) {
+        self.out.dispatches.push(dispatch);
     }
 
-    /// Appends c = a·b (+ bias, then ReLU, as `epilogue` says) with the matmul kernel the
-    /// adapter's choice gives, and keeps its scratch buffers (split-K) with the plan.
-    pub fn matmul(
-        &mut self,
-        shape: MatmulShape,
-        epilogue: Epilogue,
-        a: Binding<'a>,
-        b: Binding<'a>,
-        bias: Option<Binding<'a>>,
-        c: Binding<'a>,
-    ) -> Result<(), GpuError> {
-        let launch = matmul::dispatch(self.ctx, shape, epilogue, None, a, b, bias, c)?;
-        self.launch(launch);
-        Ok(())
+    fn keep(&mut self, scratch: wgpu::Buffer) {
+        self.out.scratch.push(scratch);
     }
 
-    /// Appends a launch's dispatches and keeps its scratch buffers alive with the plan.
-    pub fn launch(&mut self, launch: Launch) {
-        self.dispatches.extend(launch.dispatches);
-        self.scratch.extend(launch.scratch);
-    }
-
-    /// Stops the step here for the ranks to exchange data (after the dispatches so far).
-    pub fn exchange(&mut self, exchange: Exchange) {
-        self.exchanges.push((self.dispatches.len(), exchange));
-    }
-
-    /// A zeroed buffer of `bytes` kept with the plan, for one op's private use.
-    pub fn scratch_buffer(&mut self, label: &str, bytes: u64) -> Result<wgpu::Buffer, GpuError> {
-        let buffer = self.ctx.create_buffer(label, bytes, TENSOR_USAGE)?;
-        self.scratch.push(buffer.clone());
-        Ok(buffer)
+    fn exchange(&mut self, exchange: Exchange) {
+        let at = self.out.dispatches.len();
+        self.out.exchanges.push((at, exchange));
     }
 }

@@ -1,11 +1,12 @@
-//! Model state: parameters, optimizer state, running statistics and the step counter, on the
-//! host (the CPU executor and checkpoints) and resident on the GPU (one flat buffer per kind,
-//! so the optimizer updates every parameter in one dispatch).
+//! Model state resident on the GPU: parameters, gradients and optimizer state in one flat
+//! buffer each (so the optimizer updates every parameter in one dispatch), the ops' state
+//! buffers (f32 ones in one flat buffer, counters in another), and the graph's constants.
+//! [`HostState`] is its host image.
 
 use crate::gpu::{Binding, GpuContext, GpuError, TENSOR_USAGE, read_buffer};
-use crate::graph::Graph;
-use crate::nn::init_parameters;
-use crate::ops::batchnorm::RunningStats;
+use crate::graph::{BufferId, BufferKind, BufferValues, Graph, ParamId};
+
+pub use crate::graph::HostState;
 
 /// Where each tensor lives in the flat buffers, in elements. Offsets are aligned to the
 /// device's storage-binding offset alignment so each tensor can be bound on its own.
@@ -14,12 +15,12 @@ pub struct StateLayout {
     /// Per parameter: offset into the parameter (and gradient, and optimizer-state) buffer.
     pub params: Vec<usize>,
     pub params_len: usize,
-    /// Per batch norm: offset of its [running_mean; running_var] in the running buffer.
-    pub running: Vec<usize>,
-    pub running_len: usize,
-    /// Per batch norm: offset of its num_batches_tracked (u32) in the counter buffer.
-    pub counters: Vec<usize>,
-    pub counters_len: usize,
+    /// Per state buffer: its offset in the flat buffer of its kind (f32 or counters).
+    pub buffers: Vec<usize>,
+    /// Elements of the flat f32 state buffer.
+    pub floats_len: usize,
+    /// Elements (u32) of the flat counter buffer.
+    pub counts_len: usize,
 }
 
 impl StateLayout {
@@ -37,51 +38,29 @@ impl StateLayout {
             (offsets, end)
         };
         let (params, params_len) = place(&mut graph.params.iter().map(|p| p.len()));
-        let (running, running_len) = place(&mut graph.batch_norms.iter().map(|b| 2 * b.features));
-        let (counters, counters_len) = place(&mut graph.batch_norms.iter().map(|_| 1));
+        let of_kind = |kind| {
+            graph
+                .buffers
+                .iter()
+                .map(move |b| if b.kind == kind { b.len() } else { 0 })
+        };
+        let (floats, floats_len) = place(&mut of_kind(BufferKind::F32));
+        let (counts, counts_len) = place(&mut of_kind(BufferKind::Count));
+        let buffers = graph
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match b.kind {
+                BufferKind::F32 => floats[i],
+                BufferKind::Count => counts[i],
+            })
+            .collect();
         Self {
             params,
             params_len,
-            running,
-            running_len,
-            counters,
-            counters_len,
-        }
-    }
-}
-
-/// The whole training state on the host.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostState {
-    /// Per parameter, in graph order.
-    pub params: Vec<Vec<f32>>,
-    /// Optimizer state: `optimizer[k][param]` (SGD: the momentum buffer; Adam: exp_avg,
-    /// exp_avg_sq).
-    pub optimizer: Vec<Vec<Vec<f32>>>,
-    /// Per batch norm.
-    pub running: Vec<RunningStats>,
-    /// Optimizer updates taken so far (the dropout generator's counter, Adam's t).
-    pub step: u64,
-}
-
-impl HostState {
-    /// PyTorch-style initialization from a seed.
-    pub fn init(graph: &Graph, seed: u64) -> Self {
-        Self::with_params(graph, init_parameters(&graph.params, seed))
-    }
-
-    /// Fresh optimizer and running state around the given parameters.
-    pub fn with_params(graph: &Graph, params: Vec<Vec<f32>>) -> Self {
-        let zeros: Vec<Vec<f32>> = graph.params.iter().map(|p| vec![0.0; p.len()]).collect();
-        Self {
-            params,
-            optimizer: vec![zeros; graph.optimizer.state_count()],
-            running: graph
-                .batch_norms
-                .iter()
-                .map(|b| RunningStats::new(b.features))
-                .collect(),
-            step: 0,
+            buffers,
+            floats_len,
+            counts_len,
         }
     }
 }
@@ -92,8 +71,10 @@ pub struct GpuState {
     pub params: wgpu::Buffer,
     pub grads: wgpu::Buffer,
     pub optimizer: Vec<wgpu::Buffer>,
-    pub running: wgpu::Buffer,
-    pub counters: wgpu::Buffer,
+    /// The f32 state buffers, back to back at their aligned offsets.
+    pub floats: wgpu::Buffer,
+    /// The counter state buffers (u32).
+    pub counts: wgpu::Buffer,
     /// The graph's constants ([`Graph::constants`]), in order.
     pub constants: Vec<wgpu::Buffer>,
 }
@@ -107,21 +88,13 @@ impl GpuState {
         let state = Self {
             params: ctx.create_buffer("parameters", floats(layout.params_len), TENSOR_USAGE)?,
             grads: ctx.create_buffer("gradients", floats(layout.params_len), TENSOR_USAGE)?,
-            optimizer: (0..graph.optimizer.state_count())
+            optimizer: (0..graph.optimizer_states.len())
                 .map(|_| {
                     ctx.create_buffer("optimizer state", floats(layout.params_len), TENSOR_USAGE)
                 })
                 .collect::<Result<_, _>>()?,
-            running: ctx.create_buffer(
-                "running stats",
-                floats(layout.running_len),
-                TENSOR_USAGE,
-            )?,
-            counters: ctx.create_buffer(
-                "batch counters",
-                floats(layout.counters_len),
-                TENSOR_USAGE,
-            )?,
+            floats: ctx.create_buffer("state buffers", floats(layout.floats_len), TENSOR_USAGE)?,
+            counts: ctx.create_buffer("state counters", floats(layout.counts_len), TENSOR_USAGE)?,
             constants: graph
                 .constants
                 .iter()
@@ -152,19 +125,22 @@ impl GpuState {
             ctx.queue
                 .write_buffer(buffer, 0, bytemuck::cast_slice(&flat));
         }
-        let mut running = vec![0.0f32; l.running_len.max(1)];
-        let mut counters = vec![0u32; l.counters_len.max(1)];
-        for (i, r) in host.running.iter().enumerate() {
-            let d = r.mean.len();
-            let off = l.running[i];
-            running[off..off + d].copy_from_slice(&r.mean);
-            running[off + d..off + 2 * d].copy_from_slice(&r.var);
-            counters[l.counters[i]] = r.num_batches_tracked.min(u64::from(u32::MAX)) as u32;
+        let mut floats = vec![0.0f32; l.floats_len.max(1)];
+        let mut counts = vec![0u32; l.counts_len.max(1)];
+        for (values, &off) in host.buffers.iter().zip(&l.buffers) {
+            match values {
+                BufferValues::F32(v) => floats[off..off + v.len()].copy_from_slice(v),
+                BufferValues::Count(v) => {
+                    for (c, &n) in counts[off..off + v.len()].iter_mut().zip(v) {
+                        *c = n.min(u64::from(u32::MAX)) as u32;
+                    }
+                }
+            }
         }
         ctx.queue
-            .write_buffer(&self.running, 0, bytemuck::cast_slice(&running));
+            .write_buffer(&self.floats, 0, bytemuck::cast_slice(&floats));
         ctx.queue
-            .write_buffer(&self.counters, 0, bytemuck::cast_slice(&counters));
+            .write_buffer(&self.counts, 0, bytemuck::cast_slice(&counts));
     }
 
     /// Reads the whole state back (blocking); `step` is kept by the caller.
@@ -208,25 +184,26 @@ impl GpuState {
             .iter()
             .map(|b| Ok(split(&read(b, l.params_len)?)))
             .collect::<Result<_, GpuError>>()?;
-        let running_flat = read(&self.running, l.running_len)?;
-        let counters: Vec<u32> = read_buffer(ctx, &self.counters, 0, (l.counters_len * 4) as u64)?;
-        let running = graph
-            .batch_norms
+        let floats = read(&self.floats, l.floats_len)?;
+        let counts: Vec<u32> = read_buffer(ctx, &self.counts, 0, (l.counts_len * 4) as u64)?;
+        let buffers = graph
+            .buffers
             .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let off = l.running[i];
-                RunningStats {
-                    mean: running_flat[off..off + b.features].to_vec(),
-                    var: running_flat[off + b.features..off + 2 * b.features].to_vec(),
-                    num_batches_tracked: u64::from(counters[l.counters[i]]),
-                }
+            .zip(&l.buffers)
+            .map(|(b, &off)| match b.kind {
+                BufferKind::F32 => BufferValues::F32(floats[off..off + b.len()].to_vec()),
+                BufferKind::Count => BufferValues::Count(
+                    counts[off..off + b.len()]
+                        .iter()
+                        .map(|&c| u64::from(c))
+                        .collect(),
+                ),
             })
             .collect();
         Ok(HostState {
             params,
             optimizer,
-            running,
+            buffers,
             step,
         })
     }
@@ -245,11 +222,11 @@ impl GpuState {
         self.optimizer.iter().map(wgpu::Buffer::size).sum()
     }
 
-    pub fn param_binding(&self, graph: &Graph, id: crate::graph::ParamId) -> Binding<'_> {
+    pub fn param_binding(&self, graph: &Graph, id: ParamId) -> Binding<'_> {
         self.flat_binding(&self.params, graph, id)
     }
 
-    pub fn grad_binding(&self, graph: &Graph, id: crate::graph::ParamId) -> Binding<'_> {
+    pub fn grad_binding(&self, graph: &Graph, id: ParamId) -> Binding<'_> {
         self.flat_binding(&self.grads, graph, id)
     }
 
@@ -257,7 +234,7 @@ impl GpuState {
         &self,
         buffer: &'a wgpu::Buffer,
         graph: &Graph,
-        id: crate::graph::ParamId,
+        id: ParamId,
     ) -> Binding<'a> {
         Binding {
             buffer,
@@ -266,19 +243,21 @@ impl GpuState {
         }
     }
 
-    pub fn running_binding(&self, bn: usize, features: usize) -> Binding<'_> {
+    /// A state buffer's binding (all its parts).
+    pub fn buffer_binding(&self, graph: &Graph, id: BufferId) -> Binding<'_> {
+        let b = graph.buffer(id);
         Binding {
-            buffer: &self.running,
-            offset: (self.layout.running[bn] * 4) as u64,
-            size: (2 * features * 4) as u64,
+            buffer: match b.kind {
+                BufferKind::F32 => &self.floats,
+                BufferKind::Count => &self.counts,
+            },
+            offset: (self.layout.buffers[id.0] * 4) as u64,
+            size: (b.len() * 4) as u64,
         }
     }
 
-    pub fn counter_binding(&self, bn: usize) -> Binding<'_> {
-        Binding {
-            buffer: &self.counters,
-            offset: (self.layout.counters[bn] * 4) as u64,
-            size: 4,
-        }
+    /// Bytes of the state buffers (running statistics and counters).
+    pub fn buffer_bytes(&self) -> u64 {
+        self.floats.size() + self.counts.size()
     }
 }

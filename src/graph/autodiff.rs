@@ -1,12 +1,12 @@
 //! Reverse-mode differentiation at build time: walking the forward nodes backwards, each
 //! op's [`Op::backward`] appends the nodes that turn its output's gradient into its input's
-//! gradient (and its parameters' gradients), then one optimizer node updates every parameter.
+//! gradient (and its parameters' gradients). The graph builder then appends the optimizer's
+//! node, which updates every parameter.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Graph, Node, Op, Phase, Value, ValueId, ValueKind};
-use crate::optim::OptimizerStep;
 
 /// What an op's backward rule sees: which values need gradients, and where to append.
 pub struct Autodiff<'g> {
@@ -56,9 +56,8 @@ impl Autodiff<'_> {
     }
 }
 
-/// Appends the backward of every forward node and the optimizer step. `dlogits` is the
-/// loss node's gradient output.
-pub(super) fn append_backward(graph: &mut Graph, dlogits: ValueId) {
+/// Appends the backward of every forward node. `dlogits` is the loss node's gradient output.
+pub fn append_backward(graph: &mut Graph, dlogits: ValueId) {
     let requires_grad = requires_grad(graph);
     let mut grad: HashMap<ValueId, ValueId> = HashMap::new();
     grad.insert(graph.logits, dlogits);
@@ -83,14 +82,6 @@ pub(super) fn append_backward(graph: &mut Graph, dlogits: ValueId) {
             grad.insert(node.inputs[0], dx);
         }
     }
-    let optimizer = graph.optimizer;
-    graph.nodes.push(Node {
-        op: Arc::new(OptimizerStep { optimizer }),
-        inputs: vec![],
-        outputs: vec![],
-        phase: Phase::Update,
-        layer: None,
-    });
 }
 
 /// Whether each value depends on a parameter (and so needs a gradient).

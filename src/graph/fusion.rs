@@ -9,7 +9,7 @@ use super::{Node, ValueId};
 /// Fuses every producer/consumer pair its ops allow, repeatedly (BatchNorm absorbs its ReLU,
 /// then the Dropout after it; the loss its metrics). The model's output, which the loss
 /// reads, is the last layer's consumer's output and so survives.
-pub(super) fn fuse(nodes: &mut Vec<Node>) {
+pub fn fuse(nodes: &mut Vec<Node>) {
     let mut i = 0;
     while i < nodes.len() {
         let Some(&y) = nodes[i].outputs.first() else {
@@ -43,7 +43,7 @@ pub(super) fn fuse(nodes: &mut Vec<Node>) {
 /// norm's backward then writes the bias gradient of the Linear before it, and so does the
 /// loss for the last Linear; the Linear's gradient node keeps only its weight product. Both
 /// sum the same values, so the gradient is unchanged.
-pub(super) fn hand_off_column_sums(nodes: &mut [Node]) {
+pub fn hand_off_column_sums(nodes: &mut [Node]) {
     for j in 0..nodes.len() {
         let Some((param, rest)) = nodes[j].op.yield_column_sum() else {
             continue;

@@ -3,22 +3,47 @@
 //! the backward and the optimizer update to the same graph (`autodiff`), so one graph
 //! serves both modes: train runs every node, eval only the forward ones.
 
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | the IR: values, parameters, state buffers, constants, nodes, the graph |
+//! | `op.rs` | the [`Op`] trait every op implements |
+//! | `cx.rs` | what an op sees while it runs ([`CpuCx`]) or is planned ([`GpuCx`]) |
+//! | `exchange.rs` | where a data-parallel step stops for the ranks ([`Exchange`]) |
+//! | `state.rs` | the host image of a graph's state ([`HostState`]) |
+//! | `init.rs` | parameters' initial values, as PyTorch's `reset_parameters` |
+//! | `totals.rs` | loss and accuracy totals, as the metrics kernel keeps them ([`Totals`]) |
+//! | `lowering.rs` | what a layer sees while it lowers itself into nodes ([`Lowering`]) |
+//! | `autodiff.rs` | reverse-mode differentiation, each op's backward rule in turn |
+//! | `fusion.rs` | fusion and the column-sum hand-off, as rules over the graph |
+//!
+//! This layer names no op, layer, loss or optimizer: the ops (`crate::ops`, `crate::optim`)
+//! implement [`Op`] above it, the executors (`crate::exec`) run it without naming an op, and
+//! `crate::nn` lowers a Sequential, a loss and an optimizer into it.
+
 mod autodiff;
-mod build;
+mod cx;
+mod exchange;
 mod fusion;
+mod init;
+mod lowering;
 mod op;
+mod state;
+mod totals;
 
 use std::sync::Arc;
 
-pub use autodiff::Autodiff;
-pub use build::{Lowering, build, build_with};
+pub use autodiff::{Autodiff, append_backward};
+pub use cx::{CpuCx, CpuError, FlatState, GpuCx, Parallel, PlanSink, SharedBindings};
+pub use exchange::{Exchange, Region};
+pub use fusion::{fuse, hand_off_column_sums};
+pub use init::{init_parameters, kaiming_uniform_bound};
+pub use lowering::Lowering;
 pub use op::Op;
+pub use state::{BufferValues, HostState};
+pub use totals::{NonFiniteUpdate, RawTotals, TOTALS_LEN, Totals};
 
 use crate::data::Transform;
-use crate::nn::Loss;
-use crate::ops::batchnorm::BatchNormConfig;
-use crate::ops::dropout::DropProbability;
-use crate::optim::Optimizer;
 
 /// Index of a value (a tensor of the graph).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,15 +128,62 @@ impl Param {
     }
 }
 
-/// A BatchNorm1d layer's non-learnable state and options.
+/// Index of a state buffer (see [`StateBuffer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufferId(pub usize);
+
+/// What a state buffer's elements are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferKind {
+    /// f32 values (running statistics).
+    F32,
+    /// Counters: u32 on the device, int64 in a state_dict (`num_batches_tracked`).
+    Count,
+}
+
+/// Non-learnable state an op keeps from step to step — PyTorch's registered buffers, such as
+/// batch norm's running statistics. One state buffer is one device binding: its parts lie
+/// back to back, each a state_dict entry of its own (`2.running_mean`, `2.running_var`).
+/// The op that declares it (through [`Lowering::buffer`]) is the only one that reads it;
+/// executors and checkpoints treat every buffer alike.
 #[derive(Clone, Debug, PartialEq)]
-pub struct BatchNormState {
+pub struct StateBuffer {
     /// Index of its layer in the Sequential.
     pub layer: usize,
-    pub features: usize,
-    pub config: BatchNormConfig,
-    pub gamma: ParamId,
-    pub beta: ParamId,
+    pub kind: BufferKind,
+    pub parts: Vec<BufferPart>,
+}
+
+/// One state_dict entry of a [`StateBuffer`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferPart {
+    /// Its state_dict key, e.g. `"2.running_var"`.
+    pub name: String,
+    /// Its shape in the state_dict (`[]` for a scalar counter).
+    pub shape: Vec<usize>,
+    /// Every element's initial value (running mean 0, running variance 1, counter 0).
+    pub init: f32,
+}
+
+impl BufferPart {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl StateBuffer {
+    /// Elements of all its parts.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(BufferPart::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// When a node runs.
@@ -123,14 +195,6 @@ pub enum Phase {
     Backward,
     /// Train only: the optimizer.
     Update,
-}
-
-/// A dropout folded into the batch norm before it (BatchNorm1d → ReLU → Dropout): its
-/// probability and mask stream (the Dropout layer's index).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FoldedDropout {
-    pub p: DropProbability,
-    pub stream: u32,
 }
 
 /// One operation with its operands. What the operation does, in both executors and in
@@ -154,13 +218,15 @@ pub struct Graph {
     pub values: Vec<Value>,
     pub nodes: Vec<Node>,
     pub params: Vec<Param>,
-    pub batch_norms: Vec<BatchNormState>,
+    /// Non-learnable state the ops keep (running statistics), in state_dict order.
+    pub buffers: Vec<StateBuffer>,
+    /// PyTorch's names of the optimizer's state tensors per parameter, in state order
+    /// (`momentum_buffer`; `exp_avg`, `exp_avg_sq`): the optimizer node's own.
+    pub optimizer_states: Vec<&'static str>,
     /// Fixed tensors ops read (a fitted preprocessing's mean and matrix), uploaded once.
     pub constants: Vec<Constant>,
     /// The fitted preprocessing the graph starts with, if any (its first node).
     pub preprocess: Option<Arc<Transform>>,
-    pub loss: Loss,
-    pub optimizer: Optimizer,
     pub input: ValueId,
     pub target: ValueId,
     pub logits: ValueId,
@@ -174,6 +240,10 @@ impl Graph {
 
     pub fn param(&self, id: ParamId) -> &Param {
         &self.params[id.0]
+    }
+
+    pub fn buffer(&self, id: BufferId) -> &StateBuffer {
+        &self.buffers[id.0]
     }
 
     /// Output classes (1 for BCE).

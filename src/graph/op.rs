@@ -10,8 +10,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use super::{Autodiff, Mode, Node, ParamId, ValueId};
-use crate::exec::{CpuCx, GpuCx};
+use super::{Autodiff, CpuCx, CpuError, GpuCx, Mode, Node, ParamId, ValueId};
 use crate::gpu::GpuError;
 
 pub trait Op: Debug + Send + Sync + 'static {
@@ -39,8 +38,9 @@ pub trait Op: Debug + Send + Sync + 'static {
     fn backward(&self, node: &Node, dy: ValueId, ad: &mut Autodiff<'_>) -> Option<ValueId>;
 
     /// The CPU reference: reads the node's inputs from `cx`, returns the outputs it writes in
-    /// `cx.mode`, in order (and writes gradients, running statistics or totals into `cx`).
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>>;
+    /// `cx.mode`, in order (and writes gradients, running statistics or totals into `cx`),
+    /// or an error when the state it was given does not fit it.
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError>;
 
     /// Appends the node's dispatches in `cx.mode` to the plan.
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError>;

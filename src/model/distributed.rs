@@ -7,10 +7,8 @@
 
 use crate::dist::{Comm, Communicator, broadcast_u32, reduce_totals};
 use crate::error::Result;
-use crate::exec::gpu::Parallel;
-use crate::exec::state::HostState;
 use crate::gpu::read_buffer;
-use crate::graph::Mode;
+use crate::graph::{BufferValues, HostState, Mode, Parallel};
 use crate::ops::reduce::RawTotals;
 
 use super::Model;
@@ -100,7 +98,7 @@ impl Model {
             return Ok(());
         }
         let state = &self.state;
-        let (running, counters) = (&state.running, &state.counters);
+        let (running, counters) = (&state.floats, &state.counts);
         let mut words: Vec<u32> = read_buffer(&self.ctx, running, 0, running.size())?;
         let running_words = words.len();
         words.extend(read_buffer::<u32>(&self.ctx, counters, 0, counters.size())?);
@@ -131,10 +129,11 @@ fn flatten(host: &HostState) -> Vec<u32> {
             floats(&mut words, t);
         }
     }
-    for r in &host.running {
-        floats(&mut words, &r.mean);
-        floats(&mut words, &r.var);
-        words.extend(split(r.num_batches_tracked));
+    for buffer in &host.buffers {
+        match buffer {
+            BufferValues::F32(v) => floats(&mut words, v),
+            BufferValues::Count(v) => v.iter().for_each(|&c| words.extend(split(c))),
+        }
     }
     words.extend(split(host.step));
     words
@@ -161,10 +160,11 @@ fn unflatten(words: &[u32], host: &mut HostState) {
         let hi = u64::from(it.next().unwrap_or(0));
         lo | hi << 32
     };
-    for r in &mut host.running {
-        floats(&mut r.mean, &mut it);
-        floats(&mut r.var, &mut it);
-        r.num_batches_tracked = join(&mut it);
+    for buffer in &mut host.buffers {
+        match buffer {
+            BufferValues::F32(v) => floats(v, &mut it),
+            BufferValues::Count(v) => v.iter_mut().for_each(|c| *c = join(&mut it)),
+        }
     }
     host.step = join(&mut it);
 }
@@ -176,30 +176,31 @@ fn split(value: u64) -> [u32; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::batchnorm::RunningStats;
 
     #[test]
     fn a_state_survives_its_words() {
         let host = HostState {
             params: vec![vec![1.0, -2.5], vec![f32::NAN]],
             optimizer: vec![vec![vec![0.5, 0.25], vec![3.0]]],
-            running: vec![RunningStats {
-                mean: vec![0.1],
-                var: vec![0.9],
-                num_batches_tracked: (7 << 32) + 5,
-            }],
+            buffers: vec![
+                BufferValues::F32(vec![0.1, 0.9]),
+                BufferValues::Count(vec![(7 << 32) + 5]),
+            ],
             step: u64::MAX - 1,
         };
         let words = flatten(&host);
         let mut back = HostState {
             params: vec![vec![0.0; 2], vec![0.0]],
             optimizer: vec![vec![vec![0.0; 2], vec![0.0]]],
-            running: vec![RunningStats::new(1)],
+            buffers: vec![
+                BufferValues::F32(vec![0.0, 1.0]),
+                BufferValues::Count(vec![0]),
+            ],
             step: 0,
         };
         unflatten(&words, &mut back);
         assert_eq!(flatten(&back), words);
         assert_eq!(back.step, u64::MAX - 1);
-        assert_eq!(back.running[0].num_batches_tracked, (7 << 32) + 5);
+        assert_eq!(back.buffers[1], BufferValues::Count(vec![(7 << 32) + 5]));
     }
 }

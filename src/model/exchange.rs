@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use crate::dist::{Communicator, RankMoments, all_gather_u64, combine_moments};
 use crate::error::Result;
-use crate::exec::gpu::{Exchange, Region};
 use crate::gpu::{Dispatch, GpuContext, GpuError, map_and_read};
+use crate::graph::{Exchange, Region};
 
 use super::metrics::MetricTotals;
 
@@ -102,7 +102,7 @@ pub(super) fn exchanged_bytes(exchanges: &[(usize, Exchange)]) -> u64 {
         .iter()
         .map(|(_, e)| match e {
             // The row count travels with the moments.
-            Exchange::BatchNormMoments { .. } => e.read_bytes() + 8,
+            Exchange::Moments { .. } => e.read_bytes() + 8,
             _ => e.read_bytes(),
         })
         .sum()
@@ -140,18 +140,18 @@ fn exchange_on_host(
     let began = Instant::now();
     let in_collectives = || began.elapsed().as_nanos() as u64;
     let nanos = match exchange {
-        Exchange::AverageGradients { grads } => {
-            read.truncate((grads.size / 4) as usize);
+        Exchange::Mean { region } => {
+            read.truncate((region.size / 4) as usize);
             comm.all_reduce_sum(&mut read)?;
             let nanos = in_collectives();
             if comm.size() > 1 {
                 let scale = 1.0 / comm.size() as f32;
                 read.iter_mut().for_each(|v| *v *= scale);
             }
-            write(grads, &read);
+            write(region, &read);
             nanos
         }
-        Exchange::BatchNormMoments {
+        Exchange::Moments {
             saved,
             rows,
             features,
@@ -163,12 +163,15 @@ fn exchange_on_host(
             write(saved, &[mean, var].concat());
             nanos
         }
-        Exchange::BatchNormGradSums { sums, .. } => {
+        Exchange::Sum { writes, .. } => {
             comm.all_reduce_sum(&mut read)?;
             let nanos = in_collectives();
-            let (dbeta, dgamma) = read.split_at(read.len() / 2);
-            write(&sums[0], dbeta);
-            write(&sums[1], dgamma);
+            let mut rest = &read[..];
+            for region in writes {
+                let (part, tail) = rest.split_at(((region.size / 4) as usize).min(rest.len()));
+                write(region, part);
+                rest = tail;
+            }
             nanos
         }
     };

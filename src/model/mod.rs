@@ -11,6 +11,7 @@
 //! | `batch.rs` | [`DeviceBatch`], a batch resident on the device, and its dispatch cache |
 //! | `metrics.rs` | loss/accuracy totals: reset, blocking reads, the asynchronous read-back |
 //! | `state.rs` | state transfer host ↔ device and the check that a state fits |
+//! | `reference.rs` | the model on the CPU reference executor |
 //! | `validate.rs` | [`BatchError`]: batch, label and mode checks before anything is sent |
 //! | `report.rs` | [`Counters`], [`PlanReport`], profiling and memory accounting |
 
@@ -19,6 +20,7 @@ mod distributed;
 mod exchange;
 mod metrics;
 mod plan;
+mod reference;
 mod report;
 mod state;
 mod submit;
@@ -284,16 +286,9 @@ impl Model {
     }
 
     /// Sets the learning rate from the next step on: every step writes it into the step
-    /// uniform that the plans' optimizer kernels read, so no plan is rebuilt. The graphs'
-    /// copies of the optimizer (what [`Model::graph`] shows) are updated to match.
+    /// uniform that the plans' optimizer kernels read, so no plan is rebuilt.
     pub fn set_lr(&mut self, lr: f32) {
-        match &mut self.optimizer {
-            Optimizer::Sgd(s) => s.lr = lr,
-            Optimizer::Adam(a) => a.lr = lr,
-        }
-        for graph in self.graphs.values_mut() {
-            graph.optimizer = self.optimizer;
-        }
+        self.optimizer.set_lr(lr);
     }
 
     /// One training step on a batch: x holds `rows × features` values, `labels` one class

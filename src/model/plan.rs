@@ -8,7 +8,7 @@ use crate::data::Transform;
 use crate::error::{Error, Result};
 use crate::exec::gpu::{GpuPlan, Shared};
 use crate::gpu::GpuError;
-use crate::graph::{self, Graph, Mode};
+use crate::graph::{Graph, Mode};
 use crate::nn::{Loss, Sequential};
 use crate::ops::softmax_xent::Reduction;
 use crate::optim::Optimizer;
@@ -64,7 +64,7 @@ pub(super) fn build_graph(
     if loss.reduction() == Reduction::None {
         return Err(Error::UnreducedLoss);
     }
-    Ok(graph::build_with(
+    Ok(crate::nn::build_with(
         sequential,
         loss,
         optimizer,

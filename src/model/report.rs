@@ -16,7 +16,7 @@ pub struct Counters {
     pub submits: u64,
     /// Reads that waited for the device (metrics read, predictions, state download).
     pub blocking_readbacks: u64,
-    /// Data-parallel steps' stops for the ranks to exchange data ([`crate::exec::gpu::Exchange`]).
+    /// Data-parallel steps' stops for the ranks to exchange data ([`crate::graph::Exchange`]).
     pub exchanges: u64,
     /// Time at those stops waiting for the device to finish the segment before and copy what
     /// the exchange reads.
@@ -94,8 +94,7 @@ impl Model {
         let gradient_bytes = self.state.grads.size();
         let optimizer_bytes = self.state.optimizer_bytes();
         let activation_bytes = plan.activation_bytes() + plan.batch_bytes();
-        let other_bytes = self.state.running.size()
-            + self.state.counters.size()
+        let other_bytes = self.state.buffer_bytes()
             + self.state.constant_bytes()
             + self.totals.bytes()
             + std::mem::size_of::<StepParams>() as u64;
@@ -142,8 +141,7 @@ impl Model {
         self.state.param_bytes()
             + self.state.grads.size()
             + self.state.optimizer_bytes()
-            + self.state.running.size()
-            + self.state.counters.size()
+            + self.state.buffer_bytes()
             + self.state.constant_bytes()
             + self.totals.bytes()
             + plans

@@ -3,8 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::state::HostState;
-use crate::graph::Graph;
-use crate::optim::Optimizer;
+use crate::graph::{BufferKind, Graph};
 
 use super::Model;
 
@@ -67,11 +66,14 @@ pub enum StateProblem {
         len: usize,
         shape: Vec<usize>,
     },
-    #[error("{given} optimizer state tensors per parameter given, {optimizer:?} keeps {expected}")]
+    #[error(
+        "{given} optimizer state tensors per parameter given, the optimizer keeps {expected} ({names})"
+    )]
     OptimizerStateCount {
         given: usize,
-        optimizer: Optimizer,
         expected: usize,
+        /// PyTorch's names of the state tensors the optimizer keeps.
+        names: String,
     },
     #[error("optimizer state of {name}: {len} values for shape {shape:?}")]
     OptimizerStateLength {
@@ -79,11 +81,18 @@ pub enum StateProblem {
         len: usize,
         shape: Vec<usize>,
     },
-    #[error("{given} batch-norm states given, the model has {expected}")]
-    BatchNormCount { given: usize, expected: usize },
-    /// The running mean or variance of graph layer `layer` is not `features` long.
-    #[error("layer {layer} running stats: expected {features} features")]
-    RunningFeatures { layer: usize, features: usize },
+    #[error("{given} state buffers given, the model has {expected}")]
+    BufferCount { given: usize, expected: usize },
+    /// A state buffer (running statistics) of the wrong length or kind.
+    #[error("{names}: {len} values of {kind}, expected {expected} of {expected_kind}")]
+    BufferLength {
+        /// The state_dict names of the buffer's parts.
+        names: String,
+        len: usize,
+        kind: &'static str,
+        expected: usize,
+        expected_kind: &'static str,
+    },
 }
 
 /// A state whose tensors do not fit the graph is an error naming each mismatch.
@@ -104,11 +113,11 @@ pub(super) fn check_state(graph: &Graph, state: &HostState) -> Result<()> {
             });
         }
     }
-    if state.optimizer.len() != graph.optimizer.state_count() {
+    if state.optimizer.len() != graph.optimizer_states.len() {
         problems.push(StateProblem::OptimizerStateCount {
             given: state.optimizer.len(),
-            optimizer: graph.optimizer,
-            expected: graph.optimizer.state_count(),
+            expected: graph.optimizer_states.len(),
+            names: graph.optimizer_states.join(", "),
         });
     }
     for tensors in &state.optimizer {
@@ -122,17 +131,25 @@ pub(super) fn check_state(graph: &Graph, state: &HostState) -> Result<()> {
             }
         }
     }
-    if state.running.len() != graph.batch_norms.len() {
-        problems.push(StateProblem::BatchNormCount {
-            given: state.running.len(),
-            expected: graph.batch_norms.len(),
+    if state.buffers.len() != graph.buffers.len() {
+        problems.push(StateProblem::BufferCount {
+            given: state.buffers.len(),
+            expected: graph.buffers.len(),
         });
     }
-    for (b, r) in graph.batch_norms.iter().zip(&state.running) {
-        if r.mean.len() != b.features || r.var.len() != b.features {
-            problems.push(StateProblem::RunningFeatures {
-                layer: b.layer,
-                features: b.features,
+    let kind_name = |kind| match kind {
+        BufferKind::F32 => "f32",
+        BufferKind::Count => "counts",
+    };
+    for (b, values) in graph.buffers.iter().zip(&state.buffers) {
+        if values.len() != b.len() || values.kind() != b.kind {
+            let names: Vec<&str> = b.parts.iter().map(|p| p.name.as_str()).collect();
+            problems.push(StateProblem::BufferLength {
+                names: names.join(", "),
+                len: values.len(),
+                kind: kind_name(values.kind()),
+                expected: b.len(),
+                expected_kind: kind_name(b.kind),
             });
         }
     }

@@ -3,8 +3,8 @@
 //! ops are [`crate::ops::batchnorm`]'s.
 
 use super::{Layer, LayerToken, Module, SpecInput};
-use crate::graph::{BatchNormState, BuildError, Init, Lowering};
-use crate::ops::batchnorm::{BatchNormConfig, BatchNormOp};
+use crate::graph::{BufferKind, BuildError, Init, Lowering};
+use crate::ops::batchnorm::{BatchNormConfig, BatchNormLayer, BatchNormOp};
 
 /// `torch.nn.BatchNorm1d(num_features, eps, momentum)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -77,16 +77,26 @@ impl Module for BatchNorm1d {
         }
         let gamma = cx.param("weight", vec![d], Init::Constant(1.0));
         let beta = cx.param("bias", vec![d], Init::Constant(0.0));
-        let bn = cx.batch_norm(BatchNormState {
-            layer: cx.index(),
+        // PyTorch's buffers: running mean 0 and variance 1, no batch counted yet.
+        let running = cx.buffer(
+            BufferKind::F32,
+            &[
+                ("running_mean", vec![d], 0.0),
+                ("running_var", vec![d], 1.0),
+            ],
+        );
+        let counter = cx.buffer(BufferKind::Count, &[("num_batches_tracked", vec![], 0.0)]);
+        let layer = BatchNormLayer {
             features: d,
             config: self.config,
             gamma,
             beta,
-        });
+            running,
+            counter,
+        };
         let (x, y, saved) = (cx.input(), cx.activation(d), cx.saved(2, d));
         let op = BatchNormOp {
-            bn,
+            layer,
             relu: false,
             dropout: None,
         };

@@ -1,41 +1,9 @@
-//! Parameter initialization as PyTorch's `reset_parameters`.
-
-use rand::RngExt;
-
-use crate::graph::{Init, Param};
-use crate::rng;
-
-/// Bound of `kaiming_uniform_(w, a=√5)` for fan_in inputs: gain·√(3/fan_in) with
-/// gain = √(2/(1+a²)), which is 1/√fan_in — the same bound PyTorch uses for the bias.
-pub fn kaiming_uniform_bound(fan_in: usize) -> f32 {
-    if fan_in == 0 {
-        0.0
-    } else {
-        1.0 / (fan_in as f32).sqrt()
-    }
-}
-
-/// Initial values of every parameter, in the graph's (state_dict) order, each as its
-/// [`Init`] says: Linear weight and bias uniform in ±1/√in_features; BatchNorm1d γ = 1,
-/// β = 0 (running statistics start at mean 0, variance 1 in their own state). Seeded, so the
-/// same seed gives the same model (the values differ from PyTorch's own generator).
-pub fn init_parameters(params: &[Param], seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = rng::seeded(seed);
-    params
-        .iter()
-        .map(|p| match p.init {
-            Init::Uniform { bound } if bound > 0.0 => (0..p.len())
-                .map(|_| rng.random_range(-bound..bound))
-                .collect(),
-            Init::Uniform { .. } => vec![0.0; p.len()],
-            Init::Constant(v) => vec![v; p.len()],
-        })
-        .collect()
-}
+//! Parameter initialization as PyTorch's `reset_parameters`, held against its pinned stream
+//! and its bounds on the layers' own graphs (the functions live in `crate::graph`).
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::graph::init_parameters;
     use crate::nn::{Loss, Sequential};
     use crate::optim::{Optimizer, Sgd};
 
@@ -45,7 +13,7 @@ mod tests {
         // uniform sampling would change every seeded model's initial weights, and fails here.
         let model = Sequential::new().append(crate::nn::Linear::new(3, 2));
         let sgd = Optimizer::Sgd(Sgd::default());
-        let graph = crate::graph::build(&model, &Loss::default(), &sgd, &[3], 2).unwrap();
+        let graph = crate::nn::build(&model, &Loss::default(), &sgd, &[3], 2).unwrap();
         let p = init_parameters(&graph.params, 0);
         let names: Vec<&str> = graph.params.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["0.weight", "0.bias"]);
@@ -61,7 +29,7 @@ mod tests {
     fn linear_init_is_uniform_within_pytorch_bound_and_seeded() {
         let model = Sequential::lecture_mlp(3072, 10, 0.2);
         let sgd = Optimizer::Sgd(Sgd::default());
-        let graph = crate::graph::build(&model, &Loss::default(), &sgd, &[3072], 4).unwrap();
+        let graph = crate::nn::build(&model, &Loss::default(), &sgd, &[3072], 4).unwrap();
         let a = init_parameters(&graph.params, 7);
         let b = init_parameters(&graph.params, 7);
         assert_eq!(a, b);

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::graph::Op;
-use crate::ops::bce::{self, BceConfig, BceWithLogitsOp};
-use crate::ops::softmax_xent::{self, CrossEntropyConfig, CrossEntropyOp, Reduction};
+use crate::graph::{Lowering, Op};
+use crate::ops::bce::{self, BceConfig, BceWithLogits, BceWithLogitsOp};
+use crate::ops::softmax_xent::{self, CrossEntropy, CrossEntropyConfig, CrossEntropyOp, Reduction};
 
 /// `torch.nn.CrossEntropyLoss`: softmax + negative log-likelihood over class logits.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,8 +59,9 @@ pub enum Loss {
 
 impl Loss {
     /// The graph's loss node for a model with `classes` outputs, once the loss's options are
-    /// checked against them (the message says what does not fit).
-    pub(crate) fn op(&self, classes: usize) -> Result<Arc<dyn Op>, String> {
+    /// checked against them (the message says what does not fit). Class weights become a
+    /// constant of the graph `b` lowers, resident with the model's state.
+    pub(crate) fn op(&self, classes: usize, b: &mut Lowering) -> Result<Arc<dyn Op>, String> {
         match self {
             Loss::CrossEntropy(ce) => {
                 if let Some(w) = &ce.config.weight
@@ -77,11 +78,15 @@ impl Loss {
                         ce.config.label_smoothing
                     ));
                 }
-                Ok(Arc::new(CrossEntropyOp {
+                let weight = ce
+                    .config
+                    .weight
+                    .clone()
+                    .map(|w| b.constant("cross_entropy.weight", w));
+                Ok(Arc::new(CrossEntropyOp::new(CrossEntropy {
                     config: ce.config.clone(),
-                    metrics: false,
-                    bias_grad: None,
-                }))
+                    weight,
+                })))
             }
             Loss::BceWithLogits(bce) => {
                 if classes != 1 {
@@ -96,11 +101,9 @@ impl Loss {
                         bce.config.pos_weight
                     ));
                 }
-                Ok(Arc::new(BceWithLogitsOp {
+                Ok(Arc::new(BceWithLogitsOp::new(BceWithLogits {
                     config: bce.config,
-                    metrics: false,
-                    bias_grad: None,
-                }))
+                })))
             }
         }
     }

@@ -25,19 +25,22 @@
 //! ```
 
 mod batch_norm;
+mod build;
 mod dropout;
 mod flatten;
+#[cfg(test)]
 mod init;
 mod layers;
 mod linear;
 mod loss;
 pub mod spec;
 
+pub use crate::graph::{init_parameters, kaiming_uniform_bound};
 pub use crate::ops::activation::layers::*;
 pub use batch_norm::BatchNorm1d;
+pub use build::{build, build_with};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
-pub use init::{init_parameters, kaiming_uniform_bound};
 pub use layers::{LAYER_TOKENS, Layer, LayerToken, Module, Sequential, SpecInput};
 pub use linear::Linear;
 pub use loss::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, TargetEncoding};

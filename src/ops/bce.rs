@@ -7,11 +7,9 @@ use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_shape, groups};
 use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
-use std::any::Any;
-use std::sync::Arc;
 
-use crate::exec::{CpuCx, GpuCx};
-use crate::graph::{Autodiff, Mode, Node, Op, ParamId, ValueId};
+use super::loss::{LossBindings, LossKernel, LossOp, LossReference};
+use crate::graph::{GpuCx, Graph};
 
 /// `torch.nn.BCEWithLogitsLoss`'s options (a scalar `pos_weight`: one output).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -211,44 +209,21 @@ pub fn bce_with_logits(
     Ok((loss, grad))
 }
 
-/// (logits, target) → (rows, dlogits): `nn.BCEWithLogitsLoss` as the graph's loss node over
-/// one logit per sample. Rows are per sample (scaled loss, correct, 1, 0); eval writes no
-/// gradient.
+/// `nn.BCEWithLogitsLoss` as the graph's loss node ([`LossOp`]) over one logit per sample.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BceWithLogitsOp {
+pub struct BceWithLogits {
     pub config: BceConfig,
-    /// The node has absorbed the metrics node after it and folds the rows into the running
-    /// totals itself (see [`crate::ops::softmax_xent::CrossEntropyOp`]).
-    pub metrics: bool,
-    /// In train mode it also writes the sum of its gradient there: the last Linear's bias
-    /// gradient.
-    pub bias_grad: Option<ParamId>,
 }
 
-impl Op for BceWithLogitsOp {
-    fn name(&self) -> &'static str {
-        "bce_with_logits"
-    }
+/// (logits, target) → (rows, dlogits): BCE with logits as the graph's loss node. Rows are per
+/// sample (scaled loss, correct, 1, 0).
+pub type BceWithLogitsOp = LossOp<BceWithLogits>;
 
-    fn outputs_in(&self, mode: Mode, outputs: usize) -> usize {
-        match mode {
-            Mode::Train => outputs,
-            Mode::Eval => 1,
-        }
-    }
+impl LossKernel for BceWithLogits {
+    const NAME: &'static str = "bce_with_logits";
 
-    fn has_params(&self) -> bool {
-        false
-    }
-
-    fn backward(&self, _: &Node, _: ValueId, _: &mut Autodiff<'_>) -> Option<ValueId> {
-        // The loss node writes its own gradient (dlogits) in the forward pass.
-        None
-    }
-
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        let logits = cx.input(node, 0);
-        let y: Vec<f32> = cx.labels.iter().map(|&l| l as f32).collect();
+    fn reference(&self, _: &Graph, logits: &[f32], _: usize, labels: &[u32]) -> LossReference {
+        let y: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
         let scale = loss_scale(y.len(), self.config.reduction);
         let none = BceConfig {
             reduction: Reduction::None,
@@ -261,67 +236,29 @@ impl Op for BceWithLogitsOp {
             let correct = (x > 0.0) == (t > 0.5);
             rows.extend_from_slice(&[loss * scale, f32::from(u8::from(correct)), 1.0, 0.0]);
         }
-        *cx.loss = reduced.first().copied().unwrap_or(f32::NAN);
-        if self.metrics {
-            reduce::reference_fold(&rows, cx);
-        }
-        match cx.mode {
-            Mode::Train => {
-                if let Some(b) = self.bias_grad {
-                    cx.grads[b.0] = reduce::reference_column_sum(&grad, 1);
-                }
-                vec![rows, grad]
-            }
-            Mode::Eval => vec![rows],
-        }
-    }
-
-    fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
-        let n = cx.input_shape(node, 0).0;
-        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics and column-sum kernels follow.
-        let fold = self.metrics && n <= FOLD_MAX_ROWS;
-        let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
-        let bias_grad = grad.and(self.bias_grad).map(|b| cx.grad(b));
-        let bindings = BceBindings {
-            step: cx.step,
-            logits: cx.input(node, 0),
-            targets: cx.input(node, 1),
-            rows: cx.output(node, 0),
+        LossReference {
+            rows,
+            loss: reduced.first().copied().unwrap_or(f32::NAN),
             grad,
-            totals: fold.then_some(cx.totals),
-            bias_grad: bias_grad.filter(|_| fold),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        cx: &GpuCx<'_, '_>,
+        (n, _): (usize, usize),
+        b: LossBindings<'_>,
+    ) -> Result<Dispatch, GpuError> {
+        let bindings = BceBindings {
+            step: b.step,
+            logits: b.logits,
+            targets: b.targets,
+            rows: b.rows,
+            grad: b.grad,
+            totals: b.totals,
+            bias_grad: b.bias_grad,
         };
-        let d = dispatch(cx.ctx, n, self.config, bindings)?;
-        cx.push(d);
-        let grad_sums = grad.zip(bias_grad);
-        let rest =
-            reduce::after_unfolded_loss(cx, (n, 1), fold, self.metrics, bindings.rows, grad_sums)?;
-        rest.into_iter().for_each(|d| cx.push(d));
-        Ok(())
-    }
-
-    fn absorb_column_sum(&self, param: ParamId, output: usize) -> Option<Arc<dyn Op>> {
-        // dlogits is output 1.
-        (output == 1 && self.bias_grad.is_none()).then(|| {
-            Arc::new(Self {
-                bias_grad: Some(param),
-                ..*self
-            }) as Arc<dyn Op>
-        })
-    }
-
-    fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
-        let metrics = next.as_any().downcast_ref::<reduce::MetricsOp>().is_some();
-        (metrics && !self.metrics).then(|| {
-            Arc::new(Self {
-                metrics: true,
-                ..*self
-            }) as Arc<dyn Op>
-        })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        dispatch(cx.ctx, n, self.config, bindings)
     }
 }
 

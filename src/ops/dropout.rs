@@ -13,8 +13,8 @@ use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader, grid_1d};
 use std::any::Any;
 
-use crate::exec::{CpuCx, GpuCx};
 use crate::graph::{Autodiff, Mode, Node, Op, ValueId};
+use crate::graph::{CpuCx, CpuError, GpuCx};
 
 /// A validated drop probability.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +57,11 @@ pub struct MaskStream {
 }
 
 impl MaskStream {
+    /// The mask stream of layer `layer` under `seed`.
+    pub fn new(seed: u64, layer: u32) -> Self {
+        Self { seed, layer }
+    }
+
     /// Philox key: the seed folded to 32 bits, and the layer.
     pub fn key(self) -> [u32; 2] {
         [(self.seed ^ (self.seed >> 32)) as u32, self.layer]
@@ -210,16 +215,16 @@ impl Op for DropoutOp {
         ad.needs_grad(x).then(|| ad.push_gradient(op, vec![dy], x))
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        match cx.mode {
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
+        Ok(match cx.mode {
             Mode::Train => vec![reference(
                 cx.input(node, 0),
                 self.p,
-                cx.stream(self.stream),
+                MaskStream::new(cx.seed, self.stream),
                 cx.step(),
             )],
             Mode::Eval => vec![],
-        }
+        })
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
@@ -248,13 +253,13 @@ impl Op for DropoutBackwardOp {
         None
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        vec![reference(
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
+        Ok(vec![reference(
             cx.input(node, 0),
             self.p,
-            cx.stream(self.stream),
+            MaskStream::new(cx.seed, self.stream),
             cx.step(),
-        )]
+        )])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
@@ -278,7 +283,7 @@ fn encode_mask(
         cx.ctx,
         len,
         p,
-        cx.stream(stream),
+        MaskStream::new(cx.seed, stream),
         cx.step,
         cx.input(node, 0),
         cx.output(node, 0),

@@ -6,11 +6,11 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::activation::{ActivationBackwardOp, ActivationOp};
-use super::matmul::{self, Epilogue, MatmulShape};
+use super::matmul::{self, Epilogue, MatmulBindings, MatmulShape};
 use super::reduce;
-use crate::exec::{CpuCx, GpuCx};
 use crate::gpu::GpuError;
 use crate::graph::{Autodiff, Node, Op, ParamId, ValueId};
+use crate::graph::{CpuCx, CpuError, GpuCx};
 
 /// (x) → (y): y = x·Wᵀ + b, then ReLU if fused.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,12 +57,18 @@ impl Op for LinearOp {
             .then(|| ad.push_gradient(LinearGradInputOp { weight }, vec![dz], x))
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
         let w = &cx.state.params[self.weight.0];
         let shape =
             MatmulShape::linear_forward(cx.input_shape(node, 0).0, &param_shape(cx, self.weight));
         let b = self.bias.map(|b| cx.state.params[b.0].as_slice());
-        vec![matmul::reference(shape, cx.input(node, 0), w, b, self.relu)]
+        Ok(vec![matmul::reference(
+            shape,
+            cx.input(node, 0),
+            w,
+            b,
+            self.relu,
+        )])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
@@ -72,9 +78,13 @@ impl Op for LinearOp {
             bias: self.bias.is_some(),
             relu: self.relu,
         };
-        let (x, w, y) = (cx.input(node, 0), cx.param(self.weight), cx.output(node, 0));
-        let bias = self.bias.map(|b| cx.param(b));
-        cx.matmul(shape, epilogue, x, w, bias, y)
+        let bindings = MatmulBindings {
+            a: cx.input(node, 0),
+            b: cx.param(self.weight),
+            bias: self.bias.map(|b| cx.param(b)),
+            c: cx.output(node, 0),
+        };
+        matmul::encode(cx, shape, epilogue, bindings)
     }
 
     fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
@@ -105,18 +115,29 @@ impl Op for LinearGradInputOp {
         None
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
         let rows = cx.input_shape(node, 0).0;
         let shape = MatmulShape::linear_grad_input(rows, &param_shape(cx, self.weight));
         let w = &cx.state.params[self.weight.0];
-        vec![matmul::reference(shape, cx.input(node, 0), w, None, false)]
+        Ok(vec![matmul::reference(
+            shape,
+            cx.input(node, 0),
+            w,
+            None,
+            false,
+        )])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let rows = cx.input_shape(node, 0).0;
         let shape = MatmulShape::linear_grad_input(rows, &cx.graph.param(self.weight).shape);
-        let (dy, w, dx) = (cx.input(node, 0), cx.param(self.weight), cx.output(node, 0));
-        cx.matmul(shape, Epilogue::default(), dy, w, None, dx)
+        let bindings = MatmulBindings {
+            a: cx.input(node, 0),
+            b: cx.param(self.weight),
+            bias: None,
+            c: cx.output(node, 0),
+        };
+        matmul::encode(cx, shape, Epilogue::default(), bindings)
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -137,7 +158,7 @@ impl Op for LinearGradParamsOp {
         None
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
         let (rows, cols) = cx.input_shape(node, 0);
         let dy = cx.input(node, 0);
         let shape = MatmulShape::linear_grad_weight(rows, &param_shape(cx, self.weight));
@@ -145,14 +166,19 @@ impl Op for LinearGradParamsOp {
         if let Some(b) = self.bias {
             cx.grads[b.0] = reduce::reference_column_sum(dy, cols);
         }
-        vec![]
+        Ok(vec![])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let (rows, cols) = cx.input_shape(node, 0);
         let shape = MatmulShape::linear_grad_weight(rows, &cx.graph.param(self.weight).shape);
-        let (dy, x, dw) = (cx.input(node, 0), cx.input(node, 1), cx.grad(self.weight));
-        cx.matmul(shape, Epilogue::default(), dy, x, None, dw)?;
+        let bindings = MatmulBindings {
+            a: cx.input(node, 0),
+            b: cx.input(node, 1),
+            bias: None,
+            c: cx.grad(self.weight),
+        };
+        matmul::encode(cx, shape, Epilogue::default(), bindings)?;
         if let Some(b) = self.bias {
             let sum =
                 reduce::column_sum_dispatch(cx.ctx, rows, cols, cx.input(node, 0), cx.grad(b))?;

@@ -10,6 +10,7 @@ use crate::gpu::{
     Binding, GpuContext, GpuError, GpuTensor, Kernel, KernelChoice, Launch, Shader, TENSOR_USAGE,
     grid_1d,
 };
+use crate::graph::GpuCx;
 
 /// Which operand is stored transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -192,23 +193,74 @@ const BROADCAST_ROWS: u32 = 12;
 const BROADCAST_COLS: u32 = 64;
 const FLAG_PARTIAL: u32 = 4;
 
-/// Builds the dispatch(es) computing `c = op(a)·op(b)` (+ bias) (ReLU). `variant: None`
-/// chooses. A tiled product with too few tiles to fill a GPU splits K over workgroups: then
-/// the launch holds a second dispatch summing the partial products, and their scratch buffer.
-#[allow(clippy::too_many_arguments)]
+/// The buffers of a product `c = op(a)·op(b)` (+ bias).
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulBindings<'a> {
+    pub a: Binding<'a>,
+    pub b: Binding<'a>,
+    /// \[N\], read when the epilogue adds a bias.
+    pub bias: Option<Binding<'a>>,
+    pub c: Binding<'a>,
+}
+
+/// Builds the dispatch(es) computing `c = op(a)·op(b)` (+ bias) (ReLU) with the variant the
+/// adapter's kernel choice gives for the shape. A tiled product with too few tiles to fill a
+/// GPU splits K over workgroups: then the launch holds a second dispatch summing the partial
+/// products, and their scratch buffer.
 pub fn dispatch(
     ctx: &GpuContext,
     shape: MatmulShape,
     epilogue: Epilogue,
-    variant: Option<Variant>,
-    a: Binding<'_>,
-    b: Binding<'_>,
-    bias: Option<Binding<'_>>,
-    c: Binding<'_>,
+    bindings: MatmulBindings<'_>,
 ) -> Result<Launch, GpuError> {
-    let variant = variant
-        .filter(|v| v.fits(&shape) && (!v.uses_subgroups() || ctx.has_subgroups_of_8()))
-        .unwrap_or_else(|| Variant::for_adapter(&shape, ctx.kernels()));
+    let variant = Variant::for_adapter(&shape, ctx.kernels());
+    launch_variant(ctx, shape, epilogue, variant, bindings)
+}
+
+/// [`dispatch`] with exactly `variant`, or an error saying why it cannot run this shape on
+/// this adapter (never another variant in its place).
+pub fn dispatch_variant(
+    ctx: &GpuContext,
+    shape: MatmulShape,
+    epilogue: Epilogue,
+    variant: Variant,
+    bindings: MatmulBindings<'_>,
+) -> Result<Launch, GpuError> {
+    if !variant.fits(&shape) {
+        return Err(GpuError::Unsupported(format!(
+            "the {variant:?} matmul cannot compute a {:?} product of {}×{}×{}",
+            shape.layout, shape.m, shape.n, shape.k
+        )));
+    }
+    if variant.uses_subgroups() && !ctx.has_subgroups_of_8() {
+        return Err(GpuError::Unsupported(format!(
+            "the {variant:?} matmul needs subgroups of at least 8 lanes, which this adapter lacks"
+        )));
+    }
+    launch_variant(ctx, shape, epilogue, variant, bindings)
+}
+
+/// Appends `c = op(a)·op(b)` (+ bias, then ReLU, as `epilogue` says) to a plan with the
+/// kernel the adapter's choice gives, keeping its scratch buffers (split-K) with the plan.
+pub fn encode(
+    cx: &mut GpuCx<'_, '_>,
+    shape: MatmulShape,
+    epilogue: Epilogue,
+    bindings: MatmulBindings<'_>,
+) -> Result<(), GpuError> {
+    let launch = dispatch(cx.ctx, shape, epilogue, bindings)?;
+    cx.launch(launch);
+    Ok(())
+}
+
+fn launch_variant(
+    ctx: &GpuContext,
+    shape: MatmulShape,
+    epilogue: Epilogue,
+    variant: Variant,
+    bindings: MatmulBindings<'_>,
+) -> Result<Launch, GpuError> {
+    let MatmulBindings { a, b, bias, c } = bindings;
     let MatmulShape { m, n, k, layout } = shape;
     let (a_row, a_col) = match layout {
         Layout::NN | Layout::NT => (k, 1),
@@ -378,16 +430,13 @@ pub fn matmul(
         bias: bias.is_some(),
         relu,
     };
-    let launch = dispatch(
-        ctx,
-        shape,
-        epilogue,
-        None,
-        a.binding(),
-        b.binding(),
-        bias.map(GpuTensor::binding),
-        c.binding(),
-    )?;
+    let bindings = MatmulBindings {
+        a: a.binding(),
+        b: b.binding(),
+        bias: bias.map(GpuTensor::binding),
+        c: c.binding(),
+    };
+    let launch = dispatch(ctx, shape, epilogue, bindings)?;
     launch.submit(ctx);
     Ok(c)
 }
@@ -519,17 +568,18 @@ mod tests {
         let gb = GpuTensor::from_slice(ctx, &b, &shape.b_shape(), "b").unwrap();
         let gbias = GpuTensor::from_slice(ctx, &bias, &[n], "bias").unwrap();
         let gc = GpuTensor::zeros(ctx, &[m, n], "c").unwrap();
-        let d = dispatch(
-            ctx,
-            shape,
-            epi,
-            variant,
-            ga.binding(),
-            gb.binding(),
-            epi.bias.then(|| gbias.binding()),
-            gc.binding(),
-        )
-        .unwrap();
+        let bindings = MatmulBindings {
+            a: ga.binding(),
+            b: gb.binding(),
+            bias: epi.bias.then(|| gbias.binding()),
+            c: gc.binding(),
+        };
+        // A named variant runs as itself or the test fails: never another in its place.
+        let d = match variant {
+            None => dispatch(ctx, shape, epi, bindings),
+            Some(v) => dispatch_variant(ctx, shape, epi, v, bindings),
+        }
+        .unwrap_or_else(|e| panic!("{variant:?}: {e}"));
         d.submit(ctx);
         let got: Vec<f32> = gc.read(ctx).unwrap();
         let want = reference(shape, &a, &b, epi.bias.then_some(&bias[..]), epi.relu);
@@ -569,17 +619,14 @@ mod tests {
             bias: true,
             relu: true,
         };
-        let d = dispatch(
-            ctx,
-            shape,
-            epi,
-            Some(variant),
-            ga.binding(),
-            gb.binding(),
-            Some(gbias.binding()),
-            gc.binding(),
-        )
-        .unwrap();
+        let bindings = MatmulBindings {
+            a: ga.binding(),
+            b: gb.binding(),
+            bias: Some(gbias.binding()),
+            c: gc.binding(),
+        };
+        let d = dispatch_variant(ctx, shape, epi, variant, bindings)
+            .unwrap_or_else(|e| panic!("{variant:?}: {e}"));
         d.submit(ctx);
         let got: Vec<f32> = gc.read(ctx).unwrap();
         let want = reference(shape, &a, &b, Some(&bias), true);
@@ -809,15 +856,18 @@ mod tests {
         let a = GpuTensor::zeros(ctx, &[64, 64], "a").unwrap();
         let short_b = GpuTensor::zeros(ctx, &[63, 64], "b").unwrap();
         let c = GpuTensor::zeros(ctx, &[64, 64], "c").unwrap();
-        let result = dispatch(
+        let bindings = MatmulBindings {
+            a: a.binding(),
+            b: short_b.binding(),
+            bias: None,
+            c: c.binding(),
+        };
+        let result = dispatch_variant(
             ctx,
             shape,
             Epilogue::default(),
-            Some(Variant::BroadcastNn),
-            a.binding(),
-            short_b.binding(),
-            None,
-            c.binding(),
+            Variant::BroadcastNn,
+            bindings,
         );
         let Err(error) = result else {
             panic!("a short B binding was accepted");

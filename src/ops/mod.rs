@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod bce;
 pub mod dropout;
 pub mod linear;
+pub mod loss;
 pub mod matmul;
 pub mod philox;
 pub mod preprocess;

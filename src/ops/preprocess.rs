@@ -8,12 +8,12 @@
 use std::any::Any;
 
 use super::groups;
-use super::matmul::{self, Epilogue, MatmulShape};
-use crate::exec::{CpuCx, GpuCx};
+use super::matmul::{self, Epilogue, MatmulBindings, MatmulShape};
 use crate::gpu::{
     Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d, uniform_struct,
 };
 use crate::graph::{Autodiff, ConstId, Node, Op, ValueId};
+use crate::graph::{CpuCx, CpuError, GpuCx};
 
 /// (x) → (y) or, with a matrix, (x) → (y, centred).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -93,7 +93,7 @@ impl Op for PreprocessOp {
         None
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
         let g = cx.graph;
         let shift = g.constant(self.shift);
         let centred = reference_centre(
@@ -101,7 +101,7 @@ impl Op for PreprocessOp {
             shift,
             self.divisor.map(|d| g.constant(d)),
         );
-        match self.matrix {
+        Ok(match self.matrix {
             None => vec![centred],
             Some(a) => {
                 let (rows, d) = cx.input_shape(node, 0);
@@ -110,7 +110,7 @@ impl Op for PreprocessOp {
                 let y = matmul::reference(shape, &centred, g.constant(a), None, false);
                 vec![y, centred]
             }
-        }
+        })
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
@@ -132,8 +132,13 @@ impl Op for PreprocessOp {
         if let Some(a) = self.matrix {
             let k = cx.graph.constant(a).len() / d;
             let shape = MatmulShape::linear_forward(rows, &[k, d]);
-            let (matrix, y) = (cx.constant(a), cx.output(node, 0));
-            cx.matmul(shape, Epilogue::default(), centred, matrix, None, y)?;
+            let bindings = MatmulBindings {
+                a: centred,
+                b: cx.constant(a),
+                bias: None,
+                c: cx.output(node, 0),
+            };
+            matmul::encode(cx, shape, Epilogue::default(), bindings)?;
         }
         Ok(())
     }

@@ -6,8 +6,8 @@ use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
 use std::any::Any;
 
-use crate::exec::{CpuCx, GpuCx};
-use crate::graph::{Autodiff, Node, Op, ValueId};
+use crate::graph::{Autodiff, CpuCx, CpuError, GpuCx, Node, Op, ValueId};
+pub use crate::graph::{NonFiniteUpdate, RawTotals, TOTALS_LEN, Totals};
 
 /// CPU reference: out\[j\] = Σ_i x\[i, j\] over x: \[n, d\].
 pub fn reference_column_sum(x: &[f32], d: usize) -> Vec<f32> {
@@ -27,14 +27,6 @@ uniform_struct! {
         _pad: [u32; 2],
     }
 }
-
-/// Words in the running totals buffer: eight the metrics kernel keeps (see
-/// `shaders/reduce.wgsl`) and four the optimizer's (`NONFINITE` in `shaders/optim.wgsl`).
-pub const TOTALS_LEN: usize = 12;
-/// The first of the optimizer's words.
-const NONFINITE_WORDS: usize = 8;
-/// The totals buffer's words, as the metrics kernel leaves them.
-pub type RawTotals = [f32; TOTALS_LEN];
 
 /// out = column sums of x: [n, d].
 pub fn column_sum_dispatch(
@@ -132,71 +124,6 @@ pub fn column_sum(ctx: &GpuContext, x: &GpuTensor) -> Result<GpuTensor, OpError>
     Ok(out)
 }
 
-/// Loss and accuracy accumulated on the GPU since the last reset.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Totals {
-    /// Σ over batches of (batch loss × samples counted).
-    pub weighted_loss: f64,
-    pub correct: f64,
-    /// Samples counted (targets not ignored).
-    pub count: f64,
-    pub batches: u64,
-    /// The most recent batch's loss.
-    pub last_loss: f32,
-    /// The step whose loss was first NaN or infinite.
-    pub first_nonfinite_step: Option<u32>,
-    /// The first optimizer update that met a non-finite gradient or left a non-finite
-    /// parameter.
-    pub first_nonfinite_update: Option<NonFiniteUpdate>,
-}
-
-/// An optimizer update that met a non-finite gradient or left a non-finite parameter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NonFiniteUpdate {
-    /// The step (its low 32 bits).
-    pub step: u32,
-    /// An element of the flat parameter buffer concerned
-    /// ([`crate::Model::parameter_at`] names it).
-    pub element: u32,
-    /// The parameter was not finite after the update.
-    pub parameter: bool,
-    /// The gradient was not finite.
-    pub gradient: bool,
-}
-
-impl Totals {
-    /// Decodes the raw totals buffer.
-    pub fn from_raw(raw: &[f32]) -> Self {
-        let at = |i: usize| raw.get(i).copied().unwrap_or(0.0);
-        Self {
-            weighted_loss: f64::from(at(0)),
-            correct: f64::from(at(1)),
-            count: f64::from(at(2)),
-            batches: at(3) as u64,
-            last_loss: at(4),
-            first_nonfinite_step: (at(6) != 0.0).then(|| at(5).to_bits()),
-            first_nonfinite_update: {
-                let word = |i: usize| at(NONFINITE_WORDS + i).to_bits();
-                (word(0) != 0).then(|| NonFiniteUpdate {
-                    step: word(1),
-                    element: word(2),
-                    parameter: word(3) & 1 != 0,
-                    gradient: word(3) & 2 != 0,
-                })
-            },
-        }
-    }
-
-    /// Sample-weighted mean loss.
-    pub fn mean_loss(&self) -> f64 {
-        self.weighted_loss / self.count
-    }
-
-    pub fn accuracy(&self) -> f64 {
-        self.correct / self.count
-    }
-}
-
 /// The CPU reference of folding a batch's per-row (scaled loss, correct, counted, 0) into the
 /// running totals, noting the first step whose loss is not finite.
 pub fn reference_fold(rows: &[f32], cx: &mut CpuCx<'_>) {
@@ -233,10 +160,10 @@ impl Op for MetricsOp {
         None
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
         let rows = cx.input(node, 0).to_vec();
         reference_fold(&rows, cx);
-        vec![]
+        Ok(vec![])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {

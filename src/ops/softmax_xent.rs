@@ -11,11 +11,9 @@ use super::step::{StepBuffer, StepParams};
 use super::{OpError, expect_matrix, expect_shape, groups};
 use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader};
-use std::any::Any;
-use std::sync::Arc;
 
-use crate::exec::{CpuCx, GpuCx};
-use crate::graph::{Autodiff, Mode, Node, Op, ParamId, ValueId};
+use super::loss::{LossBindings, LossKernel, LossOp, LossReference};
+use crate::graph::{ConstId, GpuCx, Graph};
 
 /// How per-sample losses are combined, as PyTorch's `reduction`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -397,44 +395,24 @@ pub fn cross_entropy(
     Ok((loss, grad))
 }
 
-/// (logits, target) → (rows, dlogits): `nn.CrossEntropyLoss` as the graph's loss node. Rows
-/// are per sample (scaled loss, correct, counted, 0) for the metrics; eval writes no gradient.
-/// With `metrics`, the node has absorbed the metrics node after it and folds the rows into
-/// the running totals itself: one dispatch for both up to [`FOLD_MAX_ROWS`] rows. With
-/// `bias_grad`, it also writes the column sums of dlogits there in train mode (the last
-/// Linear's bias gradient, handed over by its gradient node: [`Op::absorb_column_sum`]).
+/// `nn.CrossEntropyLoss` as the graph's loss node ([`LossOp`]): its options, and its class
+/// weights as a constant of the graph.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CrossEntropyOp {
+pub struct CrossEntropy {
     pub config: CrossEntropyConfig,
-    pub metrics: bool,
-    pub bias_grad: Option<ParamId>,
+    /// The class weights, resident as a graph constant (when the config has them).
+    pub weight: Option<ConstId>,
 }
 
-impl Op for CrossEntropyOp {
-    fn name(&self) -> &'static str {
-        "cross_entropy"
-    }
+/// (logits, target) → (rows, dlogits): cross-entropy as the graph's loss node. Rows are per
+/// sample (scaled loss, correct, counted, 0) for the metrics.
+pub type CrossEntropyOp = LossOp<CrossEntropy>;
 
-    fn outputs_in(&self, mode: Mode, outputs: usize) -> usize {
-        match mode {
-            Mode::Train => outputs,
-            Mode::Eval => 1,
-        }
-    }
+impl LossKernel for CrossEntropy {
+    const NAME: &'static str = "cross_entropy";
 
-    fn has_params(&self) -> bool {
-        false
-    }
-
-    fn backward(&self, _: &Node, _: ValueId, _: &mut Autodiff<'_>) -> Option<ValueId> {
-        // The loss node writes its own gradient (dlogits) in the forward pass.
-        None
-    }
-
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        let logits = cx.input(node, 0);
-        let c = cx.input_shape(node, 0).1;
-        let targets: Vec<i64> = cx.labels.iter().map(|&l| i64::from(l)).collect();
+    fn reference(&self, _: &Graph, logits: &[f32], c: usize, labels: &[u32]) -> LossReference {
+        let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
         let scale = loss_scale(&targets, &self.config);
         let none = CrossEntropyConfig {
             reduction: Reduction::None,
@@ -462,68 +440,30 @@ impl Op for CrossEntropyOp {
                 0.0,
             ]);
         }
-        *cx.loss = reduced.first().copied().unwrap_or(f32::NAN);
-        if self.metrics {
-            reduce::reference_fold(&rows, cx);
-        }
-        match cx.mode {
-            Mode::Train => {
-                if let Some(b) = self.bias_grad {
-                    cx.grads[b.0] = reduce::reference_column_sum(&grad, c);
-                }
-                vec![rows, grad]
-            }
-            Mode::Eval => vec![rows],
-        }
-    }
-
-    fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
-        let (n, c) = cx.input_shape(node, 0);
-        // Folded here up to FOLD_MAX_ROWS; beyond, the metrics and column-sum kernels follow.
-        let fold = self.metrics && n <= FOLD_MAX_ROWS;
-        let grad = (cx.mode == Mode::Train).then(|| cx.output(node, 1));
-        let bias_grad = grad.and(self.bias_grad).map(|b| cx.grad(b));
-        let bindings = XentBindings {
-            step: cx.step,
-            logits: cx.input(node, 0),
-            targets: cx.input(node, 1),
-            weight: cx.class_weight.map(Binding::whole),
-            rows: cx.output(node, 0),
+        LossReference {
+            rows,
+            loss: reduced.first().copied().unwrap_or(f32::NAN),
             grad,
-            totals: fold.then_some(cx.totals),
-            bias_grad: bias_grad.filter(|_| fold),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        cx: &GpuCx<'_, '_>,
+        (n, c): (usize, usize),
+        b: LossBindings<'_>,
+    ) -> Result<Dispatch, GpuError> {
+        let bindings = XentBindings {
+            step: b.step,
+            logits: b.logits,
+            targets: b.targets,
+            weight: self.weight.map(|id| cx.constant(id)),
+            rows: b.rows,
+            grad: b.grad,
+            totals: b.totals,
+            bias_grad: b.bias_grad,
         };
-        let d = dispatch(cx.ctx, n, c, &self.config, bindings)?;
-        cx.push(d);
-        let grad_sums = grad.zip(bias_grad);
-        let rest =
-            reduce::after_unfolded_loss(cx, (n, c), fold, self.metrics, bindings.rows, grad_sums)?;
-        rest.into_iter().for_each(|d| cx.push(d));
-        Ok(())
-    }
-
-    fn absorb_column_sum(&self, param: ParamId, output: usize) -> Option<Arc<dyn Op>> {
-        // dlogits is output 1.
-        (output == 1 && self.bias_grad.is_none()).then(|| {
-            Arc::new(Self {
-                bias_grad: Some(param),
-                ..self.clone()
-            }) as Arc<dyn Op>
-        })
-    }
-
-    fn absorb(&self, next: &dyn Op) -> Option<Arc<dyn Op>> {
-        let metrics = next.as_any().downcast_ref::<reduce::MetricsOp>().is_some();
-        (metrics && !self.metrics).then(|| {
-            Arc::new(Self {
-                metrics: true,
-                ..self.clone()
-            }) as Arc<dyn Op>
-        })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        dispatch(cx.ctx, n, c, &self.config, bindings)
     }
 }
 

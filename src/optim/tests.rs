@@ -1,6 +1,7 @@
 use super::*;
 use crate::check::{Tolerance, assert_close};
 use crate::gpu::GpuTensor;
+use crate::graph::FlatState;
 use crate::ops::reduce::{TOTALS_LEN, Totals};
 use crate::ops::step::StepBuffer;
 use crate::ops::test_support::{ctx, uniform};
@@ -22,14 +23,17 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
     let step_buffer = StepBuffer::new(ctx).unwrap();
     let state_bindings: Vec<_> = gstate.iter().map(GpuTensor::binding).collect();
     let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+    let flat = FlatState {
+        len,
+        params: gparam.binding(),
+        grads: ggrad.binding(),
+        optimizer: state_bindings,
+    };
     let d = dispatch(
         ctx,
         &optimizer,
-        len,
+        &flat,
         step_buffer.binding(),
-        gparam.binding(),
-        ggrad.binding(),
-        &state_bindings,
         totals.binding(),
     )
     .unwrap();
@@ -40,7 +44,9 @@ fn check(optimizer: Optimizer, len: usize, steps: u64) {
         optimizer.fill_step(step, &mut p);
         step_buffer.write(ctx, &p);
         ctx.submit(&[&d]);
-        reference_step(&optimizer, step, &mut param, &grad, &mut state);
+        optimizer
+            .reference_step(step, &mut param, &grad, &mut state)
+            .unwrap();
     }
     let tol = Tolerance::new(1e-6, 1e-5);
     let got: Vec<f32> = gparam.read(ctx).unwrap();
@@ -80,17 +86,13 @@ fn the_first_update_with_a_nonfinite_gradient_or_result_is_noted_with_its_step_a
         let state_bindings: Vec<_> = gstate.iter().map(GpuTensor::binding).collect();
         let steps = StepBuffer::new(ctx).unwrap();
         let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
-        let d = dispatch(
-            ctx,
-            &optimizer,
+        let flat = FlatState {
             len,
-            steps.binding(),
-            gparam.binding(),
-            ggrad.binding(),
-            &state_bindings,
-            totals.binding(),
-        )
-        .unwrap();
+            params: gparam.binding(),
+            grads: ggrad.binding(),
+            optimizer: state_bindings,
+        };
+        let d = dispatch(ctx, &optimizer, &flat, steps.binding(), totals.binding()).unwrap();
         // Step 0 finite; step 1: a NaN gradient at element 1029, and a huge one at 7 (which
         // SGD at lr 1e30 turns into a parameter of -inf, and Adam absorbs); later steps stay
         // bad, but the first one is what is noted.
@@ -229,7 +231,7 @@ fn maximize_ascends_where_the_default_descends() {
             ..Sgd::default()
         });
         let (mut p, mut state) = (vec![1.0f32], vec![vec![0.0f32]]);
-        reference_step(&sgd, 0, &mut p, &[2.0], &mut state);
+        sgd.reference_step(0, &mut p, &[2.0], &mut state).unwrap();
         // torch.optim.SGD: g = ±grad + wd·param = ±2 + 0.5, then param -= lr·g.
         let want = if maximize {
             1.0 - 0.1 * (-2.0 + 0.5)
@@ -258,8 +260,12 @@ fn amsgrad_normalizes_by_the_largest_second_moment() {
     );
     // Gradients 4 then 1: v = 8, then 4.5; the maximum stays 8.
     let (mut p, mut state) = (vec![0.0f32], vec![vec![0.0f32]; 3]);
-    reference_step(&amsgrad, 0, &mut p, &[4.0], &mut state);
-    reference_step(&amsgrad, 1, &mut p, &[1.0], &mut state);
+    amsgrad
+        .reference_step(0, &mut p, &[4.0], &mut state)
+        .unwrap();
+    amsgrad
+        .reference_step(1, &mut p, &[1.0], &mut state)
+        .unwrap();
     assert_eq!((state[1][0], state[2][0]), (4.5, 8.0));
     // Second step: m = 1 (β1 = 0), step size 0.1, √(1 - 0.25) bias correction.
     let second_step = 0.1 * 1.0 / (8.0f32.sqrt() / 0.75f32.sqrt());
@@ -276,9 +282,9 @@ fn reference_first_steps_follow_torch_optim() {
     });
     let mut p = vec![1.0f32];
     let mut state = vec![vec![0.0f32]];
-    reference_step(&sgd, 0, &mut p, &[2.0], &mut state);
+    sgd.reference_step(0, &mut p, &[2.0], &mut state).unwrap();
     assert_eq!((p[0], state[0][0]), (0.8, 2.0));
-    reference_step(&sgd, 1, &mut p, &[1.0], &mut state);
+    sgd.reference_step(1, &mut p, &[1.0], &mut state).unwrap();
     assert!((state[0][0] - 2.8).abs() < 1e-6 && (p[0] - 0.52).abs() < 1e-6);
 
     let adam = Optimizer::Adam(Adam {
@@ -287,7 +293,8 @@ fn reference_first_steps_follow_torch_optim() {
     });
     let mut p = vec![1.0f32, 1.0];
     let mut state = vec![vec![0.0f32; 2], vec![0.0f32; 2]];
-    reference_step(&adam, 0, &mut p, &[3.0, -0.5], &mut state);
+    adam.reference_step(0, &mut p, &[3.0, -0.5], &mut state)
+        .unwrap();
     assert!(
         (p[0] - 0.99).abs() < 1e-6 && (p[1] - 1.01).abs() < 1e-6,
         "{p:?}"
@@ -335,6 +342,6 @@ fn invalid_hyper_parameters_are_rejected() {
 
 #[test]
 fn uniforms_mirror_the_shader() {
-    crate::gpu::assert_mirrors::<Params>(crate::gpu::Shader::Optim, 0);
+    kernel::assert_params_mirror_the_shader();
     crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(crate::gpu::Shader::Optim, 1);
 }

@@ -89,7 +89,7 @@ impl Activation for GELU {
         if self.tanh { "gelu:tanh" } else { "gelu" }.into()
     }
 
-    fn forward(&self, x: f32) -> f32 {
+    fn forward(&self, x: f32, _: f32) -> f32 {
         if self.tanh {
             x * tanh_halves(x).0
         } else {
@@ -102,7 +102,7 @@ impl Activation for GELU {
         DerivativeFrom::Input
     }
 
-    fn backward(&self, x: f32, dy: f32) -> f32 {
+    fn backward(&self, x: f32, dy: f32, _: f32) -> f32 {
         if self.tanh {
             let (s, one_minus_s) = tanh_halves(x);
             let du = SQRT_2_OVER_PI * (1.0 + 3.0 * COEFF * x * x);
@@ -112,6 +112,10 @@ impl Activation for GELU {
             let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
             (f64::from(dy) * (normal_cdf(x) + x * pdf)) as f32
         }
+    }
+
+    fn param(&self) -> f32 {
+        0.0
     }
 
     fn shader(&self) -> &'static ActivationShader {

@@ -60,16 +60,16 @@ impl Activation for LeakyReLU {
         format!("leaky_relu:{}", self.negative_slope)
     }
 
-    fn forward(&self, x: f32) -> f32 {
-        if x > 0.0 { x } else { x * self.negative_slope }
+    fn forward(&self, x: f32, slope: f32) -> f32 {
+        if x > 0.0 { x } else { x * slope }
     }
 
     fn derivative_from(&self) -> DerivativeFrom {
         DerivativeFrom::Input
     }
 
-    fn backward(&self, x: f32, dy: f32) -> f32 {
-        if x > 0.0 { dy } else { dy * self.negative_slope }
+    fn backward(&self, x: f32, dy: f32, slope: f32) -> f32 {
+        if x > 0.0 { dy } else { dy * slope }
     }
 
     fn shader(&self) -> &'static ActivationShader {

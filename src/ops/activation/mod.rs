@@ -6,7 +6,7 @@
 //! forward and backward) and defines its [`Token`]; the shader defines
 //! `fn act_forward(x: f32, p: f32) -> f32` and `fn act_backward(v: f32, dy: f32, p: f32) -> f32`,
 //! where `v` is the forward's input or its output, as [`Activation::derivative_from`] says
-//! and `p` is [`Activation::param`]. The line in the `activations!` invocation below
+//! and `p` is [`Activation::param`], which the CPU reference receives too. The line in the `activations!` invocation below
 //! registers it: the spec parser, the layer type and the graph pick it up from there.
 
 use std::any::Any;
@@ -14,12 +14,12 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use super::{OpError, expect_shape, groups};
-use crate::exec::{CpuCx, GpuCx};
 use crate::gpu::uniform_struct;
 use crate::gpu::{
     ActivationShader, Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Shader, grid_1d,
 };
 use crate::graph::{Autodiff, Node, Op, ValueId};
+use crate::graph::{CpuCx, CpuError, GpuCx};
 
 /// Declares each activation's module, re-exports its layer type, and lists its spec token.
 macro_rules! activations {
@@ -67,23 +67,25 @@ pub trait Activation: Debug + Send + Sync + 'static {
     /// The spec token that builds it again (`"gelu:tanh"`, `"leaky_relu:0.2"`).
     fn spec(&self) -> String;
 
-    /// The CPU reference of the forward, as PyTorch computes it (NaN in, NaN out).
-    fn forward(&self, x: f32) -> f32;
+    /// The scalar its functions take as `p` (LeakyReLU's slope; 0 for one without). The
+    /// CPU reference receives it as the shader does, from here, so the two cannot disagree;
+    /// there is no default, so an activation says what it passes.
+    fn param(&self) -> f32;
+
+    /// The CPU reference of the forward, as PyTorch computes it (NaN in, NaN out), with `p`
+    /// = [`Activation::param`].
+    fn forward(&self, x: f32, p: f32) -> f32;
 
     /// What [`Activation::backward`] receives as `v`.
     fn derivative_from(&self) -> DerivativeFrom;
 
-    /// The CPU reference of the backward: dx from `v` (the forward's input or output) and dy.
-    fn backward(&self, v: f32, dy: f32) -> f32;
+    /// The CPU reference of the backward: dx from `v` (the forward's input or output) and dy,
+    /// with `p` = [`Activation::param`].
+    fn backward(&self, v: f32, dy: f32, p: f32) -> f32;
 
     /// Its WGSL functions (`shaders/activation/<name>.wgsl`) and the names its dispatches
     /// are reported under.
     fn shader(&self) -> &'static ActivationShader;
-
-    /// The scalar its WGSL functions receive as `p` (LeakyReLU's slope), 0 when none.
-    fn param(&self) -> f32 {
-        0.0
-    }
 
     fn as_any(&self) -> &dyn Any;
 }
@@ -138,14 +140,16 @@ impl PartialEq for AnyActivation {
 
 /// CPU reference: y = f(x) element-wise.
 pub fn reference_forward(activation: &dyn Activation, x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| activation.forward(v)).collect()
+    let p = activation.param();
+    x.iter().map(|&v| activation.forward(v, p)).collect()
 }
 
 /// CPU reference: dx = dy · f'(x), with `v` the forward's input or output.
 pub fn reference_backward(activation: &dyn Activation, v: &[f32], dy: &[f32]) -> Vec<f32> {
+    let p = activation.param();
     v.iter()
         .zip(dy)
-        .map(|(&v, &g)| activation.backward(v, g))
+        .map(|(&v, &g)| activation.backward(v, g, p))
         .collect()
 }
 
@@ -317,8 +321,11 @@ impl Op for ActivationOp {
         Some(ad.push_gradient(op, vec![v, dy], x))
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        vec![reference_forward(&*self.activation, cx.input(node, 0))]
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
+        Ok(vec![reference_forward(
+            &*self.activation,
+            cx.input(node, 0),
+        )])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
@@ -353,9 +360,9 @@ impl Op for ActivationBackwardOp {
         None
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
         let (v, dy) = (cx.input(node, 0), cx.input(node, 1));
-        vec![reference_backward(&*self.activation, v, dy)]
+        Ok(vec![reference_backward(&*self.activation, v, dy)])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {

@@ -45,7 +45,7 @@ impl Activation for ReLU {
         "relu".into()
     }
 
-    fn forward(&self, x: f32) -> f32 {
+    fn forward(&self, x: f32, _: f32) -> f32 {
         relu(x)
     }
 
@@ -53,8 +53,12 @@ impl Activation for ReLU {
         DerivativeFrom::Output
     }
 
-    fn backward(&self, y: f32, dy: f32) -> f32 {
+    fn backward(&self, y: f32, dy: f32, _: f32) -> f32 {
         relu_backward(y, dy)
+    }
+
+    fn param(&self) -> f32 {
+        0.0
     }
 
     fn shader(&self) -> &'static ActivationShader {

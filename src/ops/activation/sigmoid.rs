@@ -31,7 +31,7 @@ impl Activation for Sigmoid {
         "sigmoid".into()
     }
 
-    fn forward(&self, x: f32) -> f32 {
+    fn forward(&self, x: f32, _: f32) -> f32 {
         // e^(−x) overflows to ∞ for x < −88, giving 0 as it should; NaN stays NaN.
         (1.0 / (1.0 + (-f64::from(x)).exp())) as f32
     }
@@ -40,8 +40,12 @@ impl Activation for Sigmoid {
         DerivativeFrom::Output
     }
 
-    fn backward(&self, y: f32, dy: f32) -> f32 {
+    fn backward(&self, y: f32, dy: f32, _: f32) -> f32 {
         dy * y * (1.0 - y)
+    }
+
+    fn param(&self) -> f32 {
+        0.0
     }
 
     fn shader(&self) -> &'static ActivationShader {

@@ -31,7 +31,7 @@ impl Activation for Tanh {
         "tanh".into()
     }
 
-    fn forward(&self, x: f32) -> f32 {
+    fn forward(&self, x: f32, _: f32) -> f32 {
         f64::from(x).tanh() as f32
     }
 
@@ -39,8 +39,12 @@ impl Activation for Tanh {
         DerivativeFrom::Output
     }
 
-    fn backward(&self, y: f32, dy: f32) -> f32 {
+    fn backward(&self, y: f32, dy: f32, _: f32) -> f32 {
         dy * (1.0 - y * y)
+    }
+
+    fn param(&self) -> f32 {
+        0.0
     }
 
     fn shader(&self) -> &'static ActivationShader {

@@ -66,7 +66,7 @@ fn relu_is_exact_and_its_gradient_at_zero_is_zero() {
     let gx = GpuTensor::from_slice(ctx, &x, &[1000], "x").unwrap();
     let y: Vec<f32> = forward(ctx, &ReLU, &gx).unwrap().read(ctx).unwrap();
     assert_eq!(y, reference_forward(&ReLU, &x));
-    assert_eq!(ReLU.backward(0.0, 1.0), 0.0);
+    assert_eq!(ReLU.backward(0.0, 1.0, ReLU.param()), 0.0);
 }
 
 /// Each reference's backward against central differences of its forward (in f64 steps of
@@ -76,12 +76,14 @@ fn reference_gradients_match_finite_differences() {
     for activation in every_activation() {
         for &x in &[-3.7f32, -1.2, -0.3, 0.4, 1.1, 2.9] {
             let h = 1e-3f32;
-            let fd = (activation.forward(x + h) - activation.forward(x - h)) / (2.0 * h);
+            let fd = (activation.forward(x + h, activation.param())
+                - activation.forward(x - h, activation.param()))
+                / (2.0 * h);
             let v = match activation.derivative_from() {
                 DerivativeFrom::Input => x,
-                DerivativeFrom::Output => activation.forward(x),
+                DerivativeFrom::Output => activation.forward(x, activation.param()),
             };
-            let analytic = activation.backward(v, 1.0);
+            let analytic = activation.backward(v, 1.0, activation.param());
             assert!(
                 (fd - analytic).abs() < 2e-3 * (1.0 + analytic.abs()),
                 "{} at {x}: finite difference {fd}, backward {analytic}",
@@ -105,7 +107,7 @@ fn nan_propagates_through_every_activation() {
             y[0]
         );
         assert!(
-            activation.forward(f32::NAN).is_nan(),
+            activation.forward(f32::NAN, activation.param()).is_nan(),
             "{}",
             activation.spec()
         );

@@ -134,6 +134,60 @@ pub struct LayerBindings<'a> {
     pub step: Binding<'a>,
 }
 
+/// What a batch-norm launch computes: its sizes, options and fusions.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass {
+    /// Rows of the batch (this rank's, in a data-parallel job).
+    pub n: usize,
+    /// Features.
+    pub d: usize,
+    /// eps and momentum (read by the forward only).
+    pub config: BatchNormConfig,
+    /// A ReLU fused after the normalization.
+    pub relu: bool,
+    /// A dropout fused after the ReLU.
+    pub dropout: Option<FusedDropout>,
+}
+
+impl Pass {
+    fn params(&self, flags: u32) -> Params {
+        params(self.n, self.d, self.config, flags, self.dropout)
+    }
+
+    fn relu_flag(&self) -> u32 {
+        if self.relu { FLAG_RELU } else { 0 }
+    }
+}
+
+/// The train-mode forward's buffers.
+#[derive(Clone, Copy)]
+pub struct ForwardBindings<'a> {
+    pub layer: LayerBindings<'a>,
+    /// \[N, D\].
+    pub x: Binding<'a>,
+    /// [mean; invstd], 2·D floats.
+    pub saved: Binding<'a>,
+    /// \[N, D\].
+    pub y: Binding<'a>,
+}
+
+/// The backward's buffers: the forward's input, output and saved statistics, dy, γ, and
+/// what it writes.
+#[derive(Clone, Copy)]
+pub struct BackwardBindings<'a> {
+    pub x: Binding<'a>,
+    /// The forward's output, whose zeros are the fused ReLU's (and dropout's) mask.
+    pub y: Binding<'a>,
+    pub dy: Binding<'a>,
+    pub saved: Binding<'a>,
+    pub gamma: Binding<'a>,
+    pub dgamma: Binding<'a>,
+    pub dbeta: Binding<'a>,
+    pub dx: Binding<'a>,
+    /// Where to write the column sums of dx too (the bias gradient of the Linear before).
+    pub dbias: Option<Binding<'a>>,
+}
+
 /// Workgroup width of the one-pass kernels (`stats_normalize`, `backward_column`): 8
 /// features, one SIMD batch on lavapipe, so a 64-feature layer still spreads over 8 workgroups.
 const COLUMN_FEATURES: u32 = 8;
@@ -157,62 +211,37 @@ fn one_pass_rows(n: usize) -> bool {
 /// Train-mode forward: batch statistics (saved: [mean; invstd], 2·D floats), running-stat
 /// update, normalization (+ ReLU) (+ dropout). One dispatch with a set momentum (per column
 /// on CPU adapters; row-parallel on GPUs up to [`ONE_PASS_MAX_ROWS`] rows), else two.
-#[allow(clippy::too_many_arguments)]
 pub fn train_dispatches(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
-    config: BatchNormConfig,
-    relu: bool,
-    dropout: Option<FusedDropout>,
-    layer: LayerBindings<'_>,
-    x: Binding<'_>,
-    saved: Binding<'_>,
-    y: Binding<'_>,
+    pass: &Pass,
+    b: ForwardBindings<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    let one_pass = one_pass_rows(n);
-    train_passes(
-        ctx,
-        n,
-        d,
-        config,
-        relu,
-        dropout,
-        layer,
-        [x, saved, y],
-        one_pass,
-    )
+    train_passes(ctx, pass, b, one_pass_rows(pass.n))
 }
 
 /// [`train_dispatches`] with the row-parallel one-pass kernel allowed or not.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn train_passes(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
-    config: BatchNormConfig,
-    relu: bool,
-    dropout: Option<FusedDropout>,
-    layer: LayerBindings<'_>,
-    [x, saved, y]: [Binding<'_>; 3],
+    pass: &Pass,
+    b: ForwardBindings<'_>,
     one_pass: bool,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    check_fusion(relu, dropout)?;
-    let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
-    let params = params(n, d, config, flags, dropout);
+    check_fusion(pass.relu, pass.dropout)?;
+    let params = pass.params(FLAG_COUNT_BATCH | pass.relu_flag());
+    let layer = b.layer;
     let bindings = [
-        (X, x),
-        (Y, y),
-        (SAVED, saved),
+        (X, b.x),
+        (Y, b.y),
+        (SAVED, b.saved),
         (RUNNING, layer.running),
         (GAMMA, layer.gamma),
         (BETA, layer.beta),
         (NUM_BATCHES, layer.num_batches_tracked),
         (STEP, layer.step),
     ];
-    if config.momentum.is_some() {
+    if pass.config.momentum.is_some() {
         if !ctx.kernels().parallel_reductions {
-            let grid = [groups(d, COLUMN_FEATURES), 1, 1];
+            let grid = [groups(pass.d, COLUMN_FEATURES), 1, 1];
             let kernel = column_kernel("stats_normalize");
             return Ok(vec![ctx.dispatch_at(
                 &kernel,
@@ -223,7 +252,7 @@ pub(super) fn train_passes(
         }
         if one_pass {
             let kernel = kernel(ctx, "stats_normalize_rows");
-            let grid = feature_grid(ctx, d);
+            let grid = feature_grid(ctx, pass.d);
             return Ok(vec![ctx.dispatch_at(
                 &kernel,
                 Some(&params),
@@ -239,61 +268,52 @@ pub(super) fn train_passes(
             ..params
         }),
         &[
-            (X, x),
-            (SAVED, saved),
+            (X, b.x),
+            (SAVED, b.saved),
             (RUNNING, layer.running),
             (NUM_BATCHES, layer.num_batches_tracked),
         ],
-        feature_grid(ctx, d),
+        feature_grid(ctx, pass.d),
     )?;
-    let normalize = normalize_dispatch(ctx, n, d, &params, layer, x, saved, y)?;
+    let normalize = normalize_dispatch(ctx, pass, &params, b)?;
     Ok(vec![stats, normalize])
 }
 
 /// y from the batch statistics in `saved` ([mean; invstd]), counting the batch: the second
 /// half of the train-mode forward wherever its statistics come from.
-#[allow(clippy::too_many_arguments)]
 fn normalize_dispatch(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
+    pass: &Pass,
     params: &Params,
-    layer: LayerBindings<'_>,
-    x: Binding<'_>,
-    saved: Binding<'_>,
-    y: Binding<'_>,
+    b: ForwardBindings<'_>,
 ) -> Result<Dispatch, GpuError> {
     ctx.dispatch_at(
         &kernel(ctx, "normalize"),
         Some(params),
         &[
-            (X, x),
-            (Y, y),
-            (SAVED, saved),
-            (GAMMA, layer.gamma),
-            (BETA, layer.beta),
-            (NUM_BATCHES, layer.num_batches_tracked),
-            (STEP, layer.step),
+            (X, b.x),
+            (Y, b.y),
+            (SAVED, b.saved),
+            (GAMMA, b.layer.gamma),
+            (BETA, b.layer.beta),
+            (NUM_BATCHES, b.layer.num_batches_tracked),
+            (STEP, b.layer.step),
         ],
-        element_grid(ctx, n, d),
+        element_grid(ctx, pass.n, pass.d),
     )
 }
 
-/// Eval-mode forward with the running statistics (+ ReLU). One dispatch: per column on CPU
-/// adapters, per element on GPUs.
-#[allow(clippy::too_many_arguments)]
+/// Eval-mode forward with the running statistics (+ ReLU; a fused dropout is the identity
+/// in eval and is ignored). One dispatch: per column on CPU adapters, per element on GPUs.
 pub fn eval_dispatch(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
-    config: BatchNormConfig,
-    relu: bool,
+    pass: &Pass,
     layer: LayerBindings<'_>,
     x: Binding<'_>,
     y: Binding<'_>,
 ) -> Result<Dispatch, GpuError> {
-    let flags = FLAG_FROM_VARIANCE | if relu { FLAG_RELU } else { 0 };
-    let params = params(n, d, config, flags, None);
+    let flags = FLAG_FROM_VARIANCE | pass.relu_flag();
+    let params = params(pass.n, pass.d, pass.config, flags, None);
     let mut bindings = vec![
         (X, x),
         (Y, y),
@@ -308,97 +328,66 @@ pub fn eval_dispatch(
             &kernel,
             Some(&params),
             &bindings,
-            [groups(d, COLUMN_FEATURES), 1, 1],
+            [groups(pass.d, COLUMN_FEATURES), 1, 1],
         );
     }
     // normalize also counts train batches: the binding is there, the flag is not.
     bindings.push((NUM_BATCHES, layer.num_batches_tracked));
-    let grid = element_grid(ctx, n, d);
+    let grid = element_grid(ctx, pass.n, pass.d);
     ctx.dispatch_at(&kernel(ctx, "normalize"), Some(&params), &bindings, grid)
 }
 
 /// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch (per
 /// column on CPU adapters; row-parallel on GPUs up to [`ONE_PASS_MAX_ROWS`] rows), else two.
-/// `y` is the forward's output, used for the fused ReLU's (and dropout's) mask. With `dbias`,
-/// also the column sums of dx (the bias gradient of the Linear before): in the same dispatch
-/// where it is one, else in a third.
-#[allow(clippy::too_many_arguments)]
+/// With `dbias`, also the column sums of dx (the bias gradient of the Linear before): in the
+/// same dispatch where it is one, else in a third.
 pub fn backward_dispatches(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
-    relu: bool,
-    dropout: Option<FusedDropout>,
-    x: Binding<'_>,
-    y: Binding<'_>,
-    dy: Binding<'_>,
-    saved: Binding<'_>,
-    gamma: Binding<'_>,
-    dgamma: Binding<'_>,
-    dbeta: Binding<'_>,
-    dx: Binding<'_>,
-    dbias: Option<Binding<'_>>,
+    pass: &Pass,
+    b: BackwardBindings<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    let inputs = [x, y, dy, saved, gamma];
-    let outputs = [dgamma, dbeta, dx];
-    backward_passes(
-        ctx,
-        n,
-        d,
-        relu,
-        dropout,
-        inputs,
-        outputs,
-        dbias,
-        one_pass_rows(n),
-    )
+    backward_passes(ctx, pass, b, one_pass_rows(pass.n))
 }
 
 /// [`backward_dispatches`] with the row-parallel one-pass kernel allowed or not.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn backward_passes(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
-    relu: bool,
-    dropout: Option<FusedDropout>,
-    [x, y, dy, saved, gamma]: [Binding<'_>; 5],
-    [dgamma, dbeta, dx]: [Binding<'_>; 3],
-    dbias: Option<Binding<'_>>,
+    pass: &Pass,
+    b: BackwardBindings<'_>,
     one_pass: bool,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    check_fusion(relu, dropout)?;
-    let flags = if relu { FLAG_RELU } else { 0 };
-    let params = params(n, d, BatchNormConfig::default(), flags, dropout);
+    check_fusion(pass.relu, pass.dropout)?;
+    let params = backward_params(pass);
+    let d = pass.d;
     // backward_column and backward_dx read all of these; backward_reduce all but dx and γ.
     let all = [
-        (X, x),
-        (Y, y),
-        (DY, dy),
-        (SAVED, saved),
-        (DGAMMA, dgamma),
-        (DBETA, dbeta),
-        (DX, dx),
-        (GAMMA, gamma),
+        (X, b.x),
+        (Y, b.y),
+        (DY, b.dy),
+        (SAVED, b.saved),
+        (DGAMMA, b.dgamma),
+        (DBETA, b.dbeta),
+        (DX, b.dx),
+        (GAMMA, b.gamma),
     ];
     if !ctx.kernels().parallel_reductions || one_pass {
         let (kernel, grid) = match ctx.kernels().parallel_reductions {
             false => {
-                let entry = match dbias {
+                let entry = match b.dbias {
                     Some(_) => "backward_column_bias",
                     None => "backward_column",
                 };
                 (column_kernel(entry), [groups(d, COLUMN_FEATURES), 1, 1])
             }
             true => {
-                let entry = match dbias {
+                let entry = match b.dbias {
                     Some(_) => "backward_rows_bias",
                     None => "backward_rows",
                 };
                 (kernel(ctx, entry), feature_grid(ctx, d))
             }
         };
-        let bindings = match dbias {
+        let bindings = match b.dbias {
             Some(dbias) => [&all[..], &[(DBIAS, dbias)]].concat(),
             None => all.to_vec(),
         };
@@ -416,43 +405,45 @@ pub(super) fn backward_passes(
         &all[..6],
         reduce_grid,
     )?;
-    let dx_grid = element_grid(ctx, n, d);
+    let dx_grid = element_grid(ctx, pass.n, d);
     let dx_pass = ctx.dispatch_at(&kernel(ctx, "backward_dx"), Some(&params), &all, dx_grid)?;
     let mut out = vec![reduce, dx_pass];
-    if let Some(dbias) = dbias {
+    if let Some(dbias) = b.dbias {
         out.push(crate::ops::reduce::column_sum_dispatch(
-            ctx, n, d, dx, dbias,
+            ctx, pass.n, d, b.dx, dbias,
         )?);
     }
     Ok(out)
+}
+
+/// The backward's parameters: eps and momentum play no part in it.
+fn backward_params(pass: &Pass) -> Params {
+    params(
+        pass.n,
+        pass.d,
+        BatchNormConfig::default(),
+        pass.relu_flag(),
+        pass.dropout,
+    )
 }
 
 /// SyncBatchNorm's train-mode forward, in two parts around the ranks' exchange of moments:
 /// before it, this rank's batch mean and biased variance into `saved` (shifted sums, as
 /// `stats`); after it (`saved` then holds the global batch's), 1/std, the running-stat
 /// update over the global batch of `total` rows, and the normalization (+ ReLU) (+ dropout).
-#[allow(clippy::too_many_arguments)]
 pub fn sync_train_dispatches(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
+    pass: &Pass,
     total: usize,
-    config: BatchNormConfig,
-    relu: bool,
-    dropout: Option<FusedDropout>,
-    layer: LayerBindings<'_>,
-    x: Binding<'_>,
-    saved: Binding<'_>,
-    y: Binding<'_>,
+    b: ForwardBindings<'_>,
 ) -> Result<[Vec<Dispatch>; 2], GpuError> {
-    check_fusion(relu, dropout)?;
-    let flags = FLAG_COUNT_BATCH | if relu { FLAG_RELU } else { 0 };
-    let params = params(n, d, config, flags, dropout);
+    check_fusion(pass.relu, pass.dropout)?;
+    let params = pass.params(FLAG_COUNT_BATCH | pass.relu_flag());
     let moments = ctx.dispatch_at(
         &kernel(ctx, "local_moments"),
         Some(&params),
-        &[(X, x), (SAVED, saved)],
-        feature_grid(ctx, d),
+        &[(X, b.x), (SAVED, b.saved)],
+        feature_grid(ctx, pass.d),
     )?;
     let apply = ctx.dispatch_at(
         &column_kernel("apply_moments"),
@@ -462,52 +453,41 @@ pub fn sync_train_dispatches(
             ..params
         }),
         &[
-            (SAVED, saved),
-            (RUNNING, layer.running),
-            (NUM_BATCHES, layer.num_batches_tracked),
+            (SAVED, b.saved),
+            (RUNNING, b.layer.running),
+            (NUM_BATCHES, b.layer.num_batches_tracked),
         ],
-        [groups(d, COLUMN_FEATURES), 1, 1],
+        [groups(pass.d, COLUMN_FEATURES), 1, 1],
     )?;
-    let normalize = normalize_dispatch(ctx, n, d, &params, layer, x, saved, y)?;
+    let normalize = normalize_dispatch(ctx, pass, &params, b)?;
     Ok([vec![moments], vec![apply, normalize]])
 }
 
 /// SyncBatchNorm's backward, in two parts around the ranks' all-reduce of Σdy and Σdy·x̂:
 /// before it, this rank's dβ and dγ (into the gradient buffer, which DDP then averages);
-/// after it, dx from the global sums (`sums`: Σdβ, Σdγ over `total` rows).
-#[allow(clippy::too_many_arguments)]
+/// after it, dx from the global sums (`sums`: Σdβ, Σdγ over `total` rows). `b.dbias` is not
+/// written here: the caller sums dx's columns after.
 pub fn sync_backward_dispatches(
     ctx: &GpuContext,
-    n: usize,
-    d: usize,
+    pass: &Pass,
     total: usize,
-    relu: bool,
-    dropout: Option<FusedDropout>,
-    x: Binding<'_>,
-    y: Binding<'_>,
-    dy: Binding<'_>,
-    saved: Binding<'_>,
-    gamma: Binding<'_>,
-    dgamma: Binding<'_>,
-    dbeta: Binding<'_>,
+    b: BackwardBindings<'_>,
     sums: [&wgpu::Buffer; 2],
-    dx: Binding<'_>,
 ) -> Result<[Vec<Dispatch>; 2], GpuError> {
-    check_fusion(relu, dropout)?;
-    let flags = if relu { FLAG_RELU } else { 0 };
-    let mut params = params(n, d, BatchNormConfig::default(), flags, dropout);
+    check_fusion(pass.relu, pass.dropout)?;
+    let mut params = backward_params(pass);
     let reduce = ctx.dispatch_at(
         &kernel(ctx, "backward_reduce"),
         Some(&params),
         &[
-            (X, x),
-            (Y, y),
-            (DY, dy),
-            (SAVED, saved),
-            (DGAMMA, dgamma),
-            (DBETA, dbeta),
+            (X, b.x),
+            (Y, b.y),
+            (DY, b.dy),
+            (SAVED, b.saved),
+            (DGAMMA, b.dgamma),
+            (DBETA, b.dbeta),
         ],
-        feature_grid(ctx, d),
+        feature_grid(ctx, pass.d),
     )?;
     let [global_dbeta, global_dgamma] = sums.map(Binding::whole);
     params.total = total as u32;
@@ -515,16 +495,16 @@ pub fn sync_backward_dispatches(
         &kernel(ctx, "backward_dx"),
         Some(&params),
         &[
-            (X, x),
-            (Y, y),
-            (DY, dy),
-            (SAVED, saved),
+            (X, b.x),
+            (Y, b.y),
+            (DY, b.dy),
+            (SAVED, b.saved),
             (DGAMMA, global_dgamma),
             (DBETA, global_dbeta),
-            (DX, dx),
-            (GAMMA, gamma),
+            (DX, b.dx),
+            (GAMMA, b.gamma),
         ],
-        element_grid(ctx, n, d),
+        element_grid(ctx, pass.n, pass.d),
     )?;
     Ok([vec![reduce], vec![dx]])
 }

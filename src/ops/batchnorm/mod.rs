@@ -9,12 +9,14 @@
 //!
 //! | file | what |
 //! |---|---|
+//! | `config.rs` | [`BatchNormConfig`]: eps and momentum, plain settings |
 //! | `reference.rs` | the CPU reference: the specification, in plain loops |
 //! | `launch.rs` | the kernels' parameters, bindings and dispatch builders |
 //! | `node.rs` | the graph ops (forward with fused ReLU and dropout, backward) |
 //! | `tensor.rs` | the op on GPU tensors of its own ([`GpuBatchNorm`]) |
 //! | `tests.rs` | the kernels against the reference on awkward shapes |
 
+mod config;
 mod launch;
 mod node;
 mod reference;
@@ -22,34 +24,18 @@ mod tensor;
 #[cfg(test)]
 mod tests;
 
+pub use config::BatchNormConfig;
 pub use launch::{
-    LayerBindings, ONE_PASS_MAX_ROWS, backward_dispatches, eval_dispatch, sync_backward_dispatches,
-    sync_train_dispatches, train_dispatches,
+    BackwardBindings, ForwardBindings, LayerBindings, ONE_PASS_MAX_ROWS, Pass, backward_dispatches,
+    eval_dispatch, sync_backward_dispatches, sync_train_dispatches, train_dispatches,
 };
-pub use node::{BatchNormBackwardOp, BatchNormOp};
+pub use node::{BatchNormBackwardOp, BatchNormLayer, BatchNormOp, FoldedDropout};
 pub use reference::{
-    Gradients, check_train_batch, reference_backward, reference_eval, reference_train,
+    Affine, Gradients, check_train_batch, reference_backward, reference_eval, reference_train,
 };
-pub use tensor::GpuBatchNorm;
+pub use tensor::{ForwardTensors, GpuBatchNorm};
 
 use super::dropout::{DropProbability, MaskStream};
-
-/// `eps` and `momentum` as `torch.nn.BatchNorm1d` takes them.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BatchNormConfig {
-    pub eps: f32,
-    /// `None`: running statistics are the cumulative average of all batches.
-    pub momentum: Option<f32>,
-}
-
-impl Default for BatchNormConfig {
-    fn default() -> Self {
-        Self {
-            eps: 1e-5,
-            momentum: Some(0.1),
-        }
-    }
-}
 
 /// Running statistics and their batch counter, as in BatchNorm1d's state_dict.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,30 +1,57 @@
 //! BatchNorm1d as graph nodes: the forward (train: batch statistics, running update, saved
 //! mean and 1/std; eval: running statistics), with a ReLU and, after it, a dropout fused in,
-//! and its backward through both.
+//! and its backward through both. The layer's running statistics are state buffers it
+//! declares when it lowers (`nn::BatchNorm1d`): [running_mean; running_var] and
+//! num_batches_tracked.
 
 use std::any::Any;
 use std::sync::Arc;
 
 use super::launch::{
-    LayerBindings, backward_dispatches, eval_dispatch, sync_backward_dispatches,
-    sync_train_dispatches, train_dispatches,
+    BackwardBindings, ForwardBindings, LayerBindings, Pass, backward_dispatches, eval_dispatch,
+    sync_backward_dispatches, sync_train_dispatches, train_dispatches,
 };
-use super::{FusedDropout, Saved, reference_backward, reference_eval, reference_train};
-use crate::exec::gpu::{Exchange, Region};
-use crate::exec::{CpuCx, GpuCx};
-use crate::gpu::GpuError;
-use crate::graph::{Autodiff, FoldedDropout, Mode, Node, Op, ParamId, ValueId};
+use super::{
+    Affine, BatchNormConfig, FusedDropout, RunningStats, Saved, reference_backward, reference_eval,
+    reference_train,
+};
+use crate::gpu::{Binding, GpuError};
+use crate::graph::{
+    Autodiff, BufferId, BufferValues, CpuCx, CpuError, Exchange, GpuCx, HostState, Mode, Node, Op,
+    ParamId, Region, ValueId,
+};
 use crate::ops::activation::ActivationOp;
-use crate::ops::dropout::{self, DropoutOp};
+use crate::ops::dropout::{self, DropProbability, DropoutOp, MaskStream};
 use crate::ops::reduce;
+
+/// One BatchNorm1d layer as its nodes see it: its size and options, its parameters and its
+/// state buffers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormLayer {
+    pub features: usize,
+    pub config: BatchNormConfig,
+    pub gamma: ParamId,
+    pub beta: ParamId,
+    /// [running_mean; running_var], 2·features floats.
+    pub running: BufferId,
+    /// num_batches_tracked.
+    pub counter: BufferId,
+}
+
+/// A dropout folded into the batch norm before it (BatchNorm1d → ReLU → Dropout): its
+/// probability and mask stream (the Dropout layer's index).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FoldedDropout {
+    pub p: DropProbability,
+    pub stream: u32,
+}
 
 /// (x) → (y, saved). Train: batch statistics, running-stat update, saved = [mean; invstd].
 /// Eval: running statistics; `saved` is not produced. A folded dropout (only after the
 /// fused ReLU) applies in train mode: y is then the dropout's output.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormOp {
-    /// Index of the layer's state in `Graph::batch_norms`.
-    pub bn: usize,
+    pub layer: BatchNormLayer,
     pub relu: bool,
     pub dropout: Option<FoldedDropout>,
 }
@@ -35,30 +62,60 @@ pub struct BatchNormOp {
 /// ([`Op::absorb_column_sum`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormBackwardOp {
-    pub bn: usize,
+    pub layer: BatchNormLayer,
     pub relu: bool,
     pub dropout: Option<FoldedDropout>,
     pub bias_grad: Option<ParamId>,
 }
 
-fn fused(cx_seed: u64, dropout: Option<FoldedDropout>) -> Option<FusedDropout> {
-    dropout.map(|d| FusedDropout {
-        p: d.p,
-        stream: dropout::MaskStream {
-            seed: cx_seed,
-            layer: d.stream,
-        },
-    })
+/// The pass a node's kernels run over `n` rows.
+fn pass(
+    layer: &BatchNormLayer,
+    n: usize,
+    relu: bool,
+    dropout: Option<FoldedDropout>,
+    seed: u64,
+) -> Pass {
+    Pass {
+        n,
+        d: layer.features,
+        config: layer.config,
+        relu,
+        dropout: dropout.map(|d| FusedDropout {
+            p: d.p,
+            stream: MaskStream::new(seed, d.stream),
+        }),
+    }
+}
+
+/// The layer's running statistics, out of the host state's buffers.
+fn running_stats(state: &HostState, layer: &BatchNormLayer) -> RunningStats {
+    let d = layer.features;
+    let floats = state.buffers[layer.running.0].f32s().unwrap_or(&[]);
+    let count = match &state.buffers[layer.counter.0] {
+        BufferValues::Count(c) => c.first().copied().unwrap_or(0),
+        BufferValues::F32(_) => 0,
+    };
+    RunningStats {
+        mean: floats.get(..d).unwrap_or(&[]).to_vec(),
+        var: floats.get(d..2 * d).unwrap_or(&[]).to_vec(),
+        num_batches_tracked: count,
+    }
+}
+
+/// Writes the layer's running statistics back into the host state's buffers.
+fn store_running_stats(state: &mut HostState, layer: &BatchNormLayer, stats: RunningStats) {
+    state.buffers[layer.running.0] = BufferValues::F32([stats.mean, stats.var].concat());
+    state.buffers[layer.counter.0] = BufferValues::Count(vec![stats.num_batches_tracked]);
 }
 
 impl BatchNormOp {
-    fn layer<'a>(&self, cx: &GpuCx<'a, '_>) -> LayerBindings<'a> {
-        let info = &cx.graph.batch_norms[self.bn];
+    fn bindings<'a>(&self, cx: &GpuCx<'a, '_>) -> LayerBindings<'a> {
         LayerBindings {
-            gamma: cx.param(info.gamma),
-            beta: cx.param(info.beta),
-            running: cx.state.running_binding(self.bn, info.features),
-            num_batches_tracked: cx.state.counter_binding(self.bn),
+            gamma: cx.param(self.layer.gamma),
+            beta: cx.param(self.layer.beta),
+            running: cx.buffer(self.layer.running),
+            num_batches_tracked: cx.buffer(self.layer.counter),
             step: cx.step,
         }
     }
@@ -84,7 +141,7 @@ impl Op for BatchNormOp {
         // Always run: it also gives dγ and dβ.
         let (x, y, saved) = (node.inputs[0], node.outputs[0], node.outputs[1]);
         let op = BatchNormBackwardOp {
-            bn: self.bn,
+            layer: self.layer,
             relu: self.relu,
             dropout: self.dropout,
             bias_grad: None,
@@ -92,100 +149,65 @@ impl Op for BatchNormOp {
         Some(ad.push_gradient(op, vec![x, y, dy, saved], x))
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        let info = &cx.graph.batch_norms[self.bn];
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
+        let layer = &self.layer;
         let x = cx.input(node, 0);
-        let gamma = &cx.state.params[info.gamma.0];
-        let beta = &cx.state.params[info.beta.0];
-        match cx.mode {
+        let mut running = running_stats(cx.state, layer);
+        let params = &cx.state.params;
+        let affine = Affine {
+            gamma: &params[layer.gamma.0],
+            beta: &params[layer.beta.0],
+            config: layer.config,
+            relu: self.relu,
+        };
+        Ok(match cx.mode {
             Mode::Train => {
                 let rows = cx.input_shape(node, 0).0;
-                let (y, saved) = reference_train(
-                    x,
-                    rows,
-                    info.features,
-                    gamma,
-                    beta,
-                    info.config,
-                    &mut cx.state.running[self.bn],
-                    self.relu,
-                );
+                let (y, saved) = reference_train(x, (rows, layer.features), affine, &mut running);
+                store_running_stats(cx.state, layer, running);
                 let y = match self.dropout {
-                    Some(d) => dropout::reference(&y, d.p, cx.stream(d.stream), cx.step()),
+                    Some(d) => {
+                        let stream = MaskStream::new(cx.seed, d.stream);
+                        dropout::reference(&y, d.p, stream, cx.step())
+                    }
                     None => y,
                 };
                 vec![y, [saved.mean, saved.invstd].concat()]
             }
-            Mode::Eval => {
-                let running = &cx.state.running[self.bn];
-                let y = reference_eval(
-                    x,
-                    info.features,
-                    gamma,
-                    beta,
-                    info.config,
-                    running,
-                    self.relu,
-                );
-                vec![y]
-            }
-        }
+            Mode::Eval => vec![reference_eval(x, layer.features, affine, &running)],
+        })
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
-        let info = &cx.graph.batch_norms[self.bn];
-        let (n, d) = (cx.input_shape(node, 0).0, info.features);
-        let layer = self.layer(cx);
+        let n = cx.input_shape(node, 0).0;
+        let pass = pass(&self.layer, n, self.relu, self.dropout, cx.seed);
+        let layer = self.bindings(cx);
         match cx.mode {
-            Mode::Train if cx.parallel.sync_bn => {
-                let saved = cx.output(node, 1);
-                let [before, after] = sync_train_dispatches(
-                    cx.ctx,
-                    n,
-                    d,
-                    n * cx.parallel.ranks,
-                    info.config,
-                    self.relu,
-                    fused(cx.seed, self.dropout),
-                    layer,
-                    cx.input(node, 0),
-                    saved,
-                    cx.output(node, 0),
-                )?;
-                before.into_iter().for_each(|d| cx.push(d));
-                cx.exchange(Exchange::BatchNormMoments {
-                    saved: Region::of(saved),
-                    rows: n,
-                    features: d,
-                });
-                after.into_iter().for_each(|d| cx.push(d));
-            }
             Mode::Train => {
-                let dispatches = train_dispatches(
-                    cx.ctx,
-                    n,
-                    d,
-                    info.config,
-                    self.relu,
-                    fused(cx.seed, self.dropout),
+                let bindings = ForwardBindings {
                     layer,
-                    cx.input(node, 0),
-                    cx.output(node, 1),
-                    cx.output(node, 0),
-                )?;
-                dispatches.into_iter().for_each(|d| cx.push(d));
+                    x: cx.input(node, 0),
+                    saved: cx.output(node, 1),
+                    y: cx.output(node, 0),
+                };
+                if cx.parallel.sync_bn {
+                    let total = n * cx.parallel.ranks;
+                    let [before, after] = sync_train_dispatches(cx.ctx, &pass, total, bindings)?;
+                    before.into_iter().for_each(|d| cx.push(d));
+                    cx.exchange(Exchange::Moments {
+                        saved: Region::of(bindings.saved),
+                        rows: n,
+                        features: pass.d,
+                    });
+                    after.into_iter().for_each(|d| cx.push(d));
+                } else {
+                    let dispatches = train_dispatches(cx.ctx, &pass, bindings)?;
+                    dispatches.into_iter().for_each(|d| cx.push(d));
+                }
             }
             Mode::Eval => {
-                let dispatch = eval_dispatch(
-                    cx.ctx,
-                    n,
-                    d,
-                    info.config,
-                    self.relu,
-                    layer,
-                    cx.input(node, 0),
-                    cx.output(node, 0),
-                )?;
+                let (x, y) = (cx.input(node, 0), cx.output(node, 0));
+                let dispatch = eval_dispatch(cx.ctx, &pass, layer, x, y)?;
                 cx.push(dispatch);
             }
         }
@@ -220,41 +242,41 @@ impl Op for BatchNormOp {
 }
 
 impl BatchNormBackwardOp {
+    fn bindings<'a>(&self, node: &Node, cx: &GpuCx<'a, '_>) -> BackwardBindings<'a> {
+        BackwardBindings {
+            x: cx.input(node, 0),
+            y: cx.input(node, 1),
+            dy: cx.input(node, 2),
+            saved: cx.input(node, 3),
+            gamma: cx.param(self.layer.gamma),
+            dgamma: cx.grad(self.layer.gamma),
+            dbeta: cx.grad(self.layer.beta),
+            dx: cx.output(node, 0),
+            dbias: self.bias_grad.map(|b| cx.grad(b)),
+        }
+    }
+
     /// SyncBatchNorm: dx from Σdy and Σdy·x̂ over every rank's batch.
     fn encode_sync(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
-        let info = &cx.graph.batch_norms[self.bn];
-        let (n, d) = (cx.input_shape(node, 0).0, info.features);
+        let n = cx.input_shape(node, 0).0;
+        let pass = pass(&self.layer, n, self.relu, self.dropout, cx.seed);
+        let d = pass.d;
         let sums = [
             cx.scratch_buffer("sync batch norm Σdy", (d * 4) as u64)?,
             cx.scratch_buffer("sync batch norm Σdy·x̂", (d * 4) as u64)?,
         ];
-        let (dgamma, dbeta) = (cx.grad(info.gamma), cx.grad(info.beta));
-        let [before, after] = sync_backward_dispatches(
-            cx.ctx,
-            n,
-            d,
-            n * cx.parallel.ranks,
-            self.relu,
-            fused(cx.seed, self.dropout),
-            cx.input(node, 0),
-            cx.input(node, 1),
-            cx.input(node, 2),
-            cx.input(node, 3),
-            cx.param(info.gamma),
-            dgamma,
-            dbeta,
-            [&sums[0], &sums[1]],
-            cx.output(node, 0),
-        )?;
+        let bindings = self.bindings(node, cx);
+        let total = n * cx.parallel.ranks;
+        let [before, after] =
+            sync_backward_dispatches(cx.ctx, &pass, total, bindings, [&sums[0], &sums[1]])?;
         before.into_iter().for_each(|d| cx.push(d));
-        cx.exchange(Exchange::BatchNormGradSums {
-            dbeta: Region::of(dbeta),
-            dgamma: Region::of(dgamma),
-            sums: sums.map(|b| Region::of(crate::gpu::Binding::whole(&b))),
+        cx.exchange(Exchange::Sum {
+            reads: vec![Region::of(bindings.dbeta), Region::of(bindings.dgamma)],
+            writes: sums.iter().map(|b| Region::of(Binding::whole(b))).collect(),
         });
         after.into_iter().for_each(|d| cx.push(d));
-        if let Some(b) = self.bias_grad {
-            let sum = reduce::column_sum_dispatch(cx.ctx, n, d, cx.output(node, 0), cx.grad(b))?;
+        if let Some(dbias) = bindings.dbias {
+            let sum = reduce::column_sum_dispatch(cx.ctx, n, d, bindings.dx, dbias)?;
             cx.push(sum);
         }
         Ok(())
@@ -274,9 +296,9 @@ impl Op for BatchNormBackwardOp {
         None
     }
 
-    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Vec<Vec<f32>> {
-        let info = &cx.graph.batch_norms[self.bn];
-        let d = info.features;
+    fn run_cpu(&self, node: &Node, cx: &mut CpuCx<'_>) -> Result<Vec<Vec<f32>>, CpuError> {
+        let layer = &self.layer;
+        let d = layer.features;
         let s = cx.input(node, 3);
         let saved = Saved {
             mean: s[..d].to_vec(),
@@ -287,7 +309,10 @@ impl Op for BatchNormBackwardOp {
         // output would.
         let y = cx.input(node, 1);
         let dy = match self.dropout {
-            Some(f) => dropout::reference(cx.input(node, 2), f.p, cx.stream(f.stream), cx.step()),
+            Some(f) => {
+                let stream = MaskStream::new(cx.seed, f.stream);
+                dropout::reference(cx.input(node, 2), f.p, stream, cx.step())
+            }
             None => cx.input(node, 2).to_vec(),
         };
         let grads = reference_backward(
@@ -295,39 +320,25 @@ impl Op for BatchNormBackwardOp {
             &dy,
             cx.input_shape(node, 0).0,
             d,
-            &cx.state.params[info.gamma.0],
+            &cx.state.params[layer.gamma.0],
             &saved,
             self.relu.then_some(y),
         );
-        cx.grads[info.gamma.0] = grads.dgamma;
-        cx.grads[info.beta.0] = grads.dbeta;
+        cx.grads[layer.gamma.0] = grads.dgamma;
+        cx.grads[layer.beta.0] = grads.dbeta;
         if let Some(b) = self.bias_grad {
             cx.grads[b.0] = reduce::reference_column_sum(&grads.dx, d);
         }
-        vec![grads.dx]
+        Ok(vec![grads.dx])
     }
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
-        let info = &cx.graph.batch_norms[self.bn];
         if cx.parallel.sync_bn {
             return self.encode_sync(node, cx);
         }
-        let dispatches = backward_dispatches(
-            cx.ctx,
-            cx.input_shape(node, 0).0,
-            info.features,
-            self.relu,
-            fused(cx.seed, self.dropout),
-            cx.input(node, 0),
-            cx.input(node, 1),
-            cx.input(node, 2),
-            cx.input(node, 3),
-            cx.param(info.gamma),
-            cx.grad(info.gamma),
-            cx.grad(info.beta),
-            cx.output(node, 0),
-            self.bias_grad.map(|b| cx.grad(b)),
-        )?;
+        let n = cx.input_shape(node, 0).0;
+        let pass = pass(&self.layer, n, self.relu, self.dropout, cx.seed);
+        let dispatches = backward_dispatches(cx.ctx, &pass, self.bindings(node, cx))?;
         dispatches.into_iter().for_each(|d| cx.push(d));
         Ok(())
     }

@@ -12,18 +12,29 @@ pub fn check_train_batch(shape: &[usize]) -> Result<(), OpError> {
     Ok(())
 }
 
+/// A layer as the reference normalizes with it: γ and β (\[d\] each), its options, and
+/// whether a ReLU follows.
+#[derive(Clone, Copy, Debug)]
+pub struct Affine<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub config: BatchNormConfig,
+    pub relu: bool,
+}
+
 /// CPU reference, train mode. x: [n, d] → y: [n, d]; updates `running`.
-#[allow(clippy::too_many_arguments)]
 pub fn reference_train(
     x: &[f32],
-    n: usize,
-    d: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    config: BatchNormConfig,
+    (n, d): (usize, usize),
+    layer: Affine<'_>,
     running: &mut RunningStats,
-    relu: bool,
 ) -> (Vec<f32>, Saved) {
+    let Affine {
+        gamma,
+        beta,
+        config,
+        relu,
+    } = layer;
     let mut saved = Saved {
         mean: vec![0.0; d],
         invstd: vec![0.0; d],
@@ -51,15 +62,13 @@ pub fn reference_train(
 }
 
 /// CPU reference, eval mode: normalizes with the running statistics.
-pub fn reference_eval(
-    x: &[f32],
-    d: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    config: BatchNormConfig,
-    running: &RunningStats,
-    relu: bool,
-) -> Vec<f32> {
+pub fn reference_eval(x: &[f32], d: usize, layer: Affine<'_>, running: &RunningStats) -> Vec<f32> {
+    let Affine {
+        gamma,
+        beta,
+        config,
+        relu,
+    } = layer;
     let invstd: Vec<f32> = running
         .var
         .iter()

@@ -1,11 +1,23 @@
 //! BatchNorm1d on GPU tensors of its own, outside a plan: for tests, benchmarks and users
 //! of the op alone.
 
-use super::launch::{LayerBindings, backward_dispatches, eval_dispatch, train_dispatches};
+use super::launch::{
+    BackwardBindings, ForwardBindings, LayerBindings, Pass, backward_dispatches, eval_dispatch,
+    train_dispatches,
+};
 use super::{BatchNormConfig, FusedDropout, RunningStats, check_train_batch};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::ops::step::{StepBuffer, StepParams};
 use crate::ops::{OpError, expect_matrix, expect_shape};
+
+/// What the train-mode forward left for the backward: its input, its output and the saved
+/// [mean; invstd].
+#[derive(Clone, Copy)]
+pub struct ForwardTensors<'t> {
+    pub x: &'t GpuTensor,
+    pub y: &'t GpuTensor,
+    pub saved: &'t GpuTensor,
+}
 
 /// A BatchNorm1d layer's state on the GPU, for running the op on its own.
 pub struct GpuBatchNorm {
@@ -74,18 +86,14 @@ impl GpuBatchNorm {
         let saved = GpuTensor::zeros(ctx, &[2, d], "bn.saved")?;
         let y = GpuTensor::zeros(ctx, &[n, d], "bn.y")?;
         self.steps.write(ctx, &StepParams::at_step(step));
-        let dispatches = train_dispatches(
-            ctx,
-            n,
-            d,
-            self.config,
-            relu,
-            dropout,
-            self.bindings(),
-            x.binding(),
-            saved.binding(),
-            y.binding(),
-        )?;
+        let pass = self.pass(n, relu, dropout);
+        let bindings = ForwardBindings {
+            layer: self.bindings(),
+            x: x.binding(),
+            saved: saved.binding(),
+            y: y.binding(),
+        };
+        let dispatches = train_dispatches(ctx, &pass, bindings)?;
         ctx.submit(&dispatches.iter().collect::<Vec<_>>());
         Ok((y, saved))
     }
@@ -99,53 +107,40 @@ impl GpuBatchNorm {
     ) -> Result<GpuTensor, OpError> {
         let (n, d) = self.check_input(x)?;
         let y = GpuTensor::zeros(ctx, &[n, d], "bn.y")?;
-        let dispatch = eval_dispatch(
-            ctx,
-            n,
-            d,
-            self.config,
-            relu,
-            self.bindings(),
-            x.binding(),
-            y.binding(),
-        )?;
+        let pass = self.pass(n, relu, None);
+        let dispatch = eval_dispatch(ctx, &pass, self.bindings(), x.binding(), y.binding())?;
         ctx.submit(&[&dispatch]);
         Ok(y)
     }
 
-    /// Backward of [`forward_train`](Self::forward_train): (dx, dγ, dβ).
-    #[allow(clippy::too_many_arguments)]
+    /// Backward of [`forward_train`](Self::forward_train) (with the same `relu` and
+    /// `dropout`): (dx, dγ, dβ).
     pub fn backward(
         &self,
         ctx: &GpuContext,
-        x: &GpuTensor,
-        y: &GpuTensor,
+        forward: ForwardTensors<'_>,
         dy: &GpuTensor,
-        saved: &GpuTensor,
         relu: bool,
         dropout: Option<FusedDropout>,
     ) -> Result<(GpuTensor, GpuTensor, GpuTensor), OpError> {
+        let ForwardTensors { x, y, saved } = forward;
         let (n, d) = self.check_input(x)?;
         expect_shape("batch norm backward", "grad_output", dy.shape(), &[n, d])?;
         let dx = GpuTensor::zeros(ctx, &[n, d], "bn.dx")?;
         let dgamma = GpuTensor::zeros(ctx, &[d], "bn.dweight")?;
         let dbeta = GpuTensor::zeros(ctx, &[d], "bn.dbias")?;
-        let dispatches = backward_dispatches(
-            ctx,
-            n,
-            d,
-            relu,
-            dropout,
-            x.binding(),
-            y.binding(),
-            dy.binding(),
-            saved.binding(),
-            self.gamma.binding(),
-            dgamma.binding(),
-            dbeta.binding(),
-            dx.binding(),
-            None,
-        )?;
+        let bindings = BackwardBindings {
+            x: x.binding(),
+            y: y.binding(),
+            dy: dy.binding(),
+            saved: saved.binding(),
+            gamma: self.gamma.binding(),
+            dgamma: dgamma.binding(),
+            dbeta: dbeta.binding(),
+            dx: dx.binding(),
+            dbias: None,
+        };
+        let dispatches = backward_dispatches(ctx, &self.pass(n, relu, dropout), bindings)?;
         ctx.submit(&dispatches.iter().collect::<Vec<_>>());
         Ok((dx, dgamma, dbeta))
     }
@@ -160,6 +155,16 @@ impl GpuBatchNorm {
             var: stats[d..].to_vec(),
             num_batches_tracked: u64::from(count[0]),
         })
+    }
+
+    fn pass(&self, n: usize, relu: bool, dropout: Option<FusedDropout>) -> Pass {
+        Pass {
+            n,
+            d: self.features,
+            config: self.config,
+            relu,
+            dropout,
+        }
     }
 
     fn check_input(&self, x: &GpuTensor) -> Result<(usize, usize), OpError> {

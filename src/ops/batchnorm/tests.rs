@@ -84,13 +84,14 @@ fn check_train_on(
 
     let (y, saved) = reference_train(
         &c.x,
-        c.n,
-        c.d,
-        &c.gamma,
-        &c.beta,
-        config,
+        (c.n, c.d),
+        Affine {
+            gamma: &c.gamma,
+            beta: &c.beta,
+            config,
+            relu,
+        },
         &mut running,
-        relu,
     );
     let y = drop(&y);
     assert_close(&format!("{label} y"), &gy.read(ctx).unwrap(), &y, tol);
@@ -126,7 +127,17 @@ fn check_train_on(
     let dy = uniform(99, c.n * c.d, -1.0, 1.0);
     let gdy = GpuTensor::from_slice(ctx, &dy, &[c.n, c.d], "dy").unwrap();
     let (gdx, gdgamma, gdbeta) = bn
-        .backward(ctx, &gx, &gy, &gdy, &gsaved, relu, dropout)
+        .backward(
+            ctx,
+            ForwardTensors {
+                x: &gx,
+                y: &gy,
+                saved: &gsaved,
+            },
+            &gdy,
+            relu,
+            dropout,
+        )
         .unwrap();
     let want = reference_backward(
         &c.x,
@@ -158,7 +169,17 @@ fn check_train_on(
     );
 
     let yeval = bn.forward_eval(ctx, &gx, relu).unwrap();
-    let want_eval = reference_eval(&c.x, c.d, &c.gamma, &c.beta, config, &running, relu);
+    let want_eval = reference_eval(
+        &c.x,
+        c.d,
+        Affine {
+            gamma: &c.gamma,
+            beta: &c.beta,
+            config,
+            relu,
+        },
+        &running,
+    );
     assert_close(
         &format!("{label} eval y"),
         &yeval.read(ctx).unwrap(),
@@ -223,13 +244,14 @@ fn large_mean_small_spread_keeps_its_variance() {
         let mut running = RunningStats::new(d);
         let (y, saved) = reference_train(
             &c.x,
-            n,
-            d,
-            &c.gamma,
-            &c.beta,
-            BatchNormConfig::default(),
+            (n, d),
+            Affine {
+                gamma: &c.gamma,
+                beta: &c.beta,
+                config: BatchNormConfig::default(),
+                relu: false,
+            },
             &mut running,
-            false,
         );
         let s: Vec<f32> = gsaved.read(ctx).unwrap();
         // invstd ≈ 100: 0.1 % agreement means the variance kept three digits.
@@ -280,13 +302,14 @@ fn reference_gradients_match_finite_differences() {
         let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
             let (y, _) = reference_train(
                 x,
-                n,
-                d,
-                gamma,
-                beta,
-                config,
+                (n, d),
+                Affine {
+                    gamma,
+                    beta,
+                    config,
+                    relu,
+                },
                 &mut RunningStats::new(d),
-                relu,
             );
             y.iter()
                 .zip(&w)
@@ -295,13 +318,14 @@ fn reference_gradients_match_finite_differences() {
         };
         let (y, saved) = reference_train(
             &c.x,
-            n,
-            d,
-            &c.gamma,
-            &c.beta,
-            config,
+            (n, d),
+            Affine {
+                gamma: &c.gamma,
+                beta: &c.beta,
+                config,
+                relu,
+            },
             &mut RunningStats::new(d),
-            relu,
         );
         let g = reference_backward(&c.x, &w, n, d, &c.gamma, &saved, relu.then_some(&y[..]));
         let h = 1e-3f32;
@@ -362,7 +386,17 @@ fn the_fused_relu_keeps_nan_as_pytorch() {
         let bn = GpuBatchNorm::new(ctx, &c.gamma, &c.beta, &running, config).unwrap();
         let gx = GpuTensor::from_slice(ctx, &x, &[c.n, c.d], "x").unwrap();
         let eval: Vec<f32> = bn.forward_eval(ctx, &gx, true).unwrap().read(ctx).unwrap();
-        let want = reference_eval(&x, c.d, &c.gamma, &c.beta, config, &running, true);
+        let want = reference_eval(
+            &x,
+            c.d,
+            Affine {
+                gamma: &c.gamma,
+                beta: &c.beta,
+                config,
+                relu: true,
+            },
+            &running,
+        );
         assert!(eval[c.d + 2].is_nan() && want[c.d + 2].is_nan(), "{eval:?}");
         assert_close(
             "bn eval relu with NaN",
@@ -401,23 +435,25 @@ fn the_bias_gradient_summed_in_the_backward_is_the_column_sum_of_dx() {
             let run = |summed_inside: bool| {
                 let zeros = |len: usize| GpuTensor::zeros(ctx, &[len], "out").unwrap();
                 let (dx, dgamma, dbeta, dbias) = (zeros(n * d), zeros(d), zeros(d), zeros(d));
-                let mut list = backward_dispatches(
-                    ctx,
+                let pass = Pass {
                     n,
                     d,
-                    true,
-                    None,
-                    gx.binding(),
-                    gy.binding(),
-                    gdy.binding(),
-                    gsaved.binding(),
-                    bn.gamma.binding(),
-                    dgamma.binding(),
-                    dbeta.binding(),
-                    dx.binding(),
-                    summed_inside.then(|| dbias.binding()),
-                )
-                .unwrap();
+                    config,
+                    relu: true,
+                    dropout: None,
+                };
+                let bindings = BackwardBindings {
+                    x: gx.binding(),
+                    y: gy.binding(),
+                    dy: gdy.binding(),
+                    saved: gsaved.binding(),
+                    gamma: bn.gamma.binding(),
+                    dgamma: dgamma.binding(),
+                    dbeta: dbeta.binding(),
+                    dx: dx.binding(),
+                    dbias: summed_inside.then(|| dbias.binding()),
+                };
+                let mut list = backward_dispatches(ctx, &pass, bindings).unwrap();
                 if !summed_inside {
                     list.push(
                         column_sum_dispatch(ctx, n, d, dx.binding(), dbias.binding()).unwrap(),
@@ -461,41 +497,37 @@ fn one_pass_row_parallel_kernels_match_the_two_pass_ones_bit_for_bit() {
                 let gdy = GpuTensor::from_slice(ctx, &dy, &[n, d], "dy").unwrap();
                 let zeros = |len: usize| GpuTensor::zeros(ctx, &[len], "out").unwrap();
                 let (y, saved) = (zeros(n * d), zeros(2 * d));
-                let forward = train_passes(
-                    ctx,
+                let pass = Pass {
                     n,
                     d,
                     config,
-                    true,
+                    relu: true,
                     dropout,
-                    bn.bindings(),
-                    [gx.binding(), saved.binding(), y.binding()],
-                    one_pass,
-                )
-                .unwrap();
+                };
+                let bindings = ForwardBindings {
+                    layer: bn.bindings(),
+                    x: gx.binding(),
+                    saved: saved.binding(),
+                    y: y.binding(),
+                };
+                let forward = train_passes(ctx, &pass, bindings, one_pass).unwrap();
                 assert_eq!(forward.len(), if one_pass { 1 } else { 2 });
                 ctx.submit(&forward.iter().collect::<Vec<_>>());
                 let mut out = vec![bits(ctx, &y), bits(ctx, &saved), bits(ctx, &bn.running)];
                 for with_bias in [false, true] {
                     let (dx, dgamma, dbeta, dbias) = (zeros(n * d), zeros(d), zeros(d), zeros(d));
-                    let mut list = backward_passes(
-                        ctx,
-                        n,
-                        d,
-                        true,
-                        dropout,
-                        [
-                            gx.binding(),
-                            y.binding(),
-                            gdy.binding(),
-                            saved.binding(),
-                            bn.gamma.binding(),
-                        ],
-                        [dgamma.binding(), dbeta.binding(), dx.binding()],
-                        with_bias.then(|| dbias.binding()),
-                        one_pass,
-                    )
-                    .unwrap();
+                    let bindings = BackwardBindings {
+                        x: gx.binding(),
+                        y: y.binding(),
+                        dy: gdy.binding(),
+                        saved: saved.binding(),
+                        gamma: bn.gamma.binding(),
+                        dgamma: dgamma.binding(),
+                        dbeta: dbeta.binding(),
+                        dx: dx.binding(),
+                        dbias: with_bias.then(|| dbias.binding()),
+                    };
+                    let mut list = backward_passes(ctx, &pass, bindings, one_pass).unwrap();
                     if with_bias && !one_pass {
                         list.push(
                             column_sum_dispatch(ctx, n, d, dx.binding(), dbias.binding()).unwrap(),

@@ -1,16 +1,15 @@
-//! From a Sequential, a loss and an optimizer to a graph, inferring every shape.
+//! From a Sequential, a loss and an optimizer to a graph, inferring every shape: each layer
+//! lowers itself (its [`Module::lower`](super::Module::lower)), the loss and the metrics
+//! follow, fusion rules run, autodiff appends the backward and the optimizer's update.
 
 use std::sync::Arc;
 
-use super::{
-    BatchNormState, BuildError, ConstId, Constant, Graph, Init, Mode, Node, Op, Param, ParamId,
-    Phase, Value, ValueId, ValueKind, autodiff, fusion,
-};
+use super::{Loss, Sequential};
 use crate::data::Transform;
-use crate::nn::{Loss, Sequential};
+use crate::graph::{self, BuildError, Graph, Lowering, Mode, Node, Phase, ValueKind};
 use crate::ops::preprocess::PreprocessOp;
 use crate::ops::reduce::MetricsOp;
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, OptimizerStep};
 
 /// Builds the graph of `model` for batches of `batch_size` samples shaped `sample_shape`.
 /// Shape errors name the layer and both shapes.
@@ -45,82 +44,75 @@ pub fn build_with(
     optimizer
         .validate()
         .map_err(|e| BuildError::Config(e.to_string()))?;
-    let features: usize = sample_shape.iter().product();
-    let mut b = Lowering {
-        batch_size,
-        // The logical shape PyTorch would see; values themselves are always [N, features].
-        shape: std::iter::once(batch_size)
-            .chain(sample_shape.iter().copied())
-            .collect(),
-        x: ValueId(0),
-        index: 0,
-        kind: "",
-        values: Vec::new(),
-        nodes: Vec::new(),
-        params: Vec::new(),
-        batch_norms: Vec::new(),
-        constants: Vec::new(),
-    };
-    let input = b.value(batch_size, features, ValueKind::Input);
-    b.x = input;
+    let mut b = Lowering::new(batch_size, sample_shape);
+    let input = b.input();
     if let Some(t) = preprocess {
         lower_preprocess(&mut b, t, sample_shape)?;
     }
     for (index, layer) in model.layers().iter().enumerate() {
-        (b.index, b.kind) = (index, layer.kind());
+        b.enter_layer(index, layer.kind());
         layer.lower(&mut b)?;
     }
-    let (shape, x) = (b.shape.clone(), b.x);
+    let (shape, logits) = (b.shape().to_vec(), b.input());
 
     if shape.len() != 2 {
         return Err(BuildError::Loss(format!(
             "the model's output has shape {shape:?}; the loss needs [N, classes] (add Flatten and Linear)"
         )));
     }
-    let logits = x;
     let classes = shape[1];
     // One target per sample: a class index, or 0/1 for BCE.
     let target = b.value(batch_size, 1, ValueKind::Target);
     let rows = b.value(batch_size, 4, ValueKind::LossRows);
     let dlogits = b.value(batch_size, classes, ValueKind::Gradient);
-    let loss_op = loss.op(classes).map_err(BuildError::Loss)?;
-    b.nodes.push(Node {
+    let loss_op = loss.op(classes, &mut b).map_err(BuildError::Loss)?;
+    b.push_node(Node {
         op: loss_op,
         inputs: vec![logits, target],
         outputs: vec![rows, dlogits],
         phase: Phase::Forward,
         layer: None,
     });
-    b.nodes.push(Node {
+    b.push_node(Node {
         op: Arc::new(MetricsOp),
         inputs: vec![rows],
         outputs: vec![],
         phase: Phase::Forward,
         layer: None,
     });
+    let lowered = b.finish();
+    let mut nodes = lowered.nodes;
     // Linear → ReLU, BatchNorm → ReLU (→ Dropout), cross-entropy → metrics: see each op's
     // `absorb`.
-    fusion::fuse(&mut b.nodes);
+    graph::fuse(&mut nodes);
 
     let mut graph = Graph {
         batch_size,
         sample_shape: sample_shape.to_vec(),
-        values: b.values,
-        nodes: b.nodes,
-        params: b.params,
-        batch_norms: b.batch_norms,
-        constants: b.constants,
+        values: lowered.values,
+        nodes,
+        params: lowered.params,
+        buffers: lowered.buffers,
+        optimizer_states: optimizer.state_names().to_vec(),
+        constants: lowered.constants,
         preprocess: preprocess.cloned(),
-        loss: loss.clone(),
-        optimizer: *optimizer,
         input,
         target,
         logits,
         loss_rows: rows,
     };
-    autodiff::append_backward(&mut graph, dlogits);
+    graph::append_backward(&mut graph, dlogits);
+    graph.nodes.push(Node {
+        op: Arc::new(OptimizerStep {
+            optimizer: *optimizer,
+        }),
+        inputs: vec![],
+        outputs: vec![],
+        phase: Phase::Update,
+        layer: None,
+    });
     // A Linear's bias gradient summed by the batch norm backward that wrote its dy.
-    fusion::hand_off_column_sums(&mut graph.nodes);
+    graph::hand_off_column_sums(&mut graph.nodes);
     debug_assert!(
         graph
             .nodes_for(Mode::Eval)
@@ -151,14 +143,14 @@ fn lower_preprocess(
         .map(|d| b.constant("preprocess.divisor", d));
     let matrix = t.matrix.clone().map(|a| b.constant("preprocess.matrix", a));
     let (d, k) = (t.input_features(), t.output_features());
-    let x = b.x;
+    let x = b.input();
     let y = b.value(b.batch_size, k, ValueKind::Activation);
     let mut outputs = vec![y];
     if matrix.is_some() {
         // The centred input, read by the product within the same node.
         outputs.push(b.value(b.batch_size, d, ValueKind::Activation));
     }
-    b.nodes.push(Node {
+    b.push_node(Node {
         op: Arc::new(PreprocessOp {
             shift,
             divisor,
@@ -176,141 +168,15 @@ fn lower_preprocess(
     Ok(())
 }
 
-/// What a layer's [`Module::lower`](crate::nn::Module::lower) sees and extends: the shape
-/// PyTorch would see at this point of the Sequential, the value holding it, and the graph so
-/// far. Errors it makes name the layer (index and kind).
-pub struct Lowering {
-    pub batch_size: usize,
-    shape: Vec<usize>,
-    x: ValueId,
-    index: usize,
-    kind: &'static str,
-    values: Vec<Value>,
-    nodes: Vec<Node>,
-    params: Vec<Param>,
-    batch_norms: Vec<BatchNormState>,
-    constants: Vec<Constant>,
-}
-
-impl Lowering {
-    /// The logical shape of the layer's input, batch first (\[N, 3, 32, 32\], \[N, 64\]).
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// The value holding the layer's input.
-    pub fn input(&self) -> ValueId {
-        self.x
-    }
-
-    /// The layer's index in the Sequential (its state_dict prefix, its dropout stream).
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// The features of a flat input \[N, features\], or an error asking for a Flatten.
-    pub fn flat_features(&self) -> Result<usize, BuildError> {
-        match self.shape[..] {
-            [_, features] => Ok(features),
-            _ => Err(self.shape_error("[N, features] (add a Flatten before it)".into())),
-        }
-    }
-
-    /// Checks that the input is \[N, features\], naming both shapes otherwise.
-    pub fn expect_features(&self, features: usize) -> Result<(), BuildError> {
-        match self.shape[..] {
-            [_, f] if f == features => Ok(()),
-            [_, _] => Err(self.shape_error(format!("[N, {features}]"))),
-            _ => Err(self.shape_error(format!("[N, {features}] (add a Flatten before it)"))),
-        }
-    }
-
-    /// An error for an input of the wrong shape: what was `expected`, and what came.
-    pub fn shape_error(&self, expected: String) -> BuildError {
-        BuildError::Shape {
-            index: self.index,
-            kind: self.kind,
-            expected,
-            found: self.shape.clone(),
-        }
-    }
-
-    /// An error in the layer's own settings.
-    pub fn error(&self, message: String) -> BuildError {
-        BuildError::Layer {
-            index: self.index,
-            kind: self.kind,
-            message,
-        }
-    }
-
-    /// A learnable parameter of this layer, named `"{index}.{name}"` as in its state_dict.
-    pub fn param(&mut self, name: &str, shape: Vec<usize>, init: Init) -> ParamId {
-        self.params.push(Param {
-            name: format!("{}.{name}", self.index),
-            shape,
-            layer: self.index,
-            init,
-        });
-        ParamId(self.params.len() - 1)
-    }
-
-    /// A batch norm's non-learnable state (running statistics); returns its index.
-    pub fn batch_norm(&mut self, state: BatchNormState) -> usize {
-        self.batch_norms.push(state);
-        self.batch_norms.len() - 1
-    }
-
-    /// A fixed tensor its ops read (uploaded once, shared by every plan).
-    pub fn constant(&mut self, name: &str, data: Vec<f32>) -> ConstId {
-        self.constants.push(Constant {
-            name: name.to_string(),
-            data: Arc::new(data),
-        });
-        ConstId(self.constants.len() - 1)
-    }
-
-    /// A new value of the batch's rows and `cols` columns.
-    pub fn activation(&mut self, cols: usize) -> ValueId {
-        self.value(self.batch_size, cols, ValueKind::Activation)
-    }
-
-    /// A new value a forward saves for its backward, [rows, cols].
-    pub fn saved(&mut self, rows: usize, cols: usize) -> ValueId {
-        self.value(rows, cols, ValueKind::Saved)
-    }
-
-    /// Appends a forward node of this layer.
-    pub fn push(&mut self, op: impl Op, inputs: Vec<ValueId>, outputs: Vec<ValueId>) {
-        self.nodes.push(Node {
-            op: Arc::new(op),
-            inputs,
-            outputs,
-            phase: Phase::Forward,
-            layer: Some(self.index),
-        });
-    }
-
-    /// The layer's output: `value`, of logical shape `shape`.
-    pub fn set_output(&mut self, value: ValueId, shape: Vec<usize>) {
-        self.x = value;
-        self.shape = shape;
-    }
-
-    fn value(&mut self, rows: usize, cols: usize, kind: ValueKind) -> ValueId {
-        self.values.push(Value { rows, cols, kind });
-        ValueId(self.values.len() - 1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::FoldedDropout;
+    use crate::exec::cpu::CpuExecutor;
+    use crate::graph::HostState;
+    use crate::nn::CrossEntropyLoss;
     use crate::nn::{BCEWithLogitsLoss, BatchNorm1d, Dropout, Flatten, Linear, ReLU};
     use crate::ops::activation::ActivationOp;
-    use crate::ops::batchnorm::BatchNormBackwardOp;
-    use crate::ops::batchnorm::BatchNormOp;
+    use crate::ops::batchnorm::{BatchNormBackwardOp, BatchNormOp, FoldedDropout};
     use crate::ops::dropout::DropoutOp;
     use crate::ops::linear::{LinearGradInputOp, LinearGradParamsOp, LinearOp};
     use crate::ops::softmax_xent::CrossEntropyOp;
@@ -464,5 +330,47 @@ mod tests {
                 .is_some_and(ActivationOp::is_relu)
         );
         assert!(!forward.iter().any(|n| n.op_as::<DropoutOp>().is_some()));
+    }
+
+    /// The CPU reference graph's parameter gradients (autodiff through Linear, BatchNorm,
+    /// ReLU and cross-entropy) against central finite differences of its loss.
+    #[test]
+    fn whole_model_gradients_match_finite_differences() {
+        let model = Sequential::lecture_mlp(5, 3, 0.0);
+        // lr 0: a "training step" computes the gradients and leaves the parameters.
+        let sgd = Optimizer::Sgd(Sgd {
+            lr: 0.0,
+            ..Sgd::default()
+        });
+        let loss = Loss::CrossEntropy(CrossEntropyLoss::new());
+        let graph = build(&model, &loss, &sgd, &[5], 6).unwrap();
+        let state = HostState::init(&graph, 11);
+        let rebuild = Box::new(move |rows| build(&model, &loss, &sgd, &[5], rows));
+        let mut cpu = CpuExecutor::new(rebuild, graph, state, 0);
+        let x: Vec<f32> = (0..30)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let y = vec![0u32, 1, 2, 2, 1, 0];
+        cpu.run(Mode::Train, &x, &y).unwrap();
+        let grads = cpu.grads.clone();
+        // Small enough to stay on one side of the ReLUs, large enough for f32 losses.
+        let h = 1e-3f32;
+        for (p, grad) in grads.iter().enumerate() {
+            for i in [0, grad.len() / 2, grad.len() - 1] {
+                let mut at = |delta: f32| {
+                    cpu.state.params[p][i] += delta;
+                    let l = cpu.run(Mode::Train, &x, &y).unwrap().loss;
+                    cpu.state.params[p][i] -= delta;
+                    f64::from(l)
+                };
+                let fd = ((at(h) - at(-h)) / (2.0 * f64::from(h))) as f32;
+                let name = &cpu.graph.params[p].name;
+                assert!(
+                    (fd - grad[i]).abs() < 2e-3 + 2e-2 * grad[i].abs(),
+                    "{name}[{i}]: finite difference {fd}, autodiff {}",
+                    grad[i]
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,85 @@
+//! The fused update kernel (`shaders/optim.wgsl`): one dispatch over the flat parameter
+//! buffer updates every parameter, with the settings of whichever optimizer the graph has.
+
+use super::Optimizer;
+use crate::gpu::uniform_struct;
+use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
+use crate::graph::FlatState;
+use crate::ops::groups;
+
+uniform_struct! {
+    /// Mirrors `Params` in `shaders/optim.wgsl`.
+    pub(super) struct Params {
+        pub(super) len: u32,
+        pub(super) flags: u32,
+        pub(super) momentum: f32,
+        pub(super) dampening: f32,
+        pub(super) weight_decay: f32,
+        pub(super) beta1: f32,
+        pub(super) beta2: f32,
+        pub(super) eps: f32,
+    }
+}
+
+// The flags of `Params`, as `shaders/optim.wgsl` names them.
+pub(super) const FLAG_MOMENTUM: u32 = 1;
+pub(super) const FLAG_NESTEROV: u32 = 2;
+pub(super) const FLAG_DECOUPLED: u32 = 4;
+pub(super) const FLAG_AMSGRAD: u32 = 8;
+pub(super) const FLAG_MAXIMIZE: u32 = 16;
+
+const WG: u32 = 256;
+
+/// Builds the update of the `flat.len` parameters of the flat buffers; `flat.optimizer`
+/// holds [`Optimizer::state_count`] buffers shaped like the parameters. The kernel updates
+/// four values per invocation, so every buffer must hold `len` rounded up to a multiple of 4.
+/// The first update that meets a non-finite gradient or leaves a non-finite parameter is
+/// noted in `totals` (the metrics totals,
+/// [`Totals::first_nonfinite_update`](crate::graph::Totals::first_nonfinite_update)).
+pub fn dispatch<'a>(
+    ctx: &GpuContext,
+    optimizer: &Optimizer,
+    flat: &FlatState<'a>,
+    step: Binding<'a>,
+    totals: Binding<'a>,
+) -> Result<Dispatch, GpuError> {
+    let vec4s = flat.len.div_ceil(4);
+    let (entry, params) = match optimizer {
+        Optimizer::Sgd(s) => ("sgd", s.kernel_params(vec4s as u32)),
+        Optimizer::Adam(a) => ("adam", a.kernel_params(vec4s as u32)),
+    };
+    let whole = |b: &Binding<'a>| Binding {
+        size: (vec4s * 16) as u64,
+        ..*b
+    };
+    let mut bindings = vec![
+        (1, step),
+        (2, whole(&flat.params)),
+        (3, whole(&flat.grads)),
+        (7, totals),
+    ];
+    for (i, s) in flat.optimizer.iter().enumerate() {
+        bindings.push((4 + i as u32, whole(s)));
+    }
+    // SGD without momentum never touches its buffer, nor Adam without AMSGrad its third,
+    // but the kernels still declare them.
+    let declared = if entry == "sgd" { 1 } else { 3 };
+    for i in flat.optimizer.len()..declared {
+        bindings.push((4 + i as u32, ctx.placeholder_out()));
+    }
+    let workgroups = grid_1d(
+        groups(vec4s, WG),
+        ctx.limits().max_compute_workgroups_per_dimension,
+    );
+    ctx.dispatch_at(
+        &Kernel::new(Shader::Optim, entry).with("WG", WG),
+        Some(&params),
+        &bindings,
+        workgroups,
+    )
+}
+
+#[cfg(test)]
+pub(super) fn assert_params_mirror_the_shader() {
+    crate::gpu::assert_mirrors::<Params>(Shader::Optim, 0);
+}
