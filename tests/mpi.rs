@@ -529,7 +529,9 @@ fn rank_program() {
     let mine = model.state().unwrap().buffers;
     model.broadcast_buffers().unwrap();
     let kept = model.state().unwrap().buffers;
-    let words: Vec<u32> = kept[0].mean.iter().map(|v| v.to_bits()).collect();
+    // The first batch norm's [running_mean; running_var].
+    let running = kept[0].f32s().expect("running statistics");
+    let words: Vec<u32> = running.iter().map(|v| v.to_bits()).collect();
     let mut all = vec![0u32; words.len() * 2];
     comm.all_gather(
         bytemuck::cast_slice(&words),
