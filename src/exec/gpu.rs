@@ -23,6 +23,13 @@ pub struct Shared<'a> {
     pub parallel: Parallel,
 }
 
+impl Shared<'_> {
+    /// Models the plan runs side by side (a stacked plan; 1 alone): the state's.
+    pub fn members(&self) -> usize {
+        self.state.members
+    }
+}
+
 /// A plan's dispatches rebuilt on a resident batch's buffers ([`GpuPlan::bind_batch`]).
 #[derive(Default)]
 pub struct BatchDispatches {
@@ -54,7 +61,9 @@ pub struct GpuPlan {
     /// The batch's targets \[N\] (i32 classes, or f32 for BCE), written by the host each step.
     pub target: wgpu::Buffer,
     logits: ValueId,
+    /// Bytes of every member's logits.
     logits_bytes: u64,
+    members: usize,
 }
 
 impl GpuPlan {
@@ -65,12 +74,14 @@ impl GpuPlan {
         shared: &Shared<'_>,
     ) -> Result<Self, GpuError> {
         let memory = memory::plan(graph, mode, &[graph.logits]);
+        // Every value holds each member's part back to back.
+        let members = shared.members() as u64;
         let slots = memory
             .slot_bytes
             .iter()
-            .map(|&b| ctx.create_buffer("activations", b, TENSOR_USAGE))
+            .map(|&b| ctx.create_buffer("activations", b * members, TENSOR_USAGE))
             .collect::<Result<Vec<_>, _>>()?;
-        let value_bytes = |v: ValueId| graph.value(v).len() as u64 * 4;
+        let value_bytes = |v: ValueId| graph.value(v).len() as u64 * 4 * members;
         let input = ctx.create_buffer("input batch", value_bytes(graph.input), TENSOR_USAGE)?;
         let target = ctx.create_buffer("target batch", value_bytes(graph.target), TENSOR_USAGE)?;
 
@@ -89,6 +100,7 @@ impl GpuPlan {
             target,
             logits: graph.logits,
             logits_bytes,
+            members: shared.members(),
         };
         let (mut dispatches, mut scratch, mut batch_nodes) = (Vec::new(), Vec::new(), Vec::new());
         let mut exchanges = Vec::new();
@@ -228,9 +240,15 @@ impl GpuPlan {
     }
 
     /// Bytes of the activation and gradient buffers (after sharing), and of the scratch
-    /// buffers some kernels keep (split-K partial products).
+    /// buffers some kernels keep (split-K partial products), for every member.
     pub fn activation_bytes(&self) -> u64 {
-        self.memory.total_bytes() + self.scratch.iter().map(wgpu::Buffer::size).sum::<u64>()
+        self.memory.total_bytes() * self.members as u64
+            + self.scratch.iter().map(wgpu::Buffer::size).sum::<u64>()
+    }
+
+    /// Models the plan runs side by side.
+    pub fn members(&self) -> usize {
+        self.members
     }
 
     /// Bytes of the per-batch upload buffers.
@@ -238,7 +256,7 @@ impl GpuPlan {
         self.input.size() + self.target.size()
     }
 
-    /// The buffer and byte length of the logits [N, classes].
+    /// The buffer and byte length of the logits [N, classes] (every member's, back to back).
     pub fn logits(&self) -> (&wgpu::Buffer, u64) {
         match self.memory.slot_of[self.logits.0] {
             Some(slot) => (&self.slots[slot], self.logits_bytes),
@@ -263,6 +281,7 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
+    /// Bytes of one member's part of a value.
     fn value_bytes(&self, v: ValueId) -> u64 {
         self.graph.value(v).len() as u64 * 4
     }
@@ -277,10 +296,12 @@ impl<'a> Builder<'a> {
             // never bound.
             self.memory.slot_of[v.0].map_or(self.input, |slot| &self.slots[slot])
         };
+        let part = self.value_bytes(v);
         Binding {
             buffer,
             offset: 0,
-            size: self.value_bytes(v),
+            size: part * self.shared.members() as u64,
+            member_stride: part,
         }
     }
 
@@ -291,6 +312,7 @@ impl<'a> Builder<'a> {
             totals: self.shared.totals,
             seed: self.shared.seed,
             parallel: self.shared.parallel,
+            members: self.shared.members() as u32,
         };
         let mut sink = Sink { builder: self, out };
         let mut cx = GpuCx::new(self.ctx, self.graph, self.mode, shared, &mut sink);
@@ -343,18 +365,15 @@ impl<'a> PlanSink<'a> for Sink<'_, 'a, '_> {
 
     fn flat_state(&self) -> FlatState<'a> {
         let state = self.builder.shared.state;
-        let len = state.layout.params_len;
-        // The first `len` floats of each flat buffer.
-        let flat = |buffer| Binding {
-            buffer,
-            offset: 0,
-            size: (len * 4) as u64,
-        };
         FlatState {
-            len,
-            params: flat(&state.params),
-            grads: flat(&state.grads),
-            optimizer: state.optimizer.iter().map(flat).collect(),
+            len: state.layout.params_len,
+            params: state.flat_params_binding(&state.params),
+            grads: state.flat_params_binding(&state.grads),
+            optimizer: state
+                .optimizer
+                .iter()
+                .map(|b| state.flat_params_binding(b))
+                .collect(),
         }
     }
 

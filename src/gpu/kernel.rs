@@ -194,12 +194,17 @@ pub struct ResourceCounters {
     pub buffers: u64,
 }
 
-/// A buffer range bound to one `@binding`.
+/// A buffer range bound to one `@binding`. In a stacked plan (many members of one
+/// architecture, see `crate::stack`) a binding holds every member's part, member k's at
+/// `k · member_stride` bytes from its start; 0 means one part, shared by every member (a
+/// constant) or a plan of one member.
 #[derive(Clone, Copy, Debug)]
 pub struct Binding<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: u64,
     pub size: u64,
+    /// Bytes from one member's part to the next (0: one part).
+    pub member_stride: u64,
 }
 
 impl<'a> Binding<'a> {
@@ -208,7 +213,32 @@ impl<'a> Binding<'a> {
             buffer,
             offset: 0,
             size: buffer.size(),
+            member_stride: 0,
         }
+    }
+
+    /// `size` bytes at `offset` of `buffer`, one part.
+    pub fn range(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Self {
+        Self {
+            buffer,
+            offset,
+            size,
+            member_stride: 0,
+        }
+    }
+
+    /// The same range read as `members` parts of equal size, back to back.
+    pub fn split_members(self, members: u32) -> Self {
+        Self {
+            member_stride: self.size / u64::from(members.max(1)),
+            ..self
+        }
+    }
+
+    /// Elements of `element_bytes` from one member's part to the next, as a kernel indexes
+    /// them.
+    pub fn member_elements(&self, element_bytes: u64) -> u32 {
+        (self.member_stride / element_bytes) as u32
     }
 }
 

@@ -64,11 +64,7 @@ impl GpuTensor {
 
     /// The tensor's bytes as one binding.
     pub fn binding(&self) -> Binding<'_> {
-        Binding {
-            buffer: &self.buffer,
-            offset: 0,
-            size: byte_len(&self.shape),
-        }
+        Binding::range(&self.buffer, 0, byte_len(&self.shape))
     }
 
     /// Overwrites the tensor's contents through the queue (ordered before the next submit).

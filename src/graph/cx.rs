@@ -75,9 +75,11 @@ impl Parallel {
     }
 }
 
-/// The flat state buffers as the optimizer updates them: the first `len` floats of the
-/// parameter, gradient and optimizer-state buffers (every parameter at its aligned offset).
+/// The flat state buffers as the optimizer updates them: the first `len` floats of each
+/// member's part of the parameter, gradient and optimizer-state buffers (every parameter at
+/// its aligned offset).
 pub struct FlatState<'a> {
+    /// Elements of one member's part.
     pub len: usize,
     pub params: Binding<'a>,
     pub grads: Binding<'a>,
@@ -122,6 +124,9 @@ pub struct GpuCx<'a, 'p> {
     pub seed: u64,
     /// The data-parallel job the plan runs in.
     pub parallel: Parallel,
+    /// Models the plan runs side by side (a stacked plan; 1 alone): every binding holds each
+    /// member's part ([`Binding::member_stride`]), and every dispatch covers them all.
+    pub members: u32,
     sink: &'p mut dyn PlanSink<'a>,
 }
 
@@ -142,6 +147,7 @@ impl<'a, 'p> GpuCx<'a, 'p> {
             totals: shared.totals,
             seed: shared.seed,
             parallel: shared.parallel,
+            members: shared.members,
             sink,
         }
     }
@@ -225,4 +231,6 @@ pub struct SharedBindings<'a> {
     pub totals: Binding<'a>,
     pub seed: u64,
     pub parallel: Parallel,
+    /// Models the plan runs side by side.
+    pub members: u32,
 }

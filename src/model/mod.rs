@@ -201,7 +201,7 @@ impl Model {
             config,
             preprocess,
         } = parts;
-        let state = GpuState::new(&ctx, &graph, &host)?;
+        let state = GpuState::new(&ctx, &graph, std::slice::from_ref(&host))?;
         let step_buffer = StepBuffer::new(&ctx)?;
         let totals = MetricTotals::new(&ctx)?;
         let mut model = Self {

@@ -11,7 +11,7 @@ impl Model {
     /// Downloads the whole state (blocking).
     pub fn state(&mut self) -> Result<HostState> {
         let graph = &self.graphs[&self.config.batch_size];
-        let host = self.state.download(&self.ctx, graph, self.step)?;
+        let host = self.state.download(&self.ctx, graph, 0, self.step)?;
         self.counters.blocking_readbacks += 1;
         self.in_flight.clear();
         Ok(host)
@@ -22,7 +22,7 @@ impl Model {
     /// `loss.backward()` (zeros before the first step). Blocking.
     pub fn gradients(&mut self) -> Result<Vec<(String, Vec<f32>)>> {
         let graph = &self.graphs[&self.config.batch_size];
-        let grads = self.state.download_gradients(&self.ctx, graph)?;
+        let grads = self.state.download_gradients(&self.ctx, graph, 0)?;
         self.counters.blocking_readbacks += 1;
         self.in_flight.clear();
         Ok(graph
