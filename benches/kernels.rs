@@ -202,6 +202,7 @@ fn dropout_and_loss(c: &mut Criterion) {
         &ctx,
         &StepParams {
             loss_scale: 1.0 / n as f32,
+            seed_key: MaskStream::seed_key(1),
             ..StepParams::at_step(3)
         },
     );
@@ -210,14 +211,16 @@ fn dropout_and_loss(c: &mut Criterion) {
     let x = pattern(n * d);
     let gx = GpuTensor::from_slice(&ctx, &x, &[n, d], "x").unwrap();
     let gy = GpuTensor::zeros(&ctx, &[n, d], "y").unwrap();
+    let masks = dropout::Masks {
+        p: &[p],
+        layer: stream.layer,
+    };
     let drop = dropout::dispatch(
         &ctx,
         n * d,
-        p,
-        stream,
+        masks,
         steps.binding(),
-        gx.binding(),
-        gy.binding(),
+        [gx.binding(), gy.binding()],
     )
     .unwrap();
     let mut group = c.benchmark_group("dropout_1024x64");

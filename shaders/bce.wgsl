@@ -5,16 +5,21 @@
 // bce_with_logits_totals does the same in one workgroup and folds the batch into the running
 // totals itself (fold_batch, shaders/totals.wgsl); with flag bit 1, also the bias gradient
 // of the Linear before the loss, Σ of the gradient (column_sums, shaders/loss_columns.wgsl).
+// Stacked plans: workgroups along z are members (bce_with_logits_totals: one workgroup
+// each); member m's logits, targets, rows and gradient are at m · N, its totals at
+// m · TOTALS_LEN, its bias gradient at m · dbias_stride, and its step is steps[m].
 
 struct Params {
     n: u32,
     // bit 0: write the gradient, bit 1: and its sum
     flags: u32,
     pos_weight: f32,
+    // Elements from one member's bias gradient to the next.
+    dbias_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(1) var<storage, read> steps: array<Step>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> targets: array<f32>;
 // Per element: (loss_i · loss_scale, 1 if (x > 0) = (y > ½), 1, 0).
@@ -32,8 +37,11 @@ fn log1p(e: f32) -> f32 {
     return log(u) * e / (u - 1.0);
 }
 
-// Element i's loss and gradient; writes rows[i] (and the gradient) and returns rows[i].
-fn bce_row(i: u32) -> vec4<f32> {
+// Member m's element r: its loss and gradient; writes its rows entry (and the gradient) and
+// returns it.
+fn bce_row(m: u32, r: u32) -> vec4<f32> {
+    let i = m * p.n + r;
+    let step = steps[m];
     let x = logits[i];
     let y = targets[i];
     let lw = 1.0 + (p.pos_weight - 1.0) * y;
@@ -52,18 +60,19 @@ fn bce_row(i: u32) -> vec4<f32> {
 
 @compute @workgroup_size(WG)
 fn bce_with_logits(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x < p.n) { _ = bce_row(gid.x); }
+    if (gid.x < p.n) { _ = bce_row(gid.z, gid.x); }
 }
 
-// One workgroup: each invocation takes elements lid, lid + TOTALS_WG, … in order, as the
-// metrics kernel sums them.
+// One workgroup per member: each invocation takes elements lid, lid + TOTALS_WG, … in order,
+// as the metrics kernel sums them.
 @compute @workgroup_size(TOTALS_WG)
-fn bce_with_logits_totals(@builtin(local_invocation_index) lid: u32) {
+fn bce_with_logits_totals(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let m = wid.z;
     var s = vec4<f32>(0.0);
-    for (var i = lid; i < p.n; i += TOTALS_WG) { s += bce_row(i); }
+    for (var r = lid; r < p.n; r += TOTALS_WG) { s += bce_row(m, r); }
     if ((p.flags & 2u) != 0u) {
         storageBarrier();
-        column_sums(lid, p.n, 1u);
+        column_sums(lid, p.n, 1u, m * p.n, m * p.dbias_stride);
     }
-    fold_batch(lid, s);
+    fold_batch(lid, s, m);
 }

@@ -15,6 +15,10 @@
 // A, so A's loads are uniform across a SIMD batch; on lavapipe, where every storage load is
 // costly, this keeps loads per FMA low (1024³: 25 GFLOP/s vs 3 for one output per invocation).
 // Rows past M are clamped on load and skipped on store, so any M works.
+//
+// Stacked plans: the grid's z holds the members (tiled: `splits` z-slices each); every entry
+// point calls enter_member first, and member m's part of A, B, bias and C starts
+// m · a_stride, … scalars into its binding (0 for a part every member shares).
 
 struct Params {
     m: u32,
@@ -30,6 +34,10 @@ struct Params {
     // split-K (tiled only): each z-slice of workgroups sums k_chunk of K into its own [M, N]
     k_chunk: u32,
     splits: u32,
+    a_stride: u32,
+    b_stride: u32,
+    bias_stride: u32,
+    c_stride: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -41,6 +49,19 @@ override WG_X: u32 = 8u;
 override WG_Y: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// Where the current member's part of each binding starts, in scalars.
+var<private> a_base: u32;
+var<private> b_base: u32;
+var<private> bias_base: u32;
+var<private> c_base: u32;
+
+fn enter_member(m: u32) {
+    a_base = m * p.a_stride;
+    b_base = m * p.b_stride;
+    bias_base = m * p.bias_stride;
+    c_base = m * p.c_stride;
+}
 
 fn epilogue4(v: vec4<f32>, bias: vec4<f32>) -> vec4<f32> {
     var r = v;

@@ -36,7 +36,9 @@ fn broadcast_nn(
     @builtin(local_invocation_index) li: u32,
     @builtin(subgroup_invocation_id) subgroup_lane: u32,
 ) {
+    enter_member(wg.z);
     let n2 = p.n / 2u;
+    let b2 = b_base / 2u;
     let cx = wg.x * 32u + li;
     // Column pairs past N compute a copy of the last one and skip the store: every lane
     // stays active, as the broadcasts need.
@@ -45,14 +47,14 @@ fn broadcast_nn(
     let r0 = wg.y * ROWS;
     var ra: array<u32, ROWS>;
     for (var i = 0u; i < ROWS; i++) {
-        ra[i] = min(r0 + i, p.m - 1u) * p.a_row;
+        ra[i] = a_base + min(r0 + i, p.m - 1u) * p.a_row;
     }
     var acc: array<vec2<f32>, ROWS>;
     let k8 = p.k - p.k % 8u;
     for (var k0 = 0u; k0 < k8; k0 += 8u) {
         var bv: array<vec2<f32>, 8>;
         for (var j = 0u; j < 8u; j++) {
-            bv[j] = b[(k0 + j) * n2 + cb];
+            bv[j] = b[b2 + (k0 + j) * n2 + cb];
         }
         let ka = (k0 + lane) * p.a_col;
         for (var i = 0u; i < ROWS; i++) {
@@ -64,7 +66,7 @@ fn broadcast_nn(
         let valid = p.k - k8;
         var bv: array<vec2<f32>, 8>;
         for (var j = 0u; j < 8u; j++) {
-            bv[j] = select(vec2(0.0), b[(k8 + min(j, valid - 1u)) * n2 + cb], j < valid);
+            bv[j] = select(vec2(0.0), b[b2 + (k8 + min(j, valid - 1u)) * n2 + cb], j < valid);
         }
         let ka = (k8 + min(lane, valid - 1u)) * p.a_col;
         for (var i = 0u; i < ROWS; i++) {
@@ -72,11 +74,11 @@ fn broadcast_nn(
         }
     }
     if (cx >= n2) { return; }
-    let bias_pair = bias[min(cx, arrayLength(&bias) - 1u)];
+    let bias_pair = bias[min(bias_base / 2u + cx, arrayLength(&bias) - 1u)];
     for (var i = 0u; i < ROWS; i++) {
         let row = r0 + i;
         if (row >= p.m) { break; }
         let v = acc[i];
-        c[row * n2 + cx] = vec2(epilogue1(v.x, bias_pair.x), epilogue1(v.y, bias_pair.y));
+        c[c_base / 2u + row * n2 + cx] = vec2(epilogue1(v.x, bias_pair.x), epilogue1(v.y, bias_pair.y));
     }
 }

@@ -38,18 +38,19 @@ fn broadcast_nt(
     @builtin(local_invocation_index) li: u32,
     @builtin(subgroup_invocation_id) subgroup_lane: u32,
 ) {
+    enter_member(wg.z);
     let k4 = p.k / 4u;
     let col0 = wg.x * 64u + li;
     let col1 = col0 + 32u;
     // Columns past N compute a copy of the last one and skip the store: every lane stays
     // active, as the broadcasts need.
-    let b0 = min(col0, p.n - 1u) * k4;
-    let b1 = min(col1, p.n - 1u) * k4;
+    let b0 = b_base / 4u + min(col0, p.n - 1u) * k4;
+    let b1 = b_base / 4u + min(col1, p.n - 1u) * k4;
     let lane = subgroup_lane % 8u;
     let r0 = wg.y * ROWS;
     var ra: array<u32, ROWS>;
     for (var i = 0u; i < ROWS; i++) {
-        ra[i] = min(r0 + i, p.m - 1u) * p.k;
+        ra[i] = a_base + min(r0 + i, p.m - 1u) * p.k;
     }
     var acc: array<vec2<f32>, ROWS>;
     let k8 = p.k - p.k % 8u;
@@ -76,12 +77,12 @@ fn broadcast_nt(
         }
     }
     let last_bias = arrayLength(&bias) - 1u;
-    let bias0 = bias[min(col0, last_bias)];
-    let bias1 = bias[min(col1, last_bias)];
+    let bias0 = bias[min(bias_base + col0, last_bias)];
+    let bias1 = bias[min(bias_base + col1, last_bias)];
     for (var i = 0u; i < ROWS; i++) {
         let row = r0 + i;
         if (row >= p.m) { break; }
-        if (col0 < p.n) { c[row * p.n + col0] = epilogue1(acc[i].x, bias0); }
-        if (col1 < p.n) { c[row * p.n + col1] = epilogue1(acc[i].y, bias1); }
+        if (col0 < p.n) { c[c_base + row * p.n + col0] = epilogue1(acc[i].x, bias0); }
+        if (col1 < p.n) { c[c_base + row * p.n + col1] = epilogue1(acc[i].y, bias1); }
     }
 }

@@ -13,26 +13,30 @@ fn store_block(r0: u32, cx: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
     for (var i = 0u; i < 8u; i++) {
         let row = r0 + i;
         if (row >= p.m) { break; }
-        c[row * n4 + cx] = epilogue4((*acc)[2u * i], bias[min(cx, last)]);
+        let c4 = c_base / 4u + row * n4;
+        let b4 = bias_base / 4u;
+        c[c4 + cx] = epilogue4((*acc)[2u * i], bias[min(b4 + cx, last)]);
         if (cx + 1u < n4) {
-            c[row * n4 + cx + 1u] = epilogue4((*acc)[2u * i + 1u], bias[min(cx + 1u, last)]);
+            c[c4 + cx + 1u] = epilogue4((*acc)[2u * i + 1u], bias[min(b4 + cx + 1u, last)]);
         }
     }
 }
 
 @compute @workgroup_size(WG_X, WG_Y)
 fn nn_bvec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    enter_member(gid.z);
     let n4 = p.n / 4u;
+    let b4 = b_base / 4u;
     let cx = gid.x * 2u;
     let r0 = gid.y * 8u;
     if (cx >= n4 || r0 >= p.m) { return; }
     let cx1 = min(cx + 1u, n4 - 1u);
     var ra: array<u32, 8>;
-    for (var i = 0u; i < 8u; i++) { ra[i] = min(r0 + i, p.m - 1u) * p.k; }
+    for (var i = 0u; i < 8u; i++) { ra[i] = a_base + min(r0 + i, p.m - 1u) * p.k; }
     var acc: array<vec4<f32>, 16>;
     for (var k = 0u; k < p.k; k++) {
-        let b0 = b[k * n4 + cx];
-        let b1 = b[k * n4 + cx1];
+        let b0 = b[b4 + k * n4 + cx];
+        let b1 = b[b4 + k * n4 + cx1];
         for (var i = 0u; i < 8u; i++) {
             let av = vec4(a[ra[i] + k]);
             acc[2u * i] = fma(av, b0, acc[2u * i]);
@@ -44,17 +48,19 @@ fn nn_bvec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @compute @workgroup_size(WG_X, WG_Y)
 fn tn_bvec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    enter_member(gid.z);
     let n4 = p.n / 4u;
+    let b4 = b_base / 4u;
     let cx = gid.x * 2u;
     let r0 = gid.y * 8u;
     if (cx >= n4 || r0 >= p.m) { return; }
     let cx1 = min(cx + 1u, n4 - 1u);
     var acc: array<vec4<f32>, 16>;
     for (var k = 0u; k < p.k; k++) {
-        let b0 = b[k * n4 + cx];
-        let b1 = b[k * n4 + cx1];
+        let b0 = b[b4 + k * n4 + cx];
+        let b1 = b[b4 + k * n4 + cx1];
         for (var i = 0u; i < 8u; i++) {
-            let av = vec4(a[k * p.m + min(r0 + i, p.m - 1u)]);
+            let av = vec4(a[a_base + k * p.m + min(r0 + i, p.m - 1u)]);
             acc[2u * i] = fma(av, b0, acc[2u * i]);
             acc[2u * i + 1u] = fma(av, b1, acc[2u * i + 1u]);
         }

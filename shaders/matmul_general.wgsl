@@ -8,6 +8,7 @@
 
 @compute @workgroup_size(WG_X, WG_Y)
 fn general(@builtin(global_invocation_id) gid: vec3<u32>) {
+    enter_member(gid.z);
     let c0 = gid.x * 4u;
     let r0 = gid.y * 4u;
     if (c0 >= p.n || r0 >= p.m) { return; }
@@ -15,8 +16,8 @@ fn general(@builtin(global_invocation_id) gid: vec3<u32>) {
     var ra: array<u32, 4>;
     var cb: array<u32, 4>;
     for (var i = 0u; i < 4u; i++) {
-        ra[i] = min(r0 + i, p.m - 1u) * p.a_row;
-        cb[i] = min(c0 + i, p.n - 1u) * p.b_col;
+        ra[i] = a_base + min(r0 + i, p.m - 1u) * p.a_row;
+        cb[i] = b_base + min(c0 + i, p.n - 1u) * p.b_col;
     }
     for (var k = 0u; k < p.k; k++) {
         let kb = k * p.b_row;
@@ -33,7 +34,7 @@ fn general(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var j = 0u; j < 4u; j++) {
             let col = c0 + j;
             if (col < p.n) {
-                c[row * p.n + col] = epilogue1(acc[i][j], bias[min(col, last)]);
+                c[c_base + row * p.n + col] = epilogue1(acc[i][j], bias[min(bias_base + col, last)]);
             }
         }
     }

@@ -8,12 +8,14 @@
 
 @compute @workgroup_size(WG_X, WG_Y)
 fn nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    enter_member(gid.z);
     let c0 = gid.x * 8u;
     let r0 = gid.y * 8u;
     if (c0 >= p.n || r0 >= p.m) { return; }
     let k4 = p.k / 4u;
     var rb: array<u32, 8>;
-    for (var j = 0u; j < 8u; j++) { rb[j] = min(c0 + j, p.n - 1u) * k4; }
+    for (var j = 0u; j < 8u; j++) { rb[j] = b_base / 4u + min(c0 + j, p.n - 1u) * k4; }
+    let a4 = a_base / 4u;
     // acc[2i] holds C[r0+i, c0..c0+3], acc[2i+1] holds C[r0+i, c0+4..c0+7].
     var acc: array<vec4<f32>, 16>;
     for (var kk = 0u; kk < k4; kk++) {
@@ -25,7 +27,7 @@ fn nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let lz = vec4(b0.z, b1.z, b2.z, b3.z); let hz = vec4(b4.z, b5.z, b6.z, b7.z);
         let lw = vec4(b0.w, b1.w, b2.w, b3.w); let hw = vec4(b4.w, b5.w, b6.w, b7.w);
         for (var i = 0u; i < 8u; i++) {
-            let av = a[min(r0 + i, p.m - 1u) * k4 + kk];
+            let av = a[a4 + min(r0 + i, p.m - 1u) * k4 + kk];
             acc[2u * i] = fma(vec4(av.w), lw, fma(vec4(av.z), lz, fma(vec4(av.y), ly, fma(vec4(av.x), lx, acc[2u * i]))));
             acc[2u * i + 1u] = fma(vec4(av.w), hw, fma(vec4(av.z), hz, fma(vec4(av.y), hy, fma(vec4(av.x), hx, acc[2u * i + 1u]))));
         }
@@ -36,7 +38,7 @@ fn nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var j = 0u; j < 8u; j++) {
             let col = c0 + j;
             if (col < p.n) {
-                c[row * p.n + col] = epilogue1(acc[2u * i + j / 4u][j % 4u], bias[min(col, arrayLength(&bias) - 1u)]);
+                c[c_base + row * p.n + col] = epilogue1(acc[2u * i + j / 4u][j % 4u], bias[min(bias_base + col, arrayLength(&bias) - 1u)]);
             }
         }
     }

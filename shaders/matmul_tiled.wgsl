@@ -24,12 +24,12 @@ var<workgroup> b_wide_tile: array<vec4<f32>, 512>;
 
 fn load_a(m: u32, k: u32, k_end: u32) -> f32 {
     if (m >= p.m || k >= k_end) { return 0.0; }
-    return a[m * p.a_row + k * p.a_col];
+    return a[a_base + m * p.a_row + k * p.a_col];
 }
 
 fn load_b(k: u32, n: u32, k_end: u32) -> f32 {
     if (k >= k_end || n >= p.n) { return 0.0; }
-    return b[k * p.b_row + n * p.b_col];
+    return b[b_base + k * p.b_row + n * p.b_col];
 }
 
 // Rows m..m+3 of A at one k, as a tile stores them.
@@ -51,7 +51,9 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    let k_begin = wid.z * p.k_chunk;
+    enter_member(wid.z / p.splits);
+    let split = wid.z % p.splits;
+    let k_begin = split * p.k_chunk;
     let k_end = min(k_begin + p.k_chunk, p.k);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         // Each invocation stages one vec4 of each tile: 4 rows (or columns) at one k. The
@@ -74,7 +76,7 @@ fn tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wi
     let row = row0 + 4u * lid.y;
     let col = col0 + 4u * lid.x;
     // A split's partial product goes to its own [M, N] slice of the scratch buffer.
-    let base = wid.z * p.m * p.n;
+    let base = c_base + split * p.m * p.n;
     store_row(base, row, col, acc0);
     store_row(base, row + 1u, col, acc1);
     store_row(base, row + 2u, col, acc2);
@@ -97,7 +99,9 @@ fn tiled_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
     var acc4 = vec4<f32>(0.0); var acc5 = vec4<f32>(0.0);
     var acc6 = vec4<f32>(0.0); var acc7 = vec4<f32>(0.0);
-    let k_begin = wid.z * p.k_chunk;
+    enter_member(wid.z / p.splits);
+    let split = wid.z % p.splits;
+    let k_begin = split * p.k_chunk;
     let k_end = min(k_begin + p.k_chunk, p.k);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         stage_a_wide(tid, row0, k0, k_end);
@@ -120,7 +124,7 @@ fn tiled_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     }
     let row = row0 + 8u * lid.y;
     let col = col0 + 4u * lid.x;
-    let base = wid.z * p.m * p.n;
+    let base = c_base + split * p.m * p.n;
     store_row(base, row, col, acc0);
     store_row(base, row + 1u, col, acc1);
     store_row(base, row + 2u, col, acc2);
@@ -165,7 +169,9 @@ fn tiled_big(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
     var acc50 = vec4<f32>(0.0); var acc51 = vec4<f32>(0.0);
     var acc60 = vec4<f32>(0.0); var acc61 = vec4<f32>(0.0);
     var acc70 = vec4<f32>(0.0); var acc71 = vec4<f32>(0.0);
-    let k_begin = wid.z * p.k_chunk;
+    enter_member(wid.z / p.splits);
+    let split = wid.z % p.splits;
+    let k_begin = split * p.k_chunk;
     let k_end = min(k_begin + p.k_chunk, p.k);
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         stage_a_wide(tid, row0, k0, k_end);
@@ -189,7 +195,7 @@ fn tiled_big(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
     }
     let row = row0 + 8u * lid.y;
     let col = col0 + 8u * lid.x;
-    let base = wid.z * p.m * p.n;
+    let base = c_base + split * p.m * p.n;
     store_row(base, row, col, acc00); store_row(base, row, col + 4u, acc01);
     store_row(base, row + 1u, col, acc10); store_row(base, row + 1u, col + 4u, acc11);
     store_row(base, row + 2u, col, acc20); store_row(base, row + 2u, col + 4u, acc21);
@@ -206,21 +212,22 @@ fn store_row(base: u32, row: u32, col: u32, v: vec4<f32>) {
     let partial = (p.flags & FLAG_PARTIAL) != 0u;
     for (var j = 0u; j < 4u; j++) {
         if (col + j < p.n) {
-            let out = select(epilogue1(v[j], bias[min(col + j, last)]), v[j], partial);
+            let out = select(epilogue1(v[j], bias[min(bias_base + col + j, last)]), v[j], partial);
             c[base + row * p.n + col + j] = out;
         }
     }
 }
 
-// C = epilogue(Σ_s partial_s): one invocation per element of C; `a` holds the
+// C = epilogue(Σ_s partial_s): one invocation per element of C; `a` holds each member's
 // [splits, M, N] partial products.
 @compute @workgroup_size(256)
 fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    enter_member(gid.z);
     let i = gid.x + gid.y * nwg.x * 256u;
     let len = p.m * p.n;
     if (i >= len) { return; }
     var s = 0.0;
-    for (var z = 0u; z < p.splits; z++) { s += a[z * len + i]; }
+    for (var z = 0u; z < p.splits; z++) { s += a[a_base + z * len + i]; }
     let last = arrayLength(&bias) - 1u;
-    c[i] = epilogue1(s, bias[min(i % p.n, last)]);
+    c[c_base + i] = epilogue1(s, bias[min(bias_base + i % p.n, last)]);
 }

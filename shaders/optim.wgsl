@@ -14,19 +14,17 @@
 // Both note the first update that meets a non-finite gradient or leaves a non-finite
 // parameter in the metrics totals (words 8–11, see NONFINITE below): the pass touches every
 // parameter anyway, so divergence is caught where it arises, at no extra dispatch.
+//
+// The settings (lr, momentum, dampening, weight decay, betas, eps) come from the member's step
+// record. Stacked plans: workgroups along z are members; member m's part of every flat buffer
+// is at m · len, its totals at m · TOTALS_LEN; a frozen member's part is left as it is.
 
 struct Params {
-    // vec4s to update
+    // vec4s to update, per member
     len: u32,
     // bit 0: momentum buffer in use, bit 1: nesterov, bit 2: AdamW (decoupled weight decay),
     // bit 3: AMSGrad, bit 4: maximize (the gradient negated first)
     flags: u32,
-    momentum: f32,
-    dampening: f32,
-    weight_decay: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
 }
 
 const FLAG_MOMENTUM: u32 = 1u;
@@ -41,7 +39,7 @@ fn gradient(i: u32) -> vec4<f32> {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(1) var<storage, read> steps: array<Step>;
 // Four parameters per invocation: the flat buffers' lengths are multiples of 4.
 @group(0) @binding(2) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> grad: array<vec4<f32>>;
@@ -55,6 +53,7 @@ fn gradient(i: u32) -> vec4<f32> {
 // step, the flat element, and what was non-finite (bit 0: the parameter after the update,
 // bit 1: the gradient).
 const NONFINITE: u32 = 8u;
+const TOTALS_LEN: u32 = 12u;
 
 // NaN and ±inf have an all-ones exponent (judged on the bits: a float comparison could be
 // folded by a compiler assuming finite math).
@@ -62,9 +61,10 @@ fn nonfinite4(v: vec4<f32>) -> vec4<bool> {
     return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u);
 }
 
-// Notes parameters 4i..4i+3 if the update left one non-finite or its gradient was, unless an
-// earlier update (or another invocation of this one) was noted first.
-fn note_nonfinite(i: u32, updated: vec4<f32>, g: vec4<f32>) {
+// Notes member m's parameters 4i..4i+3 (of its part) if the update left one non-finite or
+// its gradient was, unless an earlier update (or another invocation of this one) was noted
+// first.
+fn note_nonfinite(m: u32, i: u32, updated: vec4<f32>, g: vec4<f32>) {
     let bad_param = nonfinite4(updated);
     let bad_grad = nonfinite4(g);
     let bad = vec4<bool>(bad_param.x || bad_grad.x, bad_param.y || bad_grad.y,
@@ -75,12 +75,13 @@ fn note_nonfinite(i: u32, updated: vec4<f32>, g: vec4<f32>) {
     if (bad.y) { lane = 1u; }
     if (bad.x) { lane = 0u; }
     let kind = select(0u, 1u, any(bad_param)) | select(0u, 2u, any(bad_grad));
+    let t = m * TOTALS_LEN + NONFINITE;
     loop {
-        let claim = atomicCompareExchangeWeak(&totals[NONFINITE], 0u, 1u);
+        let claim = atomicCompareExchangeWeak(&totals[t], 0u, 1u);
         if (claim.exchanged) {
-            atomicStore(&totals[NONFINITE + 1u], step.step_lo);
-            atomicStore(&totals[NONFINITE + 2u], 4u * i + lane);
-            atomicStore(&totals[NONFINITE + 3u], kind);
+            atomicStore(&totals[t + 1u], steps[m].step_lo);
+            atomicStore(&totals[t + 2u], 4u * i + lane);
+            atomicStore(&totals[t + 3u], kind);
             return;
         }
         // A weak exchange may fail spuriously: try again until some invocation holds it.
@@ -96,37 +97,43 @@ fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 @compute @workgroup_size(WG)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(gid, nwg);
-    if (i >= p.len) { return; }
+    let local = element_index(gid, nwg);
+    let member = gid.z;
+    let s = steps[member];
+    if (local >= p.len || s.frozen != 0u) { return; }
+    let i = member * p.len + local;
     var g = gradient(i);
-    if (p.weight_decay != 0.0) { g += p.weight_decay * param[i]; }
+    if (s.weight_decay != 0.0) { g += s.weight_decay * param[i]; }
     if ((p.flags & FLAG_MOMENTUM) != 0u) {
         var buf = g;
-        if (step.sgd_first_step == 0u) {
-            buf = p.momentum * state0[i] + (1.0 - p.dampening) * g;
+        if (s.sgd_first_step == 0u) {
+            buf = s.momentum * state0[i] + (1.0 - s.dampening) * g;
         }
         state0[i] = buf;
-        if ((p.flags & FLAG_NESTEROV) != 0u) { g += p.momentum * buf; } else { g = buf; }
+        if ((p.flags & FLAG_NESTEROV) != 0u) { g += s.momentum * buf; } else { g = buf; }
     }
-    let updated = param[i] - step.lr * g;
+    let updated = param[i] - s.lr * g;
     param[i] = updated;
-    note_nonfinite(i, updated, grad[i]);
+    note_nonfinite(member, local, updated, grad[i]);
 }
 
 @compute @workgroup_size(WG)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = element_index(gid, nwg);
-    if (i >= p.len) { return; }
+    let local = element_index(gid, nwg);
+    let member = gid.z;
+    let s = steps[member];
+    if (local >= p.len || s.frozen != 0u) { return; }
+    let i = member * p.len + local;
     var g = gradient(i);
     var w = param[i];
     if ((p.flags & FLAG_DECOUPLED) != 0u) {
-        w *= 1.0 - step.lr * p.weight_decay;
-    } else if (p.weight_decay != 0.0) {
-        g += p.weight_decay * w;
+        w *= 1.0 - s.lr * s.weight_decay;
+    } else if (s.weight_decay != 0.0) {
+        g += s.weight_decay * w;
     }
     // torch.lerp with weight 1 - β1 < ½: start + weight·(end - start)
-    let m = state0[i] + (1.0 - p.beta1) * (g - state0[i]);
-    let v = p.beta2 * state1[i] + (1.0 - p.beta2) * g * g;
+    let m = state0[i] + (1.0 - s.beta1) * (g - state0[i]);
+    let v = s.beta2 * state1[i] + (1.0 - s.beta2) * g * g;
     state0[i] = m;
     state1[i] = v;
     var second = v;
@@ -134,8 +141,8 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         second = max(state2[i], v);
         state2[i] = second;
     }
-    let denom = sqrt(second) / step.adam_bias_correction2_sqrt + p.eps;
-    let updated = w - step.adam_step_size * m / denom;
+    let denom = sqrt(second) / s.adam_bias_correction2_sqrt + s.eps;
+    let updated = w - s.adam_step_size * m / denom;
     param[i] = updated;
-    note_nonfinite(i, updated, grad[i]);
+    note_nonfinite(member, local, updated, grad[i]);
 }

@@ -9,6 +9,10 @@
 // totals itself (fold_batch, shaders/totals.wgsl): the metrics kernel's work, without its
 // dispatch; with FLAG_BIAS also the bias gradient of the Linear before the loss, Σ_r of the
 // gradient's rows (column_sums, shaders/loss_columns.wgsl): the column-sum kernel's work.
+// Stacked plans: workgroups along z are members (softmax_xent_totals: one workgroup each);
+// member m's logits and gradient are at m · N·C, its targets and rows at m · N, its totals
+// at m · TOTALS_LEN, its bias gradient at m · dbias_stride, and its step is steps[m]. The
+// class weights are one part, shared.
 
 struct Params {
     n: u32,
@@ -19,6 +23,8 @@ struct Params {
     label_smoothing: f32,
     // Σ_c w_c (C without weights)
     weight_sum: f32,
+    // Elements from one member's bias gradient to the next.
+    dbias_stride: u32,
 }
 
 const FLAG_WEIGHTS: u32 = 1u;
@@ -26,7 +32,7 @@ const FLAG_GRAD: u32 = 2u;
 const FLAG_BIAS: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(1) var<storage, read> steps: array<Step>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read> targets: array<i32>;
 @group(0) @binding(4) var<storage, read> weight: array<f32>;
@@ -70,13 +76,15 @@ fn prob(stats: RowStats, x: f32) -> f32 {
     return exp(x - stats.max) * stats.inv_sum;
 }
 
-// Row r's loss and gradient; writes rows[r] (and the gradient) and returns rows[r].
-fn xent_row(r: u32) -> vec4<f32> {
-    let base = r * p.c;
-    let t = targets[r];
+// Member m's row r: its loss and gradient; writes its rows entry (and the gradient) and
+// returns it.
+fn xent_row(m: u32, r: u32) -> vec4<f32> {
+    let row_index = m * p.n + r;
+    let base = row_index * p.c;
+    let t = targets[row_index];
     let write_grad = (p.flags & FLAG_GRAD) != 0u;
     if (t == p.ignore_index || t < 0 || u32(t) >= p.c) {
-        rows[r] = vec4<f32>(0.0);
+        rows[row_index] = vec4<f32>(0.0);
         if (write_grad) {
             for (var j = 0u; j < p.c; j++) { grad[base + j] = 0.0; }
         }
@@ -92,9 +100,9 @@ fn xent_row(r: u32) -> vec4<f32> {
         for (var j = 0u; j < p.c; j++) { smoothed += class_weight(j) * neg_log_prob(stats, logits[base + j]); }
         loss += eps / f32(p.c) * smoothed;
     }
-    let scale = step.loss_scale;
+    let scale = steps[m].loss_scale;
     let row = vec4<f32>(loss * scale, select(0.0, 1.0, stats.argmax == tu), 1.0, 0.0);
-    rows[r] = row;
+    rows[row_index] = row;
     if (write_grad) {
         for (var j = 0u; j < p.c; j++) {
             let pj = prob(stats, logits[base + j]);
@@ -108,20 +116,21 @@ fn xent_row(r: u32) -> vec4<f32> {
 
 @compute @workgroup_size(WG)
 fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x < p.n) { _ = xent_row(gid.x); }
+    if (gid.x < p.n) { _ = xent_row(gid.z, gid.x); }
 }
 
-// One workgroup: each invocation takes rows lid, lid + TOTALS_WG, … in order, as the metrics
-// kernel sums them.
+// One workgroup per member: each invocation takes rows lid, lid + TOTALS_WG, … in order, as
+// the metrics kernel sums them.
 @compute @workgroup_size(TOTALS_WG)
-fn softmax_xent_totals(@builtin(local_invocation_index) lid: u32) {
+fn softmax_xent_totals(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let m = wid.z;
     var s = vec4<f32>(0.0);
-    for (var r = lid; r < p.n; r += TOTALS_WG) { s += xent_row(r); }
+    for (var r = lid; r < p.n; r += TOTALS_WG) { s += xent_row(m, r); }
     if ((p.flags & FLAG_BIAS) != 0u) {
         storageBarrier();
-        column_sums(lid, p.n, p.c);
+        column_sums(lid, p.n, p.c, m * p.n * p.c, m * p.dbias_stride);
     }
-    fold_batch(lid, s);
+    fold_batch(lid, s, m);
 }
 
 // probs = softmax(logits) row by row.
@@ -129,7 +138,7 @@ fn softmax_xent_totals(@builtin(local_invocation_index) lid: u32) {
 fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
     if (r >= p.n) { return; }
-    let base = r * p.c;
+    let base = (gid.z * p.n + r) * p.c;
     let stats = row_stats(base);
     for (var j = 0u; j < p.c; j++) { probs[base + j] = prob(stats, logits[base + j]); }
 }

@@ -33,6 +33,9 @@ pub enum Error {
     Dist(#[from] crate::dist::DistError),
     #[error(transparent)]
     RunDir(#[from] crate::rundir::RunDirError),
+    /// Members that cannot share a stack.
+    #[error("stack: {0}")]
+    Stack(#[from] crate::model::StackError),
     /// A batch that does not fit the model.
     #[error("batch: {0}")]
     Batch(#[from] BatchError),

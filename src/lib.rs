@@ -35,4 +35,4 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use graph::Mode;
-pub use model::{Model, ModelConfig};
+pub use model::{MemberConfig, Model, ModelConfig};

@@ -59,6 +59,9 @@ pub enum DistError {
     /// The MPI library failed.
     #[error("MPI: {0}")]
     Mpi(String),
+    /// What a job of several processes cannot do.
+    #[error("{0}")]
+    Unsupported(String),
     /// What a rank received cannot be read (ranks of different wgnn builds, say).
     #[error("ranks exchanged unreadable data: {0}")]
     Garbled(String),

@@ -6,8 +6,8 @@ use super::memory::{self, MemoryPlan};
 use super::state::GpuState;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, StepProfile, TENSOR_USAGE};
 use crate::graph::{
-    BufferId, ConstId, Exchange, FlatState, GpuCx, Graph, Mode, Node, Parallel, ParamId, PlanSink,
-    SharedBindings, ValueId,
+    BufferId, ConstId, DropoutOverrides, Exchange, FlatState, GpuCx, Graph, Mode, Node, Parallel,
+    ParamId, PlanSink, SharedBindings, ValueId,
 };
 
 /// What a plan shares with the model: its resident state and per-step buffers.
@@ -21,6 +21,8 @@ pub struct Shared<'a> {
     pub seed: u64,
     /// The data-parallel job the plan runs in.
     pub parallel: Parallel,
+    /// Members' dropout probabilities where they differ from the graph's.
+    pub dropout: &'a DropoutOverrides,
 }
 
 impl Shared<'_> {
@@ -313,6 +315,7 @@ impl<'a> Builder<'a> {
             seed: self.shared.seed,
             parallel: self.shared.parallel,
             members: self.shared.members() as u32,
+            dropout: self.shared.dropout,
         };
         let mut sink = Sink { builder: self, out };
         let mut cx = GpuCx::new(self.ctx, self.graph, self.mode, shared, &mut sink);

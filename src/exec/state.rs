@@ -151,8 +151,11 @@ impl GpuState {
         for (p, off) in host.params.iter().zip(&l.params) {
             params[*off..*off + p.len()].copy_from_slice(p);
         }
-        ctx.queue
-            .write_buffer(&self.params, at(Flat::Params), bytemuck::cast_slice(&params));
+        ctx.queue.write_buffer(
+            &self.params,
+            at(Flat::Params),
+            bytemuck::cast_slice(&params),
+        );
         for (buffer, tensors) in self.optimizer.iter().zip(&host.optimizer) {
             let mut flat = vec![0.0f32; l.params_len];
             for (t, off) in tensors.iter().zip(&l.params) {
@@ -175,10 +178,18 @@ impl GpuState {
         }
         let queue = &ctx.queue;
         if !floats.is_empty() {
-            queue.write_buffer(&self.floats, at(Flat::Floats), bytemuck::cast_slice(&floats));
+            queue.write_buffer(
+                &self.floats,
+                at(Flat::Floats),
+                bytemuck::cast_slice(&floats),
+            );
         }
         if !counts.is_empty() {
-            queue.write_buffer(&self.counts, at(Flat::Counts), bytemuck::cast_slice(&counts));
+            queue.write_buffer(
+                &self.counts,
+                at(Flat::Counts),
+                bytemuck::cast_slice(&counts),
+            );
         }
     }
 
@@ -246,7 +257,10 @@ impl GpuState {
             .map(|(b, &off)| match b.kind {
                 BufferKind::F32 => BufferValues::F32(floats[off..off + b.len()].to_vec()),
                 BufferKind::Count => BufferValues::Count(
-                    counts[off..off + b.len()].iter().map(|&c| u64::from(c)).collect(),
+                    counts[off..off + b.len()]
+                        .iter()
+                        .map(|&c| u64::from(c))
+                        .collect(),
                 ),
             })
             .collect();
@@ -282,7 +296,12 @@ impl GpuState {
         self.flat_binding(&self.grads, graph, id)
     }
 
-    fn flat_binding<'a>(&self, buffer: &'a wgpu::Buffer, graph: &Graph, id: ParamId) -> Binding<'a> {
+    fn flat_binding<'a>(
+        &self,
+        buffer: &'a wgpu::Buffer,
+        graph: &Graph,
+        id: ParamId,
+    ) -> Binding<'a> {
         self.members_binding(
             buffer,
             Flat::Params,

@@ -235,6 +235,14 @@ impl<'a> Binding<'a> {
         }
     }
 
+    /// Members whose parts the binding holds (1 for one part).
+    pub fn members(&self) -> u32 {
+        match self.member_stride {
+            0 => 1,
+            stride => self.size.div_ceil(stride) as u32,
+        }
+    }
+
     /// Elements of `element_bytes` from one member's part to the next, as a kernel indexes
     /// them.
     pub fn member_elements(&self, element_bytes: u64) -> u32 {

@@ -39,7 +39,8 @@ macro_rules! uniform_struct {
 pub(crate) use uniform_struct;
 
 /// Panics unless `T` mirrors the uniform struct at `@group(0) @binding(binding)` of
-/// `shader`, as naga lays it out.
+/// `shader`, as naga lays it out; or, for a storage binding holding an array of structs (one
+/// record per member: the steps), the array's element, with `T`'s size as its stride.
 #[cfg(test)]
 pub(crate) fn assert_mirrors<T: UniformLayout>(shader: super::Shader, binding: u32) {
     let module = naga::front::wgsl::parse_str(&shader.source())
@@ -49,13 +50,27 @@ pub(crate) fn assert_mirrors<T: UniformLayout>(shader: super::Shader, binding: u
         .iter()
         .map(|(_, v)| v)
         .find(|v| {
-            v.space == naga::AddressSpace::Uniform
-                && v.binding
-                    .as_ref()
-                    .is_some_and(|b| b.group == 0 && b.binding == binding)
+            matches!(
+                v.space,
+                naga::AddressSpace::Uniform | naga::AddressSpace::Storage { .. }
+            ) && v
+                .binding
+                .as_ref()
+                .is_some_and(|b| b.group == 0 && b.binding == binding)
         })
-        .unwrap_or_else(|| panic!("{shader:?} has no uniform at binding {binding}"));
-    let naga::TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
+        .unwrap_or_else(|| panic!("{shader:?} has no uniform or storage at binding {binding}"));
+    let ty = match &module.types[var.ty].inner {
+        naga::TypeInner::Array { base, stride, .. } => {
+            assert_eq!(
+                *stride as usize,
+                std::mem::size_of::<T>(),
+                "{shader:?} binding {binding}: the records' stride"
+            );
+            *base
+        }
+        _ => var.ty,
+    };
+    let naga::TypeInner::Struct { members, span } = &module.types[ty].inner else {
         panic!("{shader:?} binding {binding} is not a struct");
     };
     let wgsl: Vec<(String, usize, usize)> = members

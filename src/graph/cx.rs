@@ -127,6 +127,8 @@ pub struct GpuCx<'a, 'p> {
     /// Models the plan runs side by side (a stacked plan; 1 alone): every binding holds each
     /// member's part ([`Binding::member_stride`]), and every dispatch covers them all.
     pub members: u32,
+    /// Members' dropout probabilities where they differ from the graph's.
+    pub dropout: &'a DropoutOverrides,
     sink: &'p mut dyn PlanSink<'a>,
 }
 
@@ -148,8 +150,17 @@ impl<'a, 'p> GpuCx<'a, 'p> {
             seed: shared.seed,
             parallel: shared.parallel,
             members: shared.members,
+            dropout: shared.dropout,
             sink,
         }
+    }
+
+    /// Each member's dropout probability for the dropout of layer `layer`, whose graph has
+    /// `p`: a stacked plan's members may each drop with their own.
+    pub fn dropout_p(&self, layer: u32, p: f32) -> Vec<f32> {
+        (0..self.members as usize)
+            .map(|m| self.dropout.p(m, layer).unwrap_or(p))
+            .collect()
     }
 
     /// The buffer holding a value in this plan.
@@ -233,4 +244,22 @@ pub struct SharedBindings<'a> {
     pub parallel: Parallel,
     /// Models the plan runs side by side.
     pub members: u32,
+    /// Members' dropout probabilities where they differ from the graph's.
+    pub dropout: &'a DropoutOverrides,
+}
+
+/// Each member's dropout probability per layer where it differs from the graph's (a stacked
+/// plan whose members sweep it): `(layer, p)` pairs per member.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DropoutOverrides(pub Vec<Vec<(u32, f32)>>);
+
+impl DropoutOverrides {
+    /// Member `member`'s probability for the dropout of layer `layer`, if it has its own.
+    pub fn p(&self, member: usize, layer: u32) -> Option<f32> {
+        self.0
+            .get(member)?
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|&(_, p)| p)
+    }
 }

@@ -34,7 +34,9 @@ mod totals;
 use std::sync::Arc;
 
 pub use autodiff::{Autodiff, append_backward};
-pub use cx::{CpuCx, CpuError, FlatState, GpuCx, Parallel, PlanSink, SharedBindings};
+pub use cx::{
+    CpuCx, CpuError, DropoutOverrides, FlatState, GpuCx, Parallel, PlanSink, SharedBindings,
+};
 pub use exchange::{Exchange, Region};
 pub use fusion::{fuse, hand_off_column_sums};
 pub use init::{init_parameters, kaiming_uniform_bound};

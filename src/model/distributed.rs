@@ -20,6 +20,13 @@ impl Model {
     /// the global batch in forward and backward (`torch.nn.SyncBatchNorm`); every rank must
     /// then step on batches of equal size. Every rank must call it, with the same model.
     pub fn distribute(&mut self, comm: Comm, sync_bn: bool) -> Result<()> {
+        if self.members() > 1 && comm.size() > 1 {
+            return Err(crate::dist::DistError::Unsupported(format!(
+                "a stack of {} members cannot train across processes",
+                self.members()
+            ))
+            .into());
+        }
         // The state is broadcast as words of this model's shapes: every rank's must agree.
         crate::dist::agree(comm.as_ref(), &self.fingerprint(sync_bn))?;
         self.comm = comm;
@@ -62,7 +69,7 @@ impl Model {
                 ),
             ),
             ("loss".into(), format!("{:?}", self.loss)),
-            ("optimizer".into(), format!("{:?}", self.optimizer)),
+            ("optimizer".into(), format!("{:?}", self.optimizer())),
             ("batch size".into(), self.config.batch_size.to_string()),
             ("seed".into(), self.config.seed.to_string()),
             ("--sync-bn".into(), sync_bn.to_string()),

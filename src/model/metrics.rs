@@ -16,12 +16,14 @@ use crate::ops::reduce::{RawTotals, TOTALS_LEN, Totals};
 
 use super::Model;
 
-/// Bytes of the totals buffer.
+/// Bytes of one member's totals.
 const TOTALS_BYTES: u64 = (TOTALS_LEN * 4) as u64;
 
-/// The totals buffer the plans write and the staging buffer it is read back through.
+/// The totals buffer the plans write (one part per member) and the staging buffer it is
+/// read back through.
 pub(super) struct MetricTotals {
     buffer: wgpu::Buffer,
+    members: usize,
     staging: wgpu::Buffer,
     /// The next submit copies the totals into `staging`.
     copy_requested: bool,
@@ -32,12 +34,14 @@ pub(super) struct MetricTotals {
 }
 
 impl MetricTotals {
-    pub(super) fn new(ctx: &GpuContext) -> Result<Self> {
+    pub(super) fn new(ctx: &GpuContext, members: usize) -> Result<Self> {
+        let bytes = TOTALS_BYTES * members.max(1) as u64;
         Ok(Self {
-            buffer: ctx.create_buffer("metric totals", TOTALS_BYTES, TENSOR_USAGE)?,
+            buffer: ctx.create_buffer("metric totals", bytes, TENSOR_USAGE)?,
+            members: members.max(1),
             staging: ctx.create_buffer(
                 "metric readback",
-                TOTALS_BYTES,
+                bytes,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
             copy_requested: false,
@@ -46,9 +50,9 @@ impl MetricTotals {
         })
     }
 
-    /// The totals as the plans bind them.
+    /// The totals as the plans bind them, a part per member.
     pub(super) fn binding(&self) -> Binding<'_> {
-        Binding::whole(&self.buffer)
+        Binding::whole(&self.buffer).split_members(self.members as u32)
     }
 
     /// Bytes of both buffers.
@@ -64,7 +68,7 @@ impl MetricTotals {
 
     /// Records the copy of the totals into the staging buffer.
     pub(super) fn encode_copy(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.copy_buffer_to_buffer(&self.buffer, 0, &self.staging, 0, TOTALS_BYTES);
+        encoder.copy_buffer_to_buffer(&self.buffer, 0, &self.staging, 0, self.buffer.size());
     }
 
     /// Starts mapping the staging buffer after the submit that copies into it.
@@ -79,9 +83,10 @@ impl MetricTotals {
 }
 
 impl Model {
-    /// Zeroes the loss and accuracy totals (e.g. at the start of an epoch).
+    /// Zeroes the loss and accuracy totals (e.g. at the start of an epoch), every member's.
     pub fn reset_metrics(&mut self) {
-        self.set_raw_totals(&[0.0; TOTALS_LEN]);
+        let zeros = vec![[0.0; TOTALS_LEN]; self.members()];
+        self.write_all_totals(&zeros);
     }
 
     /// Reads the totals now (blocking).
@@ -97,16 +102,26 @@ impl Model {
         self.reduce_totals(&mine)
     }
 
-    /// This rank's own totals (blocking).
+    /// This rank's own totals (blocking): member 0's.
     fn local_raw_totals(&mut self) -> Result<RawTotals> {
-        let raw = crate::gpu::read_buffer(&self.ctx, &self.totals.buffer, 0, TOTALS_BYTES)?;
+        Ok(self.read_all_totals()?[0])
+    }
+
+    /// Every member's totals (blocking).
+    pub(super) fn read_all_totals(&mut self) -> Result<Vec<RawTotals>> {
+        let buffer = &self.totals.buffer;
+        let raw: Vec<f32> = crate::gpu::read_buffer(&self.ctx, buffer, 0, buffer.size())?;
         self.counters.blocking_readbacks += 1;
         self.in_flight.clear();
-        let mut words = [0.0; TOTALS_LEN];
-        for (word, value) in words.iter_mut().zip(raw) {
-            *word = value;
-        }
-        Ok(words)
+        Ok(raw.chunks(TOTALS_LEN).map(words).collect())
+    }
+
+    /// Overwrites every member's totals (lands before the next step).
+    pub(super) fn write_all_totals(&mut self, raw: &[RawTotals]) {
+        let flat: Vec<f32> = raw.iter().flatten().copied().collect();
+        self.ctx
+            .queue
+            .write_buffer(&self.totals.buffer, 0, bytemuck::cast_slice(&flat));
     }
 
     /// Puts back totals read by [`Model::raw_totals`] (lands before the next step). In a
@@ -121,6 +136,7 @@ impl Model {
         self.ctx
             .queue
             .write_buffer(&self.totals.buffer, 0, bytemuck::cast_slice(&raw));
+        // The other members of a stack (if any) keep theirs.
     }
 
     /// Asks for the totals as of the next step, without waiting: the copy rides in that
@@ -132,8 +148,15 @@ impl Model {
     }
 
     /// The totals asked for by [`Model::request_metrics`], once the device has them: this
-    /// rank's own, in a data-parallel job (for progress; [`Model::read_metrics`] reduces).
+    /// rank's own, in a data-parallel job (for progress; [`Model::read_metrics`] reduces);
+    /// member 0's, in a stack.
     pub fn poll_metrics(&mut self) -> Result<Option<Totals>> {
+        Ok(self.poll_member_metrics()?.map(|all| all[0]))
+    }
+
+    /// Every member's totals asked for by [`Model::request_metrics`], once the device has
+    /// them.
+    pub fn poll_member_metrics(&mut self) -> Result<Option<Vec<Totals>>> {
         let totals = &mut self.totals;
         if !totals.mapping {
             return Ok(None);
@@ -155,6 +178,15 @@ impl Model {
         totals.staging.unmap();
         totals.mapping = false;
         totals.mapped.store(false, Ordering::Release);
-        Ok(Some(Totals::from_raw(&raw)))
+        Ok(Some(raw.chunks(TOTALS_LEN).map(Totals::from_raw).collect()))
     }
+}
+
+/// One member's words of the totals buffer.
+fn words(raw: &[f32]) -> RawTotals {
+    let mut words = [0.0; TOTALS_LEN];
+    for (word, &value) in words.iter_mut().zip(raw) {
+        *word = value;
+    }
+    words
 }

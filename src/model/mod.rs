@@ -6,6 +6,7 @@
 //! | file | what it holds |
 //! |---|---|
 //! | `mod.rs` | the [`Model`] type, construction, `train()`/`eval()`, the step calls |
+//! | `members.rs` | stacks: many members of one architecture in one plan ([`MemberConfig`]) |
 //! | `plan.rs` | graphs and plans per (mode, batch size), built once; device-limit errors |
 //! | `submit.rs` | one step: step uniform, one command buffer, one submit, back-pressure |
 //! | `batch.rs` | [`DeviceBatch`], a batch resident on the device, and its dispatch cache |
@@ -18,6 +19,7 @@
 mod batch;
 mod distributed;
 mod exchange;
+mod members;
 mod metrics;
 mod plan;
 mod reference;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use batch::DeviceBatch;
+pub use members::{MAX_MEMBERS, MemberConfig, StackError};
 pub use report::{Counters, PlanReport};
 pub use state::StateProblem;
 pub use validate::BatchError;
@@ -60,12 +63,14 @@ pub struct ModelConfig {
     pub seed: u64,
 }
 
-/// A Sequential with its loss and optimizer, resident on the GPU.
+/// A Sequential with its loss and optimizer, resident on the GPU — or a stack of such models
+/// of one architecture, trained side by side in one plan (see [`members`]).
 pub struct Model {
     ctx: Arc<GpuContext>,
     sequential: Sequential,
     loss: Loss,
-    optimizer: Optimizer,
+    /// One per member (one for a lone model): seed, optimizer settings, step, frozen.
+    members: Vec<members::Member>,
     config: ModelConfig,
     /// The fitted preprocessing every graph starts with, if any.
     preprocess: Option<Arc<Transform>>,
@@ -74,7 +79,6 @@ pub struct Model {
     step_buffer: StepBuffer,
     plans: HashMap<(Mode, usize), GpuPlan>,
     mode: Mode,
-    step: u64,
     in_flight: VecDeque<wgpu::SubmissionIndex>,
     /// Loss/accuracy totals on the device and their read-back.
     totals: MetricTotals,
@@ -85,15 +89,18 @@ pub struct Model {
     comm: Comm,
     /// Batch norm takes its statistics over every rank's batch.
     sync_bn: bool,
+    /// Members' dropout probabilities where they differ from the graph's (none alone).
+    dropout: crate::graph::DropoutOverrides,
 }
 
 /// What a model is made of, besides its device and state.
 struct Parts {
     sequential: Sequential,
     loss: Loss,
-    optimizer: Optimizer,
+    members: Vec<MemberConfig>,
     config: ModelConfig,
     preprocess: Option<Arc<Transform>>,
+    dropout: crate::graph::DropoutOverrides,
 }
 
 /// Source of [`Model`] ids.
@@ -145,32 +152,75 @@ impl Model {
         config: ModelConfig,
         state: Option<HostState>,
     ) -> Result<Self> {
+        let member = MemberConfig::new(config.seed, optimizer);
+        let states = state.map(|s| vec![s]);
+        Self::build_members(
+            ctx,
+            preprocess,
+            sequential,
+            loss,
+            config,
+            vec![member],
+            states,
+        )
+    }
+
+    /// A stack of `members` (a lone model: one), each from its state or initialized under its
+    /// own seed.
+    fn build_members(
+        ctx: Arc<GpuContext>,
+        preprocess: Option<Arc<Transform>>,
+        sequential: Sequential,
+        loss: Loss,
+        config: ModelConfig,
+        members: Vec<MemberConfig>,
+        states: Option<Vec<HostState>>,
+    ) -> Result<Self> {
+        let dropout = members::check_members(&sequential, &members)?;
         let graph = plan::build_graph(
             &sequential,
             &loss,
-            &optimizer,
+            &members[0].optimizer,
             &config,
             config.batch_size,
             preprocess.as_ref(),
         )?;
-        let host = match state {
-            Some(state) => {
-                state::check_state(&graph, &state)?;
-                state
+        for m in &members {
+            m.optimizer
+                .validate()
+                .map_err(|e| crate::graph::BuildError::Config(e.to_string()))?;
+        }
+        let hosts = match states {
+            Some(states) => {
+                if states.len() != members.len() {
+                    return Err(StackError::Count {
+                        given: states.len(),
+                        members: members.len(),
+                    }
+                    .into());
+                }
+                for s in &states {
+                    state::check_state(&graph, s)?;
+                }
+                states
             }
             None => {
                 plan::check_parameters_fit(&graph, ctx.max_binding_bytes())?;
-                HostState::init(&graph, config.seed)
+                members
+                    .iter()
+                    .map(|m| HostState::init(&graph, m.seed))
+                    .collect()
             }
         };
         let parts = Parts {
             sequential,
             loss,
-            optimizer,
+            members,
             config,
             preprocess,
+            dropout,
         };
-        Self::assemble(ctx, parts, graph, host)
+        Self::assemble(ctx, parts, graph, hosts)
     }
 
     /// Like [`Model::new`], starting from a given state (e.g. a checkpoint).
@@ -193,23 +243,37 @@ impl Model {
         )
     }
 
-    fn assemble(ctx: Arc<GpuContext>, parts: Parts, graph: Graph, host: HostState) -> Result<Self> {
+    fn assemble(
+        ctx: Arc<GpuContext>,
+        parts: Parts,
+        graph: Graph,
+        hosts: Vec<HostState>,
+    ) -> Result<Self> {
         let Parts {
             sequential,
             loss,
-            optimizer,
+            members,
             config,
             preprocess,
+            dropout,
         } = parts;
-        let state = GpuState::new(&ctx, &graph, std::slice::from_ref(&host))?;
-        let step_buffer = StepBuffer::new(&ctx)?;
-        let totals = MetricTotals::new(&ctx)?;
+        let state = GpuState::new(&ctx, &graph, &hosts)?;
+        let step_buffer = StepBuffer::members(&ctx, members.len())?;
+        let totals = MetricTotals::new(&ctx, members.len())?;
+        let members = members
+            .into_iter()
+            .zip(&hosts)
+            .map(|(config, host)| members::Member {
+                config,
+                step: host.step,
+                frozen: false,
+            })
+            .collect();
         let mut model = Self {
             ctx,
             sequential,
             loss,
-            optimizer,
-            step: host.step,
+            members,
             config,
             preprocess,
             graphs: HashMap::new(),
@@ -223,6 +287,7 @@ impl Model {
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
             comm: crate::dist::single(),
             sync_bn: false,
+            dropout,
         };
         let batch = model.config.batch_size;
         model.graphs.insert(batch, graph);
@@ -248,8 +313,9 @@ impl Model {
         &self.loss
     }
 
+    /// The optimizer (member 0's, in a stack).
     pub fn optimizer(&self) -> &Optimizer {
-        &self.optimizer
+        &self.members[0].config.optimizer
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -261,9 +327,9 @@ impl Model {
         &self.graphs[&self.config.batch_size]
     }
 
-    /// Optimizer steps taken.
+    /// Optimizer steps taken (member 0's, in a stack).
     pub fn step(&self) -> u64 {
-        self.step
+        self.members[0].step
     }
 
     pub fn mode(&self) -> Mode {
@@ -280,27 +346,30 @@ impl Model {
         self.mode = Mode::Eval;
     }
 
-    /// The learning rate the next step uses.
+    /// The learning rate the next step uses (member 0's, in a stack).
     pub fn lr(&self) -> f32 {
-        self.optimizer.lr()
+        self.optimizer().lr()
     }
 
-    /// Sets the learning rate from the next step on: every step writes it into the step
-    /// uniform that the plans' optimizer kernels read, so no plan is rebuilt.
+    /// Sets the learning rate from the next step on (every member's, in a stack): every
+    /// step writes it into the step records that the plans' optimizer kernels read, so no
+    /// plan is rebuilt.
     pub fn set_lr(&mut self, lr: f32) {
-        self.optimizer.set_lr(lr);
+        for m in &mut self.members {
+            m.config.optimizer.set_lr(lr);
+        }
     }
 
     /// One training step on a batch: x holds `rows × features` values, `labels` one class
     /// (or 0/1 for BCE) per row. Uploads the batch, records the whole step into one command
-    /// buffer and submits it; nothing is read back.
+    /// buffer and submits it; nothing is read back. Every member of a stack steps on this
+    /// same batch ([`Model::train_step_members`] gives each its own).
     pub fn train_step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
         self.require_mode(Mode::Train, "train_step")?;
         let rows = self.check_batch(x, labels)?;
         self.check_batch_norm_rows(rows)?;
         self.run(Mode::Train, rows, x, labels)?;
-        self.step += 1;
-        self.counters.train_steps += 1;
+        self.advance();
         Ok(())
     }
 
@@ -322,10 +391,9 @@ impl Model {
             Mode::Train,
             batch.rows(),
             BatchSource::Device(batch),
-            loss_scale,
+            &[loss_scale],
         )?;
-        self.step += 1;
-        self.counters.train_steps += 1;
+        self.advance();
         Ok(())
     }
 
@@ -337,13 +405,14 @@ impl Model {
             Mode::Eval,
             batch.rows(),
             BatchSource::Device(batch),
-            loss_scale,
+            &[loss_scale],
         )?;
         self.counters.eval_steps += 1;
         Ok(())
     }
 
-    /// Logits [rows, classes] of a batch in eval mode (blocking: it reads them back).
+    /// Logits [rows, classes] of a batch in eval mode (blocking: it reads them back); in a
+    /// stack, every member's, in member order ([`Model::predict_members`] splits them).
     pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
         self.require_mode(Mode::Eval, "predict")?;
         let rows = self.check_samples(x)?;

@@ -26,7 +26,7 @@ impl Model {
             let graph = build_graph(
                 &self.sequential,
                 &self.loss,
-                &self.optimizer,
+                self.optimizer(),
                 &self.config,
                 rows,
                 self.preprocess.as_ref(),
@@ -48,6 +48,7 @@ impl Model {
             totals: self.totals.binding(),
             seed: self.config.seed,
             parallel: self.parallel(),
+            dropout: &self.dropout,
         }
     }
 }

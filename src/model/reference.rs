@@ -12,8 +12,11 @@ impl Model {
     /// batch size it meets from the model's own layers, loss and optimizer.
     pub fn reference_executor(&mut self) -> Result<CpuExecutor> {
         let state = self.state()?;
-        let (sequential, loss, optimizer) =
-            (self.sequential.clone(), self.loss.clone(), self.optimizer);
+        let (sequential, loss, optimizer) = (
+            self.sequential.clone(),
+            self.loss.clone(),
+            *self.optimizer(),
+        );
         let (shape, preprocess) = (self.config.sample_shape.clone(), self.preprocess.clone());
         let build = Box::new(move |rows| {
             crate::nn::build_with(

@@ -8,21 +8,24 @@ use crate::graph::{BufferKind, Graph};
 use super::Model;
 
 impl Model {
-    /// Downloads the whole state (blocking).
+    /// Downloads the whole state (blocking); member 0's, in a stack.
     pub fn state(&mut self) -> Result<HostState> {
-        let graph = &self.graphs[&self.config.batch_size];
-        let host = self.state.download(&self.ctx, graph, 0, self.step)?;
-        self.counters.blocking_readbacks += 1;
-        self.in_flight.clear();
-        Ok(host)
+        self.member_state(0)
     }
 
     /// The gradients of the last training step, named as the parameters are in PyTorch's
     /// state_dict and shaped like them: what each parameter's `.grad` holds after
-    /// `loss.backward()` (zeros before the first step). Blocking.
+    /// `loss.backward()` (zeros before the first step). Blocking. Member 0's, in a stack
+    /// ([`Model::member_gradients`]).
     pub fn gradients(&mut self) -> Result<Vec<(String, Vec<f32>)>> {
+        self.member_gradients(0)
+    }
+
+    /// Member `k`'s gradients of the last training step, as [`Model::gradients`].
+    pub fn member_gradients(&mut self, k: usize) -> Result<Vec<(String, Vec<f32>)>> {
+        self.member(k)?;
         let graph = &self.graphs[&self.config.batch_size];
-        let grads = self.state.download_gradients(&self.ctx, graph, 0)?;
+        let grads = self.state.download_gradients(&self.ctx, graph, k)?;
         self.counters.blocking_readbacks += 1;
         self.in_flight.clear();
         Ok(graph
@@ -45,12 +48,10 @@ impl Model {
             .map(|(p, &offset)| (p.name.as_str(), element - offset))
     }
 
-    /// Replaces the whole state (parameters, optimizer state, running stats, step).
+    /// Replaces the whole state (parameters, optimizer state, running stats, step); member
+    /// 0's, in a stack.
     pub fn load_state(&mut self, state: &HostState) -> Result<()> {
-        check_state(self.graph(), state)?;
-        self.state.upload(&self.ctx, state);
-        self.step = state.step;
-        Ok(())
+        self.load_member_state(0, state)
     }
 }
 

@@ -23,41 +23,75 @@ pub(super) enum BatchSource<'a> {
 }
 
 impl Model {
-    /// A step on a batch from host memory, its targets encoded and scaled as the loss reads
-    /// them.
+    /// A step on one batch from host memory, its targets encoded and scaled as the loss
+    /// reads them; every member of a stack takes the same batch.
     pub(super) fn run(&mut self, mode: Mode, rows: usize, x: &[f32], labels: &[u32]) -> Result<()> {
+        let members = self.members();
+        if members == 1 {
+            return self.run_members(mode, rows, x, labels);
+        }
+        self.run_members(mode, rows, &x.repeat(members), &labels.repeat(members))
+    }
+
+    /// A step on each member's batch from host memory (`x` and `labels` member by member).
+    pub(super) fn run_members(
+        &mut self,
+        mode: Mode,
+        rows: usize,
+        x: &[f32],
+        labels: &[u32],
+    ) -> Result<()> {
         let target = self.loss.target_encoding().encode(labels);
-        let loss_scale = self.loss.loss_scale(labels);
+        let scales: Vec<f32> = labels
+            .chunks(rows.max(1))
+            .map(|l| self.loss.loss_scale(l))
+            .collect();
         self.run_on(
             mode,
             rows,
             BatchSource::Host { x, target: &target },
-            loss_scale,
+            &scales,
         )
     }
 
-    /// Records the step of `mode` at `rows` samples into one command buffer and submits it
-    /// (in a data-parallel job, one per segment between the plan's exchanges).
+    /// Each member's step record for a step at `rows` samples: its step, settings, seed,
+    /// loss scale, and whether it is frozen.
+    fn step_records(&self, rows: usize, loss_scales: &[f32]) -> Vec<StepParams> {
+        self.members
+            .iter()
+            .zip(loss_scales.iter().chain(std::iter::repeat(&1.0)))
+            .map(|(m, &loss_scale)| {
+                let mut params = StepParams::at_step(m.step);
+                params.rows = rows as u32;
+                params.loss_scale = loss_scale;
+                params.seed_key = crate::ops::dropout::MaskStream::seed_key(m.config.seed);
+                params.frozen = u32::from(m.frozen);
+                m.config.optimizer.fill_step(m.step, &mut params);
+                params
+            })
+            .collect()
+    }
+
+    /// Records the step of `mode` at `rows` samples of each member into one command buffer
+    /// and submits it (in a data-parallel job, one per segment between the plan's
+    /// exchanges). `loss_scales` holds each member's.
     pub(super) fn run_on(
         &mut self,
         mode: Mode,
         rows: usize,
         source: BatchSource<'_>,
-        loss_scale: f32,
+        loss_scales: &[f32],
     ) -> Result<()> {
         self.plan(mode, rows)?;
         self.ctx.check_device()?;
-        let mut params = StepParams::at_step(self.step);
-        params.rows = rows as u32;
-        params.loss_scale = loss_scale;
-        self.optimizer.fill_step(self.step, &mut params);
+        let records = self.step_records(rows, loss_scales);
         // Keep at most MAX_IN_FLIGHT steps queued: the step waits for the oldest (not a
         // readback) once it is encoded, just before it is submitted.
         let oldest = match self.in_flight.len() >= MAX_IN_FLIGHT {
             true => self.in_flight.pop_front(),
             false => None,
         };
-        self.step_buffer.write(&self.ctx, &params);
+        self.step_buffer.write_all(&self.ctx, &records);
         let copy_metrics = self.totals.take_copy_request();
         let plan = &self.plans[&(mode, rows)];
         let metrics = copy_metrics.then_some(&self.totals);

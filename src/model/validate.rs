@@ -25,6 +25,9 @@ pub enum BatchError {
     /// Unlabelled samples (predict) whose values do not divide into samples.
     #[error("{values} values do not make whole samples of {features} features")]
     PartialSample { values: usize, features: usize },
+    /// A stack's step takes one batch of equal rows per member.
+    #[error("{labels} labels do not split into equal batches for {members} members")]
+    MemberBatches { labels: usize, members: usize },
     /// A label outside `0..classes` (`classes` is 2 for BCE's 0/1).
     #[error("target {label} at index {index} is out of bounds for {classes} classes")]
     LabelOutOfRange {
@@ -88,6 +91,21 @@ impl Model {
         }
         self.check_labels(labels)?;
         Ok(rows)
+    }
+
+    /// The rows of each member's batch in a stack's step: `labels` holds every member's
+    /// labels (the same number each), `x` their samples, member by member.
+    pub(super) fn check_member_batch(&self, x: &[f32], labels: &[u32]) -> Result<usize> {
+        let members = self.members();
+        if !labels.len().is_multiple_of(members) {
+            return Err(BatchError::MemberBatches {
+                labels: labels.len(),
+                members,
+            }
+            .into());
+        }
+        self.check_batch(x, labels)?;
+        Ok(labels.len() / members)
     }
 
     /// The rows of an unlabelled batch (whole, non-empty samples).

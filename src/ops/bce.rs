@@ -80,7 +80,7 @@ uniform_struct! {
         n: u32,
         flags: u32,
         pos_weight: f32,
-        _pad: u32,
+        dbias_stride: u32,
     }
 }
 
@@ -118,8 +118,9 @@ pub fn dispatch(
         n: n as u32,
         flags: u32::from(b.grad.is_some()) | (u32::from(b.bias_grad.is_some()) << 1),
         pos_weight: config.pos_weight,
-        _pad: 0,
+        dbias_stride: b.bias_grad.map_or(0, |d| d.member_elements(4)),
     };
+    let members = b.logits.members();
     let grad = b.grad.unwrap_or_else(|| ctx.placeholder_out());
     let mut bindings = vec![
         (1, b.step),
@@ -142,7 +143,7 @@ pub fn dispatch(
             bindings.push((7, b.bias_grad.unwrap_or(ctx.placeholder_out())));
             let kernel = Kernel::new(Shader::Bce, "bce_with_logits_totals")
                 .with("SUM_ROWS", reduce::column_sum_rows(ctx));
-            ctx.dispatch_at(&kernel, Some(&params), &bindings, [1, 1, 1])
+            ctx.dispatch_at(&kernel, Some(&params), &bindings, [1, 1, members])
         }
         Some(_) => Err(GpuError::Unsupported(format!(
             "BCE with logits folds at most {FOLD_MAX_ROWS} rows into the totals, not {n}"
@@ -151,7 +152,7 @@ pub fn dispatch(
             &Kernel::new(Shader::Bce, "bce_with_logits").with("WG", WG),
             Some(&params),
             &bindings,
-            [groups(n, WG), 1, 1],
+            [groups(n, WG), 1, members],
         ),
     }
 }

@@ -64,7 +64,7 @@ impl MaskStream {
 
     /// Philox key: the seed folded to 32 bits, and the layer.
     pub fn key(self) -> [u32; 2] {
-        [(self.seed ^ (self.seed >> 32)) as u32, self.layer]
+        [Self::seed_key(self.seed), self.layer]
     }
 }
 
@@ -100,49 +100,68 @@ uniform_struct! {
     /// Mirrors `Params` in `shaders/dropout.wgsl`.
     struct Params {
         len: u32,
-        threshold: u32,
-        scale: f32,
-        key0: u32,
-        key1: u32,
-        _pad: [u32; 3],
+        layer: u32,
+        _pad: [u32; 2],
     }
 }
 
 const WG: u32 = 64;
 
-fn params(len: usize, p: DropProbability, stream: MaskStream) -> Params {
-    let [key0, key1] = stream.key();
-    Params {
-        len: len as u32,
-        threshold: p.threshold(),
-        scale: p.scale(),
-        key0,
-        key1,
-        _pad: [0; 3],
+impl MaskStream {
+    /// The seed as the kernels read it from a member's step record (`seed_key`): the first
+    /// word of the Philox key.
+    pub fn seed_key(seed: u64) -> u32 {
+        (seed ^ (seed >> 32)) as u32
     }
 }
 
-/// Builds the dispatch for `y = dropout(x)` (or `dx = dropout(dy)`) over `len` elements; the
-/// step comes from `step` at execution time.
+/// Each member's (threshold, scale bits) as the kernels read them (`drops`), as one buffer
+/// for a dispatch to keep.
+pub fn member_drops(ctx: &GpuContext, p: &[DropProbability]) -> Result<wgpu::Buffer, GpuError> {
+    let words: Vec<[u32; 2]> = p
+        .iter()
+        .map(|p| [p.threshold(), p.scale().to_bits()])
+        .collect();
+    ctx.create_buffer_init(
+        "dropout probabilities",
+        bytemuck::cast_slice(&words),
+        wgpu::BufferUsages::STORAGE,
+    )
+}
+
+/// What a dropout dispatch masks with: each member's probability (one per member the
+/// bindings hold; the seeds come from the members' step records), and the layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Masks<'m> {
+    pub p: &'m [DropProbability],
+    pub layer: u32,
+}
+
+/// Builds the dispatch for `y = dropout(x)` (or `dx = dropout(dy)`) over `len` elements of
+/// each member; the step and seed come from `step` (each member's record) at execution time.
 pub fn dispatch(
     ctx: &GpuContext,
     len: usize,
-    p: DropProbability,
-    stream: MaskStream,
+    masks: Masks<'_>,
     step: Binding<'_>,
-    x: Binding<'_>,
-    y: Binding<'_>,
+    [x, y]: [Binding<'_>; 2],
 ) -> Result<Dispatch, GpuError> {
     let kernel = Kernel::new(Shader::Dropout, "dropout").with("WG", WG);
-    let workgroups = grid_1d(
+    let [gx, gy, _] = grid_1d(
         groups(len.div_ceil(4), WG),
         ctx.limits().max_compute_workgroups_per_dimension,
     );
-    ctx.dispatch(
+    let drops = member_drops(ctx, masks.p)?;
+    let params = Params {
+        len: len as u32,
+        layer: masks.layer,
+        _pad: [0; 2],
+    };
+    ctx.dispatch_at(
         &kernel,
-        Some(&params(len, p, stream)),
-        &[step, x, y],
-        workgroups,
+        Some(&params),
+        &[(1, step), (2, x), (3, y), (5, Binding::whole(&drops))],
+        [gx, gy, x.members()],
     )
 }
 
@@ -156,16 +175,24 @@ pub fn dropout(
 ) -> Result<GpuTensor, OpError> {
     let p = DropProbability::new(p)?;
     let steps = StepBuffer::new(ctx)?;
-    steps.write(ctx, &StepParams::at_step(step));
+    steps.write(
+        ctx,
+        &StepParams {
+            seed_key: MaskStream::seed_key(stream.seed),
+            ..StepParams::at_step(step)
+        },
+    );
     let y = GpuTensor::zeros(ctx, x.shape(), "dropout.y")?;
+    let masks = Masks {
+        p: &[p],
+        layer: stream.layer,
+    };
     let d = dispatch(
         ctx,
         x.len(),
-        p,
-        stream,
+        masks,
         steps.binding(),
-        x.binding(),
-        y.binding(),
+        [x.binding(), y.binding()],
     )?;
     ctx.submit(&[&d]);
     Ok(y)
@@ -271,7 +298,8 @@ impl Op for DropoutBackwardOp {
     }
 }
 
-/// out = in · mask / (1 - p): the forward and its backward are the same map.
+/// out = in · mask / (1 - p): the forward and its backward are the same map. Each member
+/// masks with its own probability for the layer (`GpuCx::dropout_p`) and its own seed.
 fn encode_mask(
     node: &Node,
     p: DropProbability,
@@ -279,17 +307,28 @@ fn encode_mask(
     cx: &mut GpuCx<'_, '_>,
 ) -> Result<(), GpuError> {
     let len = cx.graph.value(node.inputs[0]).len();
-    let d = dispatch(
-        cx.ctx,
-        len,
-        p,
-        MaskStream::new(cx.seed, stream),
-        cx.step,
-        cx.input(node, 0),
-        cx.output(node, 0),
-    )?;
+    let p = member_probabilities(cx, stream, p)?;
+    let masks = Masks {
+        p: &p,
+        layer: stream,
+    };
+    let bindings = [cx.input(node, 0), cx.output(node, 0)];
+    let d = dispatch(cx.ctx, len, masks, cx.step, bindings)?;
     cx.push(d);
     Ok(())
+}
+
+/// Each member's probability for the dropout of `layer`, whose graph (member 0's
+/// architecture) has `p`.
+pub fn member_probabilities(
+    cx: &GpuCx<'_, '_>,
+    layer: u32,
+    p: DropProbability,
+) -> Result<Vec<DropProbability>, GpuError> {
+    cx.dropout_p(layer, p.get())
+        .into_iter()
+        .map(|p| DropProbability::new(p).map_err(|e| GpuError::Unsupported(e.to_string())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -315,14 +354,24 @@ mod tests {
         let n = 1000usize;
         let step = (7u64 << 32) | 5;
         let steps = StepBuffer::new(ctx).unwrap();
-        steps.write(ctx, &StepParams::at_step(step));
+        steps.write(
+            ctx,
+            &StepParams {
+                seed_key: MaskStream::seed_key(STREAM.seed),
+                ..StepParams::at_step(step)
+            },
+        );
         let words = GpuTensor::zeros(ctx, &[n, 4], "words").unwrap();
-        let p = DropProbability::new(0.5).unwrap();
         let kernel = Kernel::new(Shader::PhiloxWords, "philox_words");
+        let params = Params {
+            len: n as u32,
+            layer: STREAM.layer,
+            _pad: [0; 2],
+        };
         let d = ctx
             .dispatch_at(
                 &kernel,
-                Some(&params(n, p, STREAM)),
+                Some(&params),
                 &[(1, steps.binding()), (4, words.binding())],
                 [groups(n, WG), 1, 1],
             )

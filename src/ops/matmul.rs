@@ -183,6 +183,10 @@ uniform_struct! {
         b_col: u32,
         k_chunk: u32,
         splits: u32,
+        a_stride: u32,
+        b_stride: u32,
+        bias_stride: u32,
+        c_stride: u32,
         _pad: [u32; 2],
     }
 }
@@ -281,11 +285,16 @@ fn launch_variant(
         b_col: b_col as u32,
         k_chunk: k as u32,
         splits: 1,
+        a_stride: a.member_elements(4),
+        b_stride: b.member_elements(4),
+        bias_stride: bias.map_or(0, |b| b.member_elements(4)),
+        c_stride: c.member_elements(4),
         _pad: [0; 2],
     };
+    let members = c.members();
     let bias = bias.unwrap_or_else(|| ctx.placeholder());
     if variant == Variant::Tiled {
-        return tiled(ctx, shape, params, a, b, bias, c);
+        return tiled(ctx, shape, params, [a, b, bias, c]);
     }
     if variant.uses_subgroups() {
         return broadcast(ctx, variant, shape, &params, [a, b, bias, c]);
@@ -300,7 +309,7 @@ fn launch_variant(
     let workgroups = [
         groups(n.div_ceil(cols_per_inv), WG),
         groups(m.div_ceil(rows_per_inv), WG),
-        1,
+        members,
     ];
     params.splits = 1;
     let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], workgroups)?;
@@ -308,7 +317,7 @@ fn launch_variant(
 }
 
 /// The subgroup-broadcast variants. Their modules have no runtime bounds checks, so the
-/// bindings must hold the shape.
+/// bindings must hold the shape, for every member.
 fn broadcast(
     ctx: &GpuContext,
     variant: Variant,
@@ -317,8 +326,9 @@ fn broadcast(
     [a, b, bias, c]: [Binding<'_>; 4],
 ) -> Result<Launch, GpuError> {
     let MatmulShape { m, n, k, .. } = shape;
+    let members = u64::from(c.members());
     for (name, binding, elements) in [("A", &a, m * k), ("B", &b, k * n), ("C", &c, m * n)] {
-        let needed = (elements * 4) as u64;
+        let needed = binding.member_stride * (members - 1) + (elements * 4) as u64;
         if binding.size < needed {
             return Err(GpuError::BindingTooSmall {
                 kernel: format!("{m}×{n}×{k} {variant:?} matmul"),
@@ -332,7 +342,11 @@ fn broadcast(
         Variant::BroadcastNt => Kernel::new(Shader::MatmulBroadcastNt, "broadcast_nt"),
         _ => Kernel::new(Shader::MatmulBroadcastNn, "broadcast_nn"),
     };
-    let workgroups = [groups(n, BROADCAST_COLS), groups(m, BROADCAST_ROWS), 1];
+    let workgroups = [
+        groups(n, BROADCAST_COLS),
+        groups(m, BROADCAST_ROWS),
+        members as u32,
+    ];
     let d = ctx.dispatch(&kernel, Some(params), &[a, b, bias, c], workgroups)?;
     Ok(Launch::single(d))
 }
@@ -356,15 +370,15 @@ pub fn k_splits(shape: &MatmulShape, tiles: usize) -> usize {
         .clamp(1, 16)
 }
 
+/// The tiled variants; K split over `splits` workgroups per tile as [`k_splits`] chooses for
+/// one member's product, so that every member sums as a lone product would.
 fn tiled(
     ctx: &GpuContext,
     shape: MatmulShape,
     mut params: Params,
-    a: Binding<'_>,
-    b: Binding<'_>,
-    bias: Binding<'_>,
-    c: Binding<'_>,
+    [a, b, bias, c]: [Binding<'_>; 4],
 ) -> Result<Launch, GpuError> {
+    let members = c.members();
     // 128-row tiles (8×4 per invocation) once there are rows for them, else 64×64 (4×4).
     let (entry, tile_rows) = if shape.m >= 128 {
         ("tiled_wide", 128)
@@ -378,33 +392,39 @@ fn tiled(
     params.k_chunk = chunk as u32;
     params.splits = splits as u32;
     let kernel = Kernel::new(Shader::MatmulTiled, entry);
-    let grid = [tiles_x as u32, tiles_y as u32, splits as u32];
+    let grid = [tiles_x as u32, tiles_y as u32, splits as u32 * members];
     if splits == 1 {
         let d = ctx.dispatch(&kernel, Some(&params), &[a, b, bias, c], grid)?;
         return Ok(Launch::single(d));
     }
-    // Partial products into scratch, then one pass summing them with the epilogue.
-    let partial_bytes = (splits * shape.m * shape.n * 4) as u64;
-    let scratch = ctx.create_buffer("split-K partials", partial_bytes, TENSOR_USAGE)?;
+    // Partial products into scratch (each member's [splits, M, N]), then one pass summing
+    // them with the epilogue.
+    let part = (splits * shape.m * shape.n) as u64;
+    let scratch = ctx.create_buffer(
+        "split-K partials",
+        part * 4 * u64::from(members),
+        TENSOR_USAGE,
+    )?;
+    let partials = Binding::whole(&scratch).split_members(members);
     let partial = Params {
         flags: params.flags | FLAG_PARTIAL,
+        c_stride: partials.member_elements(4),
         ..params
     };
-    let products = ctx.dispatch(
-        &kernel,
-        Some(&partial),
-        &[a, b, bias, Binding::whole(&scratch)],
-        grid,
-    )?;
-    let reduce_grid = grid_1d(
+    let products = ctx.dispatch(&kernel, Some(&partial), &[a, b, bias, partials], grid)?;
+    let [rx, ry, _] = grid_1d(
         groups(shape.m * shape.n, 256),
         ctx.limits().max_compute_workgroups_per_dimension,
     );
+    let reduce = Params {
+        a_stride: partials.member_elements(4),
+        ..params
+    };
     let reduce = ctx.dispatch_at(
         &Kernel::new(Shader::MatmulTiled, "splitk_reduce"),
-        Some(&params),
-        &[(1, Binding::whole(&scratch)), (3, bias), (4, c)],
-        reduce_grid,
+        Some(&reduce),
+        &[(1, partials), (3, bias), (4, c)],
+        [rx, ry, members],
     )?;
     Ok(Launch {
         dispatches: vec![products, reduce],

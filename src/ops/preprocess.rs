@@ -61,6 +61,8 @@ pub fn centre_dispatch(
     divisor: Option<Binding<'_>>,
     out: Binding<'_>,
 ) -> Result<Dispatch, GpuError> {
+    // Element-wise: a stacked plan's members are one longer array of the same features.
+    let len = len * x.members() as usize;
     let params = Params {
         len: len as u32,
         features: features as u32,

@@ -24,11 +24,13 @@ uniform_struct! {
     struct Params {
         n: u32,
         d: u32,
-        _pad: [u32; 2],
+        out_stride: u32,
+        _pad: u32,
     }
 }
 
-/// out = column sums of x: [n, d].
+/// out = column sums of x: [n, d], for each member x holds (`out` at its own member stride:
+/// a bias gradient in the flat gradient buffer).
 pub fn column_sum_dispatch(
     ctx: &GpuContext,
     n: usize,
@@ -46,10 +48,11 @@ pub fn column_sum_dispatch(
         Some(&Params {
             n: n as u32,
             d: d as u32,
-            _pad: [0; 2],
+            out_stride: out.member_elements(4),
+            _pad: 0,
         }),
         &[(2, x), (3, out)],
-        [groups(d, features), 1, 1],
+        [groups(d, features), 1, x.members()],
     )
 }
 
@@ -95,7 +98,8 @@ pub fn after_unfolded_loss(
 }
 
 /// Adds a batch's per-row (loss, correct, counted, _) rows: [n, 4] into `totals`
-/// ([`TOTALS_LEN`] floats), noting the step of the first non-finite loss.
+/// ([`TOTALS_LEN`] floats), noting the step of the first non-finite loss; one workgroup per
+/// member `rows` holds.
 pub fn metrics_dispatch(
     ctx: &GpuContext,
     n: usize,
@@ -108,10 +112,11 @@ pub fn metrics_dispatch(
         Some(&Params {
             n: n as u32,
             d: 4,
-            _pad: [0; 2],
+            out_stride: 0,
+            _pad: 0,
         }),
         &[(1, step), (4, rows), (5, totals)],
-        [1, 1, 1],
+        [1, 1, rows.members()],
     )
 }
 

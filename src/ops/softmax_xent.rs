@@ -190,7 +190,8 @@ uniform_struct! {
         flags: u32,
         label_smoothing: f32,
         weight_sum: f32,
-        _pad: [u32; 2],
+        dbias_stride: u32,
+        _pad: u32,
     }
 }
 
@@ -261,8 +262,10 @@ pub fn dispatch(
         flags,
         label_smoothing: config.label_smoothing,
         weight_sum,
-        _pad: [0; 2],
+        dbias_stride: b.bias_grad.map_or(0, |d| d.member_elements(4)),
+        _pad: 0,
     };
+    let members = b.logits.members();
     let placeholder = ctx.placeholder();
     let mut bindings = vec![
         (STEP, b.step),
@@ -286,7 +289,7 @@ pub fn dispatch(
             bindings.push((DBIAS, b.bias_grad.unwrap_or(ctx.placeholder_out())));
             let kernel =
                 kernel("softmax_xent_totals").with("SUM_ROWS", reduce::column_sum_rows(ctx));
-            ctx.dispatch_at(&kernel, Some(&params), &bindings, [1, 1, 1])
+            ctx.dispatch_at(&kernel, Some(&params), &bindings, [1, 1, members])
         }
         Some(_) => Err(GpuError::Unsupported(format!(
             "cross-entropy folds at most {FOLD_MAX_ROWS} rows into the totals, not {n}"
@@ -295,7 +298,7 @@ pub fn dispatch(
             &kernel("softmax_xent"),
             Some(&params),
             &bindings,
-            [groups(n, WG), 1, 1],
+            [groups(n, WG), 1, members],
         ),
     }
 }
@@ -315,13 +318,14 @@ pub fn softmax_dispatch(
         flags: 0,
         label_smoothing: 0.0,
         weight_sum: 0.0,
-        _pad: [0; 2],
+        dbias_stride: 0,
+        _pad: 0,
     };
     ctx.dispatch_at(
         &kernel("softmax"),
         Some(&params),
         &[(LOGITS, logits), (PROBS, probs)],
-        [groups(n, WG), 1, 1],
+        [groups(n, WG), 1, logits.members()],
     )
 }
 

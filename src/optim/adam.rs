@@ -2,7 +2,7 @@
 //! their CPU reference step, and their part of the fused kernel (`adam` in
 //! `shaders/optim.wgsl`).
 
-use super::kernel::{FLAG_AMSGRAD, FLAG_DECOUPLED, FLAG_MAXIMIZE, Params};
+use super::kernel::{FLAG_AMSGRAD, FLAG_DECOUPLED, FLAG_MAXIMIZE};
 use crate::ops::step::StepParams;
 
 /// One parameter's Adam state, as the reference updates it.
@@ -82,6 +82,10 @@ impl Adam {
         let bc2 = 1.0 - f64::from(self.betas.1).powf(t);
         params.adam_step_size = (f64::from(self.lr) / bc1) as f32;
         params.adam_bias_correction2_sqrt = bc2.sqrt() as f32;
+        params.beta1 = self.betas.0;
+        params.beta2 = self.betas.1;
+        params.eps = self.eps;
+        params.weight_decay = self.weight_decay;
     }
 
     /// CPU reference: one update of `param` from `grad` at update number `step` (0-based).
@@ -116,22 +120,13 @@ impl Adam {
         }
     }
 
-    /// The kernel's constants for these settings over `vec4s` groups of four parameters.
-    pub(super) fn kernel_params(&self, vec4s: u32) -> Params {
-        Params {
-            len: vec4s,
-            flags: (if self.decoupled_weight_decay {
-                FLAG_DECOUPLED
-            } else {
-                0
-            }) | (if self.amsgrad { FLAG_AMSGRAD } else { 0 })
-                | (if self.maximize { FLAG_MAXIMIZE } else { 0 }),
-            momentum: 0.0,
-            dampening: 0.0,
-            weight_decay: self.weight_decay,
-            beta1: self.betas.0,
-            beta2: self.betas.1,
-            eps: self.eps,
-        }
+    /// The kernel's flags for these settings.
+    pub(super) fn kernel_flags(&self) -> u32 {
+        (if self.decoupled_weight_decay {
+            FLAG_DECOUPLED
+        } else {
+            0
+        }) | (if self.amsgrad { FLAG_AMSGRAD } else { 0 })
+            | (if self.maximize { FLAG_MAXIMIZE } else { 0 })
     }
 }

@@ -12,12 +12,7 @@ uniform_struct! {
     pub(super) struct Params {
         pub(super) len: u32,
         pub(super) flags: u32,
-        pub(super) momentum: f32,
-        pub(super) dampening: f32,
-        pub(super) weight_decay: f32,
-        pub(super) beta1: f32,
-        pub(super) beta2: f32,
-        pub(super) eps: f32,
+        pub(super) _pad: [u32; 2],
     }
 }
 
@@ -30,9 +25,11 @@ pub(super) const FLAG_MAXIMIZE: u32 = 16;
 
 const WG: u32 = 256;
 
-/// Builds the update of the `flat.len` parameters of the flat buffers; `flat.optimizer`
-/// holds [`Optimizer::state_count`] buffers shaped like the parameters. The kernel updates
-/// four values per invocation, so every buffer must hold `len` rounded up to a multiple of 4.
+/// Builds the update of the `flat.len` parameters of each member's part of the flat buffers;
+/// `flat.optimizer` holds [`Optimizer::state_count`] buffers shaped like the parameters. The
+/// settings (learning rate, momentum, betas, …) come from each member's step record. The
+/// kernel updates four values per invocation, so every part must hold `len` rounded up to a
+/// multiple of 4.
 /// The first update that meets a non-finite gradient or leaves a non-finite parameter is
 /// noted in `totals` (the metrics totals,
 /// [`Totals::first_nonfinite_update`](crate::graph::Totals::first_nonfinite_update)).
@@ -44,12 +41,19 @@ pub fn dispatch<'a>(
     totals: Binding<'a>,
 ) -> Result<Dispatch, GpuError> {
     let vec4s = flat.len.div_ceil(4);
-    let (entry, params) = match optimizer {
-        Optimizer::Sgd(s) => ("sgd", s.kernel_params(vec4s as u32)),
-        Optimizer::Adam(a) => ("adam", a.kernel_params(vec4s as u32)),
+    let (entry, flags) = match optimizer {
+        Optimizer::Sgd(s) => ("sgd", s.kernel_flags()),
+        Optimizer::Adam(a) => ("adam", a.kernel_flags()),
     };
+    let params = Params {
+        len: vec4s as u32,
+        flags,
+        _pad: [0; 2],
+    };
+    let members = flat.params.members();
+    // Every member's part, each rounded up to the vec4s the kernel reads.
     let whole = |b: &Binding<'a>| Binding {
-        size: (vec4s * 16) as u64,
+        size: b.member_stride * u64::from(members - 1) + (vec4s * 16) as u64,
         ..*b
     };
     let mut bindings = vec![
@@ -67,7 +71,7 @@ pub fn dispatch<'a>(
     for i in flat.optimizer.len()..declared {
         bindings.push((4 + i as u32, ctx.placeholder_out()));
     }
-    let workgroups = grid_1d(
+    let [x, y, _] = grid_1d(
         groups(vec4s, WG),
         ctx.limits().max_compute_workgroups_per_dimension,
     );
@@ -75,7 +79,7 @@ pub fn dispatch<'a>(
         &Kernel::new(Shader::Optim, entry).with("WG", WG),
         Some(&params),
         &bindings,
-        workgroups,
+        [x, y, members],
     )
 }
 

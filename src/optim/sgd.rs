@@ -1,7 +1,7 @@
 //! `torch.optim.SGD`: its settings, its CPU reference step, and its part of the fused kernel
 //! (`sgd` in `shaders/optim.wgsl`).
 
-use super::kernel::{FLAG_MAXIMIZE, FLAG_MOMENTUM, FLAG_NESTEROV, Params};
+use super::kernel::{FLAG_MAXIMIZE, FLAG_MOMENTUM, FLAG_NESTEROV};
 use crate::ops::step::StepParams;
 
 /// `torch.optim.SGD(params, lr=0.01, momentum=0, dampening=0, weight_decay=0,
@@ -78,28 +78,22 @@ impl Sgd {
         }
     }
 
-    /// The kernel's constants for these settings over `vec4s` groups of four parameters.
-    pub(super) fn kernel_params(&self, vec4s: u32) -> Params {
-        Params {
-            len: vec4s,
-            flags: (if self.momentum != 0.0 {
-                FLAG_MOMENTUM
-            } else {
-                0
-            }) | (if self.nesterov { FLAG_NESTEROV } else { 0 })
-                | (if self.maximize { FLAG_MAXIMIZE } else { 0 }),
-            momentum: self.momentum,
-            dampening: self.dampening,
-            weight_decay: self.weight_decay,
-            beta1: 0.0,
-            beta2: 0.0,
-            eps: 0.0,
-        }
+    /// The kernel's flags for these settings.
+    pub(super) fn kernel_flags(&self) -> u32 {
+        (if self.momentum != 0.0 {
+            FLAG_MOMENTUM
+        } else {
+            0
+        }) | (if self.nesterov { FLAG_NESTEROV } else { 0 })
+            | (if self.maximize { FLAG_MAXIMIZE } else { 0 })
     }
 
-    /// SGD's per-step fields: the learning rate and whether this is the first update.
+    /// SGD's per-step fields: its settings, and whether this is the first update.
     pub(super) fn fill_step(&self, step: u64, params: &mut StepParams) {
         params.lr = self.lr;
         params.sgd_first_step = u32::from(step == 0);
+        params.momentum = self.momentum;
+        params.dampening = self.dampening;
+        params.weight_decay = self.weight_decay;
     }
 }

@@ -178,6 +178,8 @@ fn kernel(activation: &dyn Activation, entry: &'static str) -> Kernel {
         .labelled(label)
 }
 
+/// `entry` over `len` elements of each member the bindings hold: element-wise, a stacked
+/// plan's members are one longer array.
 fn launch(
     ctx: &GpuContext,
     activation: &dyn Activation,
@@ -185,6 +187,8 @@ fn launch(
     len: usize,
     bindings: &[(u32, Binding<'_>)],
 ) -> Result<Dispatch, GpuError> {
+    let members = bindings.first().map_or(1, |(_, b)| b.members()) as usize;
+    let len = len * members;
     let params = Params {
         len: len as u32,
         param: activation.param(),
@@ -202,7 +206,7 @@ fn launch(
     )
 }
 
-/// y = f(x) over `len` elements.
+/// y = f(x) over `len` elements (of each member).
 pub fn forward_dispatch(
     ctx: &GpuContext,
     activation: &dyn Activation,
@@ -213,7 +217,8 @@ pub fn forward_dispatch(
     launch(ctx, activation, "forward", len, &[(V, x), (OUT, y)])
 }
 
-/// dx = dy · f'(x) over `len` elements, `v` being the forward's input or output.
+/// dx = dy · f'(x) over `len` elements (of each member), `v` being the forward's input or
+/// output.
 pub fn backward_dispatch(
     ctx: &GpuContext,
     activation: &dyn Activation,

@@ -1,8 +1,9 @@
 //! BatchNorm1d's kernels (`shaders/batchnorm.wgsl`): parameters, bindings and dispatches.
 
-use super::{BatchNormConfig, FusedDropout};
+use super::BatchNormConfig;
 use crate::gpu::uniform_struct;
 use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, Kernel, Shader, grid_1d};
+use crate::ops::dropout::DropProbability;
 use crate::ops::groups;
 
 uniform_struct! {
@@ -13,12 +14,13 @@ uniform_struct! {
         eps: f32,
         momentum: f32,
         flags: u32,
-        threshold: u32,
-        scale: f32,
-        key0: u32,
-        key1: u32,
+        layer: u32,
         total: u32,
-        _pad: [u32; 2],
+        zrows: u32,
+        saved_stride: u32,
+        param_stride: u32,
+        running_stride: u32,
+        count_stride: u32,
     }
 }
 
@@ -53,47 +55,39 @@ const DBETA: u32 = 10;
 const NUM_BATCHES: u32 = 11;
 const STEP: u32 = 12;
 const DBIAS: u32 = 13;
+const DROPS: u32 = 14;
 
-fn params(
-    n: usize,
-    d: usize,
-    config: BatchNormConfig,
-    flags: u32,
-    dropout: Option<FusedDropout>,
-) -> Params {
+fn params(pass: &Pass<'_>, config: BatchNormConfig, flags: u32) -> Params {
     let cumulative = if config.momentum.is_none() {
         FLAG_CUMULATIVE
     } else {
         0
     };
-    let mut params = Params {
-        n: n as u32,
-        d: d as u32,
+    let dropout = if pass.dropout.is_some() {
+        FLAG_DROPOUT
+    } else {
+        0
+    };
+    Params {
+        n: pass.n as u32,
+        d: pass.d as u32,
         eps: config.eps,
         momentum: config.momentum.unwrap_or(0.0),
-        flags: flags | cumulative,
-        threshold: 0,
-        scale: 1.0,
-        key0: 0,
-        key1: 0,
+        flags: flags | cumulative | dropout,
+        layer: pass.dropout.map_or(0, |d| d.layer),
         total: 0,
-        _pad: [0; 2],
-    };
-    if let Some(FusedDropout { p, stream }) = dropout {
-        let [key0, key1] = stream.key();
-        params.flags |= FLAG_DROPOUT;
-        params.threshold = p.threshold();
-        params.scale = p.scale();
-        params.key0 = key0;
-        params.key1 = key1;
+        zrows: 1,
+        saved_stride: 0,
+        param_stride: 0,
+        running_stride: 0,
+        count_stride: 0,
     }
-    params
 }
 
 /// The fused dropout runs after the fused ReLU, never alone: its backward reads the dropped
 /// elements off the output's zeros, which only the ReLU makes unambiguous.
-fn check_fusion(relu: bool, dropout: Option<FusedDropout>) -> Result<(), GpuError> {
-    if dropout.is_some() && !relu {
+fn check_fusion(pass: &Pass<'_>) -> Result<(), GpuError> {
+    if pass.dropout.is_some() && !pass.relu {
         return Err(GpuError::Unsupported(
             "batch norm: a fused dropout needs the fused ReLU before it".into(),
         ));
@@ -113,12 +107,53 @@ fn feature_grid(ctx: &GpuContext, d: usize) -> [u32; 3] {
 }
 
 /// Grid of the element-wise kernels: x over features (64 per workgroup), y and z over rows
-/// (4 per workgroup), as `map_row` in the shader reads them.
+/// (4 per workgroup), as `map_row` in the shader reads them; [`launch`] multiplies z by the
+/// members (z-slices of rows per member: `zrows`).
 fn element_grid(ctx: &GpuContext, n: usize, d: usize) -> [u32; 3] {
     let max = ctx.limits().max_compute_workgroups_per_dimension;
     let row_groups = groups(n, 4);
     let [y, z, _] = grid_1d(row_groups, max);
     [groups(d, 64), y, z]
+}
+
+/// One dispatch of the batch-norm module over every member its bindings hold: the members'
+/// strides into `params` (from the bindings that have them), the per-member dropout
+/// probabilities bound, and the grid's z multiplied by the members.
+fn launch(
+    ctx: &GpuContext,
+    kernel: &Kernel,
+    mut params: Params,
+    bindings: &[(u32, Binding<'_>)],
+    [x, y, z]: [u32; 3],
+    pass: &Pass<'_>,
+) -> Result<Dispatch, GpuError> {
+    let stride = |slots: &[u32]| {
+        bindings
+            .iter()
+            .find(|(slot, _)| slots.contains(slot))
+            .map_or(0, |(_, b)| b.member_elements(4))
+    };
+    params.saved_stride = stride(&[SAVED]);
+    params.param_stride = stride(&[GAMMA, BETA, DGAMMA, DBETA, DBIAS]);
+    params.running_stride = stride(&[RUNNING]);
+    params.count_stride = stride(&[NUM_BATCHES]);
+    params.zrows = z;
+    let members = bindings.iter().map(|(_, b)| b.members()).max().unwrap_or(1);
+    // Every entry point that normalizes or back-propagates reads the dropout's table, used
+    // or not; the statistics alone do not.
+    let reads_drops = !matches!(kernel.entry, "stats" | "local_moments" | "apply_moments");
+    let drops = match pass.dropout {
+        Some(d) if reads_drops => Some(crate::ops::dropout::member_drops(ctx, d.p)?),
+        _ => None,
+    };
+    let mut all = bindings.to_vec();
+    if reads_drops {
+        all.push((
+            DROPS,
+            drops.as_ref().map_or(ctx.placeholder(), Binding::whole),
+        ));
+    }
+    ctx.dispatch_at(kernel, Some(&params), &all, [x, y, z * members])
 }
 
 /// The GPU buffers of one BatchNorm1d layer.
@@ -130,13 +165,23 @@ pub struct LayerBindings<'a> {
     pub running: Binding<'a>,
     /// One u32.
     pub num_batches_tracked: Binding<'a>,
-    /// The per-step uniform (`StepBuffer`): the fused dropout's step.
+    /// Each member's step record (`StepBuffer`): the fused dropout's step and seed, and
+    /// whether the member is frozen.
     pub step: Binding<'a>,
 }
 
-/// What a batch-norm launch computes: its sizes, options and fusions.
+/// A dropout fused after the ReLU, as a launch draws it: each member's probability (one per
+/// member the bindings hold; seeds and steps come from the members' step records), and the
+/// layer (the second word of the Philox key).
 #[derive(Clone, Copy, Debug)]
-pub struct Pass {
+pub struct PassDropout<'a> {
+    pub p: &'a [DropProbability],
+    pub layer: u32,
+}
+
+/// What a batch-norm launch computes: its sizes (per member), options and fusions.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass<'a> {
     /// Rows of the batch (this rank's, in a data-parallel job).
     pub n: usize,
     /// Features.
@@ -146,12 +191,12 @@ pub struct Pass {
     /// A ReLU fused after the normalization.
     pub relu: bool,
     /// A dropout fused after the ReLU.
-    pub dropout: Option<FusedDropout>,
+    pub dropout: Option<PassDropout<'a>>,
 }
 
-impl Pass {
+impl Pass<'_> {
     fn params(&self, flags: u32) -> Params {
-        params(self.n, self.d, self.config, flags, self.dropout)
+        params(self, self.config, flags)
     }
 
     fn relu_flag(&self) -> u32 {
@@ -213,7 +258,7 @@ fn one_pass_rows(n: usize) -> bool {
 /// on CPU adapters; row-parallel on GPUs up to [`ONE_PASS_MAX_ROWS`] rows), else two.
 pub fn train_dispatches(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     b: ForwardBindings<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     train_passes(ctx, pass, b, one_pass_rows(pass.n))
@@ -222,11 +267,11 @@ pub fn train_dispatches(
 /// [`train_dispatches`] with the row-parallel one-pass kernel allowed or not.
 pub(super) fn train_passes(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     b: ForwardBindings<'_>,
     one_pass: bool,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    check_fusion(pass.relu, pass.dropout)?;
+    check_fusion(pass)?;
     let params = pass.params(FLAG_COUNT_BATCH | pass.relu_flag());
     let layer = b.layer;
     let bindings = [
@@ -243,37 +288,30 @@ pub(super) fn train_passes(
         if !ctx.kernels().parallel_reductions {
             let grid = [groups(pass.d, COLUMN_FEATURES), 1, 1];
             let kernel = column_kernel("stats_normalize");
-            return Ok(vec![ctx.dispatch_at(
-                &kernel,
-                Some(&params),
-                &bindings,
-                grid,
-            )?]);
+            return Ok(vec![launch(ctx, &kernel, params, &bindings, grid, pass)?]);
         }
         if one_pass {
             let kernel = kernel(ctx, "stats_normalize_rows");
             let grid = feature_grid(ctx, pass.d);
-            return Ok(vec![ctx.dispatch_at(
-                &kernel,
-                Some(&params),
-                &bindings,
-                grid,
-            )?]);
+            return Ok(vec![launch(ctx, &kernel, params, &bindings, grid, pass)?]);
         }
     }
-    let stats = ctx.dispatch_at(
+    let stats = launch(
+        ctx,
         &kernel(ctx, "stats"),
-        Some(&Params {
+        Params {
             flags: params.flags & FLAG_CUMULATIVE,
             ..params
-        }),
+        },
         &[
             (X, b.x),
             (SAVED, b.saved),
             (RUNNING, layer.running),
             (NUM_BATCHES, layer.num_batches_tracked),
+            (STEP, layer.step),
         ],
         feature_grid(ctx, pass.d),
+        pass,
     )?;
     let normalize = normalize_dispatch(ctx, pass, &params, b)?;
     Ok(vec![stats, normalize])
@@ -283,13 +321,14 @@ pub(super) fn train_passes(
 /// half of the train-mode forward wherever its statistics come from.
 fn normalize_dispatch(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     params: &Params,
     b: ForwardBindings<'_>,
 ) -> Result<Dispatch, GpuError> {
-    ctx.dispatch_at(
+    launch(
+        ctx,
         &kernel(ctx, "normalize"),
-        Some(params),
+        *params,
         &[
             (X, b.x),
             (Y, b.y),
@@ -300,6 +339,7 @@ fn normalize_dispatch(
             (STEP, b.layer.step),
         ],
         element_grid(ctx, pass.n, pass.d),
+        pass,
     )
 }
 
@@ -307,13 +347,18 @@ fn normalize_dispatch(
 /// in eval and is ignored). One dispatch: per column on CPU adapters, per element on GPUs.
 pub fn eval_dispatch(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     layer: LayerBindings<'_>,
     x: Binding<'_>,
     y: Binding<'_>,
 ) -> Result<Dispatch, GpuError> {
     let flags = FLAG_FROM_VARIANCE | pass.relu_flag();
-    let params = params(pass.n, pass.d, pass.config, flags, None);
+    // A fused dropout is the identity in eval.
+    let pass = &Pass {
+        dropout: None,
+        ..*pass
+    };
+    let params = pass.params(flags);
     let mut bindings = vec![
         (X, x),
         (Y, y),
@@ -324,17 +369,26 @@ pub fn eval_dispatch(
     ];
     if !ctx.kernels().parallel_reductions {
         let kernel = column_kernel("normalize_columns");
-        return ctx.dispatch_at(
+        return launch(
+            ctx,
             &kernel,
-            Some(&params),
+            params,
             &bindings,
             [groups(pass.d, COLUMN_FEATURES), 1, 1],
+            pass,
         );
     }
     // normalize also counts train batches: the binding is there, the flag is not.
     bindings.push((NUM_BATCHES, layer.num_batches_tracked));
     let grid = element_grid(ctx, pass.n, pass.d);
-    ctx.dispatch_at(&kernel(ctx, "normalize"), Some(&params), &bindings, grid)
+    launch(
+        ctx,
+        &kernel(ctx, "normalize"),
+        params,
+        &bindings,
+        grid,
+        pass,
+    )
 }
 
 /// Backward of the train-mode forward: dγ and dβ (one reduction), then dx; one dispatch (per
@@ -343,7 +397,7 @@ pub fn eval_dispatch(
 /// same dispatch where it is one, else in a third.
 pub fn backward_dispatches(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     b: BackwardBindings<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     backward_passes(ctx, pass, b, one_pass_rows(pass.n))
@@ -352,11 +406,11 @@ pub fn backward_dispatches(
 /// [`backward_dispatches`] with the row-parallel one-pass kernel allowed or not.
 pub(super) fn backward_passes(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     b: BackwardBindings<'_>,
     one_pass: bool,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    check_fusion(pass.relu, pass.dropout)?;
+    check_fusion(pass)?;
     let params = backward_params(pass);
     let d = pass.d;
     // backward_column and backward_dx read all of these; backward_reduce all but dx and γ.
@@ -391,22 +445,26 @@ pub(super) fn backward_passes(
             Some(dbias) => [&all[..], &[(DBIAS, dbias)]].concat(),
             None => all.to_vec(),
         };
-        return Ok(vec![ctx.dispatch_at(
-            &kernel,
-            Some(&params),
-            &bindings,
-            grid,
-        )?]);
+        return Ok(vec![launch(ctx, &kernel, params, &bindings, grid, pass)?]);
     }
     let reduce_grid = feature_grid(ctx, d);
-    let reduce = ctx.dispatch_at(
+    let reduce = launch(
+        ctx,
         &kernel(ctx, "backward_reduce"),
-        Some(&params),
+        params,
         &all[..6],
         reduce_grid,
+        pass,
     )?;
     let dx_grid = element_grid(ctx, pass.n, d);
-    let dx_pass = ctx.dispatch_at(&kernel(ctx, "backward_dx"), Some(&params), &all, dx_grid)?;
+    let dx_pass = launch(
+        ctx,
+        &kernel(ctx, "backward_dx"),
+        params,
+        &all,
+        dx_grid,
+        pass,
+    )?;
     let mut out = vec![reduce, dx_pass];
     if let Some(dbias) = b.dbias {
         out.push(crate::ops::reduce::column_sum_dispatch(
@@ -417,14 +475,8 @@ pub(super) fn backward_passes(
 }
 
 /// The backward's parameters: eps and momentum play no part in it.
-fn backward_params(pass: &Pass) -> Params {
-    params(
-        pass.n,
-        pass.d,
-        BatchNormConfig::default(),
-        pass.relu_flag(),
-        pass.dropout,
-    )
+fn backward_params(pass: &Pass<'_>) -> Params {
+    params(pass, BatchNormConfig::default(), pass.relu_flag())
 }
 
 /// SyncBatchNorm's train-mode forward, in two parts around the ranks' exchange of moments:
@@ -433,31 +485,36 @@ fn backward_params(pass: &Pass) -> Params {
 /// update over the global batch of `total` rows, and the normalization (+ ReLU) (+ dropout).
 pub fn sync_train_dispatches(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     total: usize,
     b: ForwardBindings<'_>,
 ) -> Result<[Vec<Dispatch>; 2], GpuError> {
-    check_fusion(pass.relu, pass.dropout)?;
+    check_fusion(pass)?;
     let params = pass.params(FLAG_COUNT_BATCH | pass.relu_flag());
-    let moments = ctx.dispatch_at(
+    let moments = launch(
+        ctx,
         &kernel(ctx, "local_moments"),
-        Some(&params),
+        params,
         &[(X, b.x), (SAVED, b.saved)],
         feature_grid(ctx, pass.d),
+        pass,
     )?;
-    let apply = ctx.dispatch_at(
+    let apply = launch(
+        ctx,
         &column_kernel("apply_moments"),
-        Some(&Params {
+        Params {
             n: total as u32,
             flags: params.flags & FLAG_CUMULATIVE,
             ..params
-        }),
+        },
         &[
             (SAVED, b.saved),
             (RUNNING, b.layer.running),
             (NUM_BATCHES, b.layer.num_batches_tracked),
+            (STEP, b.layer.step),
         ],
         [groups(pass.d, COLUMN_FEATURES), 1, 1],
+        pass,
     )?;
     let normalize = normalize_dispatch(ctx, pass, &params, b)?;
     Ok([vec![moments], vec![apply, normalize]])
@@ -469,16 +526,17 @@ pub fn sync_train_dispatches(
 /// written here: the caller sums dx's columns after.
 pub fn sync_backward_dispatches(
     ctx: &GpuContext,
-    pass: &Pass,
+    pass: &Pass<'_>,
     total: usize,
     b: BackwardBindings<'_>,
     sums: [&wgpu::Buffer; 2],
 ) -> Result<[Vec<Dispatch>; 2], GpuError> {
-    check_fusion(pass.relu, pass.dropout)?;
+    check_fusion(pass)?;
     let mut params = backward_params(pass);
-    let reduce = ctx.dispatch_at(
+    let reduce = launch(
+        ctx,
         &kernel(ctx, "backward_reduce"),
-        Some(&params),
+        params,
         &[
             (X, b.x),
             (Y, b.y),
@@ -488,12 +546,14 @@ pub fn sync_backward_dispatches(
             (DBETA, b.dbeta),
         ],
         feature_grid(ctx, pass.d),
+        pass,
     )?;
     let [global_dbeta, global_dgamma] = sums.map(Binding::whole);
     params.total = total as u32;
-    let dx = ctx.dispatch_at(
+    let dx = launch(
+        ctx,
         &kernel(ctx, "backward_dx"),
-        Some(&params),
+        params,
         &[
             (X, b.x),
             (Y, b.y),
@@ -505,6 +565,7 @@ pub fn sync_backward_dispatches(
             (GAMMA, b.gamma),
         ],
         element_grid(ctx, pass.n, pass.d),
+        pass,
     )?;
     Ok([vec![reduce], vec![dx]])
 }

@@ -8,11 +8,11 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::launch::{
-    BackwardBindings, ForwardBindings, LayerBindings, Pass, backward_dispatches, eval_dispatch,
-    sync_backward_dispatches, sync_train_dispatches, train_dispatches,
+    BackwardBindings, ForwardBindings, LayerBindings, Pass, PassDropout, backward_dispatches,
+    eval_dispatch, sync_backward_dispatches, sync_train_dispatches, train_dispatches,
 };
 use super::{
-    Affine, BatchNormConfig, FusedDropout, RunningStats, Saved, reference_backward, reference_eval,
+    Affine, BatchNormConfig, RunningStats, Saved, reference_backward, reference_eval,
     reference_train,
 };
 use crate::gpu::{Binding, GpuError};
@@ -68,23 +68,32 @@ pub struct BatchNormBackwardOp {
     pub bias_grad: Option<ParamId>,
 }
 
-/// The pass a node's kernels run over `n` rows.
-fn pass(
+/// Each member's probability for a folded dropout (none without one).
+fn member_p(
+    cx: &GpuCx<'_, '_>,
+    dropout: Option<FoldedDropout>,
+) -> Result<Vec<DropProbability>, GpuError> {
+    match dropout {
+        Some(d) => dropout::member_probabilities(cx, d.stream, d.p),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The pass a node's kernels run over `n` rows of each member, the folded dropout with each
+/// member's probability `p`.
+fn pass<'p>(
     layer: &BatchNormLayer,
     n: usize,
     relu: bool,
     dropout: Option<FoldedDropout>,
-    seed: u64,
-) -> Pass {
+    p: &'p [DropProbability],
+) -> Pass<'p> {
     Pass {
         n,
         d: layer.features,
         config: layer.config,
         relu,
-        dropout: dropout.map(|d| FusedDropout {
-            p: d.p,
-            stream: MaskStream::new(seed, d.stream),
-        }),
+        dropout: dropout.map(|d| PassDropout { p, layer: d.stream }),
     }
 }
 
@@ -180,7 +189,8 @@ impl Op for BatchNormOp {
 
     fn encode_gpu(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let n = cx.input_shape(node, 0).0;
-        let pass = pass(&self.layer, n, self.relu, self.dropout, cx.seed);
+        let p = member_p(cx, self.dropout)?;
+        let pass = pass(&self.layer, n, self.relu, self.dropout, &p);
         let layer = self.bindings(cx);
         match cx.mode {
             Mode::Train => {
@@ -259,7 +269,8 @@ impl BatchNormBackwardOp {
     /// SyncBatchNorm: dx from Σdy and Σdy·x̂ over every rank's batch.
     fn encode_sync(&self, node: &Node, cx: &mut GpuCx<'_, '_>) -> Result<(), GpuError> {
         let n = cx.input_shape(node, 0).0;
-        let pass = pass(&self.layer, n, self.relu, self.dropout, cx.seed);
+        let p = member_p(cx, self.dropout)?;
+        let pass = pass(&self.layer, n, self.relu, self.dropout, &p);
         let d = pass.d;
         let sums = [
             cx.scratch_buffer("sync batch norm Σdy", (d * 4) as u64)?,
@@ -337,7 +348,8 @@ impl Op for BatchNormBackwardOp {
             return self.encode_sync(node, cx);
         }
         let n = cx.input_shape(node, 0).0;
-        let pass = pass(&self.layer, n, self.relu, self.dropout, cx.seed);
+        let p = member_p(cx, self.dropout)?;
+        let pass = pass(&self.layer, n, self.relu, self.dropout, &p);
         let dispatches = backward_dispatches(cx.ctx, &pass, self.bindings(node, cx))?;
         dispatches.into_iter().for_each(|d| cx.push(d));
         Ok(())

@@ -2,11 +2,12 @@
 //! of the op alone.
 
 use super::launch::{
-    BackwardBindings, ForwardBindings, LayerBindings, Pass, backward_dispatches, eval_dispatch,
-    train_dispatches,
+    BackwardBindings, ForwardBindings, LayerBindings, Pass, PassDropout, backward_dispatches,
+    eval_dispatch, train_dispatches,
 };
 use super::{BatchNormConfig, FusedDropout, RunningStats, check_train_batch};
 use crate::gpu::{GpuContext, GpuTensor};
+use crate::ops::dropout::{DropProbability, MaskStream};
 use crate::ops::step::{StepBuffer, StepParams};
 use crate::ops::{OpError, expect_matrix, expect_shape};
 
@@ -85,8 +86,16 @@ impl GpuBatchNorm {
         let (n, d) = self.check_input(x)?;
         let saved = GpuTensor::zeros(ctx, &[2, d], "bn.saved")?;
         let y = GpuTensor::zeros(ctx, &[n, d], "bn.y")?;
-        self.steps.write(ctx, &StepParams::at_step(step));
-        let pass = self.pass(n, relu, dropout);
+        let seed_key = dropout.map_or(0, |d| MaskStream::seed_key(d.stream.seed));
+        self.steps.write(
+            ctx,
+            &StepParams {
+                seed_key,
+                ..StepParams::at_step(step)
+            },
+        );
+        let p = dropout.map(|d| [d.p]);
+        let pass = self.pass(n, relu, dropout, p.as_ref().map_or(&[], |p| &p[..]));
         let bindings = ForwardBindings {
             layer: self.bindings(),
             x: x.binding(),
@@ -107,7 +116,7 @@ impl GpuBatchNorm {
     ) -> Result<GpuTensor, OpError> {
         let (n, d) = self.check_input(x)?;
         let y = GpuTensor::zeros(ctx, &[n, d], "bn.y")?;
-        let pass = self.pass(n, relu, None);
+        let pass = self.pass(n, relu, None, &[]);
         let dispatch = eval_dispatch(ctx, &pass, self.bindings(), x.binding(), y.binding())?;
         ctx.submit(&[&dispatch]);
         Ok(y)
@@ -140,7 +149,9 @@ impl GpuBatchNorm {
             dx: dx.binding(),
             dbias: None,
         };
-        let dispatches = backward_dispatches(ctx, &self.pass(n, relu, dropout), bindings)?;
+        let p = dropout.map(|d| [d.p]);
+        let pass = self.pass(n, relu, dropout, p.as_ref().map_or(&[], |p| &p[..]));
+        let dispatches = backward_dispatches(ctx, &pass, bindings)?;
         ctx.submit(&dispatches.iter().collect::<Vec<_>>());
         Ok((dx, dgamma, dbeta))
     }
@@ -157,13 +168,24 @@ impl GpuBatchNorm {
         })
     }
 
-    fn pass(&self, n: usize, relu: bool, dropout: Option<FusedDropout>) -> Pass {
+    /// The pass over `n` rows; a fused dropout draws with probability `p`, its seed
+    /// written in the step record by the caller.
+    fn pass<'p>(
+        &self,
+        n: usize,
+        relu: bool,
+        dropout: Option<FusedDropout>,
+        p: &'p [DropProbability],
+    ) -> Pass<'p> {
         Pass {
             n,
             d: self.features,
             config: self.config,
             relu,
-            dropout,
+            dropout: dropout.map(|d| PassDropout {
+                p,
+                layer: d.stream.layer,
+            }),
         }
     }
 

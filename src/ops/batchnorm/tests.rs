@@ -481,7 +481,7 @@ fn the_bias_gradient_summed_in_the_backward_is_the_column_sum_of_dx() {
 /// through the fused ReLU and dropout, with and without the bias gradient.
 #[test]
 fn one_pass_row_parallel_kernels_match_the_two_pass_ones_bit_for_bit() {
-    use super::launch::{backward_passes, train_passes};
+    use super::launch::{PassDropout, backward_passes, train_passes};
     use crate::ops::reduce::column_sum_dispatch;
     let ctx = gpu_style_ctx();
     for (n, d) in [(2usize, 1usize), (3, 7), (65, 33), (1000, 10)] {
@@ -497,12 +497,16 @@ fn one_pass_row_parallel_kernels_match_the_two_pass_ones_bit_for_bit() {
                 let gdy = GpuTensor::from_slice(ctx, &dy, &[n, d], "dy").unwrap();
                 let zeros = |len: usize| GpuTensor::zeros(ctx, &[len], "out").unwrap();
                 let (y, saved) = (zeros(n * d), zeros(2 * d));
+                let p = dropout.map(|d| [d.p]);
                 let pass = Pass {
                     n,
                     d,
                     config,
                     relu: true,
-                    dropout,
+                    dropout: dropout.zip(p.as_ref()).map(|(d, p)| PassDropout {
+                        p,
+                        layer: d.stream.layer,
+                    }),
                 };
                 let bindings = ForwardBindings {
                     layer: bn.bindings(),
