@@ -67,6 +67,9 @@ pub enum CheckpointError {
         stored: String,
         computed: String,
     },
+    /// A model that cannot be saved there, or not with every setting it has: what and why.
+    #[error("{path}: cannot save the model: {message}")]
+    Unsaveable { path: String, message: String },
     /// Parameters or running statistics that are NaN or infinite.
     #[error(
         "{path}: {count} non-finite value(s), the first {tensor}[{index}] = {value}: the run diverged before this checkpoint was written"

@@ -28,6 +28,7 @@ pub mod ops;
 pub mod optim;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod prelude;
 pub mod rng;
 pub mod run;
 pub mod rundir;

@@ -64,6 +64,7 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
             check_finite: false,
         },
         data_parallel: Default::default(),
+        extra: Default::default(),
     };
     let mut model = run.build(ctx.clone(), None).unwrap();
     let (x, y) = batch(1, 8, 6, 3);
@@ -127,7 +128,6 @@ fn divergence_is_reported_with_its_step() {
     let train = wgnn::data::Dataset::new(x.clone(), vec![10], y.clone(), "memory").unwrap();
     let options = wgnn::train::FitOptions {
         epochs: 3,
-        batch_size: 16,
         ..Default::default()
     };
     let err = wgnn::train::fit(
@@ -333,6 +333,7 @@ mod run_dir {
                 check_finite: false,
             },
             data_parallel: Default::default(),
+            extra: Default::default(),
         }
     }
 
@@ -348,7 +349,6 @@ mod run_dir {
     fn options(run: &RunConfig, position: Position) -> FitOptions {
         FitOptions {
             epochs: run.epochs,
-            batch_size: run.batch_size,
             shuffle_seed: Some(run.seed),
             start_epoch: position.epochs_done,
             start_within: position.within,

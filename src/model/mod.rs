@@ -11,6 +11,7 @@
 //! | `batch.rs` | [`DeviceBatch`], a batch resident on the device, and its dispatch cache |
 //! | `metrics.rs` | loss/accuracy totals: reset, blocking reads, the asynchronous read-back |
 //! | `state.rs` | state transfer host ↔ device and the check that a state fits |
+//! | `save.rs` | [`Model::save`], [`Model::load`], [`Model::load_state_dict`]: files in one call |
 //! | `validate.rs` | [`BatchError`]: batch, label and mode checks before anything is sent |
 //! | `report.rs` | [`Counters`], [`PlanReport`], profiling and memory accounting |
 
@@ -20,6 +21,7 @@ mod exchange;
 mod metrics;
 mod plan;
 mod report;
+mod save;
 mod state;
 mod submit;
 mod validate;
@@ -98,14 +100,16 @@ struct Parts {
 static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Model {
-    /// Builds the graph and both plans, and initializes the parameters as PyTorch does.
+    /// Builds the graph and both plans, and initializes the parameters as PyTorch does. The
+    /// context is a [`GpuContext`] or a shared `Arc` of one (models may share a device).
     pub fn new(
-        ctx: Arc<GpuContext>,
+        ctx: impl Into<Arc<GpuContext>>,
         sequential: Sequential,
         loss: impl Into<Loss>,
         optimizer: Optimizer,
         config: ModelConfig,
     ) -> Result<Self> {
+        let ctx = ctx.into();
         Self::build(ctx, None, sequential, loss.into(), optimizer, config, None)
     }
 
@@ -113,7 +117,7 @@ impl Model {
     /// split) as the plan's fixed first stage: every step, eval and predict take raw samples
     /// shaped `config.sample_shape`, and the first layer sees the transform's output shape.
     pub fn with_preprocess(
-        ctx: Arc<GpuContext>,
+        ctx: impl Into<Arc<GpuContext>>,
         preprocess: Transform,
         sequential: Sequential,
         loss: impl Into<Loss>,
@@ -122,7 +126,7 @@ impl Model {
     ) -> Result<Self> {
         let preprocess = Some(Arc::new(preprocess));
         Self::build(
-            ctx,
+            ctx.into(),
             preprocess,
             sequential,
             loss.into(),
