@@ -732,7 +732,8 @@ mod tests {
         let (model, graph, state) = setup();
         let mut sd = model_state_dict(&model, &graph, &state, "");
         for i in 0..40 {
-            sd.metadata.insert(format!("key {i:02}"), format!("value {i}"));
+            sd.metadata
+                .insert(format!("key {i:02}"), format!("value {i}"));
         }
         let bytes = sd.to_bytes().unwrap();
         // A HashMap's order differs between maps: forty keys would not come out twice alike.
@@ -745,7 +746,13 @@ mod tests {
         assert_eq!((8 + len) % 8, 0, "the tensors start 8-byte aligned");
         let header = std::str::from_utf8(&bytes[8..8 + len]).unwrap();
         let at = |key: &str| header.find(&format!("\"{key}\"")).unwrap();
-        let keys = ["format", "key 00", "key 01", "key 39", METADATA_CHECKSUM_KEY];
+        let keys = [
+            "format",
+            "key 00",
+            "key 01",
+            "key 39",
+            METADATA_CHECKSUM_KEY,
+        ];
         assert!(keys.windows(2).all(|w| at(w[0]) < at(w[1])), "{header}");
         assert!(header.starts_with("{\"__metadata__\":{\"format\":\"pt\",\"key 00\""));
         // Both safetensors itself and wgnn, checksums included, read it back.
@@ -753,7 +760,10 @@ mod tests {
         assert_eq!(parsed.len(), sd.tensors.len());
         let read = StateDict::from_bytes(&bytes, Path::new("sorted.safetensors")).unwrap();
         assert!(read.checksummed);
-        assert_eq!((read.tensors, read.metadata), (sd.tensors.clone(), sd.metadata));
+        assert_eq!(
+            (read.tensors, read.metadata),
+            (sd.tensors.clone(), sd.metadata)
+        );
         // No tensors at all: the header is the metadata alone.
         let empty = StateDict::default().to_bytes().unwrap();
         assert!(StateDict::from_bytes(&empty, Path::new("empty")).is_ok());

@@ -27,7 +27,7 @@
 //! do not shadow `std::error::Error` and `std::result::Result` in the importing module.
 
 pub use crate::data::{
-    Dataset, LabelColumn, LoadOptions, NormalizeMode, Normalization, Preprocess, Source, Split,
+    Dataset, LabelColumn, LoadOptions, Normalization, NormalizeMode, Preprocess, Source, Split,
     Splits, Transform, embedded, load_splits,
 };
 pub use crate::gpu::GpuContext;

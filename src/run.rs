@@ -16,8 +16,8 @@ use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
 use crate::nn::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, Sequential, spec};
 use crate::ops::bce::BceConfig;
-use crate::ops::softmax_xent::{CrossEntropyConfig, Reduction};
 use crate::ops::reduce::{RawTotals, TOTALS_LEN};
+use crate::ops::softmax_xent::{CrossEntropyConfig, Reduction};
 use crate::optim::{Adam, LrSchedule, Optimizer, Sgd};
 use crate::{Model, ModelConfig};
 
@@ -63,34 +63,56 @@ pub enum OptimizerKind {
     Adamw,
 }
 
-/// Everything that defines a run.
+/// Everything that defines a run, as a checkpoint records it (`wgnn.run`): what `wgnn train`'s
+/// flags gave (each field names its flag and the flag's default), or what a model built in
+/// Rust amounts to ([`crate::Model::save`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
-    /// Model spec string, e.g. the lecture's MLP.
+    /// Model spec string (`--arch`; default the lecture's MLP with as many outputs as the
+    /// data has classes, one for BCE).
     pub arch: String,
+    /// The shape of one raw sample, as the data gives it.
     pub sample_shape: Vec<usize>,
-    /// Classes of the data (2 for BCE, whose model has one output).
+    /// Classes of the data (`--classes`; default the largest label plus one), 2 for BCE,
+    /// whose model has one output.
     pub classes: usize,
+    /// `--loss` (default cross-entropy).
     pub loss: LossKind,
+    /// `--label-smoothing`, `CrossEntropyLoss(label_smoothing=…)` (default 0).
     pub label_smoothing: f32,
+    /// `--pos-weight`, `BCEWithLogitsLoss(pos_weight=…)` (default 1).
     pub pos_weight: f32,
+    /// `--optimizer` (default SGD).
     pub optimizer: OptimizerKind,
+    /// `--lr` (default 0.02 for SGD, 0.001 for Adam and AdamW).
     pub lr: f32,
+    /// `--momentum`, SGD's (default 0.9).
     pub momentum: f32,
+    /// `--weight-decay` (default 0; 0.01 for AdamW).
     pub weight_decay: f32,
-    /// Adam and AdamW: the AMSGrad variant (absent from runs saved before it existed).
+    /// `--amsgrad`: Adam's and AdamW's AMSGrad variant (default off; absent from runs saved
+    /// before it existed).
     #[serde(default)]
     pub amsgrad: bool,
-    /// The learning rate's schedule over epochs, from `lr` (none: constant).
+    /// `--lr-schedule`: the learning rate's schedule over epochs, from `lr` (default none:
+    /// constant).
     #[serde(default)]
     pub lr_schedule: Option<LrSchedule>,
+    /// `--batch-size` (default 32), per process in a data-parallel job.
     pub batch_size: usize,
+    /// `--epochs` (default 12); 0 for a model saved by [`crate::Model::save`], which
+    /// records no training loop.
     pub epochs: usize,
+    /// `--seed` (default 0): initialization, dropout masks and shuffling.
     pub seed: u64,
+    /// Shuffle each epoch (default on; `--no-shuffle`).
     pub shuffle: bool,
+    /// `--drop-last` (default off).
     pub drop_last: bool,
-    /// The preprocessing fitted on the training split (absent: data used as is).
+    /// The preprocessing fitted on the training split (`--normalize`, default
+    /// per-channel; absent: data used as is).
     pub normalization: Option<Preprocessing>,
+    /// Where the data comes from.
     pub data: DataConfig,
     /// The data-parallel job that trains it (absent from single-process runs before it).
     #[serde(default)]
@@ -181,6 +203,7 @@ mod reduction_name {
 /// the same number, since every rank's share of an epoch depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataParallel {
+    /// Processes of the job (`mpirun -np N`; default 1).
     pub processes: usize,
     /// `--sync-bn`: batch statistics over the global batch (`torch.nn.SyncBatchNorm`).
     pub sync_bn: bool,
@@ -216,24 +239,29 @@ pub struct PreprocessRecord {
     pub output_shape: Vec<usize>,
 }
 
-/// Where a run's data comes from, so `--resume` can load it again.
+/// Where a run's data comes from, so `--resume` can load it again. A model saved by
+/// [`crate::Model::save`] records none: every field at its default, as `wgnn train`
+/// without flags would read the embedded digits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
-    /// None: the embedded MNIST digits.
+    /// `--data` (default none: the embedded MNIST digits).
     pub path: Option<PathBuf>,
+    /// `--test-data` (default none: the data's own test split, else a holdout).
     pub test_path: Option<PathBuf>,
-    /// Fraction of a single file's rows held back for testing.
+    /// `--holdout`: fraction of a single file's rows held back for testing (default 0.2).
     pub holdout: f64,
-    /// CSV label column (name or 0-based index); None: automatic.
+    /// `--label-column`: CSV label column (name or 0-based index); default none: automatic.
     pub label_column: Option<String>,
-    /// Whether a CSV file's first row is a header; None: guessed.
+    /// `--header`/`--no-header`: whether a CSV file's first row is a header; default none:
+    /// guessed.
     #[serde(default)]
     pub header: Option<bool>,
-    /// A CSV file's delimiter; None: `,` (a tab for `.tsv`).
+    /// `--delimiter`: a CSV file's delimiter; default none: `,` (a tab for `.tsv`).
     #[serde(default)]
     pub delimiter: Option<u8>,
-    /// Per-channel normalization (else the data is used as is).
+    /// A preprocessing is fitted (`--normalize` other than `none`; default yes).
     pub normalize: bool,
+    /// `--check-finite`: refuse data holding NaN or ±∞ (default off).
     pub check_finite: bool,
 }
 
@@ -472,11 +500,16 @@ impl RunConfig {
             });
         }
         if read.loss() != *model.loss() {
-            return Err(format!("the loss {:?} is not recorded exactly", model.loss()));
+            return Err(format!(
+                "the loss {:?} is not recorded exactly",
+                model.loss()
+            ));
         }
         if read.optimizer() != *model.optimizer() {
             let optimizer = model.optimizer();
-            return Err(format!("the optimizer {optimizer:?} is not recorded exactly"));
+            return Err(format!(
+                "the optimizer {optimizer:?} is not recorded exactly"
+            ));
         }
         if let (Some(Preprocessing::PerChannel(..)), Some(t)) =
             (&read.normalization, model.preprocess())

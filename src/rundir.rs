@@ -681,11 +681,10 @@ impl RunDir {
                 ..*m
             })
             .collect();
-        let history =
-            serde_json::to_string(&figures).map_err(|e| CheckpointError::Format {
-                path: sd.source.clone(),
-                message: e.to_string(),
-            })?;
+        let history = serde_json::to_string(&figures).map_err(|e| CheckpointError::Format {
+            path: sd.source.clone(),
+            message: e.to_string(),
+        })?;
         sd.metadata.insert(HISTORY_KEY.into(), history);
         Ok(sd)
     }
@@ -845,7 +844,8 @@ fn read_header_metadata(path: &Path) -> Option<std::collections::BTreeMap<String
 }
 
 /// A run's id from what defines it: the CRC-32s of its settings (as the checkpoint records
-/// them), of its data (every split's shape, values and labels) and of its initial state
+/// them, but the number of epochs, which `--resume --epochs N` extends without changing a
+/// step), of its data (every split's shape, values and labels) and of its initial state
 /// (parameters, running statistics, optimizer state and step, after any `--init`), as
 /// `settings-data-state` in hexadecimal. Two runs that compute the same thing share it, so
 /// their files are interchangeable; two that differ in any of the three do not, so a
@@ -873,13 +873,21 @@ pub fn run_id(run: &RunConfig, data: &[&Dataset], initial: &HostState) -> String
         crc.update(&r.num_batches_tracked.to_le_bytes());
     }
     crc.update(&initial.step.to_le_bytes());
-    format!("{}-{data:08x}-{:08x}", run_id_of_settings(run), crc.finalize())
+    format!(
+        "{}-{data:08x}-{:08x}",
+        run_id_of_settings(run),
+        crc.finalize()
+    )
 }
 
 /// The settings' part of [`run_id`] (the whole id of a run that was not identified).
 fn run_id_of_settings(run: &RunConfig) -> String {
+    let run = RunConfig {
+        epochs: 0,
+        ..run.clone()
+    };
     // RunConfig holds strings and numbers only: it always serializes.
-    let json = serde_json::to_string(run).unwrap_or_default();
+    let json = serde_json::to_string(&run).unwrap_or_default();
     format!("{:08x}", crc32fast::hash(json.as_bytes()))
 }
 

@@ -622,7 +622,11 @@ mod run_dir {
     fn a_checkpoint_of_another_run_is_refused_and_one_save_behind_is_rewritten() {
         let root = tempfile::tempdir().unwrap();
         let run = tiny_run();
-        let save_in = |name: &str, steps: usize| {
+        let save_in = |name: &str, steps: usize, seed: u64| {
+            let run = RunConfig {
+                seed,
+                ..run.clone()
+            };
             let path = root.path().join(name);
             let mut dir = RunDir::create(&path, false).unwrap();
             let mut model = run.build(ctx(), None).unwrap();
@@ -646,9 +650,10 @@ mod run_dir {
             );
             (path, old)
         };
-        let (a, a_first) = save_in("a", 2);
-        let (b, _) = save_in("b", 2);
-        // Same architecture, another run.
+        let (a, a_first) = save_in("a", 2, 0);
+        // An identical run would be interchangeable with it (the same id, the same bits);
+        // another seed makes another run of the same architecture.
+        let (b, _) = save_in("b", 2, 1);
         std::fs::copy(
             b.join("checkpoint.safetensors"),
             a.join("checkpoint.safetensors"),

@@ -49,14 +49,18 @@ use crate::optim::Optimizer;
 use metrics::MetricTotals;
 use submit::BatchSource;
 
-/// How to build a [`Model`].
+/// How to build a [`Model`]. No field has a default: the sample shape is the data's, and the
+/// batch size and seed are the caller's (`wgnn train` takes batch 32 and seed 0 unless told).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    /// Shape of one sample, e.g. `[3, 32, 32]` or `[30]`.
+    /// Shape of one raw sample, e.g. `[3, 32, 32]` or `[30]` (what a preprocessing stage, if
+    /// any, takes).
     pub sample_shape: Vec<usize>,
-    /// Samples per batch; the plans for this size are built up front.
+    /// Samples per batch (`DataLoader(batch_size=…)`): the plans for this size are built up
+    /// front, and [`Model::fit`] and [`crate::train::fit`] train in batches of it (a smaller
+    /// last batch gets a plan of its own when it comes). Per process in a data-parallel job.
     pub batch_size: usize,
-    /// Seeds parameter initialization and the dropout masks.
+    /// Seeds parameter initialization (ChaCha12) and the dropout masks (Philox).
     pub seed: u64,
 }
 

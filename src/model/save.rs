@@ -75,8 +75,7 @@ impl Model {
             .into());
         }
         let run = RunConfig::of_model(self).map_err(|message| refuse(&path, message))?;
-        if let (Some(Preprocessing::Fitted(_)), Some(t)) = (&run.normalization, self.preprocess())
-        {
+        if let (Some(Preprocessing::Fitted(_)), Some(t)) = (&run.normalization, self.preprocess()) {
             let beside = dir.join(PREPROCESS_FILE);
             let bytes = transform_dict(t).to_bytes()?;
             match std::fs::read(&beside) {

@@ -10,10 +10,12 @@ use crate::ops::batchnorm::{BatchNormConfig, BatchNormOp};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNorm1d {
     pub num_features: usize,
+    /// `eps` (default 1e-5) and `momentum` (default 0.1), PyTorch's defaults.
     pub config: BatchNormConfig,
 }
 
 impl BatchNorm1d {
+    /// `nn.BatchNorm1d(num_features)`: eps 1e-5, momentum 0.1.
     pub fn new(num_features: usize) -> Self {
         Self {
             num_features,
@@ -21,12 +23,14 @@ impl BatchNorm1d {
         }
     }
 
+    /// `eps=…`, added to the variance before the square root (default 1e-5).
     pub fn eps(mut self, eps: f32) -> Self {
         self.config.eps = eps;
         self
     }
 
-    /// `None`: running statistics are the cumulative average.
+    /// `momentum=…`, the running statistics' update weight (default `Some(0.1)`); `None`:
+    /// they are the cumulative average.
     pub fn momentum(mut self, momentum: Option<f32>) -> Self {
         self.config.momentum = momentum;
         self
