@@ -93,7 +93,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )?;
             let fit_options = FitOptions {
                 epochs: EPOCHS,
-                batch_size: 32,
                 shuffle_seed: Some(seed),
                 ..FitOptions::default()
             };

@@ -1,8 +1,8 @@
 """Checks a wgnn checkpoint from Python: every tensor's CRC-32 and the metadata's, as wgnn
-records them (src/checkpoint.rs), then loads the state_dict into the lecture's nn.Sequential
-with strict=True.
+records them (src/checkpoint.rs), then builds the nn.Sequential its architecture ("wgnn.run"'s
+spec) describes and loads the state_dict into it with strict=True.
 
-    python scripts/check_checkpoint.py runs/latest    # or a checkpoint.safetensors file
+    python scripts/check_checkpoint.py runs/latest    # or a checkpoint file, as Model::save writes
 
 A tensor's CRC-32 covers its dtype's name, its shape (u64 little-endian each) and its bytes;
 the metadata's covers every other entry in key order, each `key NUL value NUL`.
@@ -41,26 +41,44 @@ def main(path: Path) -> None:
     print(f"{path}: {len(state)} tensors and the metadata match their checksums")
 
     run = json.loads(metadata["wgnn.run"])
-    layers = []
+    # The first layer sees the preprocessing's output (K features for pca:K), else the data.
+    shape = run["sample_shape"]
+    normalization = run.get("normalization")
+    if isinstance(normalization, dict):
+        shape = normalization["output_shape"]
     features = 1
-    for d in run["sample_shape"]:
+    for d in shape:
         features *= d
+    layers = []
     for token in run["arch"].split(","):
         kind, _, arg = token.partition(":")
+        args = arg.split(":") if arg else []
         if kind == "flatten":
             layers.append(torch.nn.Flatten())
         elif kind == "linear":
-            out = int(arg.split(":")[0])
-            layers.append(torch.nn.Linear(features, out, bias="nobias" not in arg))
+            out = int(args[0])
+            layers.append(torch.nn.Linear(features, out, bias="nobias" not in args))
             features = out
         elif kind == "bn":
-            layers.append(torch.nn.BatchNorm1d(features))
+            eps = float(args[0]) if args else 1e-5
+            momentum = 0.1
+            if len(args) > 1:
+                momentum = None if args[1] == "none" else float(args[1])
+            layers.append(torch.nn.BatchNorm1d(features, eps=eps, momentum=momentum))
+        elif kind == "dropout":
+            layers.append(torch.nn.Dropout(float(args[0]) if args else 0.5))
         elif kind == "relu":
             layers.append(torch.nn.ReLU())
-        elif kind == "dropout":
-            layers.append(torch.nn.Dropout(float(arg) if arg else 0.5))
+        elif kind == "sigmoid":
+            layers.append(torch.nn.Sigmoid())
+        elif kind == "tanh":
+            layers.append(torch.nn.Tanh())
+        elif kind == "gelu":
+            layers.append(torch.nn.GELU(approximate=args[0] if args else "none"))
+        elif kind == "leaky_relu":
+            layers.append(torch.nn.LeakyReLU(float(args[0]) if args else 0.01))
         else:
-            raise SystemExit(f"{token}: this script builds linear, bn, relu, dropout, flatten")
+            raise SystemExit(f"{token}: a layer this script does not know")
     model = torch.nn.Sequential(*layers)
     print(f"load_state_dict(strict=True): {model.load_state_dict(state, strict=True)}")
 

@@ -17,6 +17,10 @@
 //! CRC-32 of each tensor (its dtype, shape and bytes) under [`TENSOR_CHECKSUMS_KEY`], and one
 //! of the rest of the metadata under [`METADATA_CHECKSUM_KEY`]. Reading verifies them when
 //! present and names the file and the tensor (or the metadata) that fails.
+//!
+//! The same tensors and metadata always give the same bytes: the metadata is written in key
+//! order, so two identical runs write identical files (`cmp`, a content hash or a cache key
+//! can tell them apart only by what they hold).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -63,6 +67,9 @@ pub enum CheckpointError {
         stored: String,
         computed: String,
     },
+    /// A model that cannot be saved there, or not with every setting it has: what and why.
+    #[error("{path}: cannot save the model: {message}")]
+    Unsaveable { path: String, message: String },
     /// Parameters or running statistics that are NaN or infinite.
     #[error(
         "{path}: {count} non-finite value(s), the first {tensor}[{index}] = {value}: the run diverged before this checkpoint was written"
@@ -305,10 +312,14 @@ impl StateDict {
         let checksums =
             serde_json::to_string(&checksums).map_err(|e| self.format_error(e.to_string()))?;
         let metadata_crc = hex(metadata_checksum(&metadata));
-        let mut metadata: HashMap<String, String> = metadata.into_iter().collect();
         metadata.insert(TENSOR_CHECKSUMS_KEY.into(), checksums);
         metadata.insert(METADATA_CHECKSUM_KEY.into(), metadata_crc);
-        safetensors::serialize(views, Some(metadata)).map_err(|e| self.format_error(e.to_string()))
+        // safetensors takes the metadata as a HashMap, whose order changes from run to run:
+        // it writes a placeholder, and the sorted entries go in its place.
+        let placeholder = HashMap::from([(String::new(), String::new())]);
+        let bytes = safetensors::serialize(views, Some(placeholder))
+            .map_err(|e| self.format_error(e.to_string()))?;
+        with_sorted_metadata(&bytes, &metadata).map_err(|message| self.format_error(message))
     }
 
     /// Writes atomically and durably ([`crate::durable::write_atomic`]).
@@ -322,6 +333,36 @@ impl StateDict {
             message,
         }
     }
+}
+
+/// Safetensors bytes whose header starts with a placeholder `__metadata__` object (one empty
+/// key), with `metadata` in its place in key order, so that the same tensors and metadata always give the same
+/// bytes. The header stays padded with spaces to a multiple of 8 bytes, as safetensors pads
+/// it; the tensors' offsets count from the end of the header and do not move.
+fn with_sorted_metadata(
+    bytes: &[u8],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    const PLACEHOLDER: &[u8] = b"{\"__metadata__\":{\"\":\"\"}";
+    let unexpected = || "safetensors wrote a header of an unexpected form".to_string();
+    let (len, rest) = bytes.split_first_chunk::<8>().ok_or_else(unexpected)?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| unexpected())?;
+    let (header, body) = rest.split_at_checked(len).ok_or_else(unexpected)?;
+    let tail = header
+        .trim_ascii_end()
+        .strip_prefix(PLACEHOLDER)
+        .ok_or_else(unexpected)?;
+    let sorted = serde_json::to_vec(metadata).map_err(|e| e.to_string())?;
+    let mut header = Vec::with_capacity(len + sorted.len() + 8);
+    header.extend_from_slice(b"{\"__metadata__\":");
+    header.extend_from_slice(&sorted);
+    header.extend_from_slice(tail);
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + body.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    Ok(out)
 }
 
 fn le_values<const N: usize, T>(data: &[u8], decode: fn([u8; N]) -> T) -> Vec<T> {
@@ -694,6 +735,48 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn the_same_state_dict_always_gives_the_same_bytes_with_its_metadata_sorted() {
+        let (_, graph, state) = setup();
+        let mut sd = model_state_dict(&graph, &state, "");
+        for i in 0..40 {
+            sd.metadata
+                .insert(format!("key {i:02}"), format!("value {i}"));
+        }
+        let bytes = sd.to_bytes().unwrap();
+        // A HashMap's order differs between maps: forty keys would not come out twice alike.
+        for _ in 0..10 {
+            let again = sd.to_bytes().unwrap();
+            let differ = again.iter().zip(&bytes).position(|(a, b)| a != b);
+            assert!(again == bytes, "the bytes differ from byte {differ:?} on");
+        }
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + len) % 8, 0, "the tensors start 8-byte aligned");
+        let header = std::str::from_utf8(&bytes[8..8 + len]).unwrap();
+        let at = |key: &str| header.find(&format!("\"{key}\"")).unwrap();
+        let keys = [
+            "format",
+            "key 00",
+            "key 01",
+            "key 39",
+            METADATA_CHECKSUM_KEY,
+        ];
+        assert!(keys.windows(2).all(|w| at(w[0]) < at(w[1])), "{header}");
+        assert!(header.starts_with("{\"__metadata__\":{\"format\":\"pt\",\"key 00\""));
+        // Both safetensors itself and wgnn, checksums included, read it back.
+        let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(parsed.len(), sd.tensors.len());
+        let read = StateDict::from_bytes(&bytes, Path::new("sorted.safetensors")).unwrap();
+        assert!(read.checksummed);
+        assert_eq!(
+            (read.tensors, read.metadata),
+            (sd.tensors.clone(), sd.metadata)
+        );
+        // No tensors at all: the header is the metadata alone.
+        let empty = StateDict::default().to_bytes().unwrap();
+        assert!(StateDict::from_bytes(&empty, Path::new("empty")).is_ok());
     }
 
     #[test]

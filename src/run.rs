@@ -8,14 +8,16 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    CheckpointError, MODEL_FILE, StateDict, StateTensor, TensorData, apply_state_dict,
+    self, CheckpointError, MODEL_FILE, StateDict, StateTensor, TensorData, apply_state_dict,
 };
 use crate::data::{Normalization, Preprocess, Transform};
 use crate::error::{Error, Result};
 use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
 use crate::nn::{BCEWithLogitsLoss, CrossEntropyLoss, Loss, Sequential, spec};
+use crate::ops::bce::BceConfig;
 use crate::ops::reduce::{RawTotals, TOTALS_LEN};
+use crate::ops::softmax_xent::{CrossEntropyConfig, Reduction};
 use crate::optim::{Adam, LrSchedule, Optimizer, Sgd};
 use crate::{Model, ModelConfig};
 
@@ -61,44 +63,147 @@ pub enum OptimizerKind {
     Adamw,
 }
 
-/// Everything that defines a run.
+/// Everything that defines a run, as a checkpoint records it (`wgnn.run`): what `wgnn train`'s
+/// flags gave (each field names its flag and the flag's default), or what a model built in
+/// Rust amounts to ([`crate::Model::save`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
-    /// Model spec string, e.g. the lecture's MLP.
+    /// Model spec string (`--arch`; default the lecture's MLP with as many outputs as the
+    /// data has classes, one for BCE).
     pub arch: String,
+    /// The shape of one raw sample, as the data gives it.
     pub sample_shape: Vec<usize>,
-    /// Classes of the data (2 for BCE, whose model has one output).
+    /// Classes of the data (`--classes`; default the largest label plus one), 2 for BCE,
+    /// whose model has one output.
     pub classes: usize,
+    /// `--loss` (default cross-entropy).
     pub loss: LossKind,
+    /// `--label-smoothing`, `CrossEntropyLoss(label_smoothing=…)` (default 0).
     pub label_smoothing: f32,
+    /// `--pos-weight`, `BCEWithLogitsLoss(pos_weight=…)` (default 1).
     pub pos_weight: f32,
+    /// `--optimizer` (default SGD).
     pub optimizer: OptimizerKind,
+    /// `--lr` (default 0.02 for SGD, 0.001 for Adam and AdamW).
     pub lr: f32,
+    /// `--momentum`, SGD's (default 0.9).
     pub momentum: f32,
+    /// `--weight-decay` (default 0; 0.01 for AdamW).
     pub weight_decay: f32,
-    /// Adam and AdamW: the AMSGrad variant (absent from runs saved before it existed).
+    /// `--amsgrad`: Adam's and AdamW's AMSGrad variant (default off; absent from runs saved
+    /// before it existed).
     #[serde(default)]
     pub amsgrad: bool,
-    /// The learning rate's schedule over epochs, from `lr` (none: constant).
+    /// `--lr-schedule`: the learning rate's schedule over epochs, from `lr` (default none:
+    /// constant).
     #[serde(default)]
     pub lr_schedule: Option<LrSchedule>,
+    /// `--batch-size` (default 32), per process in a data-parallel job.
     pub batch_size: usize,
+    /// `--epochs` (default 12); 0 for a model saved by [`crate::Model::save`], which
+    /// records no training loop.
     pub epochs: usize,
+    /// `--seed` (default 0): initialization, dropout masks and shuffling.
     pub seed: u64,
+    /// Shuffle each epoch (default on; `--no-shuffle`).
     pub shuffle: bool,
+    /// `--drop-last` (default off).
     pub drop_last: bool,
-    /// The preprocessing fitted on the training split (absent: data used as is).
+    /// The preprocessing fitted on the training split (`--normalize`, default
+    /// per-channel; absent: data used as is).
     pub normalization: Option<Preprocessing>,
+    /// Where the data comes from.
     pub data: DataConfig,
     /// The data-parallel job that trains it (absent from single-process runs before it).
     #[serde(default)]
     pub data_parallel: DataParallel,
+    /// The loss's and optimizer's options that `wgnn train` has no flag for, at PyTorch's
+    /// defaults unless a model built in Rust set them (and then only written).
+    #[serde(default, skip_serializing_if = "ExtraOptions::is_default")]
+    pub extra: ExtraOptions,
+}
+
+/// The options of a model's loss and optimizer beyond `wgnn train`'s flags, so that a model
+/// built in Rust is saved exactly ([`crate::Model::save`]); each defaults to PyTorch's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExtraOptions {
+    /// `CrossEntropyLoss(weight=…)`, one per class; default none (every class weighs 1).
+    pub class_weights: Option<Vec<f32>>,
+    /// `CrossEntropyLoss(ignore_index=…)`; default −100.
+    pub ignore_index: i64,
+    /// The loss's `reduction`: `"mean"` (the default), `"sum"` or `"none"`.
+    #[serde(with = "reduction_name")]
+    pub reduction: Reduction,
+    /// `SGD(dampening=…)`; default 0.
+    pub dampening: f32,
+    /// `SGD(nesterov=…)`; default false.
+    pub nesterov: bool,
+    /// `maximize` of SGD, Adam and AdamW; default false.
+    pub maximize: bool,
+    /// Adam's and AdamW's `betas`; default (0.9, 0.999).
+    pub betas: (f32, f32),
+    /// Adam's and AdamW's `eps`; default 1e-8.
+    pub eps: f32,
+}
+
+impl Default for ExtraOptions {
+    fn default() -> Self {
+        let (ce, sgd, adam) = (
+            CrossEntropyConfig::default(),
+            Sgd::default(),
+            Adam::default(),
+        );
+        Self {
+            class_weights: ce.weight,
+            ignore_index: ce.ignore_index,
+            reduction: ce.reduction,
+            dampening: sgd.dampening,
+            nesterov: sgd.nesterov,
+            maximize: sgd.maximize,
+            betas: adam.betas,
+            eps: adam.eps,
+        }
+    }
+}
+
+impl ExtraOptions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// [`Reduction`] as PyTorch spells it.
+mod reduction_name {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::ops::softmax_xent::Reduction;
+
+    pub fn serialize<S: Serializer>(reduction: &Reduction, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match reduction {
+            Reduction::Mean => "mean",
+            Reduction::Sum => "sum",
+            Reduction::None => "none",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reduction, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "mean" => Ok(Reduction::Mean),
+            "sum" => Ok(Reduction::Sum),
+            "none" => Ok(Reduction::None),
+            other => Err(D::Error::custom(format!(
+                "reduction {other:?}: expected mean, sum or none"
+            ))),
+        }
+    }
 }
 
 /// How many processes train a run, and how their batch norms meet: a run resumes only under
 /// the same number, since every rank's share of an epoch depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataParallel {
+    /// Processes of the job (`mpirun -np N`; default 1).
     pub processes: usize,
     /// `--sync-bn`: batch statistics over the global batch (`torch.nn.SyncBatchNorm`).
     pub sync_bn: bool,
@@ -134,24 +239,29 @@ pub struct PreprocessRecord {
     pub output_shape: Vec<usize>,
 }
 
-/// Where a run's data comes from, so `--resume` can load it again.
+/// Where a run's data comes from, so `--resume` can load it again. A model saved by
+/// [`crate::Model::save`] records none: every field at its default, as `wgnn train`
+/// without flags would read the embedded digits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
-    /// None: the embedded MNIST digits.
+    /// `--data` (default none: the embedded MNIST digits).
     pub path: Option<PathBuf>,
+    /// `--test-data` (default none: the data's own test split, else a holdout).
     pub test_path: Option<PathBuf>,
-    /// Fraction of a single file's rows held back for testing.
+    /// `--holdout`: fraction of a single file's rows held back for testing (default 0.2).
     pub holdout: f64,
-    /// CSV label column (name or 0-based index); None: automatic.
+    /// `--label-column`: CSV label column (name or 0-based index); default none: automatic.
     pub label_column: Option<String>,
-    /// Whether a CSV file's first row is a header; None: guessed.
+    /// `--header`/`--no-header`: whether a CSV file's first row is a header; default none:
+    /// guessed.
     #[serde(default)]
     pub header: Option<bool>,
-    /// A CSV file's delimiter; None: `,` (a tab for `.tsv`).
+    /// `--delimiter`: a CSV file's delimiter; default none: `,` (a tab for `.tsv`).
     #[serde(default)]
     pub delimiter: Option<u8>,
-    /// Per-channel normalization (else the data is used as is).
+    /// A preprocessing is fitted (`--normalize` other than `none`; default yes).
     pub normalize: bool,
+    /// `--check-finite`: refuse data holding NaN or ±∞ (default off).
     pub check_finite: bool,
 }
 
@@ -247,36 +357,171 @@ impl RunConfig {
     }
 
     pub fn loss(&self) -> Loss {
+        let extra = &self.extra;
         match self.loss {
-            LossKind::Ce => CrossEntropyLoss::new()
-                .label_smoothing(self.label_smoothing)
-                .into(),
-            LossKind::Bce => BCEWithLogitsLoss::new().pos_weight(self.pos_weight).into(),
+            LossKind::Ce => CrossEntropyLoss {
+                config: CrossEntropyConfig {
+                    weight: extra.class_weights.clone(),
+                    ignore_index: extra.ignore_index,
+                    label_smoothing: self.label_smoothing,
+                    reduction: extra.reduction,
+                },
+            }
+            .into(),
+            LossKind::Bce => BCEWithLogitsLoss {
+                config: BceConfig {
+                    pos_weight: self.pos_weight,
+                    reduction: extra.reduction,
+                },
+            }
+            .into(),
         }
     }
 
     pub fn optimizer(&self) -> Optimizer {
+        let extra = &self.extra;
+        let adam = Adam {
+            lr: self.lr,
+            betas: extra.betas,
+            eps: extra.eps,
+            weight_decay: self.weight_decay,
+            decoupled_weight_decay: self.optimizer == OptimizerKind::Adamw,
+            amsgrad: self.amsgrad,
+            maximize: extra.maximize,
+        };
         match self.optimizer {
             OptimizerKind::Sgd => Optimizer::Sgd(Sgd {
                 lr: self.lr,
                 momentum: self.momentum,
+                dampening: extra.dampening,
                 weight_decay: self.weight_decay,
-                ..Sgd::default()
+                nesterov: extra.nesterov,
+                maximize: extra.maximize,
             }),
-            OptimizerKind::Adam => Optimizer::Adam(Adam {
-                lr: self.lr,
-                weight_decay: self.weight_decay,
-                amsgrad: self.amsgrad,
-                ..Adam::default()
-            }),
-            OptimizerKind::Adamw => Optimizer::Adam(Adam {
-                lr: self.lr,
-                weight_decay: self.weight_decay,
-                decoupled_weight_decay: true,
-                amsgrad: self.amsgrad,
-                ..Adam::default()
-            }),
+            OptimizerKind::Adam | OptimizerKind::Adamw => Optimizer::Adam(adam),
         }
+    }
+
+    /// The run a model built in Rust amounts to, for [`crate::Model::save`]: its layers as a
+    /// spec, its sample shape, loss, optimizer, batch size, seed and preprocessing. It has
+    /// no loop and no data: `epochs` is 0 and `data` names none. Fails, saying what, when the
+    /// record would not rebuild the same model.
+    pub(crate) fn of_model(model: &Model) -> std::result::Result<RunConfig, String> {
+        let mut extra = ExtraOptions::default();
+        let (loss, label_smoothing, pos_weight) = match model.loss() {
+            Loss::CrossEntropy(ce) => {
+                extra.class_weights = ce.config.weight.clone();
+                extra.ignore_index = ce.config.ignore_index;
+                extra.reduction = ce.config.reduction;
+                (LossKind::Ce, ce.config.label_smoothing, 1.0)
+            }
+            Loss::BceWithLogits(bce) => {
+                extra.reduction = bce.config.reduction;
+                (LossKind::Bce, 0.0, bce.config.pos_weight)
+            }
+        };
+        let (optimizer, lr, momentum, weight_decay, amsgrad) = match *model.optimizer() {
+            Optimizer::Sgd(s) => {
+                extra.dampening = s.dampening;
+                extra.nesterov = s.nesterov;
+                extra.maximize = s.maximize;
+                let kind = OptimizerKind::Sgd;
+                (kind, s.lr, s.momentum, s.weight_decay, false)
+            }
+            Optimizer::Adam(a) => {
+                extra.betas = a.betas;
+                extra.eps = a.eps;
+                extra.maximize = a.maximize;
+                let kind = match a.decoupled_weight_decay {
+                    true => OptimizerKind::Adamw,
+                    false => OptimizerKind::Adam,
+                };
+                (kind, a.lr, 0.0, a.weight_decay, a.amsgrad)
+            }
+        };
+        let config = model.config();
+        let run = RunConfig {
+            arch: spec::to_spec(model.sequential()),
+            sample_shape: config.sample_shape.clone(),
+            classes: model.loss().label_count(model.graph().classes()),
+            loss,
+            label_smoothing,
+            pos_weight,
+            optimizer,
+            lr,
+            momentum,
+            weight_decay,
+            amsgrad,
+            lr_schedule: None,
+            batch_size: config.batch_size,
+            epochs: 0,
+            seed: config.seed,
+            shuffle: false,
+            drop_last: false,
+            normalization: Self::record(model.preprocess()),
+            data: DataConfig {
+                path: None,
+                test_path: None,
+                holdout: 0.0,
+                label_column: None,
+                header: None,
+                delimiter: None,
+                normalize: model.preprocess().is_some(),
+                check_finite: false,
+            },
+            data_parallel: DataParallel {
+                processes: model.communicator().size(),
+                sync_bn: model.sync_bn(),
+            },
+            extra,
+        };
+        run.check_rebuilds(model)?;
+        Ok(run)
+    }
+
+    /// Whether this record, written as JSON and read back, rebuilds `model`'s layers, loss,
+    /// optimizer and per-channel statistics exactly.
+    fn check_rebuilds(&self, model: &Model) -> std::result::Result<(), String> {
+        let json = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        let read: RunConfig = serde_json::from_str(&json)
+            .map_err(|e| format!("its settings do not survive JSON ({e}): a NaN or ∞ in one?"))?;
+        let (layers, back) = (model.sequential().layers(), read.sequential());
+        let back = back.map_err(|e| e.to_string())?;
+        if back.layers() != layers {
+            let differs = layers.iter().zip(back.layers()).position(|(a, b)| a != b);
+            return Err(match differs {
+                Some(i) => format!(
+                    "layer {i} ({:?}) is written {:?}, which builds {:?}",
+                    layers[i],
+                    layers[i].spec(),
+                    back.layers()[i]
+                ),
+                None => format!("its {} layers are written {:?}", layers.len(), read.arch),
+            });
+        }
+        if read.loss() != *model.loss() {
+            return Err(format!(
+                "the loss {:?} is not recorded exactly",
+                model.loss()
+            ));
+        }
+        if read.optimizer() != *model.optimizer() {
+            let optimizer = model.optimizer();
+            return Err(format!(
+                "the optimizer {optimizer:?} is not recorded exactly"
+            ));
+        }
+        if let (Some(Preprocessing::PerChannel(..)), Some(t)) =
+            (&read.normalization, model.preprocess())
+            && read.transform(Path::new(".")).ok().flatten().as_ref() != Some(t)
+        {
+            return Err(
+                "its per-channel preprocessing differs within a channel, which the record's \
+                 one mean and std per channel cannot hold"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Builds the model, with `state` or a fresh PyTorch-style initialization, and the
@@ -320,8 +565,27 @@ impl RunConfig {
     }
 }
 
+/// The checkpoint of a model: its state_dict under PyTorch's names, with the run that
+/// rebuilds it ([`RUN_KEY`]) and the step in the metadata. The one writer of a checkpoint's
+/// metadata: `wgnn train`'s saves ([`crate::rundir`]) stamp it with their run and save, and
+/// [`Model::save`] writes it as it is.
+pub fn checkpoint_dict(model: &Model, state: &HostState, run: &RunConfig) -> StateDict {
+    let mut sd = checkpoint::model_state_dict(model.graph(), state, "");
+    // RunConfig holds strings and numbers only: it always serializes.
+    let json = serde_json::to_string(run).unwrap_or_default();
+    sd.metadata.insert(RUN_KEY.into(), json);
+    sd.metadata.insert("step".into(), state.step.to_string());
+    sd
+}
+
 /// Writes a fitted preprocessing's tensors ([`PREPROCESS_FILE`]) atomically.
 pub fn write_transform(path: &Path, t: &Transform) -> Result<()> {
+    transform_dict(t).write(path)?;
+    Ok(())
+}
+
+/// A fitted preprocessing's tensors as [`PREPROCESS_FILE`] holds them.
+pub(crate) fn transform_dict(t: &Transform) -> StateDict {
     let mut sd = StateDict::default();
     let d = t.input_features();
     sd.tensors
@@ -336,8 +600,7 @@ pub fn write_transform(path: &Path, t: &Transform) -> Result<()> {
             .insert("matrix".into(), StateTensor::f32(vec![k, d], a.clone()));
     }
     sd.metadata.insert("option".into(), t.kind.to_string());
-    sd.write(path)?;
-    Ok(())
+    sd
 }
 
 /// Reads [`PREPROCESS_FILE`] back into the transform `record` describes, checking it.
@@ -407,7 +670,7 @@ pub fn load(path: &Path) -> Result<(RunConfig, StateDict)> {
         return Err(CheckpointError::Format {
             path: file.display().to_string(),
             message: format!(
-                "no {RUN_KEY:?} metadata: not a wgnn checkpoint (a plain state_dict loads with `wgnn train --init`)"
+                "no {RUN_KEY:?} metadata: not a wgnn checkpoint (a plain state_dict loads into a model with `Model::load_state_dict`, or `wgnn train --init`)"
             ),
         }
         .into());

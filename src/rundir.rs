@@ -3,7 +3,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `training_state.safetensors` | what a resume reads, all of it: the model's state_dict, the optimizer state, the step, the position in the data, the run's settings, the run's id, the save's number, every epoch's figures |
+//! | `training_state.safetensors` | what a resume reads, all of it: the model's state_dict, the optimizer state, the step, the position in the data, the run's settings, the run's id, the save's number, every epoch's figures but the wall-clock ones |
 //! | `checkpoint.safetensors` | the model's state_dict (for eval, predict and PyTorch), stamped with the same run id and save number |
 //! | `metrics.csv`, `curves.svg` | the epochs' figures, written from the training state's |
 //! | `preprocess.safetensors` | a fitted preprocessing's tensors (PCA, ZCA, …): written once, before the first save, never changed |
@@ -18,6 +18,13 @@
 //! one, with at worst a checkpoint one save behind. A resume removes the temp files of an
 //! interrupted save, rewrites such a checkpoint from the training state, refuses a checkpoint
 //! that belongs to another run, and rewrites the figures from the training state.
+//!
+//! **Identical runs write identical files.** A run's id is derived from what defines it
+//! ([`run_id`]: its settings, its data, its initial state), not drawn at random, and the
+//! training state keeps no wall-clock figure (an epoch's seconds and samples per second live
+//! in `metrics.csv` only, which a resume reads them back from), so two runs of the same
+//! settings on the same data and adapter write byte-identical safetensors files, in any
+//! directory.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -28,10 +35,12 @@ use crate::checkpoint::{
     self, CheckpointError, MODEL_FILE, StateDict, StateTensor, TRAINING_FILE, TensorData,
     apply_optimizer_state, apply_state_dict,
 };
+use crate::data::Dataset;
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
+use crate::graph::BufferValues;
 use crate::model::Model;
 use crate::run::{
     BATCH_KEY, EPOCH_KEY, Position, RUN_KEY, RunConfig, TOTALS_KEY, format_totals, parse_totals,
@@ -175,7 +184,9 @@ pub struct RunDir {
     path: PathBuf,
     /// Holds the lock; closing it releases the lock.
     _lock: File,
-    run_id: String,
+    /// Set by [`RunDir::identify`], read back by a resume; else derived from the settings at
+    /// the first save.
+    run_id: Option<String>,
     /// Saves so far in the run (the number of the last one).
     saves: u64,
     history: Vec<EpochMetrics>,
@@ -215,7 +226,7 @@ impl RunDir {
         Ok(Self {
             path: path.to_path_buf(),
             _lock: lock,
-            run_id: new_run_id(),
+            run_id: None,
             saves: 0,
             history: Vec::new(),
             last_saved: None,
@@ -357,11 +368,12 @@ impl RunDir {
                 path: training_path.display().to_string(),
                 message: format!("bad {RUN_KEY:?} metadata: {e}"),
             })?;
-        let history: Vec<EpochMetrics> =
+        let mut history: Vec<EpochMetrics> =
             serde_json::from_str(meta(HISTORY_KEY)?).map_err(|_| RunDirError::BadMetadata {
                 path: training_path.clone(),
                 key: HISTORY_KEY,
             })?;
+        restore_timings(&path.join(METRICS_FILE), &mut history);
 
         // The run's fitted preprocessing: its statistics in the run, or its tensors beside.
         let transform = run.transform(path)?;
@@ -377,7 +389,7 @@ impl RunDir {
         let dir = Self {
             path: path.to_path_buf(),
             _lock: lock,
-            run_id,
+            run_id: Some(run_id),
             saves,
             history,
             last_saved: Some(saved),
@@ -423,12 +435,12 @@ impl RunDir {
     ) -> Result<Option<String>> {
         let id = checkpoint.metadata.get(RUN_ID_KEY);
         let step = |sd: &StateDict| sd.metadata.get("step").cloned().unwrap_or("?".into());
-        if id != Some(&self.run_id) {
+        if id != self.run_id.as_ref() {
             return Err(RunDirError::ForeignCheckpoint {
                 path: self.path.clone(),
                 checkpoint: id.cloned().unwrap_or_else(|| "none".into()),
                 checkpoint_step: step(checkpoint),
-                training: self.run_id.clone(),
+                training: self.run_id().to_string(),
                 training_step: step(model_part),
             }
             .into());
@@ -476,9 +488,16 @@ impl RunDir {
         &self.path
     }
 
-    /// The run's id, stamped into both safetensors files of every save.
+    /// The run's id, stamped into both safetensors files of every save ("" before the first
+    /// save of a run that [`RunDir::identify`] did not name).
     pub fn run_id(&self) -> &str {
-        &self.run_id
+        self.run_id.as_deref().unwrap_or("")
+    }
+
+    /// Names a new run by what defines it ([`run_id`]), before its first save. Without it,
+    /// the first save derives the id from the run's settings alone.
+    pub fn identify(&mut self, run_id: String) {
+        self.run_id = Some(run_id);
     }
 
     /// The last save that is whole on disk (this process's, or the one resumed from).
@@ -537,6 +556,9 @@ impl RunDir {
         position: Position,
     ) -> Result<SaveReport> {
         let state = model.state()?;
+        if self.run_id.is_none() {
+            self.run_id = Some(run_id_of_settings(run));
+        }
         let save = self.saves + 1;
         let mut training = self.training_dict(model, &state, run, &position, save)?;
         let checkpoint = {
@@ -618,16 +640,14 @@ impl RunDir {
         })
     }
 
-    /// The model's state_dict with what eval and predict need, stamped with the run's id.
+    /// The model's checkpoint ([`crate::run::checkpoint_dict`]), stamped with the run's id
+    /// and save.
     fn checkpoint_dict(&self, model: &Model, state: &HostState, run: &RunConfig) -> StateDict {
-        let mut sd = checkpoint::model_state_dict(model.graph(), state, "");
+        let mut sd = crate::run::checkpoint_dict(model, state, run);
         sd.source = self.path.join(MODEL_FILE).display().to_string();
-        // RunConfig holds strings and numbers only: it always serializes.
-        let json = serde_json::to_string(run).unwrap_or_default();
-        sd.metadata.insert(RUN_KEY.into(), json);
-        sd.metadata.insert(RUN_ID_KEY.into(), self.run_id.clone());
+        sd.metadata
+            .insert(RUN_ID_KEY.into(), self.run_id().to_string());
         sd.metadata.insert(SAVE_KEY.into(), self.saves.to_string());
-        sd.metadata.insert("step".into(), state.step.to_string());
         sd
     }
 
@@ -652,11 +672,20 @@ impl RunDir {
             sd.metadata
                 .insert(TOTALS_KEY.into(), format_totals(&totals));
         }
-        let history =
-            serde_json::to_string(&self.history).map_err(|e| CheckpointError::Format {
-                path: sd.source.clone(),
-                message: e.to_string(),
-            })?;
+        // The wall-clock figures differ between identical runs: metrics.csv keeps them.
+        let figures: Vec<EpochMetrics> = self
+            .history
+            .iter()
+            .map(|m| EpochMetrics {
+                seconds: 0.0,
+                samples_per_second: 0.0,
+                ..*m
+            })
+            .collect();
+        let history = serde_json::to_string(&figures).map_err(|e| CheckpointError::Format {
+            path: sd.source.clone(),
+            message: e.to_string(),
+        })?;
         sd.metadata.insert(HISTORY_KEY.into(), history);
         Ok(sd)
     }
@@ -815,11 +844,82 @@ fn read_header_metadata(path: &Path) -> Option<std::collections::BTreeMap<String
     )
 }
 
-/// A run's id: when and by which process it started (unix nanoseconds, process id), unique
-/// enough to tell two runs' files apart.
-fn new_run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{nanos:x}-{:x}", std::process::id())
+/// A run's id from what defines it: the CRC-32s of its settings (as the checkpoint records
+/// them, but the number of epochs, which `--resume --epochs N` extends without changing a
+/// step), of its data (every split's shape, values and labels) and of its initial state
+/// (parameters, running statistics, optimizer state and step, after any `--init`), as
+/// `settings-data-state` in hexadecimal. Two runs that compute the same thing share it, so
+/// their files are interchangeable; two that differ in any of the three do not, so a
+/// checkpoint and a training state of different runs are never mixed.
+pub fn run_id(run: &RunConfig, data: &[&Dataset], initial: &HostState) -> String {
+    let mut crc = crc32fast::Hasher::new();
+    for d in data {
+        for &n in &d.sample_shape {
+            crc.update(&(n as u64).to_le_bytes());
+        }
+        crc.update(bytemuck::cast_slice(&d.features));
+        crc.update(bytemuck::cast_slice(&d.labels));
+    }
+    let data = crc.finalize();
+    let mut crc = crc32fast::Hasher::new();
+    let floats = initial
+        .params
+        .iter()
+        .chain(initial.optimizer.iter().flatten())
+        .map(Vec::as_slice)
+        .chain(initial.buffers.iter().filter_map(BufferValues::f32s));
+    for values in floats {
+        crc.update(bytemuck::cast_slice(values));
+    }
+    for buffer in &initial.buffers {
+        if let BufferValues::Count(counts) = buffer {
+            for c in counts {
+                crc.update(&c.to_le_bytes());
+            }
+        }
+    }
+    crc.update(&initial.step.to_le_bytes());
+    format!(
+        "{}-{data:08x}-{:08x}",
+        run_id_of_settings(run),
+        crc.finalize()
+    )
+}
+
+/// The settings' part of [`run_id`] (the whole id of a run that was not identified).
+fn run_id_of_settings(run: &RunConfig) -> String {
+    let run = RunConfig {
+        epochs: 0,
+        ..run.clone()
+    };
+    // RunConfig holds strings and numbers only: it always serializes.
+    let json = serde_json::to_string(&run).unwrap_or_default();
+    format!("{:08x}", crc32fast::hash(json.as_bytes()))
+}
+
+/// Puts back the wall-clock figures of `history`'s epochs (which the training state leaves
+/// out) from `metrics.csv` as the last process wrote it, for each epoch it has a row of at the
+/// same step; an epoch without one (an interrupted save's) keeps zeros.
+fn restore_timings(metrics: &Path, history: &mut [EpochMetrics]) {
+    let Ok(mut reader) = csv::Reader::from_path(metrics) else {
+        return;
+    };
+    for row in reader.records().flatten() {
+        let number = |i: usize| row.get(i).and_then(|v| v.parse::<f64>().ok());
+        let (Some(epoch), Some(seconds), Some(rate), Some(step)) = (
+            row.get(0).and_then(|v| v.parse::<usize>().ok()),
+            number(5),
+            number(6),
+            row.get(7).and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        if let Some(m) = history
+            .iter_mut()
+            .find(|m| m.epoch == epoch && m.step == step)
+        {
+            m.seconds = seconds;
+            m.samples_per_second = rate;
+        }
+    }
 }

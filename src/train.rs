@@ -4,9 +4,15 @@
 //! every epoch's end and, optionally, every so many steps within one; it starts where such
 //! a checkpoint left off.
 //!
+//! The batch size is the model's ([`crate::ModelConfig::batch_size`]): the one its plans were
+//! built for, and the only one.
+//!
+//! [`Model::fit`] is the common case (no progress report, no checkpoints); [`fit`] takes a
+//! [`Progress`] and a hook called at every checkpoint, as the command line uses it.
+//!
 //! In a data-parallel job ([`Model::distribute`]) every rank runs this loop: each takes its
-//! share of every epoch as PyTorch's `DistributedSampler` gives it, `batch_size` is per rank,
-//! the test split is divided among the ranks, and the figures are those of all ranks.
+//! share of every epoch as PyTorch's `DistributedSampler` gives it, the batch size is per
+//! rank, the test split is divided among the ranks, and the figures are those of all ranks.
 
 use std::time::Instant;
 
@@ -16,32 +22,40 @@ use crate::model::Model;
 use crate::ops::reduce::{RawTotals, Totals};
 use crate::optim::LrSchedule;
 
-/// How to train.
+/// How to train: the loop's settings. The batch size is the model's
+/// ([`crate::ModelConfig::batch_size`]). Every field has a default
+/// (`FitOptions { epochs: 3, ..FitOptions::default() }`), given with it below.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitOptions {
-    /// Train until this many epochs are complete (counting `start_epoch`).
+    /// Train until this many epochs are complete (counting `start_epoch`). Default 10.
     pub epochs: usize,
-    pub batch_size: usize,
-    /// Shuffle with this seed (each epoch its own order); `None`: data order.
+    /// Shuffle with this seed, each epoch its own order drawn from (seed, epoch), as a
+    /// `DataLoader(shuffle=True)` with a seeded generator; `None`: the data's order. Default
+    /// `Some(0)`.
     pub shuffle_seed: Option<u64>,
-    /// Drop a last, partial batch instead of training on it.
+    /// Drop a last, partial batch instead of training on it (`DataLoader(drop_last=…)`).
+    /// Default false.
     pub drop_last: bool,
-    /// Epochs already done (when resuming).
+    /// Epochs already done (when resuming). Default 0.
     pub start_epoch: usize,
     /// Batches of the epoch after them already done, and that epoch's totals so far (when
-    /// resuming from a checkpoint taken within an epoch).
+    /// resuming from a checkpoint taken within an epoch). Default none.
     pub start_within: Option<(usize, RawTotals)>,
-    /// Also ask for a checkpoint every this many steps within an epoch.
+    /// Also ask for a checkpoint every this many steps within an epoch. Default none (at
+    /// epoch ends only).
     pub checkpoint_every: Option<u64>,
     /// Stop once the model has taken this many optimizer steps, within an epoch or not
-    /// (asking for a checkpoint there).
+    /// (asking for a checkpoint there). Default none.
     pub max_steps: Option<u64>,
-    /// Ask for the running totals every this many steps, for progress reports.
+    /// Ask for the running totals every this many steps, for progress reports (0: never).
+    /// Default 20.
     pub poll_every: usize,
-    /// Stop on a NaN or infinite loss (reported with its step).
+    /// Stop on a NaN or infinite loss, or an update that meets a non-finite gradient
+    /// (reported with its step). Default true.
     pub stop_on_nonfinite: bool,
     /// A learning-rate schedule and the base rate it starts from: each epoch trains at the
-    /// schedule's rate for it.
+    /// schedule's rate for it (PyTorch's `scheduler.step()` once per epoch). Default none:
+    /// the optimizer's rate throughout.
     pub lr_schedule: Option<(LrSchedule, f32)>,
 }
 
@@ -49,7 +63,6 @@ impl Default for FitOptions {
     fn default() -> Self {
         Self {
             epochs: 10,
-            batch_size: 64,
             shuffle_seed: Some(0),
             drop_last: false,
             start_epoch: 0,
@@ -106,9 +119,26 @@ pub trait Progress {
 pub struct Silent;
 impl Progress for Silent {}
 
-/// Trains `model` on `train`, evaluating `test` after each epoch. `on_checkpoint` runs after
-/// each epoch, every `checkpoint_every` steps within one and at `max_steps`, with the model in
-/// train mode (the CLI writes checkpoints there). Returns the figures of the epochs it ended.
+impl Model {
+    /// `model.fit(&train, &test, &options)`: trains on `train` in batches of the model's
+    /// batch size, evaluating `test` after each epoch, with no progress report and no
+    /// checkpoints ([`fit`] takes both). Returns each epoch's figures.
+    pub fn fit(
+        &mut self,
+        train: &Dataset,
+        test: &Dataset,
+        options: &FitOptions,
+    ) -> Result<Vec<EpochMetrics>> {
+        fit(self, train, test, options, &mut Silent, |_, _| Ok(()))
+    }
+}
+
+/// Trains `model` on `train` in batches of its batch size, evaluating `test` after each
+/// epoch. `progress` hears of every epoch and batch ([`Silent`]: nothing). `on_checkpoint`
+/// runs after each epoch, every `checkpoint_every` steps within one and at `max_steps`, with
+/// the model in train mode (the CLI writes checkpoints there; `|_, _| Ok(())` when none is
+/// wanted). Returns the figures of the epochs it ended. [`Model::fit`] is this without a
+/// progress report or checkpoints.
 pub fn fit(
     model: &mut Model,
     train: &Dataset,
@@ -120,16 +150,18 @@ pub fn fit(
     let comm = model.communicator();
     // Throughput counts every rank's samples.
     let ranks = comm.size();
+    let batch_size = model.config().batch_size;
     // Every rank must take the same steps, or one would wait for the others forever.
     let agreed = [
         ("training samples", train.len().to_string()),
         ("test samples", test.len().to_string()),
+        ("batch size", batch_size.to_string()),
         ("options", format!("{options:?}")),
     ];
     crate::dist::agree(comm, &agreed.map(|(k, v)| (k.to_string(), v)).to_vec())?;
     let order = BatchOrder::new(
         train.len(),
-        options.batch_size,
+        batch_size,
         options.shuffle_seed,
         options.drop_last,
     )?
@@ -192,7 +224,7 @@ pub fn fit(
         let totals = model.read_metrics()?;
         let seconds = start.elapsed().as_secs_f64();
         check_finite(model, &totals, options)?;
-        let (test_loss, test_accuracy) = evaluate_totals(model, test, options.batch_size)?;
+        let (test_loss, test_accuracy) = evaluate_totals(model, test, batch_size)?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             train_loss: totals.mean_loss(),
@@ -347,7 +379,6 @@ mod tests {
         };
         let mut options = FitOptions {
             epochs: 3,
-            batch_size: 4,
             lr_schedule: Some((schedule, 0.2)),
             ..FitOptions::default()
         };

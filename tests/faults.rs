@@ -64,6 +64,7 @@ fn a_lost_device_is_an_error_and_the_last_checkpoint_stays_intact() {
             check_finite: false,
         },
         data_parallel: Default::default(),
+        extra: Default::default(),
     };
     let mut model = run.build(ctx.clone(), None).unwrap();
     let (x, y) = batch(1, 8, 6, 3);
@@ -127,7 +128,6 @@ fn divergence_is_reported_with_its_step() {
     let train = wgnn::data::Dataset::new(x.clone(), vec![10], y.clone(), "memory").unwrap();
     let options = wgnn::train::FitOptions {
         epochs: 3,
-        batch_size: 16,
         ..Default::default()
     };
     let err = wgnn::train::fit(
@@ -333,6 +333,7 @@ mod run_dir {
                 check_finite: false,
             },
             data_parallel: Default::default(),
+            extra: Default::default(),
         }
     }
 
@@ -348,7 +349,6 @@ mod run_dir {
     fn options(run: &RunConfig, position: Position) -> FitOptions {
         FitOptions {
             epochs: run.epochs,
-            batch_size: run.batch_size,
             shuffle_seed: Some(run.seed),
             start_epoch: position.epochs_done,
             start_within: position.within,
@@ -622,7 +622,11 @@ mod run_dir {
     fn a_checkpoint_of_another_run_is_refused_and_one_save_behind_is_rewritten() {
         let root = tempfile::tempdir().unwrap();
         let run = tiny_run();
-        let save_in = |name: &str, steps: usize| {
+        let save_in = |name: &str, steps: usize, seed: u64| {
+            let run = RunConfig {
+                seed,
+                ..run.clone()
+            };
             let path = root.path().join(name);
             let mut dir = RunDir::create(&path, false).unwrap();
             let mut model = run.build(ctx(), None).unwrap();
@@ -646,9 +650,10 @@ mod run_dir {
             );
             (path, old)
         };
-        let (a, a_first) = save_in("a", 2);
-        let (b, _) = save_in("b", 2);
-        // Same architecture, another run.
+        let (a, a_first) = save_in("a", 2, 0);
+        // An identical run would be interchangeable with it (the same id, the same bits);
+        // another seed makes another run of the same architecture.
+        let (b, _) = save_in("b", 2, 1);
         std::fs::copy(
             b.join("checkpoint.safetensors"),
             a.join("checkpoint.safetensors"),

@@ -360,6 +360,7 @@ fn a_checkpoint_round_trip_gives_the_same_predictions() {
                 check_finite: false,
             },
             data_parallel: Default::default(),
+            extra: Default::default(),
         };
         let mut model = run.build_with(ctx(), None, Some(t.clone())).unwrap();
         model.train();

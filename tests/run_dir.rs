@@ -133,6 +133,77 @@ fn a_checkpoint_copied_in_from_another_run_is_refused() {
     );
 }
 
+/// The first byte at which two files differ, if any.
+fn first_difference(a: &Path, b: &Path) -> Option<usize> {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    (a != b).then(|| {
+        a.iter()
+            .zip(&b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()))
+    })
+}
+
+fn run_id(dir: &Path) -> String {
+    let sd = StateDict::read(&dir.join("training_state.safetensors")).unwrap();
+    sd.metadata["wgnn.run_id"].clone()
+}
+
+#[test]
+fn identical_runs_write_identical_files_in_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| cwd.join(n));
+    // The lecture MLP with dropout, saves within epochs as well as at their ends.
+    let every = ["--checkpoint-every", "7"];
+    for dir in [&a, &b] {
+        assert_ok(&wgnn(cwd, &train_args(dir.to_str().unwrap(), "2", &every)));
+    }
+    let files = ["checkpoint.safetensors", "training_state.safetensors"];
+    for file in files {
+        let differ = first_difference(&a.join(file), &b.join(file));
+        assert_eq!(
+            differ, None,
+            "{file} of two identical runs differs at that byte"
+        );
+    }
+    // Stopped after one epoch and resumed for a second: the same run, the same files.
+    assert_ok(&wgnn(cwd, &train_args(c.to_str().unwrap(), "1", &every)));
+    assert_ok(&resume(
+        cwd,
+        &c,
+        &["--epochs", "2", "--checkpoint-every", "7"],
+    ));
+    for file in files {
+        let differ = first_difference(&a.join(file), &c.join(file));
+        assert_eq!(differ, None, "{file} of a resumed run differs at that byte");
+    }
+    // The training state keeps no wall-clock figure; metrics.csv keeps them, also those of
+    // the epoch done before the resume.
+    let metrics = std::fs::read_to_string(c.join("metrics.csv")).unwrap();
+    let seconds: Vec<f64> = metrics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        seconds.len() == 2 && seconds.iter().all(|&s| s > 0.0),
+        "{metrics}"
+    );
+    // Another seed: another run, by settings and initial state, on the same data.
+    assert_ok(&wgnn(
+        cwd,
+        &train_args(d.to_str().unwrap(), "2", &["--seed", "1"]),
+    ));
+    let (ours, theirs) = (run_id(&a), run_id(&d));
+    let parts = |id: &str| id.split('-').map(str::to_string).collect::<Vec<_>>();
+    let (ours, theirs) = (parts(&ours), parts(&theirs));
+    assert_eq!(ours.len(), 3, "{ours:?}");
+    assert_ne!(ours[0], theirs[0]);
+    assert_eq!(ours[1], theirs[1]);
+    assert_ne!(ours[2], theirs[2]);
+}
+
 #[test]
 fn out_holding_another_run_is_refused_unless_overwrite() {
     let tmp = tempfile::tempdir().unwrap();

@@ -467,7 +467,6 @@ fn run_one(
     let mut model = run.build_with(ctx.clone(), None, transform)?;
     let options = FitOptions {
         epochs: run.epochs,
-        batch_size: run.batch_size,
         shuffle_seed: run.shuffle.then_some(run.seed),
         drop_last: run.drop_last,
         lr_schedule: run.lr_schedule.map(|schedule| (schedule, run.lr)),

@@ -3,13 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use wgnn::checkpoint::{StateDict, apply_state_dict};
 use wgnn::data::prepare::Splits;
 use wgnn::data::{Dataset, is_csv};
 use wgnn::nn::{Layer, Sequential, spec};
 use wgnn::optim::LrSchedule;
 use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, Position, RunConfig};
-use wgnn::rundir::{RunDir, Saved};
+use wgnn::rundir::{self, RunDir, Saved};
 use wgnn::train::{FitOptions, fit};
 
 use super::error::{CliError, Result};
@@ -116,7 +115,6 @@ pub fn run(args: TrainArgs, comm: &Comm) -> Result<()> {
 
     let options = FitOptions {
         epochs: run.epochs,
-        batch_size: run.batch_size,
         shuffle_seed: run.shuffle.then_some(run.seed),
         drop_last: run.drop_last,
         start_epoch: position.epochs_done,
@@ -292,17 +290,16 @@ fn decide(
             }
             let mut model = run.build_with(ctx, None, transform)?;
             if let Some(init) = &args.init {
-                let sd = StateDict::read(&run::model_file(init))?;
-                sd.check_finite()?;
-                let base = model.state()?;
-                let state = apply_state_dict(&sd, model.sequential(), model.graph(), &base)?;
-                model.load_state(&state)?;
+                model.load_state_dict(init)?;
                 println!("initialized from {}", init.display());
             }
             let mut dir = match out {
                 Some(dir) => dir,
                 None => RunDir::create_numbered(Path::new(RUNS))?,
             };
+            // Named by what defines it: identical runs write identical files.
+            let data = [&splits.train, &splits.test];
+            dir.identify(rundir::run_id(&run, &data, &model.state()?));
             for note in dir.take_notes() {
                 println!("{}: {note}", dir.path().display());
             }
@@ -450,6 +447,7 @@ pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>,
             processes: 1,
             sync_bn: args.sync_bn,
         },
+        extra: wgnn::run::ExtraOptions::default(),
     };
     Ok((run, transform, splits))
 }

@@ -46,6 +46,7 @@ pub enum LabelColumn {
 /// How to read a CSV file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CsvOptions {
+    /// Which column holds the label; default [`LabelColumn::Auto`].
     pub label: LabelColumn,
     /// Whether the first row is a header; `None`: guess (see the module's doc).
     pub header: Option<bool>,

@@ -14,14 +14,17 @@ use super::error::DataError;
 use super::file::is_gzip;
 use super::{cifar, idx, npy, safetensors};
 
-/// Options for [`load_with`].
+/// Options for [`load_with`] (and [`super::load_splits`]), all for CSV files; the other
+/// formats need none. `LoadOptions::default()` is what `wgnn train` does without flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Label column of CSV files.
+    /// Label column of CSV files (`--label-column`). Default [`LabelColumn::Auto`]: a
+    /// column named `label`, `target`, `y` or `class`, else the last.
     pub csv_label: LabelColumn,
-    /// Whether a CSV file's first row is a header (`None`: guessed, see [`csv`]).
+    /// Whether a CSV file's first row is a header (`--header`/`--no-header`). Default
+    /// `None`: guessed, see [`csv`].
     pub csv_header: Option<bool>,
-    /// A CSV file's delimiter (`None`: `,`, or a tab for `.tsv`).
+    /// A CSV file's delimiter (`--delimiter`). Default `None`: `,`, or a tab for `.tsv`.
     pub csv_delimiter: Option<u8>,
 }
 

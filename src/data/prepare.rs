@@ -8,8 +8,10 @@ use super::{DataError, Dataset, LoadOptions, Normalization, Split, embedded, loa
 /// Where the data comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// The 10,000 MNIST digits compiled into wgnn.
+    /// The 10,000 MNIST digits compiled into wgnn (8,000 train, 2,000 test).
     EmbeddedMnist,
+    /// A dataset directory (MNIST IDX, CIFAR-10) or a single file, as [`super::load`] finds
+    /// them.
     Path(PathBuf),
 }
 
@@ -22,18 +24,23 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// `--normalize`: per-channel standardization, or none for data already prepared.
+/// How [`Splits::normalize`] prepares both splits in place: per-channel standardization
+/// with the training split's statistics, or nothing for data already prepared.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NormalizeMode {
+    /// `transforms.Normalize(mean, std)` per channel (the default).
     #[default]
     PerChannel,
+    /// The data as it is.
     None,
 }
 
-/// A training split and a test split.
+/// A training split and a test split ([`load_splits`]).
 #[derive(Clone, Debug)]
 pub struct Splits {
+    /// What the model trains on (and the preprocessing is fitted on).
     pub train: Dataset,
+    /// What it is evaluated on after each epoch.
     pub test: Dataset,
     /// How the test split was chosen, for the report.
     pub test_origin: String,

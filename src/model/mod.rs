@@ -13,6 +13,7 @@
 //! | `metrics.rs` | loss/accuracy totals: reset, blocking reads, the asynchronous read-back |
 //! | `state.rs` | state transfer host ↔ device and the check that a state fits |
 //! | `reference.rs` | the model on the CPU reference executor |
+//! | `save.rs` | [`Model::save`], [`Model::load`], [`Model::load_state_dict`]: files in one call |
 //! | `validate.rs` | [`BatchError`]: batch, label and mode checks before anything is sent |
 //! | `report.rs` | [`Counters`], [`PlanReport`], profiling and memory accounting |
 
@@ -24,6 +25,7 @@ mod metrics;
 mod plan;
 mod reference;
 mod report;
+mod save;
 mod state;
 mod submit;
 mod validate;
@@ -52,14 +54,18 @@ use crate::optim::Optimizer;
 use metrics::MetricTotals;
 use submit::BatchSource;
 
-/// How to build a [`Model`].
+/// How to build a [`Model`]. No field has a default: the sample shape is the data's, and the
+/// batch size and seed are the caller's (`wgnn train` takes batch 32 and seed 0 unless told).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    /// Shape of one sample, e.g. `[3, 32, 32]` or `[30]`.
+    /// Shape of one raw sample, e.g. `[3, 32, 32]` or `[30]` (what a preprocessing stage, if
+    /// any, takes).
     pub sample_shape: Vec<usize>,
-    /// Samples per batch; the plans for this size are built up front.
+    /// Samples per batch (`DataLoader(batch_size=…)`): the plans for this size are built up
+    /// front, and [`Model::fit`] and [`crate::train::fit`] train in batches of it (a smaller
+    /// last batch gets a plan of its own when it comes). Per process in a data-parallel job.
     pub batch_size: usize,
-    /// Seeds parameter initialization and the dropout masks.
+    /// Seeds parameter initialization (ChaCha12) and the dropout masks (Philox).
     pub seed: u64,
 }
 
@@ -107,14 +113,16 @@ struct Parts {
 static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Model {
-    /// Builds the graph and both plans, and initializes the parameters as PyTorch does.
+    /// Builds the graph and both plans, and initializes the parameters as PyTorch does. The
+    /// context is a [`GpuContext`] or a shared `Arc` of one (models may share a device).
     pub fn new(
-        ctx: Arc<GpuContext>,
+        ctx: impl Into<Arc<GpuContext>>,
         sequential: Sequential,
         loss: impl Into<Loss>,
         optimizer: Optimizer,
         config: ModelConfig,
     ) -> Result<Self> {
+        let ctx = ctx.into();
         Self::build(ctx, None, sequential, loss.into(), optimizer, config, None)
     }
 
@@ -122,7 +130,7 @@ impl Model {
     /// split) as the plan's fixed first stage: every step, eval and predict take raw samples
     /// shaped `config.sample_shape`, and the first layer sees the transform's output shape.
     pub fn with_preprocess(
-        ctx: Arc<GpuContext>,
+        ctx: impl Into<Arc<GpuContext>>,
         preprocess: Transform,
         sequential: Sequential,
         loss: impl Into<Loss>,
@@ -131,7 +139,7 @@ impl Model {
     ) -> Result<Self> {
         let preprocess = Some(Arc::new(preprocess));
         Self::build(
-            ctx,
+            ctx.into(),
             preprocess,
             sequential,
             loss.into(),

@@ -10,10 +10,12 @@ use crate::ops::batchnorm::{BatchNormConfig, BatchNormLayer, BatchNormOp};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNorm1d {
     pub num_features: usize,
+    /// `eps` (default 1e-5) and `momentum` (default 0.1), PyTorch's defaults.
     pub config: BatchNormConfig,
 }
 
 impl BatchNorm1d {
+    /// `nn.BatchNorm1d(num_features)`: eps 1e-5, momentum 0.1.
     pub fn new(num_features: usize) -> Self {
         Self {
             num_features,
@@ -21,12 +23,14 @@ impl BatchNorm1d {
         }
     }
 
+    /// `eps=…`, added to the variance before the square root (default 1e-5).
     pub fn eps(mut self, eps: f32) -> Self {
         self.config.eps = eps;
         self
     }
 
-    /// `None`: running statistics are the cumulative average.
+    /// `momentum=…`, the running statistics' update weight (default `Some(0.1)`); `None`:
+    /// they are the cumulative average.
     pub fn momentum(mut self, momentum: Option<f32>) -> Self {
         self.config.momentum = momentum;
         self
@@ -35,14 +39,38 @@ impl BatchNorm1d {
 
 pub(super) const TOKEN: LayerToken = LayerToken {
     names: &["bn", "batchnorm", "batchnorm1d"],
-    usage: "bn",
+    usage: "bn[:EPS[:MOMENTUM]]",
     parse,
 };
 
+/// `bn` (eps 1e-5, momentum 0.1), `bn:EPS` or `bn:EPS:MOMENTUM`, MOMENTUM `none` for the
+/// cumulative average (`momentum=None`).
 fn parse(args: &[&str], input: &SpecInput<'_>) -> Result<(Layer, Option<usize>), String> {
-    input.no_args("bn", args)?;
-    let features = input.flat("bn")?;
-    Ok((BatchNorm1d::new(features).into(), Some(features)))
+    let mut layer = BatchNorm1d::new(input.flat("bn")?);
+    let (eps, momentum) = match args {
+        [] => (None, None),
+        [eps] => (Some(*eps), None),
+        [eps, momentum] => (Some(*eps), Some(*momentum)),
+        _ => return Err("bn takes at most an eps and a momentum, e.g. bn:0.001:0.01".into()),
+    };
+    if let Some(eps) = eps {
+        layer.config.eps = match eps.parse::<f32>() {
+            Ok(e) if e.is_finite() && e > 0.0 => e,
+            _ => return Err(format!("bn's eps must be a positive number, got {eps:?}")),
+        };
+    }
+    if let Some(momentum) = momentum {
+        layer.config.momentum = match momentum.parse::<f32>() {
+            _ if momentum.eq_ignore_ascii_case("none") => None,
+            Ok(m) if (0.0..=1.0).contains(&m) => Some(m),
+            _ => {
+                return Err(format!(
+                    "bn's momentum must be a number in [0, 1] or none, got {momentum:?}"
+                ));
+            }
+        };
+    }
+    Ok((layer.into(), Some(layer.num_features)))
 }
 
 impl Module for BatchNorm1d {
@@ -51,7 +79,12 @@ impl Module for BatchNorm1d {
     }
 
     fn spec(&self) -> String {
-        "bn".into()
+        let BatchNormConfig { eps, momentum } = self.config;
+        if self.config == BatchNormConfig::default() {
+            return "bn".into();
+        }
+        let momentum = momentum.map_or_else(|| "none".to_string(), |m| m.to_string());
+        format!("bn:{eps}:{momentum}")
     }
 
     fn state_names(&self) -> &'static [&'static str] {

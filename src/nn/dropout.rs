@@ -9,10 +9,13 @@ use crate::ops::dropout::{DropProbability, DropoutOp};
 /// `torch.nn.Dropout(p)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dropout {
+    /// The probability of zeroing an element, in [0, 1] (PyTorch's default 0.5; the spec's
+    /// `dropout` without a value too).
     pub p: f32,
 }
 
 impl Dropout {
+    /// `nn.Dropout(p)`.
     pub fn new(p: f32) -> Self {
         Self { p }
     }

@@ -11,10 +11,12 @@ use crate::ops::linear::LinearOp;
 pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
+    /// With a bias term `b` (default true, as PyTorch's `bias=True`).
     pub bias: bool,
 }
 
 impl Linear {
+    /// `nn.Linear(in_features, out_features)`, with a bias.
     pub fn new(in_features: usize, out_features: usize) -> Self {
         Self {
             in_features,

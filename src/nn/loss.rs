@@ -9,24 +9,30 @@ use crate::ops::softmax_xent::{self, CrossEntropy, CrossEntropyConfig, CrossEntr
 /// `torch.nn.CrossEntropyLoss`: softmax + negative log-likelihood over class logits.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CrossEntropyLoss {
+    /// Its options, each at PyTorch's default unless set ([`CrossEntropyConfig`]).
     pub config: CrossEntropyConfig,
 }
 
 impl CrossEntropyLoss {
+    /// `nn.CrossEntropyLoss()`: no class weights, `ignore_index` −100, no label smoothing,
+    /// the mean over the batch.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// `label_smoothing=ε` in [0, 1] (default 0).
     pub fn label_smoothing(mut self, epsilon: f32) -> Self {
         self.config.label_smoothing = epsilon;
         self
     }
 
+    /// `weight=…`: one weight per class (default none: every class weighs 1).
     pub fn weight(mut self, weight: Vec<f32>) -> Self {
         self.config.weight = Some(weight);
         self
     }
 
+    /// `ignore_index=…`: targets equal to it contribute nothing (default −100).
     pub fn ignore_index(mut self, index: i64) -> Self {
         self.config.ignore_index = index;
         self
@@ -36,14 +42,17 @@ impl CrossEntropyLoss {
 /// `torch.nn.BCEWithLogitsLoss`: the binary case, one logit per sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BCEWithLogitsLoss {
+    /// Its options, each at PyTorch's default unless set ([`BceConfig`]).
     pub config: BceConfig,
 }
 
 impl BCEWithLogitsLoss {
+    /// `nn.BCEWithLogitsLoss()`: `pos_weight` 1, the mean over the batch.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// `pos_weight=…`: the weight of the positive class's term (default 1).
     pub fn pos_weight(mut self, pos_weight: f32) -> Self {
         self.config.pos_weight = pos_weight;
         self

@@ -1,5 +1,16 @@
 //! The PyTorch-shaped front: layers, `Sequential`, losses, and `state_dict` naming.
 //!
+//! | torch.nn | here |
+//! |---|---|
+//! | `nn.Sequential` | [`Sequential`] (`Sequential::new().append(…)`) |
+//! | `nn.Flatten`, `nn.Linear`, `nn.BatchNorm1d`, `nn.Dropout` | [`Flatten`], [`Linear`], [`BatchNorm1d`], [`Dropout`] |
+//! | `nn.ReLU`, `nn.Sigmoid`, `nn.Tanh`, `nn.GELU`, `nn.LeakyReLU` | [`ReLU`], [`Sigmoid`], [`Tanh`], [`GELU`], [`LeakyReLU`] |
+//! | `nn.CrossEntropyLoss`, `nn.BCEWithLogitsLoss` | [`CrossEntropyLoss`], [`BCEWithLogitsLoss`] |
+//!
+//! Each layer starts as PyTorch's `reset_parameters` leaves it (seeded), and a Sequential's
+//! state_dict keys are PyTorch's. [`spec`] writes a Sequential as a string
+//! (`flatten,linear:64,bn,relu,…`) and reads one back.
+//!
 //! ```
 //! use wgnn::nn::{BatchNorm1d, Dropout, Flatten, Linear, ReLU, Sequential};
 //! // The lecture's MLP, as in PyTorch.
@@ -36,6 +47,9 @@ mod loss;
 pub mod spec;
 
 pub use crate::graph::{init_parameters, kaiming_uniform_bound};
+// Every registered activation (`ops::activation`'s `activations!` list, beside their
+// kernels), each with its own page here: inlined, not shown as one re-export line.
+#[doc(inline)]
 pub use crate::ops::activation::layers::*;
 pub use batch_norm::BatchNorm1d;
 pub use build::{build, build_with};

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | `flatten` | `nn.Flatten()` |
 //! | `linear:N` (`linear:N:nobias`) | `nn.Linear(in, N)`, `in` taken from the previous layer or the data |
-//! | `bn` (`batchnorm`) | `nn.BatchNorm1d(features)` |
+//! | `bn` (`batchnorm`) | `nn.BatchNorm1d(features)` (eps 1e-5, momentum 0.1) |
+//! | `bn:EPS` / `bn:EPS:MOMENTUM` | `nn.BatchNorm1d(features, eps=EPS, momentum=MOMENTUM)`, MOMENTUM `none` for `momentum=None` |
 //! | `dropout` (`dropout:P`) | `nn.Dropout(P)`, P = 0.5 by default as in PyTorch |
 //! | `relu` | `nn.ReLU()` |
 //! | `sigmoid` | `nn.Sigmoid()` |
@@ -117,7 +118,7 @@ pub fn to_spec(model: &Sequential) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::{Dropout, Linear};
+    use crate::nn::{BatchNorm1d, Dropout, Linear};
 
     #[test]
     fn lecture_spec_is_the_lecture_mlp() {
@@ -135,6 +136,31 @@ mod tests {
             Layer::Linear(Linear::new(30, 16).without_bias())
         );
         assert_eq!(model.layers()[3], Layer::Dropout(Dropout::new(0.5)));
+    }
+
+    #[test]
+    fn batch_norm_options_round_trip_through_the_spec() {
+        let model = Sequential::new()
+            .append(Linear::new(4, 3))
+            .append(BatchNorm1d::new(3))
+            .append(BatchNorm1d::new(3).eps(1e-3).momentum(Some(0.01)))
+            .append(BatchNorm1d::new(3).momentum(None));
+        let spec = to_spec(&model);
+        assert_eq!(spec, "linear:3,bn,bn:0.001:0.01,bn:0.00001:none");
+        assert_eq!(parse(&spec, &[4]).unwrap(), model);
+        assert_eq!(
+            parse("linear:3,bn:0.5", &[4]).unwrap().layers()[1],
+            Layer::BatchNorm1d(BatchNorm1d::new(3).eps(0.5))
+        );
+        for (bad, needle) in [
+            ("linear:3,bn:0", "positive"),
+            ("linear:3,bn:x", "positive"),
+            ("linear:3,bn:1e-5:2", "[0, 1] or none"),
+            ("linear:3,bn:1e-5:0.1:3", "at most"),
+        ] {
+            let err = parse(bad, &[4]).unwrap_err();
+            assert!(err.message.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

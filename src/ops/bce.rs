@@ -11,11 +11,13 @@ use crate::gpu::{Binding, Dispatch, GpuContext, GpuError, GpuTensor, Kernel, Sha
 use super::loss::{LossBindings, LossKernel, LossOp, LossReference};
 use crate::graph::{GpuCx, Graph};
 
-/// `torch.nn.BCEWithLogitsLoss`'s options (a scalar `pos_weight`: one output).
+/// `torch.nn.BCEWithLogitsLoss`'s options (a scalar `pos_weight`: one output), named as
+/// PyTorch names them; `Default` is PyTorch's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BceConfig {
-    /// Weight of the positive class' term; 1 = unweighted.
+    /// `pos_weight`: weight of the positive class' term (default 1, unweighted).
     pub pos_weight: f32,
+    /// `reduction` (default [`Reduction::Mean`]).
     pub reduction: Reduction,
 }
 

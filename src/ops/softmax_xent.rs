@@ -24,15 +24,18 @@ pub enum Reduction {
     None,
 }
 
-/// `torch.nn.CrossEntropyLoss`'s options.
+/// `torch.nn.CrossEntropyLoss`'s options, named as PyTorch names them; `Default` is
+/// PyTorch's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CrossEntropyConfig {
-    /// One weight per class.
+    /// `weight`: one weight per class (default none: every class weighs 1).
     pub weight: Option<Vec<f32>>,
-    /// Targets equal to this contribute nothing (PyTorch's default −100).
+    /// `ignore_index`: targets equal to this contribute nothing (default −100).
     pub ignore_index: i64,
-    /// ε in [0, 1]: the target distribution is (1-ε)·one_hot + ε/C.
+    /// `label_smoothing`, ε in [0, 1]: the target distribution is (1-ε)·one_hot + ε/C
+    /// (default 0).
     pub label_smoothing: f32,
+    /// `reduction` (default [`Reduction::Mean`]).
     pub reduction: Reduction,
 }
 
