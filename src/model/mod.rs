@@ -143,6 +143,7 @@ impl Model {
         config: ModelConfig,
         state: Option<HostState>,
     ) -> Result<Self> {
+        validate::check_layer_count(&sequential)?;
         let graph = plan::build_graph(
             &sequential,
             &loss,
