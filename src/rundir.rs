@@ -363,6 +363,7 @@ impl RunDir {
                 key: HISTORY_KEY,
             })?;
 
+        run.check_sizes(&training_path, ctx.max_binding_bytes(), run.batch_size)?;
         // The run's fitted preprocessing: its statistics in the run, or its tensors beside.
         let transform = run.transform(path)?;
         let mut model = run.build_with(ctx, None, transform)?;

@@ -34,4 +34,4 @@ pub use detect::{LoadOptions, is_csv, load, load_with};
 pub use error::DataError;
 pub use normalize::Normalization;
 pub use npy::NpyArray;
-pub use preprocess::{Preprocess, PreprocessError, Transform};
+pub use preprocess::{FitLimits, Preprocess, PreprocessError, Transform};
