@@ -664,19 +664,15 @@ fn a_pipeline_cache_that_is_no_regular_file_is_passed_over_without_blocking() {
         eprintln!("skipped: this adapter's backend keeps no pipeline cache (Vulkan only)");
         return;
     };
-    let mut cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
-        (
-            "a FIFO",
-            Box::new(|p: &Path| {
-                assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
-            }),
-        ),
-        (
-            "a link to /dev/zero",
-            Box::new(|p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
-        ),
-    ];
-    for (what, make) in cases.drain(..) {
+    fn fifo(p: &Path) {
+        assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+    }
+    fn dev_zero(p: &Path) {
+        std::os::unix::fs::symlink("/dev/zero", p).unwrap();
+    }
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 2] = [("a FIFO", fifo), ("a link to /dev/zero", dev_zero)];
+    for (what, make) in cases {
         std::fs::remove_file(&file).ok();
         make(&file);
         let mut c = command(&["info"]);
