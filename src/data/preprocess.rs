@@ -31,6 +31,7 @@ use std::str::FromStr;
 
 use faer::{Accum, Mat, Par, Side};
 
+use super::dataset::checked_product;
 use super::normalize::{MIN_STD, Normalization, channel_layout};
 use super::{DataError, Dataset};
 
@@ -468,7 +469,8 @@ impl Transform {
             message,
         };
         let d = self.shift.len();
-        if self.input_shape.iter().product::<usize>() != d || d == 0 {
+        // Shapes read from a file: their products may overflow.
+        if checked_product(&self.input_shape) != Some(d) || d == 0 {
             return Err(bad(
                 "shift",
                 format!("{d} values for samples shaped {:?}", self.input_shape),
@@ -503,7 +505,7 @@ impl Transform {
         {
             return Err(bad("matrix", format!("{} values is no [K, {d}]", a.len())));
         }
-        if self.output_shape.iter().product::<usize>() != self.output_features() {
+        if checked_product(&self.output_shape) != Some(self.output_features()) {
             return Err(bad(
                 "output shape",
                 format!(
@@ -735,6 +737,88 @@ impl Eigen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fits_are_sized_before_they_start() {
+        let limits = FitLimits {
+            max_binding_bytes: Some(128 << 20),
+            available_memory: Some(1 << 30),
+        };
+        // zca on 6,000 features: a 144 MB matrix over a 128 MiB binding.
+        let err = Preprocess::Zca(DEFAULT_ZCA_EPS)
+            .check_fit(40, 6000, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zca on 40 samples of 6000 features"), "{err}");
+        assert!(
+            err.contains("6000 × 6000 f32 matrix needs 144000000 bytes"),
+            "{err}"
+        );
+        // pca:10 on 20,000 features: its matrix fits, the fit's 6 × 3.2 GB do not.
+        let err = Preprocess::Pca(10)
+            .check_fit(40, 20_000, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs 19200000000 bytes"), "{err}");
+        assert!(
+            err.contains("1073741824 bytes of memory available"),
+            "{err}"
+        );
+        Preprocess::Pca(10).check_fit(40, 1000, &limits).unwrap();
+        // Options without a covariance need nothing checked.
+        Preprocess::PerChannel
+            .check_fit(40, 20_000, &limits)
+            .unwrap();
+        let unbounded = FitLimits::default();
+        Preprocess::Zca(1.0)
+            .check_fit(40, 20_000, &unbounded)
+            .unwrap();
+    }
+
+    #[test]
+    fn stored_values_that_blow_inputs_up_are_refused_and_the_identity_sees_every_value() {
+        let t = Transform {
+            kind: Preprocess::Pca(1),
+            input_shape: vec![2],
+            output_shape: vec![1],
+            shift: vec![0.5, 0.25],
+            divisor: None,
+            matrix: Some(vec![0.6, 0.8]),
+        };
+        t.validate().unwrap();
+        let id = t.identity();
+        assert!(id.starts_with("crc32:") && id.len() == 14, "{id}");
+        let mut other = t.clone();
+        other.matrix = Some(vec![0.0, 0.0]);
+        assert_ne!(other.identity(), id);
+        other = t.clone();
+        other.shift[1] = 0.0;
+        assert_ne!(other.identity(), id);
+        // A finite matrix whose row sums past f32's range.
+        other = t.clone();
+        other.matrix = Some(vec![3e38, 3e38]);
+        let err = other.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("row 0 sums to 6.0") && err.contains("overflows f32"),
+            "{err}"
+        );
+        // A divisor of 1e-45 makes every input ±∞.
+        let per_channel = Transform {
+            kind: Preprocess::PerChannel,
+            divisor: Some(vec![1.0, 1e-45]),
+            matrix: None,
+            output_shape: vec![2],
+            ..t.clone()
+        };
+        let err = per_channel.validate().unwrap_err().to_string();
+        assert!(err.contains("feature 1 is divided by 1e-45"), "{err}");
+        // Shapes whose product overflows.
+        let huge = Transform {
+            input_shape: vec![1 << 32, 1 << 32],
+            ..t
+        };
+        assert!(huge.validate().is_err());
+    }
 
     #[test]
     fn options_parse_and_print_back() {
