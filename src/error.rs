@@ -57,6 +57,10 @@ pub enum Error {
         largest: String,
         shape: Vec<usize>,
     },
+    /// A model of more layers than [`crate::nn::spec::MAX_LAYERS`] (a spec past it fails as
+    /// [`Error::Spec`], naming the token).
+    #[error("the model has {layers} layers; a model has at most {limit}")]
+    TooManyLayers { layers: usize, limit: usize },
     /// A state (e.g. from a checkpoint) whose tensors do not fit the model: every problem.
     #[error("state does not fit the model: {}", join(problems))]
     StateMismatch { problems: Vec<StateProblem> },

@@ -26,6 +26,9 @@ use crate::{Model, ModelConfig};
 /// shift) / divisor) per flattened sample.
 pub const PREPROCESS_FILE: &str = "preprocess.safetensors";
 
+/// The batch `eval` and `predict` take without `--batch-size`, when the device fits it.
+pub const DEFAULT_EVAL_BATCH: usize = 256;
+
 /// Metadata key of the run description in `checkpoint.safetensors`.
 pub const RUN_KEY: &str = "wgnn.run";
 /// Metadata key of the completed epochs in `training_state.safetensors` (see
@@ -230,13 +233,18 @@ pub enum Preprocessing {
     Fitted(PreprocessRecord),
 }
 
-/// A fitted preprocessing other than per-channel: the option and its output shape.
+/// A fitted preprocessing other than per-channel: the option, its output shape and the
+/// identity of its tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PreprocessRecord {
     /// The `--normalize` option, e.g. `pca-whiten:50`.
     pub option: String,
     /// The sample shape the model's first layer sees.
     pub output_shape: Vec<usize>,
+    /// [`Transform::identity`] of the fitted tensors, which [`PREPROCESS_FILE`] must match
+    /// when read back (absent from runs saved before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// Where a run's data comes from, so `--resume` can load it again. A model saved by
@@ -275,12 +283,10 @@ impl DataConfig {
 
     pub fn load_options(&self) -> crate::data::LoadOptions {
         use crate::data::LabelColumn;
-        let csv_label = match &self.label_column {
-            None => LabelColumn::Auto,
-            Some(c) => c
-                .parse()
-                .map_or_else(|_| LabelColumn::Name(c.clone()), LabelColumn::Index),
-        };
+        let csv_label = self
+            .label_column
+            .as_deref()
+            .map_or(LabelColumn::Auto, LabelColumn::from_arg);
         crate::data::LoadOptions {
             csv_label,
             csv_header: self.header,
@@ -288,8 +294,18 @@ impl DataConfig {
         }
     }
 
-    /// Loads both splits (and checks them for NaN/Inf when asked), unnormalized.
+    /// Loads both splits (and checks them for NaN/Inf when asked), unnormalized. Training
+    /// needs labels: `--label-column none` is refused here.
     pub fn load(&self) -> Result<crate::data::prepare::Splits> {
+        if self.load_options().csv_label == crate::data::LabelColumn::None {
+            return Err(crate::data::DataError::CsvLabelColumn {
+                path: self.path.clone().unwrap_or_default(),
+                message: "--label-column none reads no labels, and training needs them \
+                          (none is for `wgnn predict` on unlabelled samples)"
+                    .into(),
+            }
+            .into());
+        }
         let splits = crate::data::prepare::load_splits(
             &self.source(),
             self.test_path.as_deref(),
@@ -320,24 +336,166 @@ impl RunConfig {
     }
 
     /// The run's fitted preprocessing, from the per-channel statistics it records or from
-    /// [`PREPROCESS_FILE`] in `dir`.
+    /// [`PREPROCESS_FILE`] in `dir`, checked: values that would make the transform of an input
+    /// non-finite are refused, and the file must be the one the run recorded.
     pub fn transform(&self, dir: &Path) -> Result<Option<Transform>> {
+        let checkpoint = dir.join(MODEL_FILE);
+        let bad = |message: String| CheckpointError::Format {
+            path: checkpoint.display().to_string(),
+            message,
+        };
         match &self.normalization {
             Some(Preprocessing::Fitted(record)) => Ok(Some(read_transform(
                 &dir.join(PREPROCESS_FILE),
+                &checkpoint,
                 record,
                 self,
             )?)),
             Some(Preprocessing::PerChannel(mean, std)) => {
-                let norm = Normalization::new(mean.clone(), std.clone())?;
-                Ok(Some(Transform::per_channel(&norm, &self.sample_shape)))
+                // The statistics are per channel of the sample shape, checked before the
+                // shape's size is allocated.
+                self.check_shape("sample_shape", &self.sample_shape)
+                    .map_err(bad)?;
+                let channels = crate::data::normalize::channel_layout(&self.sample_shape)
+                    .map_or(0, |(c, _)| c);
+                if mean.len() != channels || std.len() != channels {
+                    return Err(bad(format!(
+                        "normalization: {} means and {} stds for {channels} channels of samples \
+                         shaped {:?}",
+                        mean.len(),
+                        std.len(),
+                        self.sample_shape
+                    ))
+                    .into());
+                }
+                let norm = Normalization::new(mean.clone(), std.clone())
+                    .map_err(|e| bad(e.to_string()))?;
+                let transform = Transform::per_channel(&norm, &self.sample_shape);
+                transform
+                    .validate()
+                    .map_err(|e| bad(format!("normalization: {e}")))?;
+                Ok(Some(transform))
             }
             None => Ok(None),
         }
     }
 
-    /// What a run records of a fitted transform (the per-channel statistics, or the option
-    /// whose tensors go to [`PREPROCESS_FILE`]).
+    /// Checks every size the run records, with overflow-safe arithmetic, against each other
+    /// and the device's largest storage binding, before anything of those sizes is allocated:
+    /// the sample shapes, the classes, the layers and a batch of `batch_size`. `file` is where
+    /// the run was read from, which the error names.
+    pub fn check_sizes(
+        &self,
+        file: &Path,
+        max_binding_bytes: u64,
+        batch_size: usize,
+    ) -> Result<()> {
+        let bad = |message: String| CheckpointError::Format {
+            path: file.display().to_string(),
+            message,
+        };
+        let layers = self.arch.split(',').count();
+        if layers > spec::MAX_LAYERS {
+            return Err(bad(format!(
+                "arch: {layers} layers; a model has at most {}",
+                spec::MAX_LAYERS
+            ))
+            .into());
+        }
+        let features = self
+            .check_shape("sample_shape", &self.sample_shape)
+            .map_err(bad)?;
+        let inputs = self
+            .check_shape("the preprocessing's output_shape", self.model_input_shape())
+            .map_err(bad)?;
+        if self.classes == 0 || u32::try_from(self.classes).is_err() {
+            return Err(bad(format!(
+                "classes: {} is not a class count (1 to {})",
+                self.classes,
+                u32::MAX
+            ))
+            .into());
+        }
+        if self.data_parallel.processes == 0 {
+            return Err(bad("data_parallel: 0 processes".into()).into());
+        }
+        // One value of a batch's widest input, per sample, must fit a binding.
+        let widest = features.max(inputs).max(self.classes) as u64;
+        let bytes = (batch_size as u64).checked_mul(widest.saturating_mul(4));
+        match bytes {
+            Some(bytes) if batch_size >= 1 && bytes <= max_binding_bytes => Ok(()),
+            _ => Err(bad(format!(
+                "batch_size: {batch_size} samples of {widest} values need {} bytes, over the \
+                 device's max_storage_buffer_binding_size of {max_binding_bytes} bytes; the \
+                 largest batch that fits is {}",
+                bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
+                max_binding_bytes / widest.saturating_mul(4)
+            ))
+            .into()),
+        }
+    }
+
+    /// The values of one sample shaped `shape`: every dimension at least 1 and their product
+    /// within the range of the device's 32-bit indices.
+    fn check_shape(&self, what: &str, shape: &[usize]) -> std::result::Result<usize, String> {
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(format!("{what} {shape:?} holds no values"));
+        }
+        match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+            Some(values) if values <= u32::MAX as usize => Ok(values),
+            _ => Err(format!(
+                "{what} {shape:?} has more values than a device can index (2^32)"
+            )),
+        }
+    }
+
+    /// The batch that evaluates this run on the device whose largest storage binding is
+    /// `max_binding_bytes`: `requested`, else [`DEFAULT_EVAL_BATCH`] or the largest batch
+    /// whose widest value fits the binding if that is smaller. A requested batch that does not
+    /// fit is refused, naming the largest that does.
+    pub fn eval_batch_size(
+        &self,
+        max_binding_bytes: u64,
+        requested: Option<usize>,
+    ) -> Result<usize> {
+        let sequential = self.sequential()?;
+        let widest = sequential
+            .layers()
+            .iter()
+            .filter_map(|l| match l {
+                crate::nn::Layer::Linear(l) => Some(l.out_features),
+                _ => None,
+            })
+            .chain([
+                self.sample_shape.iter().product::<usize>(),
+                self.model_input_shape().iter().product::<usize>(),
+            ])
+            .max()
+            .unwrap_or(1)
+            .max(1) as u64;
+        let per_sample = widest.saturating_mul(4);
+        let largest = max_binding_bytes / per_sample;
+        match requested {
+            None => Ok(usize::try_from(largest)
+                .unwrap_or(usize::MAX)
+                .clamp(1, DEFAULT_EVAL_BATCH)),
+            Some(0) => Err(crate::data::DataError::BatchSize { batch_size: 0 }.into()),
+            Some(batch) if (batch as u64) <= largest => Ok(batch),
+            Some(batch) => Err(crate::model::BatchError::TooLarge {
+                batch_size: batch,
+                what: format!("its widest value ({widest} per sample)"),
+                bytes: (batch as u64).saturating_mul(per_sample),
+                limit: max_binding_bytes,
+                largest,
+            }
+            .into()),
+        }
+    }
+
+    /// What a run records of a fitted transform: the per-channel statistics, or the option
+    /// whose tensors go to [`PREPROCESS_FILE`] with their [`Transform::identity`]. Every writer
+    /// of a checkpoint records its run through this, so that the file beside it can be tied to
+    /// it when read back.
     pub fn record(transform: Option<&Transform>) -> Option<Preprocessing> {
         let t = transform?;
         Some(match t.kind {
@@ -352,6 +510,7 @@ impl RunConfig {
             _ => Preprocessing::Fitted(PreprocessRecord {
                 option: t.kind.to_string(),
                 output_shape: t.output_shape.clone(),
+                identity: Some(t.identity()),
             }),
         })
     }
@@ -603,8 +762,16 @@ pub(crate) fn transform_dict(t: &Transform) -> StateDict {
     sd
 }
 
-/// Reads [`PREPROCESS_FILE`] back into the transform `record` describes, checking it.
-fn read_transform(path: &Path, record: &PreprocessRecord, run: &RunConfig) -> Result<Transform> {
+/// Reads [`PREPROCESS_FILE`] back into the transform `record` describes, checking it, and
+/// that it is the transform the run in `checkpoint` recorded: its identity must match the
+/// recorded one, and a run that recorded none (saved before it did) needs a file whose
+/// checksums hold.
+fn read_transform(
+    path: &Path,
+    checkpoint: &Path,
+    record: &PreprocessRecord,
+    run: &RunConfig,
+) -> Result<Transform> {
     let sd = StateDict::read(path)?;
     let bad = |message: String| CheckpointError::Format {
         path: path.display().to_string(),
@@ -640,6 +807,32 @@ fn read_transform(path: &Path, record: &PreprocessRecord, run: &RunConfig) -> Re
         matrix: floats("matrix")?,
     };
     transform.validate().map_err(|e| bad(e.to_string()))?;
+    let found = transform.identity();
+    match &record.identity {
+        Some(recorded) if *recorded == found => {}
+        Some(recorded) => {
+            return Err(bad(format!(
+                "its tensors are {found}, but {} records {recorded}: another run's \
+                 preprocessing, or an edited one; put the file that run wrote beside it",
+                checkpoint.display()
+            ))
+            .into());
+        }
+        None if !sd.checksummed => {
+            return Err(bad(format!(
+                "carries no checksums and {} records no identity for its preprocessing, so \
+                 nothing ties this file to it (re-saved by another program?)",
+                checkpoint.display()
+            ))
+            .into());
+        }
+        None => log::warn!(
+            "{}: {} records no identity for its preprocessing (written by an earlier wgnn): \
+             this file's checksums hold, but it cannot be tied to that run",
+            path.display(),
+            checkpoint.display()
+        ),
+    }
     Ok(transform)
 }
 
@@ -688,10 +881,26 @@ pub fn load(path: &Path) -> Result<(RunConfig, StateDict)> {
     Ok((run, sd))
 }
 
-/// A model ready for eval or predict from a checkpoint, with its normalization. A checkpoint
-/// whose parameters or running statistics hold NaN or ±∞ is refused.
+/// A model ready for eval or predict from a checkpoint, with its normalization, planned at
+/// the default evaluation batch ([`restore_at`]).
 pub fn restore(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> {
-    let (run, sd) = load(path)?;
+    restore_at(ctx, path, None)
+}
+
+/// A model ready for eval or predict from a checkpoint, with its normalization, planned at
+/// the evaluation's batch ([`RunConfig::eval_batch_size`] of `batch_size`), not the
+/// training's: the run comes back with that batch size. Every size the checkpoint records is
+/// checked before anything is built, and a checkpoint whose parameters or running statistics
+/// hold NaN or ±∞ is refused.
+pub fn restore_at(
+    ctx: Arc<GpuContext>,
+    path: &Path,
+    batch_size: Option<usize>,
+) -> Result<(Model, RunConfig)> {
+    let (mut run, sd) = load(path)?;
+    let limit = ctx.max_binding_bytes();
+    run.check_sizes(&model_file(path), limit, 1)?;
+    run.batch_size = run.eval_batch_size(limit, batch_size)?;
     sd.check_finite()?;
     let transform = run.transform(&checkpoint_dir(path))?;
     let mut model = run.build_with(ctx, None, transform)?;

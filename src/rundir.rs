@@ -375,6 +375,7 @@ impl RunDir {
             })?;
         restore_timings(&path.join(METRICS_FILE), &mut history);
 
+        run.check_sizes(&training_path, ctx.max_binding_bytes(), run.batch_size)?;
         // The run's fitted preprocessing: its statistics in the run, or its tensors beside.
         let transform = run.transform(path)?;
         let mut model = run.build_with(ctx, None, transform)?;

@@ -163,6 +163,28 @@ fn sync_bn_ranks_train_as_one_process_on_the_global_batch() {
 }
 
 #[test]
+fn sync_bn_normalizes_one_sample_per_rank_over_the_global_batch() {
+    // 2 ranks × 1 sample is a global batch of 2, which SyncBatchNorm normalizes.
+    let [mut parallel, mut single] = train_both(true, true, sgd(), 1);
+    assert_states_close(&parallel.state().unwrap(), &single.state().unwrap(), 1e-4);
+    let (x, y) = batch(5, 1, FEATURES, CLASSES);
+    // Each rank's own batch norm cannot normalize one sample, as BatchNorm1d cannot.
+    let mut local = model(mlp(true, 0.0), sgd(), 1);
+    local
+        .distribute(std::sync::Arc::new(Mirror { ranks: 2 }), false)
+        .unwrap();
+    local.train();
+    let err = local.train_step(&x, &y).unwrap_err().to_string();
+    assert!(err.contains("a training batch of 1 sample"), "{err}");
+    // Nor SyncBatchNorm a global batch of one.
+    let mut alone = model(mlp(true, 0.0), sgd(), 1);
+    alone.distribute(wgnn::dist::single(), true).unwrap();
+    alone.train();
+    let err = alone.train_step(&x, &y).unwrap_err().to_string();
+    assert!(err.contains("a training batch of 1 sample"), "{err}");
+}
+
+#[test]
 fn reduced_totals_are_those_of_the_global_batch() {
     let [mut parallel, mut single] = train_both(true, true, sgd(), 5);
     let (p, s) = (

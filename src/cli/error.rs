@@ -71,16 +71,37 @@ pub enum CliError {
         /// One sample's shape.
         expected: Vec<usize>,
     },
-    #[error("{}: no tensor {name:?} holding the samples", path.display())]
-    MissingTensor { path: PathBuf, name: &'static str },
-    #[error("{}: tensor {name:?} is {dtype}, not a float tensor", path.display())]
-    NotFloat {
-        path: PathBuf,
-        name: &'static str,
-        dtype: String,
-    },
+    /// An input that holds no samples at all.
+    #[error("{}: no rows: there are no samples to predict", path.display())]
+    NoRows { path: PathBuf },
     #[error("--output {}: use a .safetensors or .npy file name", path.display())]
     OutputFormat { path: PathBuf },
+    /// An output path that cannot be written, found before anything is computed.
+    #[error("--output {}: {problem}", path.display())]
+    OutputPath { path: PathBuf, problem: String },
+    /// An output path that is one of the files the command reads.
+    #[error(
+        "--output {} is {}, which predict reads: write the predictions to another file",
+        output.display(),
+        input.display()
+    )]
+    OutputIsInput { output: PathBuf, input: PathBuf },
+    /// `eval --label-column none`: no labels to measure against.
+    #[error(
+        "--label-column none reads no labels, but eval measures loss and accuracy against them: \
+         `wgnn predict --label-column none` writes the model's outputs for unlabelled samples"
+    )]
+    EvalWithoutLabels,
+    /// Flags that `--resume` cannot apply: the run fixed them when it started.
+    #[error(
+        "{} is resumed with the settings it started with, which {flags} would change: drop {}, \
+         or start a new run from its weights (`--init {}`); with --resume only --epochs, \
+         --max-steps, --checkpoint-every, --keep-going and --quiet apply",
+        dir.display(),
+        if flags.contains(',') { "them" } else { "it" },
+        dir.display()
+    )]
+    ResumeFixes { dir: PathBuf, flags: String },
     #[error("writing the JSON report: {0}")]
     Json(#[from] serde_json::Error),
 }

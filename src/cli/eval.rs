@@ -1,6 +1,6 @@
 //! `wgnn eval`.
 
-use wgnn::data::{Split, load_with};
+use wgnn::data::{LabelColumn, Split, load_with};
 use wgnn::run::{self, DataConfig};
 use wgnn::train::evaluate;
 
@@ -8,8 +8,16 @@ use super::error::{CliError, Result};
 use super::{EvalArgs, SplitArg, open_gpu};
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args
+        .label_column
+        .as_deref()
+        .is_some_and(|c| LabelColumn::from_arg(c) == LabelColumn::None)
+    {
+        return Err(CliError::EvalWithoutLabels);
+    }
     let ctx = open_gpu()?;
-    let (mut model, run) = run::restore(ctx, &args.checkpoint)?;
+    // Planned at the evaluation's batch, whatever the training's was.
+    let (mut model, run) = run::restore_at(ctx, &args.checkpoint, args.batch_size)?;
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Test => Split::Test,
@@ -32,7 +40,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         });
     }
     model.eval();
-    let e = evaluate(&mut model, &data, args.batch_size)?;
+    let e = evaluate(&mut model, &data, run.batch_size)?;
     println!("samples: {}", e.samples);
     println!("loss: {:.6}", e.loss);
     println!("accuracy: {:.2}%", 100.0 * e.accuracy);

@@ -283,12 +283,17 @@ pub struct EvalArgs {
     /// Which split of a dataset directory.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitArg,
+    /// CSV label column, by name or 0-based index (default: label/target/y/class, else the
+    /// last). Evaluation needs labels: for a file without them, `wgnn predict --label-column
+    /// none`.
     #[arg(long)]
     pub label_column: Option<String>,
     #[command(flatten)]
     pub csv: CsvArgs,
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
+    /// Samples per forward pass (default: 256, or the largest batch the device fits if
+    /// fewer); independent of the training's batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -313,12 +318,16 @@ pub struct PredictArgs {
     /// Write probabilities (softmax, or sigmoid for BCE) instead of logits.
     #[arg(long)]
     pub probs: bool,
+    /// A CSV input's label column, by name or 0-based index, which is skipped; `none` when
+    /// every column is a feature (default: label/target/y/class, else the last).
     #[arg(long)]
     pub label_column: Option<String>,
     #[command(flatten)]
     pub csv: CsvArgs,
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
+    /// Samples per forward pass (default: 256, or the largest batch the device fits if
+    /// fewer); independent of the training's batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
 }
 
 /// Runs the parsed command.

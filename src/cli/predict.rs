@@ -1,8 +1,8 @@
 //! `wgnn predict`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use wgnn::checkpoint::{StateDict, StateTensor, TensorData};
+use wgnn::checkpoint::{MODEL_FILE, StateDict, StateTensor, TensorData};
 use wgnn::data::{Split, load_with, npy};
 use wgnn::run;
 use wgnn::train::argmax;
@@ -11,11 +11,11 @@ use super::error::{CliError, Result};
 use super::{PredictArgs, open_gpu};
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    // Checked before anything is read or computed: a bad --output fails at once.
+    check_output(&args)?;
     let ctx = open_gpu()?;
-    if args.batch_size == 0 {
-        return Err(wgnn::data::DataError::BatchSize { batch_size: 0 }.into());
-    }
-    let (mut model, run) = run::restore(ctx, &args.checkpoint)?;
+    // Planned at the prediction's batch, whatever the training's was.
+    let (mut model, run) = run::restore_at(ctx, &args.checkpoint, args.batch_size)?;
     let csv = wgnn::data::LoadOptions {
         csv_header: args.csv.header().or(run.data.header),
         csv_delimiter: args.csv.delimiter.or(run.data.delimiter),
@@ -31,7 +31,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     model.eval();
     let features: usize = run.sample_shape.iter().product();
     let mut logits = Vec::with_capacity(rows * model.graph().classes());
-    for chunk in x.chunks(args.batch_size * features) {
+    for chunk in x.chunks(run.batch_size * features) {
         logits.extend(model.predict(chunk)?);
     }
     let classes = model.graph().classes();
@@ -64,8 +64,72 @@ pub fn run(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The tensor of a .safetensors input that holds the samples.
-const SAMPLES: &str = "x";
+/// `--output` before any work: a format wgnn writes, a directory to write it in, and none of
+/// the files predict reads (the input, the checkpoint and what lies beside it).
+fn check_output(args: &PredictArgs) -> Result<()> {
+    let output = &args.output;
+    if !matches!(
+        output.extension().and_then(|e| e.to_str()),
+        Some("npy" | "safetensors")
+    ) {
+        return Err(CliError::OutputFormat {
+            path: output.clone(),
+        });
+    }
+    let problem = |problem: &str| CliError::OutputPath {
+        path: output.clone(),
+        problem: problem.to_string(),
+    };
+    if output.is_dir() {
+        return Err(problem("is a directory"));
+    }
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(problem(&format!(
+            "{} is not a directory to write it in",
+            parent.display()
+        )));
+    }
+    let dir = run::checkpoint_dir(&args.checkpoint);
+    let mut inputs: Vec<PathBuf> = vec![args.input.clone(), run::model_file(&args.checkpoint)];
+    // The run beside the checkpoint: its preprocessing, training state and figures.
+    inputs.extend(
+        wgnn::rundir::RUN_FILES
+            .iter()
+            .filter(|f| **f != MODEL_FILE)
+            .map(|f| dir.join(f)),
+    );
+    match inputs.into_iter().find(|input| same_file(output, input)) {
+        Some(input) => Err(CliError::OutputIsInput {
+            output: output.clone(),
+            input,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether two paths name one existing file (through links, relative paths or hard links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+    }
+}
 
 /// Samples from a file, flattened, checked against the model's sample shape.
 fn read_samples(
@@ -81,23 +145,7 @@ fn read_samples(
             let array = npy::load(path)?;
             (array.data, array.shape)
         }
-        "safetensors" => {
-            let sd = StateDict::read(path)?;
-            let Some(x) = sd.tensors.get(SAMPLES) else {
-                return Err(CliError::MissingTensor {
-                    path: path.into(),
-                    name: SAMPLES,
-                });
-            };
-            let TensorData::F32(values) = &x.data else {
-                return Err(CliError::NotFloat {
-                    path: path.into(),
-                    name: SAMPLES,
-                    dtype: x.dtype.clone(),
-                });
-            };
-            (values.clone(), x.shape.clone())
-        }
+        "safetensors" => wgnn::data::safetensors::load_samples(path)?,
         _ => {
             let options = wgnn::run::DataConfig {
                 path: None,
@@ -118,7 +166,10 @@ fn read_samples(
     };
     let rows = dims.first().copied().unwrap_or(0);
     let sample: usize = dims.iter().skip(1).product();
-    if rows == 0 || sample != features || data.len() != rows * features {
+    if rows == 0 && !dims.is_empty() {
+        return Err(CliError::NoRows { path: path.into() });
+    }
+    if sample != features || data.len() != rows * features {
         return Err(CliError::SampleShape {
             path: path.into(),
             found: dims,

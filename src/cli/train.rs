@@ -15,7 +15,7 @@ use super::error::{CliError, Result};
 use super::progress::Bar;
 use super::{TrainArgs, dist, open_gpu_in};
 use wgnn::Model;
-use wgnn::data::{Preprocess, Transform};
+use wgnn::data::{FitLimits, Preprocess, Transform};
 use wgnn::dist::{Comm, Communicator, DistError};
 use wgnn::gpu::GpuContext;
 use wgnn::run::Preprocessing;
@@ -220,6 +220,7 @@ fn decide(
 ) -> Result<Option<Decided>> {
     match &args.resume {
         Some(path) => {
+            check_resume_flags(path, &given_flags())?;
             let (dir, resumed) = RunDir::resume(ctx, path)?;
             for note in &resumed.notes {
                 println!("{}: {note}", path.display());
@@ -276,7 +277,9 @@ fn decide(
             }))
         }
         None => {
-            let (mut run, transform, splits) = new_run(args)?;
+            // A PCA or ZCA fit is checked against the device and the machine before it starts.
+            let limits = FitLimits::of_machine().with_binding(ctx.max_binding_bytes());
+            let (mut run, transform, splits) = new_run_with(args, &limits)?;
             run.data_parallel.processes = processes;
             if let Some(t) = &transform
                 && t.kind != wgnn::data::Preprocess::PerChannel
@@ -322,6 +325,62 @@ fn decide(
     }
 }
 
+/// The flags `--resume` applies; every other setting is the run's, fixed when it started.
+const RESUME_FLAGS: [&str; 6] = [
+    "resume",
+    "epochs",
+    "max_steps",
+    "checkpoint_every",
+    "keep_going",
+    "quiet",
+];
+
+/// Refuses flags given with `--resume` that the run fixed when it started (its data, model,
+/// optimizer, loss, seed, preprocessing, …): they would otherwise be ignored without a word.
+/// `given` holds the flags' ids, as [`given_flags`] returns them.
+fn check_resume_flags(dir: &Path, given: &[String]) -> Result<()> {
+    let command = <super::TrainDefaults as clap::CommandFactory>::command();
+    // Only arguments: clap also reports the groups its derive makes (`CsvArgs`).
+    let fixed: Vec<String> = given
+        .iter()
+        .filter(|id| !RESUME_FLAGS.contains(&id.as_str()))
+        .filter_map(|id| {
+            command
+                .get_arguments()
+                .find(|a| a.get_id().as_str() == id.as_str())
+                .and_then(clap::Arg::get_long)
+                .map(|long| format!("--{long}"))
+        })
+        .collect();
+    if fixed.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::ResumeFixes {
+        dir: dir.to_path_buf(),
+        flags: fixed.join(", "),
+    })
+}
+
+/// The ids of the flags given on this process's command line to `wgnn train`: its arguments
+/// parsed again, as `main` parsed them, asking clap which values came from the command line
+/// rather than from defaults. None for another command.
+fn given_flags() -> Vec<String> {
+    let command = <super::Cli as clap::CommandFactory>::command();
+    let Ok(matches) = command.try_get_matches_from(std::env::args_os()) else {
+        return Vec::new();
+    };
+    let Some(("train", train)) = matches.subcommand() else {
+        return Vec::new();
+    };
+    train
+        .ids()
+        .filter(|id| {
+            train.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .map(|id| id.as_str().to_string())
+        .collect()
+}
+
 /// Rank 0's decision on every rank: the others build the same model (its state comes with
 /// [`wgnn::Model::distribute`]).
 fn share(
@@ -354,8 +413,17 @@ fn share(
 }
 
 /// The run the flags describe, its data (loaded once, to learn its shape and classes, and
-/// raw: the model preprocesses), and its preprocessing fitted on the training split.
+/// raw: the model preprocesses), and its preprocessing fitted on the training split (checked
+/// against this machine's memory first; [`new_run_with`] checks the device's binding too).
 pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>, Splits)> {
+    new_run_with(args, &FitLimits::of_machine())
+}
+
+/// [`new_run`], its preprocessing's fit checked against `limits` before it starts.
+pub(super) fn new_run_with(
+    args: &TrainArgs,
+    limits: &FitLimits,
+) -> Result<(RunConfig, Option<Transform>, Splits)> {
     let normalize: Preprocess = args
         .normalize
         .parse()
@@ -390,7 +458,7 @@ pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>,
         }
     };
     let sample_shape = splits.train.sample_shape.clone();
-    let transform = Transform::fit(normalize, &splits.train)?;
+    let transform = Transform::fit_within(normalize, &splits.train, limits)?;
     // What the first layer sees: the preprocessing's output (K features for pca:K).
     let model_shape = transform
         .as_ref()

@@ -41,6 +41,21 @@ pub enum LabelColumn {
     Index(usize),
     /// The column whose header cell equals this name (needs a header row).
     Name(String),
+    /// No label column (`--label-column none`): every column is a feature, as in a file of
+    /// samples to predict; each sample's label reads as 0.
+    None,
+}
+
+impl LabelColumn {
+    /// `--label-column`'s text: `none`, a 0-based index, or a header name.
+    pub fn from_arg(text: &str) -> LabelColumn {
+        if text.eq_ignore_ascii_case("none") {
+            LabelColumn::None
+        } else {
+            text.parse()
+                .map_or_else(|_| LabelColumn::Name(text.to_string()), LabelColumn::Index)
+        }
+    }
 }
 
 /// How to read a CSV file.
@@ -74,8 +89,9 @@ pub struct CsvLayout {
     pub reason: HeaderReason,
     pub delimiter: u8,
     pub columns: usize,
-    /// 0-based, and its header cell when there is a header.
-    pub label_column: usize,
+    /// 0-based, and its header cell when there is a header; `None` without one
+    /// ([`LabelColumn::None`]).
+    pub label_column: Option<usize>,
     pub label_name: Option<String>,
     /// Data rows (the header and blank lines not counted).
     pub rows: usize,
@@ -102,9 +118,13 @@ impl std::fmt::Display for CsvLayout {
         };
         write!(
             f,
-            "{row} ({why}), {} columns separated by {delimiter}, labels in column {}",
-            self.columns, self.label_column
+            "{row} ({why}), {} columns separated by {delimiter}, ",
+            self.columns
         )?;
+        match self.label_column {
+            Some(column) => write!(f, "labels in column {column}")?,
+            None => return f.write_str("no label column"),
+        }
         if let Some(name) = &self.label_name {
             write!(f, " ({name:?})")?;
         }
@@ -282,7 +302,7 @@ fn survey<R: Read>(
         None => guess_header(&cells),
     };
     let width = cells.len();
-    if width < 2 {
+    if width < 2 && options.label != LabelColumn::None {
         let hint = [(';', "';'"), ('\t', "'\\t'"), ('|', "'|'")]
             .iter()
             .find(|(c, _)| cells.first().is_some_and(|cell| cell.contains(*c)))
@@ -313,7 +333,7 @@ fn survey<R: Read>(
         delimiter,
         columns: width,
         label_column,
-        label_name: names.and_then(|n| n.get(label_column).cloned()),
+        label_name: names.and_then(|n| n.get(label_column?).cloned()),
         rows,
     })
 }
@@ -349,7 +369,8 @@ fn read_rows<R: Read>(input: R, path: &Path, layout: &CsvLayout) -> Result<Datas
     let width = layout.columns;
     let mut rdr = reader(input, layout.delimiter);
     let mut record = csv::ByteRecord::new();
-    let mut features = Vec::with_capacity(layout.rows.saturating_mul(width - 1));
+    let sample = width - usize::from(layout.label_column.is_some());
+    let mut features = Vec::with_capacity(layout.rows.saturating_mul(sample));
     let mut labels = Vec::with_capacity(layout.rows);
     let mut first = true;
     while next_record(&mut rdr, &mut record, path)? {
@@ -377,11 +398,14 @@ fn read_rows<R: Read>(input: R, path: &Path, layout: &CsvLayout) -> Result<Datas
         }
         for (col, cell) in record.iter().enumerate() {
             let cell = text(cell, &record, col, path)?;
-            if col == layout.label_column {
+            if Some(col) == layout.label_column {
                 labels.push(parse_label(cell, line, path)?);
             } else {
                 features.push(parse_feature(cell, line, col + 1, path)?);
             }
+        }
+        if layout.label_column.is_none() {
+            labels.push(0);
         }
     }
     if labels.is_empty() {
@@ -389,12 +413,7 @@ fn read_rows<R: Read>(input: R, path: &Path, layout: &CsvLayout) -> Result<Datas
             path: path.to_path_buf(),
         });
     }
-    Dataset::new(
-        features,
-        vec![width - 1],
-        labels,
-        path.display().to_string(),
-    )
+    Dataset::new(features, vec![sample], labels, path.display().to_string())
 }
 
 /// A cell as text; invalid UTF-8 is an error naming its line and (unquoted) byte offset.
@@ -424,6 +443,19 @@ fn resolve_label_column(
     header: Option<&[String]>,
     width: usize,
     path: &Path,
+) -> Result<Option<usize>, DataError> {
+    if *label == LabelColumn::None {
+        return Ok(None);
+    }
+    resolve_labelled(label, header, width, path).map(Some)
+}
+
+/// The 0-based label column of a file that has one.
+fn resolve_labelled(
+    label: &LabelColumn,
+    header: Option<&[String]>,
+    width: usize,
+    path: &Path,
 ) -> Result<usize, DataError> {
     let fail = |message: String| DataError::CsvLabelColumn {
         path: path.to_path_buf(),
@@ -447,6 +479,7 @@ fn resolve_label_column(
                 ))
             })
         }
+        LabelColumn::None => Err(fail("no label column".into())),
         LabelColumn::Auto => Ok(header
             .and_then(|h| {
                 LABEL_NAMES
@@ -506,6 +539,30 @@ mod tests {
 
     fn parse_options(text: &str, options: &CsvOptions) -> Result<Dataset, DataError> {
         parse_with(text.as_bytes(), p(), options)
+    }
+
+    #[test]
+    fn without_a_label_column_every_column_is_a_feature() {
+        let options = CsvOptions {
+            label: LabelColumn::None,
+            ..CsvOptions::default()
+        };
+        let d = parse_with(b"a,b,c\n1,2,0.94708\n4,5,6\n", p(), &options).unwrap();
+        assert_eq!(d.sample_shape, vec![3]);
+        assert_eq!(d.features, vec![1.0, 2.0, 0.94708, 4.0, 5.0, 6.0]);
+        assert_eq!(d.labels, vec![0, 0]);
+        // One column is a sample of one feature.
+        let d = parse_with(b"0.5\n0.25\n", p(), &options).unwrap();
+        assert_eq!(
+            (d.sample_shape.clone(), d.features),
+            (vec![1], vec![0.5, 0.25])
+        );
+        let layout = survey(&b"x,y\n1,2\n"[..], p(), &options, b',').unwrap();
+        assert_eq!(layout.label_column, None);
+        assert!(layout.to_string().ends_with("no label column"), "{layout}");
+        assert_eq!(LabelColumn::from_arg("None"), LabelColumn::None);
+        assert_eq!(LabelColumn::from_arg("3"), LabelColumn::Index(3));
+        assert_eq!(LabelColumn::from_arg("y"), LabelColumn::Name("y".into()));
     }
 
     #[test]

@@ -52,4 +52,4 @@ pub use error::DataError;
 pub use normalize::Normalization;
 pub use npy::NpyArray;
 pub use prepare::{NormalizeMode, Source, Splits, load_splits};
-pub use preprocess::{Preprocess, PreprocessError, Transform};
+pub use preprocess::{FitLimits, Preprocess, PreprocessError, Transform};

@@ -31,7 +31,8 @@ use std::str::FromStr;
 
 use faer::{Accum, Mat, Par, Side};
 
-use super::normalize::{Normalization, channel_layout};
+use super::dataset::checked_product;
+use super::normalize::{MIN_STD, Normalization, channel_layout};
 use super::{DataError, Dataset};
 
 /// ZCA's default ε: the constant CS231n's notes on whitening (the lecture's source) add to
@@ -47,6 +48,49 @@ pub const RANK_TOLERANCE: f64 = 1e-10;
 
 /// Rows of the training matrix converted to f64 at once while the covariance is summed.
 const COVARIANCE_CHUNK: usize = 2048;
+
+/// D × D f64 matrices alive at once while a covariance is fitted and decomposed: the sum, its
+/// symmetric copy, the eigenvectors with faer's workspace, and their re-ordered copy (ZCA's
+/// product takes two more after the first ones are gone). Measured: `zca` on 40 × 6,000 peaks
+/// at 1.5 GB, 5.2 × 8 × D² bytes.
+const FIT_MATRICES: u64 = 6;
+
+/// What a fit may use, checked before it starts ([`Transform::fit_within`]): the fitted
+/// matrix must fit one storage binding of the device that applies it, and the fit the
+/// machine's memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FitLimits {
+    /// The device's `max_storage_buffer_binding_size` (None: not checked).
+    pub max_binding_bytes: Option<u64>,
+    /// Memory available to the fit, in bytes (None: not checked).
+    pub available_memory: Option<u64>,
+}
+
+impl FitLimits {
+    /// This machine's available memory, where the system tells it (Linux), and no device.
+    pub fn of_machine() -> Self {
+        FitLimits {
+            max_binding_bytes: None,
+            available_memory: available_memory(),
+        }
+    }
+
+    /// The same, with the device's largest storage binding.
+    pub fn with_binding(self, max_binding_bytes: u64) -> Self {
+        FitLimits {
+            max_binding_bytes: Some(max_binding_bytes),
+            ..self
+        }
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo` (Linux), the memory the kernel can give without swapping.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
 
 /// `--normalize`: which preprocessing a run fits on its training split.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -133,6 +177,54 @@ impl FromStr for Preprocess {
     }
 }
 
+impl Preprocess {
+    /// Checks, before fitting, that a PCA or ZCA fit on `samples` × `features` fits `limits`:
+    /// the fit's f64 matrices ([`FIT_MATRICES`] of D × D) the machine's memory, and the fitted
+    /// matrix (K × D f32) one storage binding of the device. Other options need D values.
+    pub fn check_fit(
+        &self,
+        samples: usize,
+        features: usize,
+        limits: &FitLimits,
+    ) -> Result<(), PreprocessError> {
+        let outputs = match *self {
+            Preprocess::Pca(k) | Preprocess::PcaWhiten(k) => k.min(features),
+            Preprocess::Zca(_) => features,
+            _ => return Ok(()),
+        };
+        let d = features as u64;
+        let too_large = |what: String, bytes: u64, limit: String| PreprocessError::TooLarge {
+            option: self.to_string(),
+            samples,
+            features,
+            what,
+            bytes,
+            limit,
+        };
+        let matrix_bytes = (outputs as u64).saturating_mul(d).saturating_mul(4);
+        if let Some(limit) = limits.max_binding_bytes
+            && matrix_bytes > limit
+        {
+            return Err(too_large(
+                format!("its {outputs} × {features} f32 matrix"),
+                matrix_bytes,
+                format!("the device's max_storage_buffer_binding_size of {limit} bytes"),
+            ));
+        }
+        let fit_bytes = d.saturating_mul(d).saturating_mul(8 * FIT_MATRICES);
+        if let Some(memory) = limits.available_memory
+            && fit_bytes > memory
+        {
+            return Err(too_large(
+                format!("fitting ({FIT_MATRICES} f64 matrices of {features} × {features})"),
+                fit_bytes,
+                format!("the {memory} bytes of memory available"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What cannot be fitted, or is asked wrongly. Each names the value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -163,6 +255,37 @@ pub enum PreprocessError {
         component: usize,
         variance: f64,
         rank: usize,
+    },
+    /// Every feature of the training split is constant: no component has variance.
+    #[error(
+        "{option}: every feature of the training split is constant (its covariance is zero), so \
+         there is no component to whiten; use pca:K, mean-image or none"
+    )]
+    NoVariance { option: String },
+    /// ZCA's ε so small that a direction of (near-)zero variance is scaled past f32.
+    #[error(
+        "{option}: ε = {eps:e} is too small for this data: a direction of variance {variance:e} \
+         is scaled by 1/√(variance + ε) = {scale:e}, which leaves the whitening matrix not finite \
+         in f32; use a larger ε, such as the default {DEFAULT_ZCA_EPS:e}"
+    )]
+    ZcaEpsilon {
+        option: String,
+        eps: f64,
+        variance: f64,
+        scale: f64,
+    },
+    /// The fit, or its matrix on the device, would not fit: refused before fitting.
+    #[error(
+        "{option} on {samples} samples of {features} features: {what} needs {bytes} bytes, over \
+         {limit}"
+    )]
+    TooLarge {
+        option: String,
+        samples: usize,
+        features: usize,
+        what: String,
+        bytes: u64,
+        limit: String,
     },
     #[error("{option}: needs at least 2 training samples to estimate a covariance, got {samples}")]
     TooFewSamples { option: String, samples: usize },
@@ -199,8 +322,20 @@ pub struct Transform {
 }
 
 impl Transform {
-    /// Fits `kind` on `train` (the training split only). `None` for [`Preprocess::None`].
+    /// Fits `kind` on `train` (the training split only). `None` for [`Preprocess::None`]. A
+    /// PCA or ZCA fit that would not fit this machine's memory is refused before it starts.
     pub fn fit(kind: Preprocess, train: &Dataset) -> Result<Option<Transform>, DataError> {
+        Self::fit_within(kind, train, &FitLimits::of_machine())
+    }
+
+    /// [`Transform::fit`], first checking the fit's memory and its matrix's size against
+    /// `limits` (see [`Preprocess::check_fit`]).
+    pub fn fit_within(
+        kind: Preprocess,
+        train: &Dataset,
+        limits: &FitLimits,
+    ) -> Result<Option<Transform>, DataError> {
+        kind.check_fit(train.len(), train.sample_len(), limits)?;
         train.check_consistent()?;
         train.check_finite()?;
         if train.is_empty() {
@@ -261,6 +396,9 @@ impl Transform {
                 let matrix = match kind {
                     Preprocess::PcaWhiten(_) => {
                         let rank = eigen.rank();
+                        if rank == 0 {
+                            return Err(PreprocessError::NoVariance { option }.into());
+                        }
                         if let Some(c) = (0..k).find(|&c| c >= rank) {
                             return Err(PreprocessError::Singular {
                                 option,
@@ -272,7 +410,7 @@ impl Transform {
                         }
                         eigen.components(k, |lambda| 1.0 / lambda.sqrt())
                     }
-                    Preprocess::Zca(eps) => eigen.zca(eps),
+                    Preprocess::Zca(eps) => eigen.zca(eps, &option)?,
                     _ => eigen.components(k, |_| 1.0),
                 };
                 Transform {
@@ -331,23 +469,43 @@ impl Transform {
             message,
         };
         let d = self.shift.len();
-        if self.input_shape.iter().product::<usize>() != d || d == 0 {
+        // Shapes read from a file: their products may overflow.
+        if checked_product(&self.input_shape) != Some(d) || d == 0 {
             return Err(bad(
                 "shift",
                 format!("{d} values for samples shaped {:?}", self.input_shape),
             ));
         }
-        if let Some(div) = &self.divisor
-            && (div.len() != d || div.iter().any(|v| !(v.is_finite() && *v > 0.0)))
-        {
-            return Err(bad("divisor", format!("needs {d} positive, finite values")));
+        let min_divisor = MIN_STD as f32;
+        if let Some(div) = &self.divisor {
+            if div.len() != d {
+                return Err(bad(
+                    "divisor",
+                    format!("{} values for {d} features", div.len()),
+                ));
+            }
+            // Fitting replaces a std below MIN_STD by 1; a smaller one (1e-45) blows every
+            // input up to ±∞ and the model's outputs to NaN.
+            if let Some((j, v)) = div
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && **v >= min_divisor))
+            {
+                return Err(bad(
+                    "divisor",
+                    format!(
+                        "feature {j} is divided by {v:e}: every divisor must be finite and at \
+                         least {min_divisor:e} (fitting never writes a smaller one)"
+                    ),
+                ));
+            }
         }
         if let Some(a) = &self.matrix
             && (a.is_empty() || a.len() % d != 0)
         {
             return Err(bad("matrix", format!("{} values is no [K, {d}]", a.len())));
         }
-        if self.output_shape.iter().product::<usize>() != self.output_features() {
+        if checked_product(&self.output_shape) != Some(self.output_features()) {
             return Err(bad(
                 "output shape",
                 format!(
@@ -357,11 +515,44 @@ impl Transform {
                 ),
             ));
         }
-        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-        if !finite(&self.shift) || !self.matrix.as_deref().is_none_or(finite) {
-            return Err(bad("values", "not all finite".into()));
+        if let Some(j) = self.shift.iter().position(|x| !x.is_finite()) {
+            return Err(bad("shift", format!("feature {j} is {}", self.shift[j])));
+        }
+        if let Some(a) = &self.matrix {
+            let largest_gain = self.divisor.as_deref().map_or(1.0, |div| {
+                div.iter().fold(1f64, |g, &v| g.max(1.0 / f64::from(v)))
+            });
+            if let Some(message) = finite_map_problem(a, d, largest_gain) {
+                return Err(bad("matrix", message));
+            }
         }
         Ok(())
+    }
+
+    /// An identity of the fitted values: a CRC-32 of the option, the shapes and every
+    /// tensor's bits, as `crc32:` and 8 hex digits. A run records it with its checkpoint, so
+    /// that another run's preprocessing file, or an edited one, is refused when read back.
+    pub fn identity(&self) -> String {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(self.kind.to_string().as_bytes());
+        for shape in [&self.input_shape, &self.output_shape] {
+            crc.update(&(shape.len() as u64).to_le_bytes());
+            for &dim in shape {
+                crc.update(&(dim as u64).to_le_bytes());
+            }
+        }
+        for (name, values) in [
+            ("shift", Some(&self.shift)),
+            ("divisor", self.divisor.as_ref()),
+            ("matrix", self.matrix.as_ref()),
+        ] {
+            if let Some(values) = values {
+                crc.update(name.as_bytes());
+                crc.update(&(values.len() as u64).to_le_bytes());
+                crc.update(bytemuck::cast_slice(values));
+            }
+        }
+        format!("crc32:{:08x}", crc.finalize())
     }
 
     /// The CPU reference: transforms rows of D values into rows of K (f32, as the GPU stage:
@@ -394,6 +585,25 @@ impl Transform {
             }
         }
     }
+}
+
+/// Why `matrix` (\[K, D\] rows) does not map every input within ±1 of its shift, scaled by
+/// at most `gain`, to finite f32 values: a non-finite entry, or a row whose absolute sum
+/// times `gain` passes f32's range. `None` when it does.
+fn finite_map_problem(matrix: &[f32], d: usize, gain: f64) -> Option<String> {
+    if let Some(i) = matrix.iter().position(|v| !v.is_finite()) {
+        return Some(format!("entry [{}, {}] is {}", i / d, i % d, matrix[i]));
+    }
+    let limit = f64::from(f32::MAX);
+    matrix
+        .chunks(d.max(1))
+        .enumerate()
+        .find_map(|(row, values)| {
+            let sum: f64 = values.iter().map(|v| f64::from(v.abs())).sum::<f64>() * gain;
+            (sum > limit).then(|| {
+                format!("row {row} sums to {sum:e} in absolute value: its output overflows f32")
+            })
+        })
 }
 
 fn to_f32(v: &[f64]) -> Vec<f32> {
@@ -499,22 +709,116 @@ impl Eigen {
 
     /// W = U · diag(1/√(λ + ε)) · Uᵀ, symmetric \[D, D\]; eigenvalues that rounding left
     /// slightly negative count as 0.
-    fn zca(&self, eps: f64) -> Vec<f32> {
+    /// Refused when ε is so small that the matrix leaves f32 (1/√ε past f32's range for a
+    /// direction of zero variance), naming that direction's variance and scale.
+    fn zca(&self, eps: f64, option: &str) -> Result<Vec<f32>, PreprocessError> {
         let d = self.values.len();
-        let scaled = Mat::<f64>::from_fn(d, d, |i, c| {
-            self.vectors[(i, c)] / (self.values[c].max(0.0) + eps).sqrt()
-        });
+        let scale = |c: usize| 1.0 / (self.values[c].max(0.0) + eps).sqrt();
+        let scaled = Mat::<f64>::from_fn(d, d, |i, c| self.vectors[(i, c)] * scale(c));
         let w = &scaled * self.vectors.transpose();
-        (0..d)
+        let matrix: Vec<f32> = (0..d)
             .flat_map(|i| (0..d).map(move |j| (i, j)))
             .map(|(i, j)| w[(i, j)] as f32)
-            .collect()
+            .collect();
+        if finite_map_problem(&matrix, d, 1.0).is_some() {
+            // The smallest variance has the largest scale.
+            let c = d - 1;
+            return Err(PreprocessError::ZcaEpsilon {
+                option: option.to_string(),
+                eps,
+                variance: self.values[c].max(0.0),
+                scale: scale(c),
+            });
+        }
+        Ok(matrix)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fits_are_sized_before_they_start() {
+        let limits = FitLimits {
+            max_binding_bytes: Some(128 << 20),
+            available_memory: Some(1 << 30),
+        };
+        // zca on 6,000 features: a 144 MB matrix over a 128 MiB binding.
+        let err = Preprocess::Zca(DEFAULT_ZCA_EPS)
+            .check_fit(40, 6000, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zca on 40 samples of 6000 features"), "{err}");
+        assert!(
+            err.contains("6000 × 6000 f32 matrix needs 144000000 bytes"),
+            "{err}"
+        );
+        // pca:10 on 20,000 features: its matrix fits, the fit's 6 × 3.2 GB do not.
+        let err = Preprocess::Pca(10)
+            .check_fit(40, 20_000, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs 19200000000 bytes"), "{err}");
+        assert!(
+            err.contains("1073741824 bytes of memory available"),
+            "{err}"
+        );
+        Preprocess::Pca(10).check_fit(40, 1000, &limits).unwrap();
+        // Options without a covariance need nothing checked.
+        Preprocess::PerChannel
+            .check_fit(40, 20_000, &limits)
+            .unwrap();
+        let unbounded = FitLimits::default();
+        Preprocess::Zca(1.0)
+            .check_fit(40, 20_000, &unbounded)
+            .unwrap();
+    }
+
+    #[test]
+    fn stored_values_that_blow_inputs_up_are_refused_and_the_identity_sees_every_value() {
+        let t = Transform {
+            kind: Preprocess::Pca(1),
+            input_shape: vec![2],
+            output_shape: vec![1],
+            shift: vec![0.5, 0.25],
+            divisor: None,
+            matrix: Some(vec![0.6, 0.8]),
+        };
+        t.validate().unwrap();
+        let id = t.identity();
+        assert!(id.starts_with("crc32:") && id.len() == 14, "{id}");
+        let mut other = t.clone();
+        other.matrix = Some(vec![0.0, 0.0]);
+        assert_ne!(other.identity(), id);
+        other = t.clone();
+        other.shift[1] = 0.0;
+        assert_ne!(other.identity(), id);
+        // A finite matrix whose row sums past f32's range.
+        other = t.clone();
+        other.matrix = Some(vec![3e38, 3e38]);
+        let err = other.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("row 0 sums to 6.0") && err.contains("overflows f32"),
+            "{err}"
+        );
+        // A divisor of 1e-45 makes every input ±∞.
+        let per_channel = Transform {
+            kind: Preprocess::PerChannel,
+            divisor: Some(vec![1.0, 1e-45]),
+            matrix: None,
+            output_shape: vec![2],
+            ..t.clone()
+        };
+        let err = per_channel.validate().unwrap_err().to_string();
+        assert!(err.contains("feature 1 is divided by 1e-45"), "{err}");
+        // Shapes whose product overflows.
+        let huge = Transform {
+            input_shape: vec![1 << 32, 1 << 32],
+            ..t
+        };
+        assert!(huge.validate().is_err());
+    }
 
     #[test]
     fn options_parse_and_print_back() {

@@ -81,6 +81,42 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset, DataError> {
     Dataset::new(features, sample_shape, labels, path.display().to_string())
 }
 
+/// Unlabelled samples (`wgnn predict`'s input): the tensor `x`, F32 or F64 (narrowed to f32),
+/// shaped `[N, ...]`, as its values and its shape. Other tensors are ignored; every other
+/// dtype is refused, naming the two that are read.
+pub fn load_samples(path: &Path) -> Result<(Vec<f32>, Vec<usize>), DataError> {
+    let bytes = read_bytes(path)?;
+    let (header_len, metadata) = read_metadata(&bytes, path)?;
+    let body = 8usize
+        .checked_add(header_len)
+        .and_then(|start| bytes.get(start..))
+        .ok_or_else(|| fail(path, "header length points past the end of the file".into()))?;
+    let (info, data) = tensor(&metadata, body, FEATURES_KEY, path)?;
+    let values = match info.dtype {
+        Dtype::F32 => data
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|&b| f32::from_le_bytes(b))
+            .collect(),
+        Dtype::F64 => data
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|&b| f64::from_le_bytes(b) as f32)
+            .collect(),
+        other => {
+            return Err(DataError::UnsupportedDtype {
+                path: path.to_path_buf(),
+                found: format!("{other} for tensor \"x\""),
+                supported: "samples in x must be F32 or F64 (a .npy file may hold integers)"
+                    .to_string(),
+            });
+        }
+    };
+    Ok((values, info.shape.clone()))
+}
+
 /// Serializes a dataset as `x` (F32 `[N, sample_shape...]`) and `y`
 /// (I64 `[N]`), the layout [`parse`] reads.
 pub fn encode(dataset: &Dataset) -> Result<Vec<u8>, DataError> {
@@ -261,6 +297,30 @@ mod tests {
     fn x(n: usize) -> (&'static str, Dtype, Vec<usize>, Vec<u8>) {
         let vals: Vec<f32> = (0..n * 6).map(|i| i as f32 * 0.5).collect();
         ("x", Dtype::F32, vec![n, 2, 3], f32s(&vals))
+    }
+
+    #[test]
+    fn samples_to_predict_are_f32_or_f64_and_nothing_else_is_offered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let f64s: Vec<u8> = [0.5f64, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        std::fs::write(&path, write(&[("x", Dtype::F64, vec![1, 2], f64s)])).unwrap();
+        assert_eq!(load_samples(&path).unwrap(), (vec![0.5, -2.0], vec![1, 2]));
+        for (dtype, width) in [
+            (Dtype::F16, 2),
+            (Dtype::I32, 4),
+            (Dtype::I64, 8),
+            (Dtype::U8, 1),
+        ] {
+            let bytes = write(&[("x", dtype, vec![1, 2], vec![0; 2 * width])]);
+            std::fs::write(&path, bytes).unwrap();
+            let err = load_samples(&path).unwrap_err().to_string();
+            assert!(err.contains(&format!("{dtype} for tensor \"x\"")), "{err}");
+            assert!(err.contains("must be F32 or F64"), "{err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `WGNN_PIPELINE_CACHE=off` disables it; `WGNN_PIPELINE_CACHE=DIR` puts it in DIR. The default
 //! is `$XDG_CACHE_HOME/wgnn`, else `~/.cache/wgnn` (`%LOCALAPPDATA%\wgnn` on Windows).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The environment variable that disables or places the cache.
@@ -52,9 +53,15 @@ pub fn file_for(dir: &Path, info: &wgpu::AdapterInfo) -> Option<PathBuf> {
     Some(dir.join(format!("{key}_{:08x}.bin", crc.finalize())))
 }
 
-/// The cache data in `path`, if it is there and whole.
+/// The largest cache file read: a driver's pipeline cache for wgnn's few dozen pipelines is
+/// kilobytes (108 bytes on lavapipe) to a few megabytes, so anything past this is not one.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// The cache data in `path`, if it is there, a regular file of at most [`MAX_FILE_BYTES`],
+/// and whole. Anything else at the path (a FIFO, a device such as `/dev/zero`, a directory, a
+/// huge file) is ignored with a warning, without being opened or read past the bound.
 pub fn load(path: &Path) -> Option<Vec<u8>> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_bounded(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
@@ -72,6 +79,39 @@ pub fn load(path: &Path) -> Option<Vec<u8>> {
             None
         }
     }
+}
+
+/// The bytes of `path` when it is a regular file (links followed) of at most
+/// [`MAX_FILE_BYTES`]. The type is looked at before opening, since opening a FIFO blocks until
+/// a writer comes, and again on the open file, which is read through a bound whatever it
+/// claims.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let regular = |meta: &std::fs::Metadata| -> std::io::Result<u64> {
+        if !meta.is_file() {
+            return Err(std::io::Error::other(format!(
+                "not a regular file ({:?})",
+                meta.file_type()
+            )));
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "{} bytes, more than a pipeline cache's {MAX_FILE_BYTES}",
+                meta.len()
+            )));
+        }
+        Ok(meta.len())
+    };
+    regular(&std::fs::metadata(path)?)?;
+    let file = std::fs::File::open(path)?;
+    let len = regular(&file.metadata()?)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "grew past a pipeline cache's {MAX_FILE_BYTES} bytes while read"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Writes `data` to `path` whole or not at all (a temp file renamed over it); errors are
@@ -131,6 +171,42 @@ mod tests {
             std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    #[test]
+    fn only_regular_files_within_the_bound_are_read_and_nothing_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory at the path.
+        let sub = dir.path().join("dir.bin");
+        std::fs::create_dir(&sub).unwrap();
+        assert_eq!(load(&sub), None);
+        // A file past the bound (sparse: nothing is written) is not read.
+        let big = dir.path().join("big.bin");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let err = read_bounded(&big).unwrap_err().to_string();
+        assert!(err.contains("more than a pipeline cache's"), "{err}");
+        assert_eq!(load(&big), None);
+        #[cfg(unix)]
+        {
+            // A link to /dev/zero, which would read forever.
+            let zero = dir.path().join("zero.bin");
+            std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+            let err = read_bounded(&zero).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+            // A FIFO with no writer, whose open would block: run on a thread so that a
+            // regression fails the test instead of hanging it.
+            let fifo = dir.path().join("fifo.bin");
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(made, "mkfifo");
+            let (send, receive) = std::sync::mpsc::channel();
+            std::thread::spawn(move || send.send(load(&fifo)).unwrap());
+            let loaded = receive.recv_timeout(std::time::Duration::from_secs(10));
+            assert_eq!(loaded, Ok(None), "a FIFO at the cache path blocks the load");
+        }
     }
 
     #[test]

@@ -185,6 +185,7 @@ impl Model {
         states: Option<Vec<HostState>>,
     ) -> Result<Self> {
         let dropout = members::check_members(&sequential, &members)?;
+        validate::check_layer_count(&sequential)?;
         let graph = plan::build_graph(
             &sequential,
             &loss,

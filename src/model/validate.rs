@@ -4,7 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::graph::Mode;
-use crate::nn::{Layer, TargetEncoding};
+use crate::nn::spec::MAX_LAYERS;
+use crate::nn::{Layer, Sequential, TargetEncoding};
 use crate::ops::batchnorm::check_train_batch;
 
 use super::{DeviceBatch, Model};
@@ -62,6 +63,19 @@ pub enum BatchError {
         limit: u64,
         largest: u64,
     },
+}
+
+/// A model of at most [`MAX_LAYERS`] layers, checked before its graph is built (each layer
+/// costs every plan a few bind groups, which no adapter limit bounds).
+pub(super) fn check_layer_count(sequential: &Sequential) -> Result<()> {
+    let layers = sequential.layers().len();
+    if layers > MAX_LAYERS {
+        return Err(Error::TooManyLayers {
+            layers,
+            limit: MAX_LAYERS,
+        });
+    }
+    Ok(())
 }
 
 impl Model {
@@ -135,7 +149,9 @@ impl Model {
         }
     }
 
-    /// A training batch of one sample cannot be batch-normalized (as in PyTorch).
+    /// A training batch of one sample cannot be batch-normalized (as in PyTorch). With
+    /// SyncBatchNorm the batch normalized is every rank's together, so only a global batch of
+    /// one is refused, as `torch.nn.SyncBatchNorm` refuses it.
     pub(super) fn check_batch_norm_rows(&self, rows: usize) -> Result<()> {
         let has_bn = || {
             self.sequential
@@ -143,8 +159,13 @@ impl Model {
                 .iter()
                 .any(|l| matches!(l, Layer::BatchNorm1d(_)))
         };
-        if check_train_batch(&[rows, 1]).is_err() && has_bn() {
-            return Err(BatchError::SingleSampleBatchNorm { rows }.into());
+        let normalized = if self.sync_bn {
+            rows.saturating_mul(self.comm.size())
+        } else {
+            rows
+        };
+        if check_train_batch(&[normalized, 1]).is_err() && has_bn() {
+            return Err(BatchError::SingleSampleBatchNorm { rows: normalized }.into());
         }
         Ok(())
     }

@@ -23,6 +23,16 @@ use crate::ops::activation;
 pub const LECTURE_SPEC: &str =
     "flatten,linear:64,bn,relu,dropout:0.2,linear:32,bn,relu,dropout:0.2,linear:10";
 
+/// The most layers a model may have, from a spec or built in code. Every layer becomes a few
+/// dispatches of each plan, each with its own bind group, and wgpu reports no limit on how
+/// many descriptors a device can hold: lavapipe crashes inside its descriptor allocation near
+/// 26,000 ReLUs. A thousand layers is far past any MLP this crate is for and builds its plans
+/// in about 3 s on lavapipe.
+pub const MAX_LAYERS: usize = 1024;
+
+/// How much of a long spec an error message quotes.
+const QUOTED_SPEC_CHARS: usize = 120;
+
 /// A syntax or shape error in a model spec, pointing at the token.
 #[derive(Debug, thiserror::Error)]
 #[error("model spec {spec:?}: token {index} {token:?} at column {column}: {message}")]
@@ -36,8 +46,39 @@ pub struct SpecError {
     pub message: String,
 }
 
-/// Builds the Sequential a spec describes for samples shaped `sample_shape`.
+/// A spec as an error message quotes it: whole, or its start and its length.
+fn quoted(spec: &str) -> String {
+    match spec.char_indices().nth(QUOTED_SPEC_CHARS) {
+        None => spec.to_string(),
+        Some((end, _)) => format!("{}… ({} characters)", &spec[..end], spec.chars().count()),
+    }
+}
+
+/// Builds the Sequential a spec describes for samples shaped `sample_shape`. A spec of more
+/// than [`MAX_LAYERS`] layers is refused before any is parsed.
 pub fn parse(spec: &str, sample_shape: &[usize]) -> Result<Sequential, SpecError> {
+    let layers = spec.split(',').count();
+    if layers > MAX_LAYERS {
+        // Column of the first token past the limit.
+        let column = spec
+            .split(',')
+            .take(MAX_LAYERS)
+            .map(|t| t.chars().count() + 1)
+            .sum::<usize>()
+            + 1;
+        return Err(SpecError {
+            spec: quoted(spec),
+            index: MAX_LAYERS + 1,
+            token: spec
+                .split(',')
+                .nth(MAX_LAYERS)
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+            column,
+            message: format!("{layers} layers; a model has at most {MAX_LAYERS}"),
+        });
+    }
     let mut model = Sequential::new();
     // Features per sample as the next layer sees them; None while samples are not flat.
     let mut features = match sample_shape {
@@ -47,7 +88,7 @@ pub fn parse(spec: &str, sample_shape: &[usize]) -> Result<Sequential, SpecError
     let mut column = 1;
     if spec.trim().is_empty() {
         return Err(SpecError {
-            spec: spec.into(),
+            spec: quoted(spec),
             index: 1,
             token: String::new(),
             column: 1,
@@ -56,7 +97,7 @@ pub fn parse(spec: &str, sample_shape: &[usize]) -> Result<Sequential, SpecError
     }
     for (i, raw) in spec.split(',').enumerate() {
         let error = |message: String| SpecError {
-            spec: spec.to_string(),
+            spec: quoted(spec),
             index: i + 1,
             token: raw.trim().to_string(),
             column: column + (raw.len() - raw.trim_start().len()),
@@ -161,6 +202,28 @@ mod tests {
             let err = parse(bad, &[4]).unwrap_err();
             assert!(err.message.contains(needle), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_spec_past_the_layer_limit_is_refused_before_parsing_and_quoted_short() {
+        let at_limit = vec!["relu"; MAX_LAYERS].join(",");
+        assert_eq!(parse(&at_limit, &[4]).unwrap().layers().len(), MAX_LAYERS);
+        // Two million layers: refused at once, and the message stays short.
+        let huge = vec!["relu"; 2_000_000].join(",");
+        let started = std::time::Instant::now();
+        let err = parse(&huge, &[4]).unwrap_err();
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+        assert_eq!(err.index, MAX_LAYERS + 1);
+        assert_eq!(err.column, 5 * MAX_LAYERS + 1);
+        let text = err.to_string();
+        assert!(
+            text.contains("2000000 layers; a model has at most 1024"),
+            "{text}"
+        );
+        assert!(text.contains("(9999999 characters)"), "{text}");
+        assert!(text.len() < 400, "{}", text.len());
+        let over = vec!["relu"; MAX_LAYERS + 1].join(",");
+        assert!(parse(&over, &[4]).is_err());
     }
 
     #[test]
