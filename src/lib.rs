@@ -20,6 +20,7 @@
 //! | save and load | [`Model::save`], [`Model::load`], [`Model::load_state_dict`]; the files: [`checkpoint`] |
 //! | a run of `wgnn train`, in Rust | [`run::RunConfig`], [`run::restore`] |
 //! | one op beside its CPU reference | [`ops`] (`ops::matmul::matmul`, `ops::batchnorm::GpuBatchNorm`, …) |
+//! | many models of one architecture in one plan (seeds, sweeps, ensembles) | [`Model::stack`] of [`MemberConfig`]s, [`stack::fit_stack`] |
 //! | data-parallel training | [`Model::distribute`], [`dist::Communicator`] |
 //! | errors | [`Error`], one variant per module's error, each naming what is wrong |
 //! | the machinery: the graph IR, the executors, the run directory, … | [`advanced`] |
@@ -60,6 +61,7 @@ pub mod rng;
 pub mod run;
 #[doc(hidden)]
 pub mod rundir;
+pub mod stack;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -897,10 +897,34 @@ pub fn restore_at(
     path: &Path,
     batch_size: Option<usize>,
 ) -> Result<(Model, RunConfig)> {
+    restore_with(ctx, path, Some(batch_size))
+}
+
+/// A model from a checkpoint, as [`restore_at`], planned at the batch it was trained at (the
+/// model [`Model::save`] saved, whole).
+pub fn restore_trained(ctx: Arc<GpuContext>, path: &Path) -> Result<(Model, RunConfig)> {
+    restore_with(ctx, path, None)
+}
+
+/// [`restore_at`] with `eval_batch` (the evaluation's choice), or at the training batch when
+/// `None`.
+fn restore_with(
+    ctx: Arc<GpuContext>,
+    path: &Path,
+    eval_batch: Option<Option<usize>>,
+) -> Result<(Model, RunConfig)> {
     let (mut run, sd) = load(path)?;
     let limit = ctx.max_binding_bytes();
-    run.check_sizes(&model_file(path), limit, 1)?;
-    run.batch_size = run.eval_batch_size(limit, batch_size)?;
+    // Planned at its training batch, the checkpoint's batch size is checked too.
+    let planned = if eval_batch.is_some() {
+        1
+    } else {
+        run.batch_size
+    };
+    run.check_sizes(&model_file(path), limit, planned)?;
+    if let Some(batch_size) = eval_batch {
+        run.batch_size = run.eval_batch_size(limit, batch_size)?;
+    }
     sd.check_finite()?;
     let transform = run.transform(&checkpoint_dir(path))?;
     let mut model = run.build_with(ctx, None, transform)?;

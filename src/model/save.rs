@@ -114,7 +114,7 @@ impl Model {
     /// running statistics hold NaN or ±∞ is refused; so is a plain state_dict, which holds
     /// no architecture ([`Model::load_state_dict`] loads one into a model).
     pub fn load(ctx: impl Into<Arc<GpuContext>>, path: impl AsRef<Path>) -> Result<Model> {
-        let (model, _) = run::restore(ctx.into(), path.as_ref())?;
+        let (model, _) = run::restore_trained(ctx.into(), path.as_ref())?;
         Ok(model)
     }
 
