@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{ctx, pattern, time_dispatches};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wgnn::gpu::GpuTensor;
+use wgnn::ops::activation::{self, GELU};
 use wgnn::ops::batchnorm::{
     self, Affine, BatchNormConfig, GpuBatchNorm, LayerBindings, RunningStats,
 };
@@ -273,6 +274,51 @@ fn dropout_and_loss(c: &mut Criterion) {
     group.finish();
 }
 
+/// Every activation's forward and backward over 2^20 elements (memory-bound kernels), and its
+/// CPU reference forward.
+fn activations(c: &mut Criterion) {
+    let ctx = ctx();
+    let len = 1usize << 20;
+    let x = pattern(len);
+    let gx = GpuTensor::from_slice(&ctx, &x, &[len], "x").unwrap();
+    let gdy = GpuTensor::from_slice(&ctx, &pattern(len), &[len], "dy").unwrap();
+    let gout = GpuTensor::zeros(&ctx, &[len], "out").unwrap();
+    let mut all: Vec<activation::AnyActivation> = activation::TOKENS
+        .iter()
+        .map(|t| (t.parse)(&[]).unwrap())
+        .collect();
+    all.push(activation::AnyActivation::new(GELU::tanh()));
+    let mut group = c.benchmark_group("activation_1m");
+    group
+        .throughput(Throughput::Elements(len as u64))
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    for act in &all {
+        let name = act.spec();
+        let forward =
+            activation::forward_dispatch(&ctx, &**act, len, gx.binding(), gout.binding()).unwrap();
+        let backward = activation::backward_dispatch(
+            &ctx,
+            &**act,
+            len,
+            gx.binding(),
+            gdy.binding(),
+            gout.binding(),
+        )
+        .unwrap();
+        group.bench_function(BenchmarkId::new("gpu_forward", &name), |b| {
+            b.iter_custom(|iters| time_dispatches(&ctx, &[&forward], iters))
+        });
+        group.bench_function(BenchmarkId::new("gpu_backward", &name), |b| {
+            b.iter_custom(|iters| time_dispatches(&ctx, &[&backward], iters))
+        });
+        group.bench_function(BenchmarkId::new("cpu_reference_forward", &name), |b| {
+            b.iter(|| activation::reference_forward(&**act, &x))
+        });
+    }
+    group.finish();
+}
+
 /// The adapter's FMA ceiling, which the matmul figures are judged against.
 fn fma_ceiling(c: &mut Criterion) {
     let ctx = ctx();
@@ -288,5 +334,12 @@ fn fma_ceiling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fma_ceiling, matmuls, batch_norm, dropout_and_loss);
+criterion_group!(
+    benches,
+    fma_ceiling,
+    matmuls,
+    batch_norm,
+    dropout_and_loss,
+    activations
+);
 criterion_main!(benches);

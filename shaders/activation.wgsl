@@ -4,8 +4,12 @@
 //   fn act_backward(v: f32, dy: f32, p: f32) -> f32
 // with v the forward's input or output (as the activation's Rust side says) and p its
 // scalar parameter (LeakyReLU's slope).
-//   forward:  out = act_forward(v, p)     (v = x)
+//   forward:  out = act_forward(v, p)     (v = x), and NaN where x is NaN
 //   backward: out = act_backward(v, dy, p)
+// NaN in, NaN out holds for every activation's forward (as in PyTorch), so the kernel
+// enforces it on the bits (shaders/nan.wgsl) rather than trusting the driver's tanh, exp
+// or max with NaN. The backward's NaN rule differs (ReLU's and LeakyReLU's let dy through
+// a NaN), so each act_backward keeps its own.
 
 struct Params {
     len: u32,
@@ -27,7 +31,8 @@ fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = element_index(gid, nwg);
     if (i >= params.len) { return; }
-    out[i] = act_forward(v[i], params.param);
+    let x = v[i];
+    out[i] = keep_nan(x, act_forward(x, params.param));
 }
 
 @compute @workgroup_size(WG)

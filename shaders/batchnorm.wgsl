@@ -9,6 +9,10 @@
 //   dβ = Σ dy, dγ = Σ dy·x̂, dx = γ·invstd/N·(N·dy - dβ - x̂·dγ).
 // With the dropout, y is 0 wherever the ReLU or the dropout stopped the gradient and positive
 // elsewhere, so the backward scales dy by 1/(1-p) where y > 0 and needs no mask of its own.
+// A NaN in a feature's batch makes its mean, variance, 1/std and running statistics NaN, and
+// its whole column (dropped elements too: NaN · 0), as in PyTorch: the variance's clamp at 0
+// and 1/std keep NaN on the bits (shaders/nan.wgsl), whatever the driver's max and
+// inverseSqrt make of it; the fused ReLU keeps it as relu.wgsl does.
 //
 // Stacked plans: the grid's z holds the members (element grids: zrows slices of rows each).
 // Every entry point starts with enter(member), which sets where the member's part of each
@@ -144,13 +148,20 @@ fn save_stats(f: u32, shift: f32, s: vec2<f32>) -> vec2<f32> {
 fn moments(shift: f32, s: vec2<f32>) -> vec2<f32> {
     let n = f32(p.n);
     let mean_shifted = s.x / n;
-    return vec2<f32>(shift + mean_shifted, max(s.y / n - mean_shifted * mean_shifted, 0.0));
+    // Rounding may leave the difference a little below 0; max(NaN, 0) may give 0.
+    let variance = s.y / n - mean_shifted * mean_shifted;
+    return vec2<f32>(shift + mean_shifted, keep_nan(variance, max(variance, 0.0)));
+}
+
+// 1/std from a biased variance.
+fn invstd_of(var_biased: f32) -> f32 {
+    return keep_nan(var_biased, inverseSqrt(var_biased + p.eps));
 }
 
 // Writes feature f's mean and 1/std from the batch's mean and biased variance over n rows,
 // and updates its running statistics; returns (mean, 1/std).
 fn save_moments(f: u32, mean: f32, var_biased: f32, n: f32) -> vec2<f32> {
-    let invstd = inverseSqrt(var_biased + p.eps);
+    let invstd = invstd_of(var_biased);
     saved[sb + f] = mean;
     saved[sb + p.d + f] = invstd;
 
@@ -243,7 +254,7 @@ fn stats_normalize_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
         if (f == 0u && (p.flags & FLAG_COUNT_BATCH) != 0u && live()) { num_batches_tracked[cb] += 1u; }
     } else {
         let m = moments(shift, s);
-        stats = vec2<f32>(m.x, inverseSqrt(m.y + p.eps));
+        stats = vec2<f32>(m.x, invstd_of(m.y));
     }
     let g = gamma[pb + f];
     let b = beta[pb + f];
@@ -266,7 +277,7 @@ fn normalize_column(f: u32, mean: f32, invstd: f32) {
 // Feature f's 1/std from the saved binding: saved as is, or from the running variance.
 fn saved_invstd(f: u32) -> f32 {
     if ((p.flags & FLAG_FROM_VARIANCE) != 0u) {
-        return inverseSqrt(saved[sb + p.d + f] + p.eps);
+        return invstd_of(saved[sb + p.d + f]);
     }
     return saved[sb + p.d + f];
 }

@@ -1,7 +1,9 @@
 // Binary cross-entropy with logits, torch.nn.BCEWithLogitsLoss's stable form:
 //   loss_i = (1 - y)·x + (1 + (pw - 1)·y)·(log1p(exp(-|x|)) + max(-x, 0))
 //   ∂loss_i/∂x = (1 + (pw - 1)·y)·σ(x) - pw·y
-// multiplied by step.loss_scale (1/N for 'mean', 1 otherwise).
+// multiplied by step.loss_scale (1/N for 'mean', 1 otherwise). A NaN logit gives a NaN loss
+// and gradient, as in PyTorch, kept on the bits whatever the driver's exp, log and max make
+// of NaN.
 // bce_with_logits_totals does the same in one workgroup and folds the batch into the running
 // totals itself (fold_batch, shaders/totals.wgsl); with flag bit 1, also the bias gradient
 // of the Linear before the loss, Σ of the gradient (column_sums, shaders/loss_columns.wgsl).
@@ -47,13 +49,13 @@ fn bce_row(m: u32, r: u32) -> vec4<f32> {
     let lw = 1.0 + (p.pos_weight - 1.0) * y;
     let e = exp(-abs(x));
     let softplus_tail = log1p(e);
-    let loss = (1.0 - y) * x + lw * (softplus_tail + max(-x, 0.0));
+    let loss = keep_nan(x, (1.0 - y) * x + lw * (softplus_tail + max(-x, 0.0)));
     let sigmoid = select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
     let correct = select(0.0, 1.0, (x > 0.0) == (y > 0.5));
     let row = vec4<f32>(loss * step.loss_scale, correct, 1.0, 0.0);
     rows[i] = row;
     if ((p.flags & 1u) != 0u) {
-        grad[i] = (lw * sigmoid - p.pos_weight * y) * step.loss_scale;
+        grad[i] = keep_nan(x, lw * sigmoid - p.pos_weight * y) * step.loss_scale;
     }
     return row;
 }

@@ -53,6 +53,10 @@ fn class_weight(j: u32) -> f32 {
 // Row max m and its first index (torch.argmax's tie rule), and s = Σ exp(x - m).
 // lse - x_j is formed as (m - x_j) + log s: adding log s to m first would round it at m's
 // magnitude (1e-3 at 1e4) and spoil every probability.
+// Where some x - m is NaN — a NaN logit, or ∞ - ∞ for a +∞ logit or a row of -∞ — the row's
+// log-softmax is NaN in PyTorch: log s and 1/s are then that NaN, so the row's loss,
+// gradient and probabilities are NaN by arithmetic, whatever the driver's exp and log make
+// of NaN.
 struct RowStats { max: f32, log_sum: f32, inv_sum: f32, argmax: u32 }
 
 fn row_stats(base: u32) -> RowStats {
@@ -63,8 +67,14 @@ fn row_stats(base: u32) -> RowStats {
         if (v > m) { m = v; arg = j; }
     }
     var s = 0.0;
-    for (var j = 0u; j < p.c; j++) { s += exp(logits[base + j] - m); }
-    return RowStats(m, log(s), 1.0 / s, arg);
+    // 0, or the last NaN x - m.
+    var nan_diff = 0.0;
+    for (var j = 0u; j < p.c; j++) {
+        let d = logits[base + j] - m;
+        nan_diff = keep_nan(d, nan_diff);
+        s += exp(d);
+    }
+    return RowStats(m, keep_nan(nan_diff, log(s)), keep_nan(nan_diff, 1.0 / s), arg);
 }
 
 // -log p_j = lse - x_j

@@ -55,12 +55,14 @@ fn a_profile_has_every_dispatch_of_the_step_in_plan_order() {
             assert!(profile.gpu_seconds > 0.0 && profile.gpu_seconds < 10.0);
             if ctx().has_pass_timestamps() {
                 assert_eq!(profile.clock, Clock::Timestamps);
-                // The dispatches' medians and the span's median come from the same steps:
-                // they agree to well within a factor of two (an off-by-one in the query
-                // indices would not).
-                let sum = profile.dispatch_seconds();
-                let ratio = sum / profile.gpu_seconds;
-                assert!((0.5..2.0).contains(&ratio), "{sum} against {profile:?}");
+                // In one step the dispatches' times add up to its span (an off-by-one in the
+                // query indices would not). Over several, medians need not: a stall (the
+                // software adapter's threads preempted) hits a different dispatch in each
+                // step, and enters the span's median but no dispatch's.
+                let single = model.profile(mode, 1).unwrap();
+                let sum = single.dispatch_seconds();
+                let ratio = sum / single.gpu_seconds;
+                assert!((0.5..2.0).contains(&ratio), "{sum} against {single:?}");
             } else {
                 assert_eq!(profile.clock, Clock::Wall);
             }

@@ -1,5 +1,6 @@
 // GELU (approximate='none'): y = x · Φ(x), Φ(x) = ½ · erfc(−x/√2);
-// backward from the input x: dx = dy · (Φ(x) + x · φ(x)), φ(x) = e^(−x²/2) / √(2π).
+// backward from the input x: dx = dy · (Φ(x) + x · φ(x)), φ(x) = e^(−x²/2) / √(2π); NaN
+// for a NaN x whatever the driver's exp gives for it (the forward kernel keeps NaN itself).
 
 // erfc(z) for z ≥ 0: Numerical Recipes' erfcc, fractional error below 1.2e-7 everywhere,
 // so the tail Φ(−|x|) keeps its relative precision where 1 − erf would cancel.
@@ -22,5 +23,5 @@ fn act_forward(x: f32, p: f32) -> f32 {
 
 fn act_backward(x: f32, g: f32, p: f32) -> f32 {
     let pdf = exp(-0.5 * x * x) * 0.39894228;
-    return g * (normal_cdf(x) + x * pdf);
+    return keep_nan(x, g * (normal_cdf(x) + x * pdf));
 }

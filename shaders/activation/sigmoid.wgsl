@@ -1,5 +1,6 @@
 // Sigmoid: y = 1 / (1 + e^(−x)); backward from the output y: dx = dy · y · (1 − y).
-// e^(−x) overflows to ∞ for x < −88, giving 0; NaN stays NaN.
+// e^(−x) overflows to ∞ for x < −88, giving 0. NaN stays NaN: the forward kernel keeps it
+// (activation.wgsl), and the backward's arithmetic passes a NaN y or dy on.
 
 fn act_forward(x: f32, p: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));

@@ -46,6 +46,8 @@ impl std::fmt::Debug for ActivationShader {
     }
 }
 
+/// NaN tests on the bits, for the kernels that pass NaN on.
+const NAN: &str = include_str!("../../shaders/nan.wgsl");
 /// The per-step uniform, shared by the kernels that read it.
 const STEP: &str = include_str!("../../shaders/step.wgsl");
 const PHILOX: &str = include_str!("../../shaders/philox.wgsl");
@@ -80,12 +82,13 @@ impl Shader {
                 include_str!("../../shaders/matmul_broadcast_nn.wgsl"),
             ],
             Shader::BatchNorm => &[
+                NAN,
                 STEP,
                 PHILOX,
                 RELU,
                 include_str!("../../shaders/batchnorm.wgsl"),
             ],
-            Shader::Activation(a) => return vec![ACTIVATION, a.source],
+            Shader::Activation(a) => return vec![NAN, ACTIVATION, a.source],
             Shader::Dropout => &[STEP, PHILOX, include_str!("../../shaders/dropout.wgsl")],
             // The dropout kernel's parameters and bindings, and an entry writing raw words.
             Shader::PhiloxWords => &[
@@ -96,12 +99,14 @@ impl Shader {
             ],
             Shader::Preprocess => &[include_str!("../../shaders/preprocess.wgsl")],
             Shader::SoftmaxXent => &[
+                NAN,
                 STEP,
                 TOTALS,
                 LOSS_COLUMNS,
                 include_str!("../../shaders/softmax_xent.wgsl"),
             ],
             Shader::Bce => &[
+                NAN,
                 STEP,
                 TOTALS,
                 LOSS_COLUMNS,

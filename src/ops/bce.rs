@@ -318,6 +318,47 @@ mod tests {
         }
     }
 
+    /// A NaN logit gives a NaN loss and gradient, as in PyTorch, whatever the driver's
+    /// `exp`, `log` and `max` make of NaN; ±∞ give what the formula gives.
+    #[test]
+    fn nan_logits_give_nan_loss_and_gradient_as_pytorch() {
+        let x = [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            2.0,
+        ];
+        let y = [1.0, 0.0, 1.0, 0.5, 1.0, 1.0, 0.0, 0.0, 1.0];
+        let n = x.len();
+        let ctx = ctx();
+        let gx = GpuTensor::from_slice(ctx, &x, &[n, 1], "x").unwrap();
+        for pos_weight in [1.0f32, 2.5] {
+            let config = BceConfig {
+                pos_weight,
+                reduction: Reduction::None,
+            };
+            let (loss, grad) = bce_with_logits(ctx, &gx, &y, config).unwrap();
+            let (want_loss, want_grad) = reference(&x, &y, config);
+            assert!(want_loss[..4].iter().all(|v| v.is_nan()), "{want_loss:?}");
+            assert!(want_grad[..4].iter().all(|v| v.is_nan()), "{want_grad:?}");
+            let tol = Tolerance::new(1e-6, 1e-5);
+            assert_close(&format!("loss, {config:?}"), &loss, &want_loss, tol);
+            let grad: Vec<f32> = grad.read(ctx).unwrap();
+            assert_close(&format!("grad, {config:?}"), &grad, &want_grad, tol);
+            let mean = BceConfig {
+                reduction: Reduction::Mean,
+                ..config
+            };
+            let (loss, _) = bce_with_logits(ctx, &gx, &y, mean).unwrap();
+            assert!(loss[0].is_nan(), "{loss:?}");
+        }
+    }
+
     #[test]
     fn reference_matches_the_textbook_formula_and_finite_differences() {
         let x = [0.3f32, -1.2, 2.0];

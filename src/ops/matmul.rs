@@ -783,26 +783,58 @@ mod tests {
         assert_eq!(Variant::for_adapter(&odd_k, cpu), Variant::General);
     }
 
+    /// Whether the adapter must offer 8-lane subgroups: lavapipe, llvmpipe's Vulkan driver,
+    /// does from Mesa 25 on. wgpu's GL backend has no subgroups, on llvmpipe as anywhere.
+    fn subgroups_of_8_expected(adapter: &crate::gpu::AdapterSummary) -> bool {
+        let mesa_major = adapter
+            .driver_info
+            .split("Mesa ")
+            .nth(1)
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+        adapter.backend == wgpu::Backend::Vulkan && adapter.is_cpu() && mesa_major >= Some(25)
+    }
+
+    #[test]
+    fn subgroups_are_expected_of_lavapipe_from_mesa_25_and_not_of_gl() {
+        // As wgpu describes llvmpipe on each backend.
+        let llvmpipe = |backend, driver_info: &str| crate::gpu::AdapterSummary {
+            name: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+            backend,
+            device_type: wgpu::DeviceType::Cpu,
+            driver: "llvmpipe".into(),
+            driver_info: driver_info.into(),
+        };
+        let vulkan =
+            |mesa: &str| llvmpipe(wgpu::Backend::Vulkan, &format!("Mesa {mesa} (LLVM 15.0.6)"));
+        assert!(subgroups_of_8_expected(&vulkan("25.0.7-2~bpo12+1")));
+        assert!(!subgroups_of_8_expected(&vulkan("22.3.6")));
+        let gl = llvmpipe(
+            wgpu::Backend::Gl,
+            "4.5 (Core Profile) Mesa 25.0.7-2~bpo12+1",
+        );
+        assert!(!subgroups_of_8_expected(&gl));
+        // The adapter these tests run on: where expected, the feature is there.
+        let adapter = ctx().adapter();
+        if subgroups_of_8_expected(adapter) {
+            assert!(ctx().has_subgroups_of_8(), "{adapter}");
+        }
+    }
+
     /// The context for the broadcast variants, or None (after saying so) where the adapter
-    /// lacks 8-lane subgroups (lavapipe from Mesa 25 has them; older ones may not).
+    /// lacks 8-lane subgroups and is not expected to have them (lavapipe from Mesa 25 has
+    /// them; older ones and GL do not).
     fn subgroup_ctx() -> Option<&'static GpuContext> {
         let ctx = ctx();
         if ctx.has_subgroups_of_8() {
             return Some(ctx);
         }
-        // Where CI runs (lavapipe from Mesa 25) these tests must not skip.
-        let mesa_major = ctx
-            .adapter()
-            .driver_info
-            .split("Mesa ")
-            .nth(1)
-            .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+        // Where CI runs them on Vulkan (lavapipe from Mesa 25) these tests must not skip.
         assert!(
-            !(ctx.adapter().is_cpu() && mesa_major >= Some(25)),
+            !subgroups_of_8_expected(ctx.adapter()),
             "lavapipe from Mesa 25 offers 8-lane subgroups: {}",
             ctx.adapter()
         );
-        eprintln!("skipped: {} lacks subgroups of 8 lanes", ctx.adapter().name);
+        eprintln!("skipped: {} lacks subgroups of 8 lanes", ctx.adapter());
         None
     }
 

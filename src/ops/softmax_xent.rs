@@ -154,10 +154,16 @@ pub fn reference(
         let w_t = config.class_weight(t);
         total_weight += w_t;
         let nll = lse - f64::from(row[t]);
-        let smooth: f64 = (0..c)
-            .map(|j| config.class_weight(j) * (lse - f64::from(row[j])))
-            .sum();
-        losses.push((1.0 - eps) * w_t * nll + eps / c as f64 * smooth);
+        // Without smoothing the term is absent, not 0 · ∞ where a logit is -∞.
+        let smooth: f64 = if eps > 0.0 {
+            let sum: f64 = (0..c)
+                .map(|j| config.class_weight(j) * (lse - f64::from(row[j])))
+                .sum();
+            eps / c as f64 * sum
+        } else {
+            0.0
+        };
+        losses.push((1.0 - eps) * w_t * nll + smooth);
         for j in 0..c {
             let p = (f64::from(row[j]) - lse).exp();
             let onehot = if j == t { 1.0 } else { 0.0 };
@@ -725,6 +731,64 @@ mod tests {
         );
         assert!(want_loss[0].is_nan());
         assert_eq!(want_grad, vec![0.0; 4]);
+    }
+
+    /// A NaN or +∞ logit, or a row of -∞ only, makes the row's loss, gradient and softmax NaN,
+    /// as in PyTorch (its log-softmax subtracts the row max: ∞ - ∞), whatever the driver's
+    /// `exp` makes of NaN; a -∞ logit beside finite ones has probability 0 and leaves the row
+    /// finite. Row by row, with label smoothing and class weights, and in the mean.
+    #[test]
+    fn nan_and_infinite_logits_give_nan_rows_as_pytorch() {
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        let c = 4;
+        #[rustfmt::skip]
+        let logits = [
+            nan, 1.0, 2.0, 3.0,
+            1.0, 2.0, -nan, 0.0,
+            1.0, 2.0, 0.0, f32::from_bits(0x7f80_0001),
+            inf, 0.0, 1.0, 2.0,
+            -inf, 0.0, 1.0, 2.0,
+            -inf, -inf, -inf, -inf,
+            0.5, -1.0, 2.0, 0.25,
+        ];
+        let t = [2, 0, 2, 1, 2, 0, 3];
+        let n = t.len();
+        let poisoned = [true, true, true, true, false, true, false];
+        let ctx = ctx();
+        let g = GpuTensor::from_slice(ctx, &logits, &[n, c], "logits").unwrap();
+        let smoothed = CrossEntropyConfig {
+            weight: Some(vec![0.5, 1.0, 2.0, 1.5]),
+            label_smoothing: 0.1,
+            ..Default::default()
+        };
+        for config in [CrossEntropyConfig::default(), smoothed] {
+            let per_row = CrossEntropyConfig {
+                reduction: Reduction::None,
+                ..config.clone()
+            };
+            let (want, want_grad) = reference(&logits, c, &t, &per_row);
+            for (r, &nan_row) in poisoned.iter().enumerate() {
+                let row = &want_grad[r * c..(r + 1) * c];
+                assert_eq!(want[r].is_nan(), nan_row, "reference, row {r}");
+                assert!(
+                    row.iter().all(|v| v.is_nan() == nan_row),
+                    "reference, row {r}"
+                );
+            }
+            check(n, c, &per_row, &logits, &t);
+            let (mean, _) = cross_entropy(ctx, &g, &t, &config).unwrap();
+            assert!(mean[0].is_nan(), "{config:?}: mean {mean:?}");
+        }
+        let probs: Vec<f32> = softmax(ctx, &g).unwrap().read(ctx).unwrap();
+        let want = reference_softmax(&logits, c);
+        for (r, &nan_row) in poisoned.iter().enumerate() {
+            assert!(
+                want[r * c..(r + 1) * c]
+                    .iter()
+                    .all(|v| v.is_nan() == nan_row)
+            );
+        }
+        assert_close("softmax", &probs, &want, Tolerance::new(1e-6, 1e-5));
     }
 
     #[test]

@@ -93,24 +93,46 @@ fn reference_gradients_match_finite_differences() {
     }
 }
 
+/// NaN in, NaN out, whatever the driver's built-ins (tanh, exp, max) make of NaN: the
+/// kernels' NaNs are the reference's (PyTorch's), forward and backward, for NaNs of either
+/// sign and any payload, in the input (or the output the backward reads) and in dy.
 #[test]
 fn nan_propagates_through_every_activation() {
     let ctx = ctx();
-    let x = [f32::NAN, 1.0, -1.0];
+    let nans = [
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffff_ffff),
+    ];
+    let mut x = vec![1.0, -1.0, 0.0, -0.0, 0.3, -2.5, 30.0, -30.0];
+    x.extend(nans);
+    let n = x.len();
+    // dy: NaN where x is finite and finite where x is NaN, then NaN against NaN.
+    let mut dy = vec![0.5; n];
+    dy[..nans.len()].copy_from_slice(&nans);
+    dy[n - 1] = f32::NAN;
+    let tol = Tolerance::new(1e-6, 2e-6);
     for activation in every_activation() {
-        let gx = GpuTensor::from_slice(ctx, &x, &[3], "x").unwrap();
+        let name = activation.spec();
+        let gx = GpuTensor::from_slice(ctx, &x, &[n], "x").unwrap();
         let y: Vec<f32> = forward(ctx, &*activation, &gx).unwrap().read(ctx).unwrap();
-        assert!(
-            y[0].is_nan(),
-            "{}: GPU forward of NaN gave {}",
-            activation.spec(),
-            y[0]
-        );
-        assert!(
-            activation.forward(f32::NAN, activation.param()).is_nan(),
-            "{}",
-            activation.spec()
-        );
+        let y_ref = reference_forward(&*activation, &x);
+        assert!(y_ref[n - nans.len()..].iter().all(|v| v.is_nan()), "{name}");
+        assert_close(&format!("{name} forward"), &y, &y_ref, tol);
+
+        let v = match activation.derivative_from() {
+            DerivativeFrom::Input => &x,
+            DerivativeFrom::Output => &y_ref,
+        };
+        let gv = GpuTensor::from_slice(ctx, v, &[n], "v").unwrap();
+        let gdy = GpuTensor::from_slice(ctx, &dy, &[n], "dy").unwrap();
+        let dx: Vec<f32> = backward(ctx, &*activation, &gv, &gdy)
+            .unwrap()
+            .read(ctx)
+            .unwrap();
+        let dx_ref = reference_backward(&*activation, v, &dy);
+        assert_close(&format!("{name} backward"), &dx, &dx_ref, tol);
     }
 }
 

@@ -376,43 +376,88 @@ fn uniforms_mirror_the_shader() {
 #[test]
 fn the_fused_relu_keeps_nan_as_pytorch() {
     // x[1, 2] is NaN: in eval mode that element stays NaN through the ReLU; in train mode the
-    // batch statistics of feature 2 are NaN, and so is its whole column.
+    // batch statistics of feature 2 are NaN (its running mean and variance too, whatever the
+    // driver's max makes of NaN), and so is its whole column, dropped elements included
+    // (NaN · 0).
     let c = case(6, 5, 0.3, 2.0);
     let mut x = c.x.clone();
     x[c.d + 2] = f32::NAN;
     let config = BatchNormConfig::default();
     for ctx in [ctx(), gpu_style_ctx()] {
-        let running = RunningStats::new(c.d);
-        let bn = GpuBatchNorm::new(ctx, &c.gamma, &c.beta, &running, config).unwrap();
-        let gx = GpuTensor::from_slice(ctx, &x, &[c.n, c.d], "x").unwrap();
-        let eval: Vec<f32> = bn.forward_eval(ctx, &gx, true).unwrap().read(ctx).unwrap();
-        let want = reference_eval(
-            &x,
-            c.d,
-            Affine {
-                gamma: &c.gamma,
-                beta: &c.beta,
-                config,
-                relu: true,
-            },
-            &running,
-        );
-        assert!(eval[c.d + 2].is_nan() && want[c.d + 2].is_nan(), "{eval:?}");
-        assert_close(
-            "bn eval relu with NaN",
-            &eval,
-            &want,
-            Tolerance::new(1e-5, 1e-4),
-        );
-        let (y, _) = bn.forward_train(ctx, &gx, true, None, STEP).unwrap();
-        let y: Vec<f32> = y.read(ctx).unwrap();
-        let column: Vec<f32> = (0..c.n).map(|r| y[r * c.d + 2]).collect();
-        assert!(column.iter().all(|v| v.is_nan()), "{column:?}");
-        assert!(
-            y.iter()
-                .enumerate()
-                .all(|(i, v)| i % c.d == 2 || v.is_finite())
-        );
+        for dropout in [None, Some(fused_dropout(0.5))] {
+            let label = format!(
+                "gpu kernels {}, dropout {}",
+                ctx.kernels().parallel_reductions,
+                dropout.is_some()
+            );
+            let mut running = RunningStats::new(c.d);
+            let bn = GpuBatchNorm::new(ctx, &c.gamma, &c.beta, &running, config).unwrap();
+            let gx = GpuTensor::from_slice(ctx, &x, &[c.n, c.d], "x").unwrap();
+            let eval: Vec<f32> = bn.forward_eval(ctx, &gx, true).unwrap().read(ctx).unwrap();
+            let want = reference_eval(
+                &x,
+                c.d,
+                Affine {
+                    gamma: &c.gamma,
+                    beta: &c.beta,
+                    config,
+                    relu: true,
+                },
+                &running,
+            );
+            assert!(eval[c.d + 2].is_nan() && want[c.d + 2].is_nan(), "{eval:?}");
+            assert_close(
+                &format!("{label}: eval relu with NaN"),
+                &eval,
+                &want,
+                Tolerance::new(1e-5, 1e-4),
+            );
+            let (y, saved) = bn.forward_train(ctx, &gx, true, dropout, STEP).unwrap();
+            let y: Vec<f32> = y.read(ctx).unwrap();
+            let column: Vec<f32> = (0..c.n).map(|r| y[r * c.d + 2]).collect();
+            assert!(column.iter().all(|v| v.is_nan()), "{label}: {column:?}");
+            assert!(
+                y.iter()
+                    .enumerate()
+                    .all(|(i, v)| i % c.d == 2 || v.is_finite()),
+                "{label}: {y:?}"
+            );
+            let (_, want) = reference_train(
+                &x,
+                (c.n, c.d),
+                Affine {
+                    gamma: &c.gamma,
+                    beta: &c.beta,
+                    config,
+                    relu: true,
+                },
+                &mut running,
+            );
+            let saved: Vec<f32> = saved.read(ctx).unwrap();
+            let tol = Tolerance::new(1e-5, 2e-4);
+            assert!(want.mean[2].is_nan() && want.invstd[2].is_nan());
+            assert_close(&format!("{label}: mean"), &saved[..c.d], &want.mean, tol);
+            assert_close(
+                &format!("{label}: invstd"),
+                &saved[c.d..],
+                &want.invstd,
+                tol,
+            );
+            let got = bn.running_stats(ctx).unwrap();
+            assert!(running.mean[2].is_nan() && running.var[2].is_nan());
+            assert_close(
+                &format!("{label}: running_mean"),
+                &got.mean,
+                &running.mean,
+                tol,
+            );
+            assert_close(
+                &format!("{label}: running_var"),
+                &got.var,
+                &running.var,
+                tol,
+            );
+        }
     }
 }
 
