@@ -298,3 +298,49 @@ fn members_must_share_the_optimizer_kind_and_a_dropout_to_sweep() {
     }]);
     assert!(err.contains("not a Dropout layer"), "{err}");
 }
+
+#[test]
+fn a_stack_past_the_devices_binding_limit_is_refused_naming_what_fits() {
+    // 3072 inputs at batch 4096: the input alone is 48 MiB a member.
+    let config = ModelConfig {
+        sample_shape: vec![3072],
+        batch_size: 4096,
+        seed: 0,
+    };
+    let arch = Sequential::lecture_mlp(3072, 10, 0.2);
+    let lone = Model::new(
+        ctx(),
+        arch.clone(),
+        CrossEntropyLoss::new(),
+        sgd(),
+        config.clone(),
+    )
+    .unwrap();
+    let fits = lone.stack_capacity();
+    let limit = ctx().max_binding_bytes();
+    assert_eq!(fits as u64, limit / (4096 * 3072 * 4), "limit {limit}");
+    drop(lone);
+    let members = (0..fits as u64 + 1)
+        .map(|k| MemberConfig::new(k, sgd()))
+        .collect();
+    let err = Model::stack(
+        ctx(),
+        None,
+        arch,
+        CrossEntropyLoss::new(),
+        config,
+        members,
+        None,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    let per_member = (4096 * 3072 * 4).to_string();
+    assert!(
+        err.contains(&format!("a stack of {} members", fits + 1))
+            && err.contains(&per_member)
+            && err.contains(&format!("holds {fits} member(s)"))
+            && err.contains(&limit.to_string()),
+        "{err}"
+    );
+}

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use crate::data::Transform;
 use crate::error::{Error, Result};
+use crate::exec::state::StateLayout;
 use crate::gpu::GpuContext;
-use crate::graph::{DropoutOverrides, HostState, Mode, Totals};
+use crate::graph::{DropoutOverrides, Graph, HostState, Mode, Totals};
 use crate::nn::{Layer, Loss, Sequential};
 use crate::ops::reduce::RawTotals;
 use crate::optim::Optimizer;
@@ -82,6 +83,18 @@ pub enum StackError {
         member: usize,
         layer: usize,
         why: String,
+    },
+    #[error(
+        "a stack of {members} members needs {bytes_per_member} bytes per member in one binding \
+         ({what}); the device's limit of {limit} bytes holds {fits} member(s): split it into \
+         stacks of at most {fits}"
+    )]
+    TooLarge {
+        members: usize,
+        bytes_per_member: u64,
+        what: &'static str,
+        limit: u64,
+        fits: usize,
     },
     #[error("member {member} does not exist: the stack has {members}")]
     NoMember { member: usize, members: usize },
@@ -163,7 +176,57 @@ pub(super) fn check_members(
     Ok(DropoutOverrides(overrides))
 }
 
+/// The most members of `graph` one stack holds on a device whose bindings hold `limit`
+/// bytes (every binding holds every member's part), with the largest part and what it is.
+pub fn capacity(graph: &Graph, align: usize, limit: u64) -> (usize, u64, &'static str) {
+    let layout = StateLayout::new(graph, align);
+    let widest_value = graph.values.iter().map(|v| v.len()).max().unwrap_or(0);
+    let parts = [
+        (layout.params_len, "parameters"),
+        (layout.floats_len, "running statistics"),
+        (layout.counts_len, "counters"),
+        (widest_value, "the widest activation"),
+    ];
+    let (elements, what) = parts
+        .into_iter()
+        .max_by_key(|(n, _)| *n)
+        .unwrap_or((1, "parameters"));
+    let bytes = (elements.max(1) as u64).saturating_mul(4);
+    let fits = (limit / bytes).min(MAX_MEMBERS as u64) as usize;
+    (fits, bytes, what)
+}
+
+/// Refuses a stack of `members` that the device's bindings cannot hold, naming the limit,
+/// the bytes each member needs and how many fit.
+pub(super) fn check_capacity(
+    ctx: &GpuContext,
+    graph: &Graph,
+    members: usize,
+) -> std::result::Result<(), StackError> {
+    let align = (ctx.limits().min_storage_buffer_offset_alignment as usize / 4).max(1);
+    let limit = ctx.max_binding_bytes();
+    let (fits, bytes_per_member, what) = capacity(graph, align, limit);
+    if members > fits {
+        return Err(StackError::TooLarge {
+            members,
+            bytes_per_member,
+            what,
+            limit,
+            fits,
+        });
+    }
+    Ok(())
+}
+
 impl Model {
+    /// The most members one stack of this model's graph holds on its device: a larger group
+    /// trains as several stacks of at most this many.
+    pub fn stack_capacity(&self) -> usize {
+        let ctx = &self.ctx;
+        let align = (ctx.limits().min_storage_buffer_offset_alignment as usize / 4).max(1);
+        capacity(self.graph(), align, ctx.max_binding_bytes()).0
+    }
+
     /// A stack of `members.len()` models of one architecture, trained side by side in one
     /// plan (see [`crate::model::members`]); each member starts from its `state` when given,
     /// else from PyTorch's initialization under its own seed. `config.seed` is ignored: each

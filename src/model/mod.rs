@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use batch::DeviceBatch;
-pub use members::{MAX_MEMBERS, MemberConfig, StackError};
+pub use members::{MAX_MEMBERS, MemberConfig, StackError, capacity};
 pub use report::{Counters, PlanReport};
 pub use state::StateProblem;
 pub use validate::BatchError;
@@ -199,6 +199,7 @@ impl Model {
                 .validate()
                 .map_err(|e| crate::graph::BuildError::Config(e.to_string()))?;
         }
+        members::check_capacity(&ctx, &graph, members.len())?;
         let hosts = match states {
             Some(states) => {
                 if states.len() != members.len() {
