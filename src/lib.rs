@@ -22,6 +22,7 @@ pub mod error;
 pub mod exec;
 pub mod gpu;
 pub mod graph;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod ops;

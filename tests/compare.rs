@@ -134,7 +134,7 @@ fn replot_redraws_from_the_csv_without_training() {
     let file = dir.path().join("e.toml");
     std::fs::write(
         &file,
-        "name = \"e\"\nseeds = [0]\n[grid]\nlr = [0.1, 0.2]\n",
+        "name = \"e\"\nseeds = [0]\n[base]\nepochs = 2\n[grid]\nlr = [0.1, 0.2]\n",
     )
     .unwrap();
     let out = dir.path().join("out");

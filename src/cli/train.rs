@@ -22,7 +22,7 @@ use wgnn::gpu::GpuContext;
 use wgnn::run::Preprocessing;
 
 /// Epochs of a new run unless --epochs says otherwise.
-const DEFAULT_EPOCHS: usize = 12;
+pub(super) const DEFAULT_EPOCHS: usize = 12;
 /// Dropout of the default architecture, the lecture's MLP.
 const LECTURE_DROPOUT: f32 = 0.2;
 /// Where new runs go without --out: a numbered directory each.
@@ -359,11 +359,19 @@ fn share(
 /// The run the flags describe, its data (loaded once, to learn its shape and classes, and
 /// raw: the model preprocesses), and its preprocessing fitted on the training split.
 pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>, Splits)> {
+    let data = data_config(args)?;
+    let splits = data.load()?;
+    let (run, transform) = run_on(args, data, &splits)?;
+    Ok((run, transform, splits))
+}
+
+/// Where the flags' data comes from and how it is read.
+pub(super) fn data_config(args: &TrainArgs) -> Result<DataConfig> {
     let normalize: Preprocess = args
         .normalize
         .parse()
         .map_err(wgnn::data::DataError::from)?;
-    let data = DataConfig {
+    Ok(DataConfig {
         path: args.data.clone(),
         test_path: args.test_data.clone(),
         holdout: args.holdout,
@@ -372,8 +380,20 @@ pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>,
         delimiter: args.csv.delimiter,
         normalize: normalize != Preprocess::None,
         check_finite: args.check_finite,
-    };
-    let splits = data.load()?;
+    })
+}
+
+/// The run the flags describe on `splits` (loaded from `data`), with its preprocessing
+/// fitted on the training split.
+pub(super) fn run_on(
+    args: &TrainArgs,
+    data: DataConfig,
+    splits: &Splits,
+) -> Result<(RunConfig, Option<Transform>)> {
+    let normalize: Preprocess = args
+        .normalize
+        .parse()
+        .map_err(wgnn::data::DataError::from)?;
     let classes = match args.classes {
         Some(classes) => {
             splits.train.check_labels(classes)?;
@@ -451,7 +471,7 @@ pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>,
             sync_bn: args.sync_bn,
         },
     };
-    Ok((run, transform, splits))
+    Ok((run, transform))
 }
 
 /// The model's last Linear must give one logit per class (one for BCE).
