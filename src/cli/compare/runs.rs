@@ -46,14 +46,13 @@ struct DataCache {
 
 impl DataCache {
     fn get(&mut self, data: &DataConfig) -> wgnn::Result<&Splits> {
-        if self.loaded.as_ref().is_none_or(|(c, _)| c != data) {
-            self.loaded = None;
-            self.loaded = Some((data.clone(), data.load()?));
-        }
-        match &self.loaded {
-            Some((_, splits)) => Ok(splits),
-            None => unreachable!("loaded just above"),
-        }
+        // Other data is dropped before the next is loaded.
+        let kept = self.loaded.take().filter(|(c, _)| c == data);
+        let loaded = match kept {
+            Some(kept) => kept,
+            None => (data.clone(), data.load()?),
+        };
+        Ok(&self.loaded.insert(loaded).1)
     }
 }
 
@@ -225,7 +224,7 @@ impl Session<'_> {
                         path: path.clone(),
                         message: format!(
                             "variant {:?} seed {seed}: {e} (the runs that ended are kept in \
-                             {}: the same command again resumes)",
+                             {}: the same command again resumes, --overwrite starts over)",
                             variant.name,
                             self.dir.path().display()
                         ),
