@@ -229,7 +229,7 @@ pub fn write_comparison(path: &Path, variants: &[VariantRuns]) -> Result<()> {
 /// a line, the min–max band over seeds around it, a cross on the panel's edge at the epoch
 /// where a run diverged (on the accuracy panel's floor, the loss panel's ceiling). Neither
 /// the crosses nor a few exploding losses stretch an axis: the loss axis ends one decade above
-/// the bulk of the values ([`loss_axis_top`]) and what lies beyond is drawn on its edge,
+/// the bulk of the values and what lies beyond is drawn on its edge,
 /// marked ▲. The legend sits below the panels, off the curves.
 pub fn comparison_svg(variants: &[VariantRuns]) -> Result<String> {
     let fail = |message: String| Error::Io {

@@ -10,7 +10,7 @@
 //! handed to [`train_run`] is one run; the rest (the list, the records, the outputs) does not
 //! depend on how a run's epochs are computed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -173,27 +173,48 @@ fn read_kept(path: &Path, experiment: &Experiment, variant: &str, seed: u64) -> 
     }
 }
 
+/// One run of the experiment: a variant (its index), a seed, and its number in the file's
+/// order (from 1), as the progress lines count.
+#[derive(Clone, Copy, Debug)]
+struct RunId {
+    variant: usize,
+    seed: u64,
+    number: usize,
+}
+
 impl Session<'_> {
     /// Every run, in the file's order; returns their records. The runs that ended before are
-    /// kept; after each run that ends here, `on_record` sees every record there is.
+    /// kept; the others are trained, or resumed, one at a time (`train_run`: the
+    /// unit a group of runs trained together would replace), and after each `on_record` sees
+    /// every record there is.
     pub fn run_all(
         &mut self,
         mut on_record: impl FnMut(&[RunRecord]) -> Result<()>,
     ) -> Result<Vec<RunRecord>> {
         let experiment = self.experiment;
         let total = experiment.runs();
-        let variants = experiment.variants.len();
-        // Which runs ended before: kept as they are.
+        let runs = experiment
+            .variants
+            .iter()
+            .enumerate()
+            .flat_map(|(v, _)| experiment.seeds.iter().map(move |&seed| (v, seed)));
+        // The runs that ended before are kept as they are; the others are pending.
         let mut kept = Vec::new();
-        for (v, variant) in experiment.variants.iter().enumerate() {
-            for &seed in &experiment.seeds {
-                let path = self.dir.run_path(v, variants, seed);
-                if path.join(RUN_RESULT_FILE).exists() {
-                    kept.push(read_kept(&path, experiment, &variant.name, seed)?);
-                }
+        let mut pending = Vec::new();
+        for (i, (variant, seed)) in runs.enumerate() {
+            let id = RunId {
+                variant,
+                seed,
+                number: i + 1,
+            };
+            let path = self.path(id);
+            if path.join(RUN_RESULT_FILE).exists() {
+                let name = &experiment.variants[variant].name;
+                kept.push((id, read_kept(&path, experiment, name, seed)?));
+            } else {
+                pending.push(id);
             }
         }
-        let to_train = total - kept.len();
         if !kept.is_empty() {
             println!(
                 "resuming {}: {} of {total} runs ended before and are kept",
@@ -201,60 +222,61 @@ impl Session<'_> {
                 kept.len()
             );
         }
+        let mut records = Vec::with_capacity(total);
+        for (id, record) in kept {
+            println!("{} {} (ended before)", self.prefix(id), record.outcome());
+            records.push(record);
+        }
         let mut data = DataCache::default();
         let start = Instant::now();
-        let (mut trained, mut index) = (0usize, 0usize);
-        let mut records = kept;
-        for (v, variant) in experiment.variants.iter().enumerate() {
-            for &seed in &experiment.seeds {
-                index += 1;
-                let prefix = format!("[{index:>3}/{total}] {} · seed {seed}:", variant.name);
-                if let Some(record) = records
-                    .iter()
-                    .find(|r| r.variant == variant.name && r.seed == seed)
-                {
-                    println!("{prefix} {} (ended before)", record.outcome());
-                    continue;
-                }
-                let path = self.dir.run_path(v, variants, seed);
-                let began = Instant::now();
-                let (record, resumed) = self
-                    .train_run(v, seed, &path, &prefix, &mut data)
+        for (done, &id) in pending.iter().enumerate() {
+            let began = Instant::now();
+            let (record, resumed) =
+                self.train_run(id, &mut data)
                     .map_err(|e| CliError::CompareDir {
-                        path: path.clone(),
+                        path: self.path(id),
                         message: format!(
-                            "variant {:?} seed {seed}: {e} (the runs that ended are kept in \
-                             {}: the same command again resumes, --overwrite starts over)",
-                            variant.name,
+                            "variant {:?} seed {}: {e} (the runs that ended are kept in {}: the \
+                         same command again resumes, --overwrite starts over)",
+                            experiment.variants[id.variant].name,
+                            id.seed,
                             self.dir.path().display()
                         ),
                     })?;
-                trained += 1;
-                let left =
-                    start.elapsed().as_secs_f64() / trained as f64 * (to_train - trained) as f64;
-                println!(
-                    "{}{} ({:.1} s; about {left:.0} s left)",
-                    record.outcome(),
-                    resumed,
-                    began.elapsed().as_secs_f64(),
-                );
-                records.push(record);
-                on_record(&records)?;
-            }
+            let left = start.elapsed().as_secs_f64() / (done + 1) as f64
+                * (pending.len() - done - 1) as f64;
+            println!(
+                "{}{resumed} ({:.1} s; about {left:.0} s left)",
+                record.outcome(),
+                began.elapsed().as_secs_f64(),
+            );
+            records.push(record);
+            on_record(&records)?;
         }
         Ok(records)
     }
 
-    /// Trains one run to its end in `path`: resumed from its last save when there is one,
-    /// else from the start; writes its `result.csv`. Returns its record and how it began.
-    fn train_run(
-        &self,
-        variant: usize,
-        seed: u64,
-        path: &Path,
-        prefix: &str,
-        data: &mut DataCache,
-    ) -> Result<(RunRecord, String)> {
+    fn path(&self, id: RunId) -> PathBuf {
+        let variants = self.experiment.variants.len();
+        self.dir.run_path(id.variant, variants, id.seed)
+    }
+
+    /// `[  3/24] lr=0.1 · seed 2:`, the start of a run's progress line.
+    fn prefix(&self, id: RunId) -> String {
+        format!(
+            "[{:>3}/{}] {} · seed {}:",
+            id.number,
+            self.experiment.runs(),
+            self.experiment.variants[id.variant].name,
+            id.seed
+        )
+    }
+
+    /// Trains one run to its end in its directory: resumed from its last save when there is
+    /// one, else from the start; writes its `result.csv`. Returns its record and how it began.
+    fn train_run(&self, id: RunId, data: &mut DataCache) -> Result<(RunRecord, String)> {
+        let RunId { variant, seed, .. } = id;
+        let path = &self.path(id);
         let experiment = self.experiment;
         let prepared = &self.prepared[variant];
         let mut run = prepared.run.clone();
@@ -297,7 +319,7 @@ impl Session<'_> {
             Some(saved) if position.epochs_done < run.epochs => format!(" (resumed from {saved})"),
             _ => String::new(),
         };
-        print!("{prefix} ");
+        print!("{} ", self.prefix(id));
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let splits = data.get(&run.data)?;
         let options = FitOptions {
