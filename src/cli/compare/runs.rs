@@ -7,8 +7,8 @@
 //! the last save and a rerun resumes from it bit for bit ([`RunDir::resume`]). When a run
 //! ends — trained to its last epoch or stopped by a NaN or infinite loss — its rows of
 //! results.csv are written to its `result.csv`: from then on it is kept as it is. The unit
-//! handed to [`train_run`] is one run; the rest (the list, the records, the outputs) does not
-//! depend on how a run's epochs are computed.
+//! handed to `Session::train_run` is one run; the rest (the list, the records, the outputs)
+//! does not depend on how a run's epochs are computed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
