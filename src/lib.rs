@@ -49,6 +49,7 @@ pub mod exec;
 pub mod gpu;
 #[doc(hidden)]
 pub mod graph;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod ops;

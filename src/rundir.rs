@@ -41,11 +41,12 @@ use crate::error::{Error, Result};
 use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
 use crate::graph::BufferValues;
+use crate::metrics::EpochMetrics;
 use crate::model::Model;
 use crate::run::{
     BATCH_KEY, EPOCH_KEY, Position, RUN_KEY, RunConfig, TOTALS_KEY, format_totals, parse_totals,
 };
-use crate::train::{Checkpoint, EpochMetrics};
+use crate::train::Checkpoint;
 
 /// The lock file every writer of a run directory holds locked.
 pub const LOCK_FILE: &str = ".wgnn-lock";
@@ -747,6 +748,23 @@ pub fn metrics_csv(history: &[EpochMetrics]) -> String {
         ));
     }
     csv
+}
+
+/// A directory locked for one writer, as a [`RunDir`] is, for the other directories wgnn
+/// writes (an experiment's results); released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Creates `path` if needed and takes its lock ([`LOCK_FILE`]); while another process
+    /// holds it, fails at once with [`RunDirError::Busy`] naming that process.
+    pub fn acquire(path: &Path) -> Result<Self, RunDirError> {
+        Ok(Self {
+            _file: open_locked(path)?,
+        })
+    }
 }
 
 fn unwritable(path: &Path, source: std::io::Error) -> RunDirError {

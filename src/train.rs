@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use crate::data::{BatchOrder, Dataset};
 use crate::error::{Error, Result};
+pub use crate::metrics::EpochMetrics;
 use crate::model::Model;
 use crate::ops::reduce::{RawTotals, Totals};
 use crate::optim::LrSchedule;
@@ -74,23 +75,6 @@ impl Default for FitOptions {
             lr_schedule: None,
         }
     }
-}
-
-/// One epoch's figures.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based.
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub test_loss: f64,
-    pub test_accuracy: f64,
-    /// Wall time of the epoch's training part.
-    pub seconds: f64,
-    /// Training samples per second, of every rank in a data-parallel job.
-    pub samples_per_second: f64,
-    /// Optimizer steps taken so far.
-    pub step: u64,
 }
 
 /// Where the loop stands when it asks for a checkpoint.

@@ -732,3 +732,189 @@ mod run_dir {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// `wgnn compare` under faults: the real binary stopped after each of its disk operations
+// (`WGNN_FAILPOINT=K`, as under `kill -9`) or failing one as a full disk would, then run again
+// with the same command: it must end with the uninterrupted compare's files, byte for byte,
+// and every run's tensors bit for bit.
+
+mod compare {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use wgnn::checkpoint::{StateDict, TensorData};
+    use wgnn::durable::{FAILPOINT_ENV, is_temp_file};
+
+    fn compare(cwd: &Path, file: &Path, out: &Path, failpoint: Option<String>) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wgnn"));
+        c.args([
+            "compare",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--checkpoint-every", "1"])
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .env_remove(FAILPOINT_ENV);
+        if let Some(f) = failpoint {
+            c.env(FAILPOINT_ENV, f);
+        }
+        c.output().expect("wgnn runs")
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// Two variants on the breast-cancer CSV, one seed, two epochs of two steps, the
+    /// gradient-signs measure: the first trains (saves at steps 1, 2, 3 and 4 with
+    /// `--checkpoint-every 1`), the second diverges in its first step.
+    fn experiment(dir: &Path) -> PathBuf {
+        let file = dir.join("e.toml");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/breast_cancer.csv");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"e\"\nseeds = [0]\nmeasure = [\"gradient-signs\"]\n[base]\ndata = {:?}\n\
+                 loss = \"bce\"\nepochs = 2\nbatch-size = 256\narch = \"linear:8,relu,linear:1\"\n\
+                 optimizer = \"adam\"\nlr = 0.01\n[grid]\nlr = {{ fine = 0.01, huge = 1e30 }}\n",
+                data.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        file
+    }
+
+    /// What must match: the compare's own files byte for byte, each run's rows and measures
+    /// byte for byte and its tensors bit for bit.
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        files: Vec<(String, Vec<u8>)>,
+        tensors: Vec<(String, TensorData)>,
+    }
+
+    fn outcome(out: &Path) -> Outcome {
+        let mut files = Vec::new();
+        for name in ["experiment.toml", "results.csv", "summary.md", "curves.svg"] {
+            files.push((name.to_string(), std::fs::read(out.join(name)).unwrap()));
+        }
+        let mut tensors = Vec::new();
+        for run in ["1-seed0", "2-seed0"] {
+            let dir = out.join("runs").join(run);
+            for name in ["result.csv", "measures.csv"] {
+                if let Ok(bytes) = std::fs::read(dir.join(name)) {
+                    files.push((format!("{run}/{name}"), bytes));
+                }
+            }
+            for name in ["checkpoint.safetensors", "training_state.safetensors"] {
+                if let Ok(sd) = StateDict::read(&dir.join(name)) {
+                    tensors.extend(
+                        sd.tensors
+                            .into_iter()
+                            .map(|(k, v)| (format!("{run}/{name}:{k}"), v.data)),
+                    );
+                }
+            }
+        }
+        Outcome { files, tensors }
+    }
+
+    /// No temp file of an interrupted write anywhere under `dir`.
+    fn temp_files(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(temp_files(&path));
+            } else if is_temp_file(&path.file_name().unwrap().to_string_lossy()) {
+                found.push(path);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_kill_at_every_disk_operation_of_a_compare_resumes_to_the_same_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cwd = tmp.path();
+        let file = experiment(cwd);
+        let whole = cwd.join("whole");
+        let o = compare(cwd, &file, &whole, None);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let want = outcome(&whole);
+        assert_eq!(
+            want.files.len(),
+            4 + 3,
+            "{:?}",
+            want.files.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
+        let (mut kills, mut kept, mut resumed) = (0, 0, 0);
+        for k in 1.. {
+            let out = cwd.join(format!("k{k}"));
+            let o = compare(cwd, &file, &out, Some(k.to_string()));
+            if o.status.success() {
+                // Past the compare's last disk operation.
+                break;
+            }
+            let err = text(&o.stderr);
+            assert!(err.contains(&format!("disk operation {k}")), "k {k}: {err}");
+            kills += 1;
+            let o = compare(cwd, &file, &out, None);
+            assert!(
+                o.status.success(),
+                "killed after operation {k}, the rerun failed: {}\n{}",
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+            // A run that had ended is kept; one that had saved goes on from its save.
+            let stdout = text(&o.stdout);
+            kept += usize::from(stdout.contains("(ended before)"));
+            resumed += usize::from(stdout.contains("(resumed from "));
+            let got = outcome(&out);
+            assert!(got == want, "killed after operation {k}: {got:?}");
+            assert_eq!(temp_files(&out), Vec::<PathBuf>::new(), "k {k}");
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+        // The lock and mark, 4 saves of 18 operations, 2 measures, 2 results, the outputs.
+        println!("{kills} disk operations, each killed and resumed");
+        assert!(kills > 100, "{kills} operations");
+        assert!(
+            kept > 20 && resumed > 40,
+            "{kept} kept, {resumed} resumed of {kills}"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_at_a_write_of_a_compare_fails_in_one_line_and_resumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cwd = tmp.path();
+        let file = experiment(cwd);
+        let whole = cwd.join("whole");
+        assert!(compare(cwd, &file, &whole, None).status.success());
+        let want = outcome(&whole);
+        let mut failed = 0;
+        for k in (1..).step_by(6) {
+            let out = cwd.join(format!("full{k}"));
+            let o = compare(cwd, &file, &out, Some(format!("{k}:full")));
+            if o.status.success() {
+                break;
+            }
+            failed += 1;
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "k {k}: {err}");
+            assert!(
+                err.trim_end().lines().count() == 1 && err.contains("injected failure"),
+                "k {k}: {err}"
+            );
+            if out.exists() {
+                assert_eq!(temp_files(&out), Vec::<PathBuf>::new(), "k {k}");
+            }
+            let o = compare(cwd, &file, &out, None);
+            assert!(o.status.success(), "k {k}: {}", text(&o.stderr));
+            assert!(outcome(&out) == want, "full disk at operation {k}");
+        }
+        assert!(failed > 15, "{failed}");
+    }
+}

@@ -25,6 +25,9 @@ pub enum CliError {
     /// A mistake in an experiment file for `wgnn compare`, naming the key.
     #[error("{}: {message}", path.display())]
     Experiment { path: PathBuf, message: String },
+    /// `wgnn compare`'s output directory refused, or a run in it failed: what to do next.
+    #[error("{}: {message}", path.display())]
+    CompareDir { path: PathBuf, message: String },
     /// A command other than `train` under mpirun.
     #[error(
         "only `wgnn train` runs as several processes (this job has {size}): run other commands alone"
@@ -141,5 +144,6 @@ from_wgnn!(
     wgnn::data::DataError,
     wgnn::checkpoint::CheckpointError,
     wgnn::nn::spec::SpecError,
-    wgnn::optim::ScheduleError
+    wgnn::optim::ScheduleError,
+    wgnn::rundir::RunDirError
 );

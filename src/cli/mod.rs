@@ -55,12 +55,22 @@ enum Command {
 pub struct CompareArgs {
     /// The experiment: a TOML file (experiments/FORMAT.md), e.g. experiments/dropout.toml.
     pub experiment: PathBuf,
-    /// Where the results go (default: runs/compare/<the experiment's name>).
+    /// Where the results go (default: runs/compare/<the experiment's name>). The same command
+    /// again resumes there: the runs that ended are kept, an interrupted one continues from
+    /// its last checkpoint.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Train nothing: redraw curves.svg and summary.md from the results.csv already there.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["overwrite", "checkpoint_every"])]
     pub replot: bool,
+    /// Replace what --out holds (another experiment's results, this one's under an edited
+    /// file, a `wgnn train` run) instead of refusing, and start over instead of resuming.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Also save each run every N optimizer steps within an epoch (default: at each epoch's
+    /// end only), so that an interrupted run loses less.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
 }
 
 #[derive(Args, Debug)]

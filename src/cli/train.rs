@@ -21,7 +21,7 @@ use wgnn::gpu::GpuContext;
 use wgnn::run::Preprocessing;
 
 /// Epochs of a new run unless --epochs says otherwise.
-const DEFAULT_EPOCHS: usize = 12;
+pub(super) const DEFAULT_EPOCHS: usize = 12;
 /// Dropout of the default architecture, the lecture's MLP.
 const LECTURE_DROPOUT: f32 = 0.2;
 /// Where new runs go without --out: a numbered directory each.
@@ -413,22 +413,25 @@ fn share(
 }
 
 /// The run the flags describe, its data (loaded once, to learn its shape and classes, and
-/// raw: the model preprocesses), and its preprocessing fitted on the training split (checked
-/// against this machine's memory first; [`new_run_with`] checks the device's binding too).
-pub(super) fn new_run(args: &TrainArgs) -> Result<(RunConfig, Option<Transform>, Splits)> {
-    new_run_with(args, &FitLimits::of_machine())
-}
-
-/// [`new_run`], its preprocessing's fit checked against `limits` before it starts.
+/// raw: the model preprocesses), and its preprocessing fitted on the training split, its
+/// size checked against `limits` (the machine's memory, the device's binding) first.
 pub(super) fn new_run_with(
     args: &TrainArgs,
     limits: &FitLimits,
 ) -> Result<(RunConfig, Option<Transform>, Splits)> {
+    let data = data_config(args)?;
+    let splits = data.load()?;
+    let (run, transform) = run_on(args, data, &splits, limits)?;
+    Ok((run, transform, splits))
+}
+
+/// Where the flags' data comes from and how it is read.
+pub(super) fn data_config(args: &TrainArgs) -> Result<DataConfig> {
     let normalize: Preprocess = args
         .normalize
         .parse()
         .map_err(wgnn::data::DataError::from)?;
-    let data = DataConfig {
+    Ok(DataConfig {
         path: args.data.clone(),
         test_path: args.test_data.clone(),
         holdout: args.holdout,
@@ -437,8 +440,21 @@ pub(super) fn new_run_with(
         delimiter: args.csv.delimiter,
         normalize: normalize != Preprocess::None,
         check_finite: args.check_finite,
-    };
-    let splits = data.load()?;
+    })
+}
+
+/// The run the flags describe on `splits` (loaded from `data`), with its preprocessing
+/// fitted on the training split (its size checked against `limits` first).
+pub(super) fn run_on(
+    args: &TrainArgs,
+    data: DataConfig,
+    splits: &Splits,
+    limits: &FitLimits,
+) -> Result<(RunConfig, Option<Transform>)> {
+    let normalize: Preprocess = args
+        .normalize
+        .parse()
+        .map_err(wgnn::data::DataError::from)?;
     let classes = match args.classes {
         Some(classes) => {
             splits.train.check_labels(classes)?;
@@ -517,7 +533,7 @@ pub(super) fn new_run_with(
         },
         extra: wgnn::run::ExtraOptions::default(),
     };
-    Ok((run, transform, splits))
+    Ok((run, transform))
 }
 
 /// The model's last Linear must give one logit per class (one for BCE).
