@@ -54,6 +54,10 @@ pub struct StackFitOptions {
     pub start_within: Option<(usize, Vec<RawTotals>)>,
     /// Also ask for a checkpoint every this many steps within an epoch. Default none.
     pub checkpoint_every: Option<u64>,
+    /// Stop once the stack has taken this many steps (its members', a frozen one's aside),
+    /// within an epoch or not, asking for a checkpoint there, as [`crate::train::fit`] stops
+    /// a lone model. Default none.
+    pub max_steps: Option<u64>,
     /// Poll the totals every this many steps, for progress and to catch a diverging member
     /// early (0: at epoch ends only). Default 20.
     pub poll_every: usize,
@@ -74,6 +78,7 @@ impl Default for StackFitOptions {
             start_epoch: 0,
             start_within: None,
             checkpoint_every: None,
+            max_steps: None,
             poll_every: 20,
             freeze_on_nonfinite: true,
         }
@@ -180,7 +185,15 @@ pub fn fit_stack(
     };
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let at_limit = |model: &Model| {
+        options
+            .max_steps
+            .is_some_and(|max| stack_step(model) >= max)
+    };
     for epoch in options.start_epoch..options.epochs {
+        if at_limit(model) {
+            break;
+        }
         let batches: Vec<Vec<Vec<usize>>> = orders
             .iter()
             .map(|o| o.epoch_batches(epoch as u64))
@@ -226,7 +239,7 @@ pub fn fit_stack(
             let due = options
                 .checkpoint_every
                 .is_some_and(|every| every > 0 && stack_step(model).is_multiple_of(every));
-            if due && i + 1 < steps {
+            if i + 1 < steps && (due || at_limit(model)) {
                 let totals = model.member_raw_totals()?;
                 let read: Vec<Totals> = totals.iter().map(|t| Totals::from_raw(t)).collect();
                 check_members(model, &read, epoch, options, &mut history, progress)?;
@@ -236,6 +249,9 @@ pub fn fit_stack(
                     totals: &totals,
                 };
                 on_checkpoint(model, within)?;
+                if at_limit(model) {
+                    return Ok(history);
+                }
             }
         }
         let train_totals = model.read_member_metrics()?;

@@ -145,3 +145,83 @@ fn a_stacked_fit_is_each_members_lone_fit_bit_for_bit_and_a_diverging_member_is_
         );
     }
 }
+
+#[test]
+fn max_steps_stops_a_stack_where_it_stops_each_lone_model_with_a_checkpoint_there() {
+    let (train, test) = (dataset(3, 47), dataset(4, 23));
+    let arch = Sequential::lecture_mlp(FEATURES, CLASSES as usize, 0.2);
+    let seeds = [11u64, 12];
+    let members = seeds
+        .iter()
+        .map(|&s| MemberConfig::new(s, sgd(0.05)))
+        .collect();
+    let mut stack = Model::stack(
+        ctx(),
+        None,
+        arch.clone(),
+        CrossEntropyLoss::new(),
+        config(0),
+        members,
+        None,
+    )
+    .unwrap();
+    // 5 steps an epoch: step 7 is batch 2 of epoch 2.
+    let options = StackFitOptions {
+        epochs: 3,
+        members: seeds
+            .iter()
+            .map(|&s| MemberFit {
+                shuffle_seed: Some(s),
+                lr_schedule: None,
+            })
+            .collect(),
+        max_steps: Some(7),
+        ..StackFitOptions::default()
+    };
+    let mut stops = Vec::new();
+    let history = fit_stack(&mut stack, &train, &test, &options, &mut Quiet, |m, at| {
+        if let wgnn::stack::StackCheckpoint::Within {
+            epoch,
+            batches_done,
+            ..
+        } = at
+        {
+            stops.push((epoch, batches_done, m.member_step(0)?));
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(stops, [(1, 2, 7)]);
+    for (k, &seed) in seeds.iter().enumerate() {
+        assert_eq!(history.epochs[k].len(), 1);
+        let mut lone = Model::new(
+            ctx(),
+            arch.clone(),
+            CrossEntropyLoss::new(),
+            sgd(0.05),
+            config(seed),
+        )
+        .unwrap();
+        let lone_options = FitOptions {
+            epochs: 3,
+            shuffle_seed: Some(seed),
+            max_steps: Some(7),
+            ..FitOptions::default()
+        };
+        fit(
+            &mut lone,
+            &train,
+            &test,
+            &lone_options,
+            &mut Silent,
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(lone.step(), 7);
+        assert_eq!(
+            state_bits(&stack.member_state(k).unwrap()),
+            state_bits(&lone.state().unwrap()),
+            "member {k}"
+        );
+    }
+}
