@@ -41,6 +41,8 @@ pub const TRAINING_FILE: &str = "training_state.safetensors";
 pub const TENSOR_CHECKSUMS_KEY: &str = "wgnn.crc32.tensors";
 /// Metadata key of the CRC-32 of every other metadata entry.
 pub const METADATA_CHECKSUM_KEY: &str = "wgnn.crc32.metadata";
+/// The largest header [`StateDict::read_metadata`] reads.
+const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 /// Errors reading, writing or applying a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +143,62 @@ impl StateDict {
             source,
         })?;
         Self::from_bytes(&bytes, path)
+    }
+
+    /// The string metadata of a safetensors file, reading its header only (not the tensors),
+    /// its checksum verified when the file carries one: what a file says about itself, at
+    /// the cost of its header however large its tensors.
+    pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
+        use std::io::Read;
+        let source = path.display().to_string();
+        let io = |source_error| CheckpointError::Io {
+            path: source.clone(),
+            source: source_error,
+        };
+        let format = |message: String| CheckpointError::Format {
+            path: source.clone(),
+            message,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .map_err(|_| format("shorter than a safetensors header".into()))?;
+        let len = u64::from_le_bytes(len);
+        if len > size.saturating_sub(8) || len > MAX_HEADER_BYTES {
+            return Err(format(format!(
+                "a header of {len} bytes in a file of {size} bytes (at most {MAX_HEADER_BYTES} are read)"
+            )));
+        }
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let value: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| format(format!("the header is not JSON: {e}")))?;
+        let mut strings = BTreeMap::new();
+        if let Some(entries) = value.get("__metadata__") {
+            let entries = entries
+                .as_object()
+                .ok_or_else(|| format("__metadata__ is not an object".into()))?;
+            for (key, value) in entries {
+                let value = value
+                    .as_str()
+                    .ok_or_else(|| format(format!("metadata {key:?} is not a string")))?;
+                strings.insert(key.clone(), value.to_string());
+            }
+        }
+        strings.remove(TENSOR_CHECKSUMS_KEY);
+        if let Some(want) = strings.remove(METADATA_CHECKSUM_KEY) {
+            let got = metadata_checksum(&strings);
+            if want != hex(got) {
+                return Err(CheckpointError::Checksum {
+                    path: source.clone(),
+                    what: "the metadata".into(),
+                    stored: want,
+                    computed: hex(got),
+                });
+            }
+        }
+        Ok(strings)
     }
 
     /// Parses safetensors bytes; any corruption is an error, never a panic.
@@ -690,6 +748,38 @@ mod tests {
         assert_eq!(loaded, state);
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn metadata_is_read_from_the_header_alone_and_checked() {
+        let (_, graph, state) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_FILE);
+        let mut sd = model_state_dict(&graph, &state, "");
+        sd.metadata.insert("note".into(), "hello".into());
+        sd.write(&path).unwrap();
+        let read = StateDict::read_metadata(&path).unwrap();
+        assert_eq!(read, StateDict::read(&path).unwrap().metadata);
+        assert_eq!(read["note"], "hello");
+        // One letter of the metadata changed, the header's length kept: the checksum says so.
+        let bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
+        let mut edited = bytes.clone();
+        edited[at] = b'j';
+        std::fs::write(&path, &edited).unwrap();
+        let err = StateDict::read_metadata(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("the metadata does not match its checksum"),
+            "{err}"
+        );
+        // A header longer than the file, and a file shorter than a header's length.
+        let mut long = bytes.clone();
+        long[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &long).unwrap();
+        let err = StateDict::read_metadata(&path).unwrap_err().to_string();
+        assert!(err.contains("a header of"), "{err}");
+        std::fs::write(&path, &bytes[..5]).unwrap();
+        assert!(StateDict::read_metadata(&path).is_err());
     }
 
     #[test]
