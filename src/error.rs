@@ -36,6 +36,8 @@ pub enum Error {
     /// Members that cannot share a stack.
     #[error("stack: {0}")]
     Stack(#[from] crate::model::StackError),
+    #[error(transparent)]
+    Ensemble(#[from] crate::ensemble::EnsembleError),
     /// A batch that does not fit the model.
     #[error("batch: {0}")]
     Batch(#[from] BatchError),

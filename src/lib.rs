@@ -43,6 +43,7 @@ pub mod data;
 pub mod dist;
 #[doc(hidden)]
 pub mod durable;
+pub mod ensemble;
 pub mod error;
 #[doc(hidden)]
 pub mod exec;

@@ -48,6 +48,8 @@ use crate::run::{
 };
 use crate::train::Checkpoint;
 
+pub mod ensemble;
+
 /// The lock file every writer of a run directory holds locked.
 pub const LOCK_FILE: &str = ".wgnn-lock";
 /// The epochs' figures, one row each.
@@ -130,6 +132,12 @@ pub enum RunDirError {
     OldFormat { path: PathBuf },
     #[error("{}: metadata {key:?} is missing or malformed", path.display())]
     BadMetadata { path: PathBuf, key: &'static str },
+    /// What a run would replace holds something wgnn did not write.
+    #[error(
+        "{} holds {found}, which no wgnn run writes: move it away to replace the run there",
+        path.display()
+    )]
+    HoldsForeign { path: PathBuf, found: String },
 }
 
 /// Where a saved run stands: the step, and the epochs done or the batch reached within one.
@@ -202,11 +210,16 @@ impl RunDir {
     pub fn create(path: &Path, overwrite: bool) -> Result<Self> {
         let lock = open_locked(path)?;
         let mut notes = remove_stale_temp_files(path)?;
-        let present: Vec<&str> = RUN_FILES
+        let mut present: Vec<&str> = RUN_FILES
             .iter()
             .copied()
             .filter(|f| path.join(f).exists())
             .collect();
+        // An ensemble's members, each in a directory of its own.
+        let members = path.join(ensemble::MEMBERS_DIR).exists();
+        if members {
+            present.push(ensemble::MEMBERS_DIR);
+        }
         if !present.is_empty() {
             let found = describe_run(path, &present);
             if !overwrite {
@@ -216,8 +229,15 @@ impl RunDir {
                 }
                 .into());
             }
-            for file in &present {
+            if members {
+                // Checked before anything is removed: what wgnn did not write stays.
+                ensemble::check_members_dir(path)?;
+            }
+            for file in present.iter().filter(|f| **f != ensemble::MEMBERS_DIR) {
                 durable::remove_file(&path.join(file)).map_err(|e| unwritable(path, e))?;
+            }
+            if members {
+                ensemble::remove_members_dir(path)?;
             }
             durable::sync_dir(path).map_err(|e| unwritable(path, e))?;
             notes.push(format!(
@@ -323,6 +343,14 @@ impl RunDir {
             .into());
         }
         let training = StateDict::read(&training_path)?;
+        if let Some(members) = training.metadata.get(ensemble::ENSEMBLE_KEY) {
+            let members: Vec<serde_json::Value> = serde_json::from_str(members).unwrap_or_default();
+            return Err(crate::ensemble::EnsembleError::IsEnsemble {
+                path: path.display().to_string(),
+                members: members.len(),
+            }
+            .into());
+        }
         let meta = |key: &'static str| {
             training.metadata.get(key).ok_or(RunDirError::BadMetadata {
                 path: training_path.clone(),
@@ -920,9 +948,14 @@ fn run_id_of_settings(run: &RunConfig) -> String {
 /// out) from `metrics.csv` as the last process wrote it, for each epoch it has a row of at the
 /// same step; an epoch without one (an interrupted save's) keeps zeros.
 fn restore_timings(metrics: &Path, history: &mut [EpochMetrics]) {
-    let Ok(mut reader) = csv::Reader::from_path(metrics) else {
-        return;
-    };
+    if let Ok(text) = std::fs::read(metrics) {
+        restore_timings_from(&text, history);
+    }
+}
+
+/// [`restore_timings`] from `metrics.csv`'s text.
+fn restore_timings_from(metrics: &[u8], history: &mut [EpochMetrics]) {
+    let mut reader = csv::Reader::from_reader(metrics);
     for row in reader.records().flatten() {
         let number = |i: usize| row.get(i).and_then(|v| v.parse::<f64>().ok());
         let (Some(epoch), Some(seconds), Some(rate), Some(step)) = (
