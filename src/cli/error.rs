@@ -35,6 +35,13 @@ pub enum CliError {
     OnlyTrainRunsParallel { size: usize },
     #[error("--epochs 0 trains nothing: give at least 1")]
     NoEpochs,
+    #[error("--ensemble 0 trains no model: give at least 1 member")]
+    NoMembers,
+    /// An ensemble under mpirun: its members train side by side in one process.
+    #[error(
+        "an ensemble trains its members side by side in one process, but this job has {size}: run `wgnn train --ensemble N` without mpirun (or with -np 1)"
+    )]
+    EnsembleUnderMpi { size: usize },
     /// `--resume --epochs N` with N below what the run has done.
     #[error(
         "{} has done {done} epoch(s){}: --epochs {epochs} would train nothing (give more than {done})",

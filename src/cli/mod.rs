@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 pub mod dist;
+mod ensemble;
 mod error;
 mod eval;
 mod info;
@@ -192,6 +193,12 @@ pub struct TrainArgs {
     /// Seeds initialization, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Train N models as one deep ensemble: seeds --seed to --seed+N-1, every other setting
+    /// the same, side by side in one plan; member K is the run `--seed seed+K` would be, bit
+    /// for bit, written to members/K/checkpoint.safetensors; eval and predict average the
+    /// members' probabilities. One process only (not under mpirun).
+    #[arg(long, value_name = "N")]
+    pub ensemble: Option<usize>,
     /// Keep the data's order.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -284,7 +291,8 @@ impl From<LossKindArg> for LossKind {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A checkpoint file or directory written by `wgnn train`.
+    /// A checkpoint file or directory written by `wgnn train` (an ensemble's run directory:
+    /// the ensemble).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Labelled data (a directory's test split, or a file).
@@ -304,6 +312,10 @@ pub struct EvalArgs {
     /// fewer); independent of the training's batch size.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Of an ensemble's run: member K alone (as --checkpoint RUN/members/K); without it, the
+    /// ensemble, its members' probabilities averaged.
+    #[arg(long, value_name = "K")]
+    pub member: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -314,9 +326,13 @@ pub enum SplitArg {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A checkpoint file or directory written by `wgnn train`.
+    /// A checkpoint file or directory written by `wgnn train` (an ensemble's run directory:
+    /// the ensemble).
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Of an ensemble's run: member K alone (as --checkpoint RUN/members/K).
+    #[arg(long, value_name = "K")]
+    pub member: Option<usize>,
     /// Samples: .npy ([N, …]; floats or integers, uint8 pixels scaled to [0, 1]),
     /// .safetensors (tensor x), .csv, an idx3 images file or a CIFAR-10 .bin (labels, if any,
     /// are ignored).
@@ -325,7 +341,9 @@ pub struct PredictArgs {
     /// .safetensors (tensors "logits" or "probs", and "predictions") or .npy.
     #[arg(long)]
     pub output: PathBuf,
-    /// Write probabilities (softmax, or sigmoid for BCE) instead of logits.
+    /// Write probabilities (softmax, or sigmoid for BCE) instead of logits. Of an ensemble,
+    /// the mean of its members'; its logits are the log of that mean (for BCE, its logit),
+    /// whose softmax (sigmoid) gives it back.
     #[arg(long)]
     pub probs: bool,
     /// A CSV input's label column, by name or 0-based index, which is skipped; `none` when

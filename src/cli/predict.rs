@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use wgnn::checkpoint::{MODEL_FILE, StateDict, StateTensor, TensorData};
 use wgnn::data::{Split, load_with, npy};
+use wgnn::ensemble;
 use wgnn::run;
+use wgnn::rundir::ensemble::{MEMBERS_DIR, read_manifest};
 use wgnn::train::argmax;
 
 use super::error::{CliError, Result};
@@ -13,9 +15,14 @@ use super::{PredictArgs, open_gpu};
 pub fn run(args: PredictArgs) -> Result<()> {
     // Checked before anything is read or computed: a bad --output fails at once.
     check_output(&args)?;
+    let checkpoint = match args.member {
+        Some(k) => super::eval::member_checkpoint(&args.checkpoint, k)?,
+        None if read_manifest(&args.checkpoint)?.is_some() => return run_ensemble(&args),
+        None => args.checkpoint.clone(),
+    };
     let ctx = open_gpu()?;
     // Planned at the prediction's batch, whatever the training's was.
-    let (mut model, run) = run::restore_at(ctx, &args.checkpoint, args.batch_size)?;
+    let (mut model, run) = run::restore_at(ctx, &checkpoint, args.batch_size)?;
     let csv = wgnn::data::LoadOptions {
         csv_header: args.csv.header().or(run.data.header),
         csv_delimiter: args.csv.delimiter.or(run.data.delimiter),
@@ -64,6 +71,45 @@ pub fn run(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// An ensemble's prediction: the mean of its members' probabilities, or its logits (the
+/// log of that mean; for BCE, its logit), and the class of that mean.
+fn run_ensemble(args: &PredictArgs) -> Result<()> {
+    let ctx = open_gpu()?;
+    let mut restored = wgnn::rundir::ensemble::restore(ctx, &args.checkpoint, args.batch_size)?;
+    let run = &restored.run;
+    let csv = wgnn::data::LoadOptions {
+        csv_header: args.csv.header().or(run.data.header),
+        csv_delimiter: args.csv.delimiter.or(run.data.delimiter),
+        ..wgnn::data::LoadOptions::default()
+    };
+    let (x, rows) = read_samples(
+        &args.input,
+        &run.sample_shape,
+        args.label_column.clone(),
+        &csv,
+    )?;
+    let model = &mut restored.model;
+    let outputs = model.graph().classes();
+    let slots: Vec<usize> = (0..restored.members.len()).collect();
+    let log_probs = ensemble::predict(model, &slots, &x, run.batch_size)?;
+    let predictions = ensemble::predictions(&log_probs, outputs)
+        .into_iter()
+        .map(|c| c as i64)
+        .collect();
+    let (name, values) = if args.probs {
+        ("probs", ensemble::probabilities(&log_probs, outputs))
+    } else {
+        ("logits", ensemble::logits(&log_probs, outputs))
+    };
+    write_output(&args.output, name, rows, outputs, values, predictions)?;
+    println!(
+        "wrote {name} of {rows} samples ({outputs} per sample) to {}: the ensemble of {} members, their probabilities averaged",
+        args.output.display(),
+        slots.len()
+    );
+    Ok(())
+}
+
 /// `--output` before any work: a format wgnn writes, a directory to write it in, and none of
 /// the files predict reads (the input, the checkpoint and what lies beside it).
 fn check_output(args: &PredictArgs) -> Result<()> {
@@ -102,6 +148,12 @@ fn check_output(args: &PredictArgs) -> Result<()> {
             .filter(|f| **f != MODEL_FILE)
             .map(|f| dir.join(f)),
     );
+    // An ensemble's members, each with its own.
+    if let Ok(members) = std::fs::read_dir(dir.join(MEMBERS_DIR)) {
+        for member in members.flatten() {
+            inputs.extend([MODEL_FILE, run::PREPROCESS_FILE].map(|f| member.path().join(f)));
+        }
+    }
     match inputs.into_iter().find(|input| same_file(output, input)) {
         Some(input) => Err(CliError::OutputIsInput {
             output: output.clone(),

@@ -25,7 +25,7 @@ pub(super) const DEFAULT_EPOCHS: usize = 12;
 /// Dropout of the default architecture, the lecture's MLP.
 const LECTURE_DROPOUT: f32 = 0.2;
 /// Where new runs go without --out: a numbered directory each.
-const RUNS: &str = "runs";
+pub(super) const RUNS: &str = "runs";
 
 /// Prints a line on rank 0 only (every line, on one process).
 macro_rules! say {
@@ -39,6 +39,23 @@ macro_rules! say {
 pub fn run(args: TrainArgs, comm: &Comm) -> Result<()> {
     if args.epochs == Some(0) {
         return Err(CliError::NoEpochs);
+    }
+    // An ensemble, new or resumed, trains as one stack in this process.
+    // (--resume refuses --ensemble with the other flags a run fixes.)
+    let ensemble = match (&args.resume, args.ensemble) {
+        (_, Some(0)) => return Err(CliError::NoMembers),
+        (Some(path), _) => wgnn::rundir::ensemble::read_manifest(path)?.map(|_| None),
+        (None, Some(members)) => Some(Some(members)),
+        (None, None) => None,
+    };
+    if let Some(members) = ensemble {
+        if comm.size() > 1 {
+            return Err(CliError::EnsembleUnderMpi { size: comm.size() });
+        }
+        return match members {
+            Some(members) => super::ensemble::train(&args, members),
+            None => super::ensemble::resume(&args),
+        };
     }
     // Rank 0 owns the run directory, prints, and decides the run; the others build the same
     // model from what it hands them.
@@ -338,7 +355,7 @@ const RESUME_FLAGS: [&str; 6] = [
 /// Refuses flags given with `--resume` that the run fixed when it started (its data, model,
 /// optimizer, loss, seed, preprocessing, …): they would otherwise be ignored without a word.
 /// `given` holds the flags' ids, as [`given_flags`] returns them.
-fn check_resume_flags(dir: &Path, given: &[String]) -> Result<()> {
+pub(super) fn check_resume_flags(dir: &Path, given: &[String]) -> Result<()> {
     let command = <super::TrainDefaults as clap::CommandFactory>::command();
     // Only arguments: clap also reports the groups its derive makes (`CsvArgs`).
     let fixed: Vec<String> = given
@@ -364,7 +381,7 @@ fn check_resume_flags(dir: &Path, given: &[String]) -> Result<()> {
 /// The ids of the flags given on this process's command line to `wgnn train`: its arguments
 /// parsed again, as `main` parsed them, asking clap which values came from the command line
 /// rather than from defaults. None for another command.
-fn given_flags() -> Vec<String> {
+pub(super) fn given_flags() -> Vec<String> {
     let command = <super::Cli as clap::CommandFactory>::command();
     let Ok(matches) = command.try_get_matches_from(std::env::args_os()) else {
         return Vec::new();
