@@ -151,7 +151,7 @@ impl CliError {
     pub fn is_collective(&self) -> bool {
         match self {
             CliError::Wgnn(wgnn::Error::Dist(e)) => e.is_collective(),
-            CliError::OnlyTrainRunsParallel { .. } => true,
+            CliError::OnlyTrainRunsParallel { .. } | CliError::EnsembleUnderMpi { .. } => true,
             _ => false,
         }
     }
