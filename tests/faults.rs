@@ -302,7 +302,7 @@ mod run_dir {
 
     /// A small run: 40 samples in batches of 8 (5 steps an epoch) for 3 epochs, a checkpoint
     /// every 2 steps within an epoch: saves at steps 2, 4, 5 (epoch 1), 6, 8, 10, 12, 14, 15.
-    fn tiny_run() -> RunConfig {
+    pub(super) fn tiny_run() -> RunConfig {
         RunConfig {
             arch: "linear:16,bn,relu,dropout:0.2,linear:3".into(),
             sample_shape: vec![6],
@@ -337,7 +337,7 @@ mod run_dir {
         }
     }
 
-    fn data() -> (Dataset, Dataset) {
+    pub(super) fn data() -> (Dataset, Dataset) {
         let (x, y) = batch(11, 40, 6, 3);
         let (tx, ty) = batch(12, 16, 6, 3);
         (
@@ -429,7 +429,7 @@ mod run_dir {
         (outcome(&path), ends, trace)
     }
 
-    fn files(dir: &Path) -> Vec<String> {
+    pub(super) fn files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -916,5 +916,284 @@ mod compare {
             assert!(outcome(&out) == want, "full disk at operation {k}");
         }
         assert!(failed > 15, "{failed}");
+    }
+}
+
+// An ensemble's run directory under faults: a stop at every disk operation of its saves, one
+// member frozen before them, and a full disk.
+
+mod ensemble_dir {
+    use std::path::Path;
+
+    use wgnn::checkpoint::StateDict;
+    use wgnn::durable::{self, FailAction, Failpoint};
+    use wgnn::ensemble::{member_configs, member_fits};
+    use wgnn::run::RunConfig;
+    use wgnn::rundir::RunDir;
+    use wgnn::rundir::ensemble::{EnsembleDir, EnsemblePosition};
+    use wgnn::stack::{Divergence, Quiet, StackFitOptions, StackHistory, fit_stack};
+    use wgnn::{Model, ModelConfig};
+
+    use super::common::ctx;
+    use super::run_dir::{data, files, tiny_run};
+
+    const MEMBERS: usize = 3;
+    /// Disk operations of a save of `live` members (see `wgnn::rundir::ensemble`).
+    fn save_ops(live: usize) -> usize {
+        5 * live + if cfg!(feature = "plot") { 14 } else { 10 }
+    }
+
+    fn stack(run: &RunConfig) -> Model {
+        let config = ModelConfig {
+            sample_shape: run.sample_shape.clone(),
+            batch_size: run.batch_size,
+            seed: run.seed,
+        };
+        let members = member_configs(run, MEMBERS).unwrap();
+        let sequential = run.sequential().unwrap();
+        Model::stack(ctx(), None, sequential, run.loss(), config, members, None).unwrap()
+    }
+
+    /// Trains from where `dir` stands to the end (3 epochs of 5 steps, a save every 2 steps:
+    /// steps 2, 4, 5, 6, 8, 10, 12, 14, 15), freezing member 1 at its fourth step as if it
+    /// had diverged there, so that every save from the second on leaves its checkpoint as
+    /// it was. The disk operations done by the end of each save, counted from the start.
+    fn train_into(
+        dir: &mut EnsembleDir,
+        model: &mut Model,
+        run: &RunConfig,
+        position: EnsemblePosition,
+    ) -> (wgnn::Result<StackHistory>, Vec<usize>) {
+        let (train, test) = data();
+        let members: Vec<_> = (0..MEMBERS)
+            .map(|k| model.member_config(k).unwrap().clone())
+            .collect();
+        let options = StackFitOptions {
+            epochs: run.epochs,
+            members: member_fits(run, &members),
+            start_epoch: position.epochs_done,
+            start_within: position.within,
+            checkpoint_every: Some(2),
+            ..StackFitOptions::default()
+        };
+        let mut ends = Vec::new();
+        let result = fit_stack(model, &train, &test, &options, &mut Quiet, |model, at| {
+            let mut divergences = Vec::new();
+            if !model.is_frozen(1)? && model.member_step(1)? >= 4 {
+                model.freeze(1)?;
+                divergences.push(Divergence {
+                    member: 1,
+                    epoch: 1,
+                    step: 4,
+                    what: "frozen by the test".into(),
+                });
+            }
+            let report = dir.checkpoint(model, run, at, &divergences)?;
+            assert!(report.nonfinite.is_empty());
+            ends.push(durable::trace().len());
+            Ok(())
+        });
+        (result, ends)
+    }
+
+    /// Every tensor of the training state and the members' checkpoints, and the figures but
+    /// the wall-clock ones.
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        files: Vec<StateDict>,
+        metrics: Vec<String>,
+    }
+
+    fn outcome(dir: &Path) -> Outcome {
+        let mut paths = vec![dir.join("training_state.safetensors")];
+        paths.extend((0..MEMBERS).map(|k| dir.join(format!("members/{k}/checkpoint.safetensors"))));
+        let files = paths
+            .iter()
+            .map(|p| {
+                let mut sd = StateDict::read(p).unwrap();
+                // The save numbers and the path differ between runs.
+                sd.metadata.remove("wgnn.save");
+                sd.source.clear();
+                sd
+            })
+            .collect();
+        let metrics = std::fs::read_to_string(dir.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                [&f[..6], &f[8..]].concat().join(",")
+            })
+            .collect();
+        Outcome { files, metrics }
+    }
+
+    fn start(path: &Path, run: &RunConfig) -> (EnsembleDir, Model) {
+        let mut model = stack(run);
+        let (train, test) = data();
+        let dir = RunDir::create(path, false).unwrap();
+        let dir = EnsembleDir::start(dir, &mut model, run, &[&train, &test]).unwrap();
+        (dir, model)
+    }
+
+    fn uninterrupted(root: &Path) -> (Outcome, Vec<usize>, Vec<String>) {
+        let path = root.join("whole");
+        durable::set_failpoint(None);
+        let run = tiny_run();
+        let (mut dir, mut model) = start(&path, &run);
+        let first = durable::trace().len();
+        let (result, ends) = train_into(&mut dir, &mut model, &run, EnsemblePosition::default());
+        let history = result.unwrap();
+        assert_eq!(history.epochs[0].len(), 3);
+        assert!(history.epochs[1].is_empty(), "member 1 frozen in epoch 1");
+        let ends = std::iter::once(first).chain(ends).collect();
+        (outcome(&path), ends, durable::trace())
+    }
+
+    /// Stops the run at disk operation `at` (as `action` says), resumes it in a fresh stack
+    /// and trains to the end: the result must be the uninterrupted run's.
+    fn stop_and_resume(root: &Path, name: &str, at: u64, action: FailAction, want: &Outcome) {
+        let path = root.join(name);
+        let run = tiny_run();
+        durable::set_failpoint(None);
+        let (mut dir, mut model) = start(&path, &run);
+        let first = durable::trace().len() as u64;
+        durable::set_failpoint(Some(Failpoint {
+            at: at - first,
+            action,
+        }));
+        let (result, _) = train_into(&mut dir, &mut model, &run, EnsemblePosition::default());
+        let stopped = durable::trace();
+        let err = result.expect_err("the stop ends the run");
+        drop((dir, model));
+        durable::set_failpoint(None);
+        let context = format!(
+            "{name}: stopped at operation {at} ({}) by {action:?}: {err}",
+            stopped.last().map_or("", String::as_str)
+        );
+        let (mut dir, resumed) =
+            EnsembleDir::resume(ctx(), &path).unwrap_or_else(|e| panic!("{context}: resume: {e}"));
+        assert!(resumed.model.is_frozen(1).unwrap(), "{context}");
+        // What eval reads is whole and of one save once resumed.
+        wgnn::rundir::ensemble::restore(ctx(), &path, None)
+            .unwrap_or_else(|e| panic!("{context}: restore: {e}"));
+        let mut model = resumed.model;
+        let (result, _) = train_into(&mut dir, &mut model, &resumed.run, resumed.position);
+        result.unwrap_or_else(|e| panic!("{context}: after resuming: {e}"));
+        assert!(
+            outcome(&path) == *want,
+            "{context}; notes {:?}",
+            resumed.notes
+        );
+        assert_eq!(
+            files(&path),
+            [
+                ".wgnn-lock",
+                "curves.svg",
+                "members",
+                "metrics.csv",
+                "training_state.safetensors"
+            ],
+            "{context}"
+        );
+        for k in 0..MEMBERS {
+            assert_eq!(
+                files(&path.join(format!("members/{k}"))),
+                ["checkpoint.safetensors"],
+                "{context}: no temp file left"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stop_at_every_disk_operation_of_an_ensemble_save_resumes_bit_for_bit() {
+        let root = tempfile::tempdir().unwrap();
+        let (want, ends, trace) = uninterrupted(root.path());
+        assert_eq!(ends.len(), 10, "9 saves: {ends:?}");
+        // The first save writes every member; from the second on, member 1 is frozen.
+        for (i, save) in ends.windows(2).enumerate() {
+            let live = if i == 0 { MEMBERS } else { MEMBERS - 1 };
+            assert_eq!(
+                save[1] - save[0],
+                save_ops(live),
+                "save {}: {:#?}",
+                i + 1,
+                &trace[save[0]..save[1]]
+            );
+        }
+        // Member 1's checkpoint stays that of the first save, as its lone run would leave it.
+        let member1 =
+            StateDict::read(&root.path().join("whole/members/1/checkpoint.safetensors")).unwrap();
+        assert_eq!(
+            (
+                member1.metadata["wgnn.save"].as_str(),
+                member1.metadata["step"].as_str()
+            ),
+            ("1", "2")
+        );
+        let third = &trace[ends[2]..ends[3]];
+        let commit = 3 * (MEMBERS - 1) + 3;
+        assert!(
+            third[commit].starts_with("rename")
+                && third[commit].ends_with("training_state.safetensors"),
+            "{third:#?}"
+        );
+        // The save at the end of epoch 1 (the third) and the one after it: stop after each
+        // of their operations.
+        for save in [2, 3] {
+            for k in 1..=save_ops(MEMBERS - 1) {
+                let at = (ends[save] + k) as u64;
+                stop_and_resume(
+                    root.path(),
+                    &format!("s{save}k{k}"),
+                    at,
+                    FailAction::Crash,
+                    &want,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_disk_at_any_write_of_an_ensemble_save_keeps_the_last_save() {
+        let root = tempfile::tempdir().unwrap();
+        let (want, ends, trace) = uninterrupted(root.path());
+        let save = 2;
+        let ops = save_ops(MEMBERS - 1);
+        for k in 1..=ops {
+            let op = &trace[ends[save] + k - 1];
+            if !(op.starts_with("write") || op.starts_with("create")) {
+                continue;
+            }
+            let path = root.path().join(format!("full{k}"));
+            let run = tiny_run();
+            durable::set_failpoint(None);
+            let (mut dir, mut model) = start(&path, &run);
+            let first = durable::trace().len();
+            durable::set_failpoint(Some(Failpoint {
+                at: (ends[save] + k - first) as u64,
+                action: FailAction::Fail(std::io::ErrorKind::StorageFull),
+            }));
+            let (result, _) = train_into(&mut dir, &mut model, &run, EnsemblePosition::default());
+            let err = result.expect_err("a full disk fails the save").to_string();
+            assert!(err.contains("injected failure"), "{k} ({op}): {err}");
+            // Before the commit the previous save is the one whole on disk, after the
+            // members' renames the new one.
+            let saved = dir.last_saved().unwrap().to_string();
+            let renamed = 3 * (MEMBERS - 1) + 3 + 1 + 2 * (MEMBERS - 1);
+            let expected = if k > renamed {
+                "epoch 1"
+            } else {
+                "batch 4 of epoch 1"
+            };
+            assert_eq!(saved, expected, "{k} ({op})");
+            drop((dir, model));
+            durable::set_failpoint(None);
+            let (mut dir, resumed) = EnsembleDir::resume(ctx(), &path).unwrap();
+            let mut model = resumed.model;
+            let (result, _) = train_into(&mut dir, &mut model, &resumed.run, resumed.position);
+            result.unwrap();
+            assert!(outcome(&path) == want, "{k} ({op})");
+        }
     }
 }
