@@ -21,6 +21,7 @@
 //! | a run of `wgnn train`, in Rust | [`run::RunConfig`], [`run::restore`] |
 //! | one op beside its CPU reference | [`ops`] (`ops::matmul::matmul`, `ops::batchnorm::GpuBatchNorm`, …) |
 //! | many models of one architecture in one plan (seeds, sweeps, ensembles) | [`Model::stack`] of [`MemberConfig`]s, [`stack::fit_stack`] |
+//! | a deep ensemble: its members' averaged probabilities, its run directory | [`ensemble`], [`advanced::rundir::ensemble`] |
 //! | data-parallel training | [`Model::distribute`], [`dist::Communicator`] |
 //! | errors | [`Error`], one variant per module's error, each naming what is wrong |
 //! | the machinery: the graph IR, the executors, the run directory, … | [`advanced`] |

@@ -183,7 +183,8 @@ fn train_from(
     }
     println!("model: {} ({:?}, {:?})", run.arch, run.loss, run.optimizer);
     println!(
-        "ensemble: {members} members, seeds {}, side by side in one plan",
+        "ensemble: {}, seeds {}, side by side in one plan",
+        count(members),
         seed_range(&seeds)
     );
     println!("plan: {}", model.report(wgnn::Mode::Train));
@@ -302,7 +303,7 @@ fn summarize(
     let included: Vec<usize> = (0..records.len())
         .filter(|&k| records[k].diverged.is_none())
         .collect();
-    if !finals.is_empty() {
+    if finals.len() > 1 {
         let (mean, std) = mean_std(&finals);
         println!(
             "members: test accuracy {:.2}% ± {:.2}% (mean ± std of {})",
@@ -314,10 +315,13 @@ fn summarize(
     if !included.is_empty() {
         let e = ensemble::evaluate(model, &included, &splits.test, batch_size)?;
         println!(
-            "ensemble: test accuracy {:.2}% (loss {:.4}), the mean of {} members' {} probabilities",
+            "ensemble: test accuracy {:.2}% (loss {:.4}), the mean of {} {} probabilities",
             100.0 * e.accuracy,
             e.loss,
-            included.len(),
+            match included.len() {
+                1 => "1 member's".to_string(),
+                n => format!("{n} members'"),
+            },
             if model.graph().classes() == 1 {
                 "sigmoid"
             } else {
@@ -334,6 +338,14 @@ fn summarize(
         }
     );
     Ok(())
+}
+
+/// `1 member`, `5 members`.
+pub(super) fn count(members: usize) -> String {
+    match members {
+        1 => "1 member".into(),
+        n => format!("{n} members"),
+    }
 }
 
 /// `0 to 4`, or `7` for one.
@@ -378,8 +390,8 @@ impl StackProgress for Report<'_> {
         bar.set_position(done as u64);
         if done == 1 || done.is_multiple_of(20) {
             bar.set_message(format!(
-                "{member_samples_per_second:.0} member-samples/s ({} members)",
-                self.members
+                "{member_samples_per_second:.0} member-samples/s ({})",
+                count(self.members)
             ));
         }
     }
@@ -416,9 +428,9 @@ impl StackProgress for Report<'_> {
 fn epoch_line(epoch: usize, epochs: usize, metrics: &[Option<EpochMetrics>]) -> String {
     let live: Vec<&EpochMetrics> = metrics.iter().flatten().collect();
     let who = if live.len() == metrics.len() {
-        format!("{} members", metrics.len())
+        count(metrics.len())
     } else {
-        format!("{} of {} members", live.len(), metrics.len())
+        format!("{} of {}", live.len(), count(metrics.len()))
     };
     if live.is_empty() {
         return format!("epoch {epoch:>3}/{epochs}: {who}: every member diverged");
@@ -430,15 +442,22 @@ fn epoch_line(epoch: usize, epochs: usize, metrics: &[Option<EpochMetrics>]) -> 
     let lo = accuracies.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = accuracies.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let seconds = live[0].seconds;
+    let spread = if live.len() > 1 {
+        format!(
+            " ± {:.2}% ({:.2}–{:.2}%)",
+            100.0 * std,
+            100.0 * lo,
+            100.0 * hi
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "epoch {epoch:>3}/{epochs}: {who}: train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% ± {:.2}% ({:.2}–{:.2}%) | {:.1}s, {:.0} member-samples/s",
+        "epoch {epoch:>3}/{epochs}: {who}: train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}%{spread} | {:.1}s, {:.0} member-samples/s",
         mean(|m| m.train_loss),
         100.0 * mean(|m| m.train_accuracy),
         mean(|m| m.test_loss),
         100.0 * acc,
-        100.0 * std,
-        100.0 * lo,
-        100.0 * hi,
         seconds,
         live.iter().map(|m| m.samples_per_second).sum::<f64>()
     )

@@ -45,9 +45,9 @@ fn run_ensemble(args: &EvalArgs) -> Result<()> {
     let batch = restored.run.batch_size;
     let records = &restored.records;
     println!(
-        "ensemble: {} of {} members of {} in one plan, their {} probabilities averaged",
+        "ensemble: {} of {} of {} in one plan, their {} probabilities averaged",
         restored.members.len(),
-        records.len(),
+        super::ensemble::count(records.len()),
         args.checkpoint.display(),
         if model.graph().classes() == 1 {
             "sigmoid"

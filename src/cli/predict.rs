@@ -103,9 +103,9 @@ fn run_ensemble(args: &PredictArgs) -> Result<()> {
     };
     write_output(&args.output, name, rows, outputs, values, predictions)?;
     println!(
-        "wrote {name} of {rows} samples ({outputs} per sample) to {}: the ensemble of {} members, their probabilities averaged",
+        "wrote {name} of {rows} samples ({outputs} per sample) to {}: the ensemble of {}, their probabilities averaged",
         args.output.display(),
-        slots.len()
+        super::ensemble::count(slots.len())
     );
     Ok(())
 }
