@@ -338,8 +338,8 @@ mod tests {
         for row in p.chunks(3) {
             assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         }
-        // Row 0: class 1's mean (0.29…) beats class 0's; row 1: class 2.
-        assert_eq!(predictions(&log_p, 3), [1, 2]);
+        // p̄ ≈ (0.32, 0.41, 0.26) and (0.17, 0.46, 0.37).
+        assert_eq!(predictions(&log_p, 3), [1, 1]);
         // The logits' softmax gives p̄ back.
         let z = logits(&log_p, 3);
         let back = crate::ops::softmax_xent::reference_softmax(&z, 3);
@@ -348,6 +348,12 @@ mod tests {
             &p,
             1e-6,
         );
+        // Probabilities are averaged, not logits: one member sure of class 1 outvotes the
+        // two that lean to class 0 by logits, not by probability.
+        let (sure, leaning) = ([0.0f32, 100.0], [2.0f32, 0.0]);
+        let log_p = log_mean_probabilities(&[&sure, &leaning, &leaning], 2);
+        assert_eq!(predictions(&log_p, 2), [0]);
+        assert!((log_p[0].exp() - 2.0 / 3.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-12);
     }
 
     #[test]

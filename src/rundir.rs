@@ -9,6 +9,9 @@
 //! | `preprocess.safetensors` | a fitted preprocessing's tensors (PCA, ZCA, …): written once, before the first save, never changed |
 //! | `.wgnn-lock` | locked by the process writing the directory |
 //!
+//! An ensemble's run (`wgnn train --ensemble N`) keeps its members' checkpoints in
+//! `members/K/` under one training state: [`ensemble`] describes it.
+//!
 //! **One save is one rename.** Two files can never be renamed atomically together, so the
 //! training state holds everything a resume needs and its rename is the commit. A save
 //! writes both safetensors files under temp names and fsyncs them, renames the training state
