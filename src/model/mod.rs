@@ -20,7 +20,7 @@
 mod batch;
 mod distributed;
 mod exchange;
-mod members;
+pub mod members;
 mod metrics;
 mod plan;
 mod reference;
