@@ -25,8 +25,8 @@ struct Step {
     beta1: f32,
     beta2: f32,
     eps: f32,
-    // 1 once the member is frozen (it diverged): kernels that write lasting state (the
-    // optimizer, running statistics, the totals) leave its part alone.
+    // 1 in a training step once the member is frozen (it diverged): kernels that write
+    // lasting state (the optimizer, running statistics, the totals) leave its part alone.
     frozen: u32,
     // The member's dropout key: its seed folded to 32 bits.
     seed_key: u32,

@@ -344,3 +344,44 @@ fn a_stack_past_the_devices_binding_limit_is_refused_naming_what_fits() {
         "{err}"
     );
 }
+
+#[test]
+fn a_stacks_plan_report_covers_every_member_with_one_plans_dispatches() {
+    let config = ModelConfig {
+        sample_shape: vec![FEATURES],
+        batch_size: BATCH,
+        seed: 0,
+    };
+    let lone = Model::new(
+        ctx(),
+        arch(5, [0.2, 0.3], true),
+        CrossEntropyLoss::new(),
+        sgd(),
+        config.clone(),
+    )
+    .unwrap();
+    let members = (0..5).map(|k| MemberConfig::new(k, sgd())).collect();
+    let stack = Model::stack(
+        ctx(),
+        None,
+        arch(5, [0.2, 0.3], true),
+        CrossEntropyLoss::new(),
+        config,
+        members,
+        None,
+    )
+    .unwrap();
+    for mode in [wgnn::Mode::Train, wgnn::Mode::Eval] {
+        let (one, five) = (lone.report(mode), stack.report(mode));
+        assert_eq!(
+            five.dispatches_per_step, one.dispatches_per_step,
+            "{mode:?}"
+        );
+        assert_eq!(five.submits_per_step, 1);
+        assert_eq!(five.parameter_bytes, 5 * one.parameter_bytes);
+        assert_eq!(five.gradient_bytes, 5 * one.gradient_bytes);
+        assert_eq!(five.optimizer_bytes, 5 * one.optimizer_bytes);
+        assert_eq!(five.activation_bytes, 5 * one.activation_bytes, "{mode:?}");
+        assert!(five.total_bytes > 4 * one.total_bytes);
+    }
+}

@@ -179,7 +179,7 @@ impl FromStr for Preprocess {
 
 impl Preprocess {
     /// Checks, before fitting, that a PCA or ZCA fit on `samples` × `features` fits `limits`:
-    /// the fit's f64 matrices ([`FIT_MATRICES`] of D × D) the machine's memory, and the fitted
+    /// the fit's f64 matrices (`FIT_MATRICES` of D × D) the machine's memory, and the fitted
     /// matrix (K × D f32) one storage binding of the device. Other options need D values.
     pub fn check_fit(
         &self,

@@ -38,8 +38,8 @@ pub fn fuse(nodes: &mut Vec<Node>) {
     }
 }
 
-/// Hands each column sum a node writes of its input 0 ([`Op::yield_column_sum`]) to the node
-/// that wrote that input, where it can sum it on the way ([`Op::absorb_column_sum`]): batch
+/// Hands each column sum a node writes of its input 0 ([`Op::yield_column_sum`](super::Op::yield_column_sum)) to the node
+/// that wrote that input, where it can sum it on the way ([`Op::absorb_column_sum`](super::Op::absorb_column_sum)): batch
 /// norm's backward then writes the bias gradient of the Linear before it, and so does the
 /// loss for the last Linear; the Linear's gradient node keeps only its weight product. Both
 /// sum the same values, so the gradient is unchanged.

@@ -271,9 +271,10 @@ impl Model {
         Ok(self.member(k)?.frozen)
     }
 
-    /// Freezes member `k` (it diverged): from the next step on its parameters, optimizer
-    /// state, running statistics, step and totals stay as they are, while the others train
-    /// on unchanged.
+    /// Freezes member `k` (it diverged): from the next training step on its parameters,
+    /// optimizer state, running statistics, step and training totals stay as they are,
+    /// while the others train on unchanged. It is still evaluated (eval steps, predict) with
+    /// the state it froze at.
     pub fn freeze(&mut self, k: usize) -> Result<()> {
         self.member_mut(k)?.frozen = true;
         Ok(())

@@ -20,7 +20,7 @@
 mod batch;
 mod distributed;
 mod exchange;
-mod members;
+pub mod members;
 mod metrics;
 mod plan;
 mod reference;
@@ -199,7 +199,11 @@ impl Model {
                 .validate()
                 .map_err(|e| crate::graph::BuildError::Config(e.to_string()))?;
         }
-        members::check_capacity(&ctx, &graph, members.len())?;
+        // A lone model meets the device's limits in the errors of its parameters and its
+        // batch, which name what to change; a stack's members multiply every binding.
+        if members.len() > 1 {
+            members::check_capacity(&ctx, &graph, members.len())?;
+        }
         let hosts = match states {
             Some(states) => {
                 if states.len() != members.len() {

@@ -54,9 +54,11 @@ impl Model {
         )
     }
 
-    /// Each member's step record for a step at `rows` samples: its step, settings, seed,
-    /// loss scale, and whether it is frozen.
-    fn step_records(&self, rows: usize, loss_scales: &[f32]) -> Vec<StepParams> {
+    /// Each member's step record for a step of `mode` at `rows` samples: its step, settings,
+    /// seed, loss scale, and whether it is frozen — in a training step only: a frozen member
+    /// is still evaluated (its totals count an eval step), as a lone model that stopped
+    /// training can be.
+    fn step_records(&self, mode: Mode, rows: usize, loss_scales: &[f32]) -> Vec<StepParams> {
         self.members
             .iter()
             .zip(loss_scales.iter().chain(std::iter::repeat(&1.0)))
@@ -65,7 +67,7 @@ impl Model {
                 params.rows = rows as u32;
                 params.loss_scale = loss_scale;
                 params.seed_key = crate::ops::dropout::MaskStream::seed_key(m.config.seed);
-                params.frozen = u32::from(m.frozen);
+                params.frozen = u32::from(m.frozen && mode == Mode::Train);
                 m.config.optimizer.fill_step(m.step, &mut params);
                 params
             })
@@ -84,7 +86,7 @@ impl Model {
     ) -> Result<()> {
         self.plan(mode, rows)?;
         self.ctx.check_device()?;
-        let records = self.step_records(rows, loss_scales);
+        let records = self.step_records(mode, rows, loss_scales);
         // Keep at most MAX_IN_FLIGHT steps queued: the step waits for the oldest (not a
         // readback) once it is encoded, just before it is submitted.
         let oldest = match self.in_flight.len() >= MAX_IN_FLIGHT {

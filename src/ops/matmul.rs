@@ -1002,4 +1002,127 @@ mod tests {
             vec![19., 22., 43., 50.]
         );
     }
+
+    /// Three members in one launch of `variant` — each with its own A, B, bias and C at a
+    /// member stride larger than its part (as a flat parameter buffer lays members out), or
+    /// with one B every member shares (stride 0) — against three lone launches, bit for bit.
+    fn check_members(ctx: &GpuContext, variant: Variant, shape: MatmulShape, shared_b: bool) {
+        const MEMBERS: usize = 3;
+        let MatmulShape { m, n, k, .. } = shape;
+        let (a_len, b_len, c_len) = (m * k, k * n, m * n);
+        // Strides padded past each part, multiples of 4 as the flat buffers' are.
+        let pad = |len: usize| (len + 5).next_multiple_of(4);
+        let (a_stride, b_stride, bias_stride, c_stride) =
+            (pad(a_len), pad(b_len), pad(n), pad(c_len));
+        let a = uniform(11, a_stride * MEMBERS, -1.0, 1.0);
+        let b = uniform(12, b_stride * MEMBERS, -1.0, 1.0);
+        let bias = uniform(13, bias_stride * MEMBERS, -1.0, 1.0);
+        let epi = Epilogue {
+            bias: true,
+            relu: true,
+        };
+        let ga = GpuTensor::from_slice(ctx, &a, &[a.len()], "a").unwrap();
+        let gb = GpuTensor::from_slice(ctx, &b, &[b.len()], "b").unwrap();
+        let gbias = GpuTensor::from_slice(ctx, &bias, &[bias.len()], "bias").unwrap();
+        let gc = GpuTensor::zeros(ctx, &[c_stride * MEMBERS], "c").unwrap();
+        fn strided(t: &GpuTensor, stride: usize, len: usize) -> Binding<'_> {
+            Binding {
+                size: ((stride * (MEMBERS - 1) + len) * 4) as u64,
+                member_stride: (stride * 4) as u64,
+                ..t.binding()
+            }
+        }
+        let b_binding = if shared_b {
+            Binding::range(gb.buffer(), 0, (b_len * 4) as u64)
+        } else {
+            strided(&gb, b_stride, b_len)
+        };
+        let bindings = MatmulBindings {
+            a: strided(&ga, a_stride, a_len),
+            b: b_binding,
+            bias: Some(strided(&gbias, bias_stride, n)),
+            c: strided(&gc, c_stride, c_len),
+        };
+        let label = format!("{variant:?} {shape:?}, shared B {shared_b}");
+        dispatch_variant(ctx, shape, epi, variant, bindings)
+            .unwrap_or_else(|e| panic!("{label}: {e}"))
+            .submit(ctx);
+        let stacked: Vec<f32> = gc.read(ctx).unwrap();
+        for member in 0..MEMBERS {
+            let part = |v: &[f32], stride: usize, len: usize| {
+                v[member * stride..member * stride + len].to_vec()
+            };
+            let b_part = if shared_b {
+                b[..b_len].to_vec()
+            } else {
+                part(&b, b_stride, b_len)
+            };
+            let la = GpuTensor::from_slice(ctx, &part(&a, a_stride, a_len), &[a_len], "a").unwrap();
+            let lb = GpuTensor::from_slice(ctx, &b_part, &[b_len], "b").unwrap();
+            let lbias =
+                GpuTensor::from_slice(ctx, &part(&bias, bias_stride, n), &[n], "bias").unwrap();
+            let lc = GpuTensor::zeros(ctx, &[c_len], "c").unwrap();
+            let lone = MatmulBindings {
+                a: la.binding(),
+                b: lb.binding(),
+                bias: Some(lbias.binding()),
+                c: lc.binding(),
+            };
+            dispatch_variant(ctx, shape, epi, variant, lone)
+                .unwrap_or_else(|e| panic!("{label}: {e}"))
+                .submit(ctx);
+            let want: Vec<f32> = lc.read(ctx).unwrap();
+            let got = &stacked[member * c_stride..member * c_stride + c_len];
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits()),
+                "{label}: member {member} differs from its lone product"
+            );
+        }
+    }
+
+    #[test]
+    fn every_variant_runs_members_side_by_side_bit_for_bit() {
+        let shapes = [
+            (1, 4, 4),
+            (3, 8, 12),
+            (65, 36, 20),
+            (13, 66, 68),
+            (70, 64, 1024),
+        ];
+        for (m, n, k) in shapes {
+            for layout in [Layout::NN, Layout::NT, Layout::TN] {
+                let shape = MatmulShape { layout, m, n, k };
+                let variants = [
+                    Variant::General,
+                    Variant::Tiled,
+                    Variant::NtVec4,
+                    Variant::NnBvec4,
+                    Variant::TnBvec4,
+                ];
+                for variant in variants.into_iter().filter(|v| v.fits(&shape)) {
+                    for shared_b in [false, true] {
+                        check_members(ctx(), variant, shape, shared_b);
+                    }
+                }
+                if let Some(ctx) = subgroup_ctx() {
+                    for variant in [Variant::BroadcastNt, Variant::BroadcastNn] {
+                        if variant.fits(&shape) {
+                            check_members(ctx, variant, shape, false);
+                        }
+                    }
+                }
+            }
+        }
+        // Split-K: one 64×64 tile with a long K, on the GPU kernels' context.
+        let shape = MatmulShape {
+            layout: Layout::NT,
+            m: 64,
+            n: 64,
+            k: 3072,
+        };
+        check_members(gpu_style_ctx(), Variant::Tiled, shape, false);
+        check_members(gpu_style_ctx(), Variant::Tiled, shape, true);
+    }
 }
