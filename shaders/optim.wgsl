@@ -33,9 +33,10 @@ const FLAG_DECOUPLED: u32 = 4u;
 const FLAG_AMSGRAD: u32 = 8u;
 const FLAG_MAXIMIZE: u32 = 16u;
 
-fn gradient(i: u32) -> vec4<f32> {
-    if ((p.flags & FLAG_MAXIMIZE) != 0u) { return -grad[i]; }
-    return grad[i];
+// The gradient as the update uses it (negated to maximize), from its one load.
+fn gradient(raw: vec4<f32>) -> vec4<f32> {
+    if ((p.flags & FLAG_MAXIMIZE) != 0u) { return -raw; }
+    return raw;
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -102,8 +103,11 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let s = steps[member];
     if (local >= p.len || s.frozen != 0u) { return; }
     let i = member * p.len + local;
-    var g = gradient(i);
-    if (s.weight_decay != 0.0) { g += s.weight_decay * param[i]; }
+    // One load of each operand: on CPU adapters every storage load is a loop over the lanes.
+    let raw = grad[i];
+    var g = gradient(raw);
+    let w = param[i];
+    if (s.weight_decay != 0.0) { g += s.weight_decay * w; }
     if ((p.flags & FLAG_MOMENTUM) != 0u) {
         var buf = g;
         if (s.sgd_first_step == 0u) {
@@ -112,9 +116,9 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
         state0[i] = buf;
         if ((p.flags & FLAG_NESTEROV) != 0u) { g += s.momentum * buf; } else { g = buf; }
     }
-    let updated = param[i] - s.lr * g;
+    let updated = w - s.lr * g;
     param[i] = updated;
-    note_nonfinite(member, local, updated, grad[i]);
+    note_nonfinite(member, local, updated, raw);
 }
 
 @compute @workgroup_size(WG)
@@ -124,7 +128,9 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let s = steps[member];
     if (local >= p.len || s.frozen != 0u) { return; }
     let i = member * p.len + local;
-    var g = gradient(i);
+    // One load of each operand: on CPU adapters every storage load is a loop over the lanes.
+    let raw = grad[i];
+    var g = gradient(raw);
     var w = param[i];
     if ((p.flags & FLAG_DECOUPLED) != 0u) {
         w *= 1.0 - s.lr * s.weight_decay;
@@ -132,7 +138,8 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         g += s.weight_decay * w;
     }
     // torch.lerp with weight 1 - β1 < ½: start + weight·(end - start)
-    let m = state0[i] + (1.0 - s.beta1) * (g - state0[i]);
+    let m0 = state0[i];
+    let m = m0 + (1.0 - s.beta1) * (g - m0);
     let v = s.beta2 * state1[i] + (1.0 - s.beta2) * g * g;
     state0[i] = m;
     state1[i] = v;
@@ -144,5 +151,5 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let denom = sqrt(second) / s.adam_bias_correction2_sqrt + s.eps;
     let updated = w - s.adam_step_size * m / denom;
     param[i] = updated;
-    note_nonfinite(member, local, updated, grad[i]);
+    note_nonfinite(member, local, updated, raw);
 }
