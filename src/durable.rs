@@ -181,6 +181,14 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
     )
 }
 
+/// Removes an empty directory.
+pub fn remove_dir(path: &Path) -> io::Result<()> {
+    operation(
+        || format!("remove directory {}", path.display()),
+        || std::fs::remove_dir(path),
+    )
+}
+
 /// Creates a directory and its missing parents.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     operation(

@@ -181,6 +181,9 @@ pub fn fit_stack(
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for epoch in options.start_epoch..options.epochs {
+        if all_frozen(model)? {
+            break;
+        }
         let batches: Vec<Vec<Vec<usize>>> = orders
             .iter()
             .map(|o| o.epoch_batches(epoch as u64))
@@ -218,6 +221,10 @@ pub fn fit_stack(
             samples += ys.len();
             if let Some(totals) = model.poll_member_metrics()? {
                 check_members(model, &totals, epoch, options, &mut history, progress)?;
+                if all_frozen(model)? {
+                    // Every member diverged: nothing is left to train.
+                    return Ok(history);
+                }
             }
             progress.batch(
                 i + 1,
@@ -269,6 +276,16 @@ pub fn fit_stack(
         }
     }
     Ok(history)
+}
+
+/// Whether every member is frozen: a lone model's loop would have stopped for each.
+fn all_frozen(model: &Model) -> Result<bool> {
+    for k in 0..model.members() {
+        if !model.is_frozen(k)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Notes and reports each member whose totals show a first non-finite loss or update, and
