@@ -796,6 +796,14 @@ fn a_stacked_compare_killed_mid_stack_refuses_another_experiment_and_resumes() {
         ],
     );
     assert!(read(&save) == before, "the stack's save stays");
+    // A bit flipped in the save's last tensor: refused in one line, naming the file.
+    let mut flipped = before.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    std::fs::write(&save, &flipped).unwrap();
+    let o = wgnn(&["compare", s(&file), "--out", s(&out)]);
+    assert_fails_with(&o, &["1-seed0.safetensors", "does not match its checksum"]);
+    std::fs::write(&save, &before).unwrap();
     // The same experiment resumes the stack from its save, to the uninterrupted files.
     let o = wgnn(&[
         "compare",

@@ -395,7 +395,8 @@ impl Session<'_> {
                     CliError::CompareDir {
                         path: file.clone(),
                         message: format!(
-                            "holds variant {:?} seed {}, which the experiment does not have;                              --overwrite starts the experiment over",
+                            "holds variant {:?} seed {}, which the experiment does not have; \
+                             --overwrite starts the experiment over",
                             member.variant, member.seed
                         ),
                     }
@@ -404,7 +405,8 @@ impl Session<'_> {
                     return Err(CliError::CompareDir {
                         path: file.clone(),
                         message: format!(
-                            "holds variant {:?} seed {} that another group save holds too;                              --overwrite starts the experiment over",
+                            "holds variant {:?} seed {} that another group save holds too; \
+                             --overwrite starts the experiment over",
                             member.variant, member.seed
                         ),
                     });

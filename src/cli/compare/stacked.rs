@@ -228,6 +228,7 @@ impl Session<'_> {
             let file = &group.file;
             let measured = experiment.gradient_signs;
             let mut epoch_began = Instant::now();
+            let mut epoch = p.epochs_done;
             wgnn::stack::fit_stack(
                 &mut model,
                 &splits.train,
@@ -288,7 +289,7 @@ impl Session<'_> {
                     if let StackCheckpoint::EpochEnd(metrics) = at {
                         let training = metrics.iter().filter(|m| m.is_some()).count();
                         clock.advance(training);
-                        let epoch = metrics.iter().flatten().next().map_or(0, |m| m.epoch);
+                        epoch += 1;
                         let diverged = slots.iter().filter(|s| s.diverged).count();
                         println!(
                             "{label}: epoch {epoch}/{epochs}, {training} training{} ({:.1} s; {})",
