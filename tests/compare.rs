@@ -692,7 +692,7 @@ fn stacked_and_sequential_write_the_same_files_byte_for_byte() {
         stdout.contains(
             "stack 1/2: 18 run(s) in one stack — lr=slow arch=p2 · seed 0, lr=slow arch=p2 · \
              seed 1, lr=slow arch=p2 · seed 2, lr=slow arch=p5 · seed 0"
-        ) && stdout.contains("and 12 more")
+        ) && stdout.contains("and 6 more")
             && stdout.contains(
                 "stack 2/2: 3 run(s) in one stack — adamw · seed 0, adamw · seed 1, adamw · seed 2"
             ),

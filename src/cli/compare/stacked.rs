@@ -34,7 +34,7 @@ pub struct Group {
 }
 
 /// How many names a group's progress line lists before it counts the rest.
-const NAMES_SHOWN: usize = 6;
+const NAMES_SHOWN: usize = 12;
 
 /// Reports a member's divergence as it is found.
 struct Report<'a> {
