@@ -533,6 +533,14 @@ impl RunDir {
         self.run_id = Some(run_id);
     }
 
+    /// Takes up, in a new directory, a run trained elsewhere (a member of a stack) where it
+    /// stands: `saves` saves made and the figures of the epochs it finished, so that the next
+    /// save is numbered and holds what the run's own directory would have held.
+    pub fn adopt(&mut self, saves: u64, history: Vec<EpochMetrics>) {
+        self.saves = saves;
+        self.history = history;
+    }
+
     /// The last save that is whole on disk (this process's, or the one resumed from).
     pub fn last_saved(&self) -> Option<Saved> {
         self.last_saved

@@ -191,7 +191,7 @@ pub fn fit_stack(
             .is_some_and(|max| stack_step(model) >= max)
     };
     for epoch in options.start_epoch..options.epochs {
-        if at_limit(model) {
+        if at_limit(model) || all_frozen(model)? {
             break;
         }
         let batches: Vec<Vec<Vec<usize>>> = orders
@@ -231,6 +231,10 @@ pub fn fit_stack(
             samples += ys.len();
             if let Some(totals) = model.poll_member_metrics()? {
                 check_members(model, &totals, epoch, options, &mut history, progress)?;
+                if all_frozen(model)? {
+                    // Every member diverged: nothing is left to train.
+                    return Ok(history);
+                }
             }
             progress.batch(
                 i + 1,
@@ -285,6 +289,16 @@ pub fn fit_stack(
         }
     }
     Ok(history)
+}
+
+/// Whether every member is frozen: a lone model's loop would have stopped for each.
+fn all_frozen(model: &Model) -> Result<bool> {
+    for k in 0..model.members() {
+        if !model.is_frozen(k)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Notes and reports each member whose totals show a first non-finite loss or update, and

@@ -623,3 +623,218 @@ fn replot_says_which_runs_are_missing_and_refuses_what_is_no_results_file() {
     let o = wgnn(&["compare", s(&file), "--out", s(&empty), "--replot"]);
     assert_fails_with(&o, &["holds no results.csv"]);
 }
+
+/// Every file of `out` that does not hold a time: the experiment's outputs, and each run's
+/// rows, measures, training state and checkpoint.
+fn timeless_files(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for name in ["results.csv", "summary.md", "curves.svg"] {
+        files.push((name.to_string(), read(&out.join(name))));
+    }
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort();
+    for run in runs {
+        for name in [
+            "result.csv",
+            "measures.csv",
+            "training_state.safetensors",
+            "checkpoint.safetensors",
+        ] {
+            if let Ok(bytes) = std::fs::read(run.join(name)) {
+                let run = run.file_name().unwrap().to_string_lossy();
+                files.push((format!("{run}/{name}"), bytes));
+            }
+        }
+    }
+    files
+}
+
+/// 6 variants that share one stack (learning rates, dropout probabilities; one rate
+/// diverges) and an Adam variant with a schedule and weight decay (a stack of its own),
+/// each with 3 seeds, 3 epochs of 455 samples in batches of 64 (a last batch of 7).
+fn mixed(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let data = repo("data/breast_cancer.csv");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\nseeds = [0, 1, 2]\n[base]\ndata = {:?}\nloss = \"bce\"\n\
+             epochs = 3\nbatch-size = 64\n\
+             [grid]\nlr = {{ slow = 0.01, fast = 0.1, huge = 1e30 }}\n\
+             arch = {{ p2 = \"linear:16,relu,dropout:0.2,linear:1\", \
+             p5 = \"linear:16,relu,dropout:0.5,linear:1\" }}\n\
+             [[variant]]\nname = \"adamw\"\narch = \"linear:16,relu,dropout:0.2,linear:1\"\n\
+             optimizer = \"adamw\"\nlr = 0.01\nweight-decay = 0.1\nlr-schedule = \"step:1:0.5\"\n",
+            s(&data)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn stacked_and_sequential_write_the_same_files_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = mixed(dir.path(), "mixed");
+    // Measured too: the gradient-signs measure per member of a stack.
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("measure = [\"gradient-signs\"]\n{text_now}")).unwrap();
+    let (stacked, sequential) = (dir.path().join("stacked"), dir.path().join("sequential"));
+    let o = wgnn(&["compare", s(&file), "--out", s(&stacked)]);
+    assert_ok(&o);
+    let stdout = text(&o.stdout);
+    // Two stacks, each named with its members, each epoch with the time left; the
+    // diverging members reported and frozen while the others train on.
+    assert!(
+        stdout.contains(
+            "stack 1/2: 18 run(s) in one stack — lr=slow arch=p2 · seed 0, lr=slow arch=p2 · \
+             seed 1, lr=slow arch=p2 · seed 2, lr=slow arch=p5 · seed 0"
+        ) && stdout.contains("and 6 more")
+            && stdout.contains(
+                "stack 2/2: 3 run(s) in one stack — adamw · seed 0, adamw · seed 1, adamw · seed 2"
+            ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stack 1/2: epoch 3/3, 12 training, 6 diverged (")
+            && stdout.contains("s left)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("diverged at step 1 (epoch 1): the loss is NaN; frozen, the others train on")
+            .count(),
+        6,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[ 21/21] adamw · seed 2: test accuracy"),
+        "{stdout}"
+    );
+    assert!(!stacked.join("groups").exists(), "the group saves go");
+
+    let o = wgnn(&["compare", s(&file), "--out", s(&sequential), "--sequential"]);
+    assert_ok(&o);
+    assert!(!text(&o.stdout).contains("stack"), "{}", text(&o.stdout));
+
+    let (a, b) = (timeless_files(&stacked), timeless_files(&sequential));
+    let names: Vec<&String> = a.iter().map(|(n, _)| n).collect();
+    assert_eq!(names, b.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    // 21 runs: 15 trained (rows, measures, training state, checkpoint), 6 diverged at once
+    // (their rows alone).
+    assert_eq!(a.len(), 3 + 15 * 4 + 6, "{names:?}");
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x == y,
+            "{name} differs between the stacked and the sequential compare"
+        );
+    }
+    let csv = String::from_utf8_lossy(&a[0].1).into_owned();
+    assert_eq!(csv.matches(",nan,,,,1,").count(), 6, "{csv}");
+}
+
+/// `wgnn compare` stopped after its disk operation `k`, as `kill -9` stops it.
+fn killed_after(file: &Path, out: &Path, k: u64) -> Output {
+    Command::new(binary())
+        .args([
+            "compare",
+            s(file),
+            "--out",
+            s(out),
+            "--checkpoint-every",
+            "2",
+        ])
+        .env_remove("RUST_LOG")
+        .env(wgnn::durable::FAILPOINT_ENV, k.to_string())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_stacked_compare_killed_mid_stack_refuses_another_experiment_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = mixed(dir.path(), "mixed");
+    let whole = dir.path().join("whole");
+    assert_ok(&wgnn(&[
+        "compare",
+        s(&file),
+        "--out",
+        s(&whole),
+        "--checkpoint-every",
+        "2",
+    ]));
+    // Killed once the first stack has saved twice.
+    let out = dir.path().join("out");
+    let save = out.join("groups/1-seed0.safetensors");
+    let mut k = 1;
+    loop {
+        let _ = std::fs::remove_dir_all(&out);
+        let o = killed_after(&file, &out, k);
+        assert!(!o.status.success(), "ran to its end before operation {k}");
+        if saves_in(&save) >= 2 {
+            break;
+        }
+        k += 1;
+    }
+    let before = read(&save);
+    // Another experiment, and this one edited, are refused in one line; nothing is lost.
+    let other = mixed(dir.path(), "other");
+    let o = wgnn(&["compare", s(&other), "--out", s(&out)]);
+    assert_fails_with(&o, &["holds the results of another experiment, \"mixed\""]);
+    let edited = dir.path().join("edited.toml");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&edited, text_now.replace("slow = 0.01", "slow = 0.02")).unwrap();
+    let o = wgnn(&["compare", s(&edited), "--out", s(&out)]);
+    assert_fails_with(
+        &o,
+        &[
+            "under an earlier version of its file",
+            "variant \"lr=slow arch=p2\": `lr` 0.01 → 0.02",
+        ],
+    );
+    assert!(read(&save) == before, "the stack's save stays");
+    // A bit flipped in the save's last tensor: refused in one line, naming the file.
+    let mut flipped = before.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    std::fs::write(&save, &flipped).unwrap();
+    let o = wgnn(&["compare", s(&file), "--out", s(&out)]);
+    assert_fails_with(&o, &["1-seed0.safetensors", "does not match its checksum"]);
+    std::fs::write(&save, &before).unwrap();
+    // The same experiment resumes the stack from its save, to the uninterrupted files.
+    let o = wgnn(&[
+        "compare",
+        s(&file),
+        "--out",
+        s(&out),
+        "--checkpoint-every",
+        "2",
+    ]);
+    assert_ok(&o);
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("stack 1/2: 18 run(s) in one stack")
+            && stdout.contains("(resumed from batch"),
+        "{stdout}"
+    );
+    let (a, b) = (timeless_files(&out), timeless_files(&whole));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs from the uninterrupted compare's");
+    }
+}
+
+/// The saves the first member of a group save has made, 0 when there is none.
+fn saves_in(path: &Path) -> u64 {
+    wgnn::checkpoint::StateDict::read(path)
+        .ok()
+        .and_then(|sd| {
+            let member: serde_json::Value =
+                serde_json::from_str(sd.metadata.get("wgnn.member.0")?).ok()?;
+            member["saves"].as_u64()
+        })
+        .unwrap_or(0)
+}

@@ -740,13 +740,28 @@ mod run_dir {
 // and every run's tensors bit for bit.
 
 mod compare {
+    //! Each path of `wgnn compare` (stacked, the default, and `--sequential`) killed after
+    //! each of its disk operations, or failing one as a full disk, resumes to the files of an
+    //! uninterrupted compare; the two paths write the same files, and each resumes what the
+    //! other left.
+
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};
 
     use wgnn::checkpoint::{StateDict, TensorData};
     use wgnn::durable::{FAILPOINT_ENV, is_temp_file};
 
-    fn compare(cwd: &Path, file: &Path, out: &Path, failpoint: Option<String>) -> Output {
+    /// The stacked path (the default).
+    const STACKED: &[&str] = &[];
+    const SEQUENTIAL: &[&str] = &["--sequential"];
+
+    fn compare(
+        cwd: &Path,
+        file: &Path,
+        out: &Path,
+        failpoint: Option<String>,
+        path: &[&str],
+    ) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_wgnn"));
         c.args([
             "compare",
@@ -755,6 +770,7 @@ mod compare {
             out.to_str().unwrap(),
         ])
         .args(["--checkpoint-every", "1"])
+        .args(path)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
         .env_remove(FAILPOINT_ENV);
@@ -768,16 +784,17 @@ mod compare {
         String::from_utf8_lossy(b).into_owned()
     }
 
-    /// Two variants on the breast-cancer CSV, one seed, two epochs of two steps, the
+    /// Two variants on the breast-cancer CSV with `seeds`, two epochs of two steps, the
     /// gradient-signs measure: the first trains (saves at steps 1, 2, 3 and 4 with
-    /// `--checkpoint-every 1`), the second diverges in its first step.
-    fn experiment(dir: &Path) -> PathBuf {
+    /// `--checkpoint-every 1`), the second diverges in its first step. Stacked, they are one
+    /// stack.
+    fn experiment(dir: &Path, seeds: &str) -> PathBuf {
         let file = dir.join("e.toml");
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/breast_cancer.csv");
         std::fs::write(
             &file,
             format!(
-                "name = \"e\"\nseeds = [0]\nmeasure = [\"gradient-signs\"]\n[base]\ndata = {:?}\n\
+                "name = \"e\"\nseeds = {seeds}\nmeasure = [\"gradient-signs\"]\n[base]\ndata = {:?}\n\
                  loss = \"bce\"\nepochs = 2\nbatch-size = 256\narch = \"linear:8,relu,linear:1\"\n\
                  optimizer = \"adam\"\nlr = 0.01\n[grid]\nlr = {{ fine = 0.01, huge = 1e30 }}\n",
                 data.to_str().unwrap()
@@ -788,11 +805,12 @@ mod compare {
     }
 
     /// What must match: the compare's own files byte for byte, each run's rows and measures
-    /// byte for byte and its tensors bit for bit.
+    /// byte for byte and its tensors bit for bit, and that no group save is left.
     #[derive(Debug, PartialEq)]
     struct Outcome {
         files: Vec<(String, Vec<u8>)>,
         tensors: Vec<(String, TensorData)>,
+        groups_left: bool,
     }
 
     fn outcome(out: &Path) -> Outcome {
@@ -801,8 +819,13 @@ mod compare {
             files.push((name.to_string(), std::fs::read(out.join(name)).unwrap()));
         }
         let mut tensors = Vec::new();
-        for run in ["1-seed0", "2-seed0"] {
-            let dir = out.join("runs").join(run);
+        let mut runs: Vec<String> = std::fs::read_dir(out.join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        runs.sort();
+        for run in runs {
+            let dir = out.join("runs").join(&run);
             for name in ["result.csv", "measures.csv"] {
                 if let Ok(bytes) = std::fs::read(dir.join(name)) {
                     files.push((format!("{run}/{name}"), bytes));
@@ -818,7 +841,11 @@ mod compare {
                 }
             }
         }
-        Outcome { files, tensors }
+        Outcome {
+            files,
+            tensors,
+            groups_left: out.join("groups").exists(),
+        }
     }
 
     /// No temp file of an interrupted write anywhere under `dir`.
@@ -835,25 +862,38 @@ mod compare {
         found
     }
 
-    #[test]
-    fn a_kill_at_every_disk_operation_of_a_compare_resumes_to_the_same_bytes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cwd = tmp.path();
-        let file = experiment(cwd);
-        let whole = cwd.join("whole");
-        let o = compare(cwd, &file, &whole, None);
+    /// The uninterrupted compare's outcome on `path`.
+    fn uninterrupted(cwd: &Path, file: &Path, path: &[&str], runs: usize) -> Outcome {
+        let whole = cwd.join(format!("whole{}", path.len()));
+        let o = compare(cwd, file, &whole, None, path);
         assert!(o.status.success(), "{}", text(&o.stderr));
         let want = outcome(&whole);
+        // Each run's rows, and the measures of the one that trained.
         assert_eq!(
             want.files.len(),
-            4 + 3,
+            4 + runs / 2 * 3,
             "{:?}",
             want.files.iter().map(|f| &f.0).collect::<Vec<_>>()
         );
+        assert!(!want.groups_left);
+        want
+    }
+
+    /// Kills the compare on `killed` after each of its disk operations (every `every`-th),
+    /// reruns it on `rerun`, and holds the result to `want`; returns how many were killed,
+    /// and in how many reruns a run was kept and one resumed.
+    fn kill_and_resume(
+        killed: &[&str],
+        rerun: &[&str],
+        every: usize,
+        want: &Outcome,
+        cwd: &Path,
+        file: &Path,
+    ) -> (usize, usize, usize) {
         let (mut kills, mut kept, mut resumed) = (0, 0, 0);
-        for k in 1.. {
+        for k in (1..).step_by(every) {
             let out = cwd.join(format!("k{k}"));
-            let o = compare(cwd, &file, &out, Some(k.to_string()));
+            let o = compare(cwd, file, &out, Some(k.to_string()), killed);
             if o.status.success() {
                 // Past the compare's last disk operation.
                 break;
@@ -861,7 +901,7 @@ mod compare {
             let err = text(&o.stderr);
             assert!(err.contains(&format!("disk operation {k}")), "k {k}: {err}");
             kills += 1;
-            let o = compare(cwd, &file, &out, None);
+            let o = compare(cwd, file, &out, None, rerun);
             assert!(
                 o.status.success(),
                 "killed after operation {k}, the rerun failed: {}\n{}",
@@ -873,10 +913,39 @@ mod compare {
             kept += usize::from(stdout.contains("(ended before)"));
             resumed += usize::from(stdout.contains("(resumed from "));
             let got = outcome(&out);
-            assert!(got == want, "killed after operation {k}: {got:?}");
+            assert!(got == *want, "killed after operation {k}: {got:?}");
             assert_eq!(temp_files(&out), Vec::<PathBuf>::new(), "k {k}");
             std::fs::remove_dir_all(&out).unwrap();
         }
+        (kills, kept, resumed)
+    }
+
+    #[test]
+    fn a_kill_at_every_disk_operation_of_a_stacked_compare_resumes_to_the_same_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Four members: two that train, two that diverge.
+        let (cwd, file) = (tmp.path(), experiment(tmp.path(), "[0, 1]"));
+        let want = uninterrupted(cwd, &file, STACKED, 4);
+        // The stack writes what the runs one at a time write, tensors and all.
+        assert!(want == uninterrupted(cwd, &file, SEQUENTIAL, 4));
+        let (kills, kept, resumed) = kill_and_resume(STACKED, STACKED, 1, &want, cwd, &file);
+        // The lock and mark, 4 group saves of 5 operations, then the four runs' directories
+        // (the two that trained with their last save of 18 operations and their measures),
+        // their results, and the outputs.
+        println!("{kills} disk operations, each killed and resumed");
+        assert!(kills > 100, "{kills} operations");
+        assert!(
+            kept > 5 && resumed > 10,
+            "{kept} kept, {resumed} resumed of {kills}"
+        );
+    }
+
+    #[test]
+    fn a_kill_at_every_disk_operation_of_a_sequential_compare_resumes_to_the_same_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cwd, file) = (tmp.path(), experiment(tmp.path(), "[0]"));
+        let want = uninterrupted(cwd, &file, SEQUENTIAL, 2);
+        let (kills, kept, resumed) = kill_and_resume(SEQUENTIAL, SEQUENTIAL, 1, &want, cwd, &file);
         // The lock and mark, 4 saves of 18 operations, 2 measures, 2 results, the outputs.
         println!("{kills} disk operations, each killed and resumed");
         assert!(kills > 100, "{kills} operations");
@@ -887,35 +956,55 @@ mod compare {
     }
 
     #[test]
+    fn each_path_resumes_what_the_other_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cwd, file) = (tmp.path(), experiment(tmp.path(), "[0]"));
+        let want = uninterrupted(cwd, &file, STACKED, 2);
+        // A group save handed over to --sequential, run by run.
+        let (kills, _, _) = kill_and_resume(STACKED, SEQUENTIAL, 3, &want, cwd, &file);
+        assert!(kills > 15, "{kills}");
+        // A run --sequential left mid-way, finished alone by the stacked path.
+        let (kills, _, resumed) = kill_and_resume(SEQUENTIAL, STACKED, 7, &want, cwd, &file);
+        assert!(
+            kills > 15 && resumed > 5,
+            "{kills} killed, {resumed} resumed"
+        );
+    }
+
+    #[test]
     fn a_full_disk_at_a_write_of_a_compare_fails_in_one_line_and_resumes() {
         let tmp = tempfile::tempdir().unwrap();
         let cwd = tmp.path();
-        let file = experiment(cwd);
-        let whole = cwd.join("whole");
-        assert!(compare(cwd, &file, &whole, None).status.success());
-        let want = outcome(&whole);
-        let mut failed = 0;
-        for k in (1..).step_by(6) {
-            let out = cwd.join(format!("full{k}"));
-            let o = compare(cwd, &file, &out, Some(format!("{k}:full")));
-            if o.status.success() {
-                break;
+        let file = experiment(cwd, "[0]");
+        for path in [STACKED, SEQUENTIAL] {
+            let want = uninterrupted(cwd, &file, path, 2);
+            let mut failed = 0;
+            for k in (1..).step_by(6) {
+                let out = cwd.join(format!("full{k}"));
+                let o = compare(cwd, &file, &out, Some(format!("{k}:full")), path);
+                if o.status.success() {
+                    break;
+                }
+                failed += 1;
+                let err = text(&o.stderr);
+                assert_eq!(o.status.code(), Some(1), "k {k}: {err}");
+                assert!(
+                    err.trim_end().lines().count() == 1 && err.contains("injected failure"),
+                    "k {k}: {err}"
+                );
+                if out.exists() {
+                    assert_eq!(temp_files(&out), Vec::<PathBuf>::new(), "k {k}");
+                }
+                let o = compare(cwd, &file, &out, None, path);
+                assert!(o.status.success(), "k {k}: {}", text(&o.stderr));
+                assert!(
+                    outcome(&out) == want,
+                    "{path:?}: full disk at operation {k}"
+                );
+                std::fs::remove_dir_all(&out).unwrap();
             }
-            failed += 1;
-            let err = text(&o.stderr);
-            assert_eq!(o.status.code(), Some(1), "k {k}: {err}");
-            assert!(
-                err.trim_end().lines().count() == 1 && err.contains("injected failure"),
-                "k {k}: {err}"
-            );
-            if out.exists() {
-                assert_eq!(temp_files(&out), Vec::<PathBuf>::new(), "k {k}");
-            }
-            let o = compare(cwd, &file, &out, None);
-            assert!(o.status.success(), "k {k}: {}", text(&o.stderr));
-            assert!(outcome(&out) == want, "full disk at operation {k}");
+            assert!(failed > 8, "{path:?}: {failed}");
         }
-        assert!(failed > 15, "{failed}");
     }
 }
 

@@ -68,6 +68,12 @@ pub struct CompareArgs {
     /// file, a `wgnn train` run) instead of refusing, and start over instead of resuming.
     #[arg(long)]
     pub overwrite: bool,
+    /// Train the runs one at a time. By default the runs that can share one plan (the same
+    /// architecture up to its dropout probabilities, data, batch size, loss, optimizer kind,
+    /// preprocessing and loop) train side by side as one stack, each member computing its
+    /// lone run's bits: the same results.csv, faster.
+    #[arg(long, conflicts_with = "replot")]
+    pub sequential: bool,
     /// Also save each run every N optimizer steps within an epoch (default: at each epoch's
     /// end only), so that an interrupted run loses less.
     #[arg(long, value_name = "N")]

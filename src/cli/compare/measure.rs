@@ -40,20 +40,89 @@ pub fn single_signed_share(
     probe.set_lr(0.0);
     probe.train();
     let d = train.sample_len();
-    let samples = train.len().min(SIGN_SAMPLES);
-    let (mut total, mut counted) = (0.0, 0usize);
-    for i in 0..samples {
+    let mut shares = Shares::default();
+    for i in 0..train.len().min(SIGN_SAMPLES) {
         probe.train_step(&train.features[i * d..(i + 1) * d], &train.labels[i..=i])?;
         let grads = probe.gradients()?;
-        let Some(w) = probe.graph().params.iter().position(|p| p.shape.len() == 2) else {
-            return Ok(f64::NAN);
+        shares.add(probe.graph(), &grads);
+    }
+    Ok(shares.mean())
+}
+
+/// [`single_signed_share`] of members `members` of the stack `model`, each as its lone run
+/// measures it: one probe stack of those members at rate 0, every member stepping on the
+/// same sample, each member's gradients read on their own.
+pub fn single_signed_shares(
+    ctx: &Arc<GpuContext>,
+    model: &mut Model,
+    members: &[usize],
+    train: &Dataset,
+) -> wgnn::Result<Vec<f64>> {
+    if members.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut configs = Vec::with_capacity(members.len());
+    let mut states = Vec::with_capacity(members.len());
+    for &k in members {
+        configs.push(model.member_config(k)?.clone());
+        states.push(model.member_state(k)?);
+    }
+    let config = wgnn::ModelConfig {
+        batch_size: 1,
+        ..model.config().clone()
+    };
+    let mut probe = Model::stack(
+        ctx.clone(),
+        model.preprocess().cloned().map(Arc::new),
+        model.sequential().clone(),
+        model.loss().clone(),
+        config,
+        configs,
+        Some(states),
+    )?;
+    for j in 0..members.len() {
+        probe.set_member_lr(j, 0.0)?;
+    }
+    probe.train();
+    let d = train.sample_len();
+    let mut shares = vec![Shares::default(); members.len()];
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..train.len().min(SIGN_SAMPLES) {
+        x.clear();
+        y.clear();
+        for _ in members {
+            x.extend_from_slice(&train.features[i * d..(i + 1) * d]);
+            y.push(train.labels[i]);
+        }
+        probe.train_step_members(&x, &y)?;
+        for (j, share) in shares.iter_mut().enumerate() {
+            let grads = probe.member_gradients(j)?;
+            share.add(probe.graph(), &grads);
+        }
+    }
+    Ok(shares.iter().map(Shares::mean).collect())
+}
+
+/// The single-signed shares of the samples seen so far.
+#[derive(Clone, Default)]
+struct Shares {
+    total: f64,
+    counted: usize,
+    /// The model has no weight matrix: the measure is NaN.
+    none: bool,
+}
+
+impl Shares {
+    /// One sample's gradients: the share of the first weight matrix's live rows (neurons
+    /// the sample reached; a ReLU that was off gives an all-zero row) that are
+    /// single-signed.
+    fn add(&mut self, graph: &wgnn::graph::Graph, grads: &[(String, Vec<f32>)]) {
+        let Some(w) = graph.params.iter().position(|p| p.shape.len() == 2) else {
+            self.none = true;
+            return;
         };
-        let (rows, cols) = (
-            probe.graph().params[w].shape[0],
-            probe.graph().params[w].shape[1],
-        );
+        let (rows, cols) = (graph.params[w].shape[0], graph.params[w].shape[1]);
         let g = &grads[w].1;
-        // Rows of neurons the sample reached (a ReLU that was off gives an all-zero row).
         let (mut live, mut single) = (0usize, 0usize);
         for r in 0..rows {
             let row = &g[r * cols..(r + 1) * cols];
@@ -64,15 +133,18 @@ pub fn single_signed_share(
             }
         }
         if live > 0 {
-            total += single as f64 / live as f64;
-            counted += 1;
+            self.total += single as f64 / live as f64;
+            self.counted += 1;
         }
     }
-    Ok(if counted == 0 {
-        f64::NAN
-    } else {
-        total / counted as f64
-    })
+
+    fn mean(&self) -> f64 {
+        if self.none || self.counted == 0 {
+            f64::NAN
+        } else {
+            self.total / self.counted as f64
+        }
+    }
 }
 
 /// A run's measures so far, in its directory: written before the save that ends each epoch,

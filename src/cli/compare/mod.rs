@@ -3,16 +3,24 @@
 //! test accuracy (mean ± std over seeds), best epoch, epochs to a target accuracy, the
 //! train–test gap and the runs that diverged.
 //!
+//! The runs train stacked by default: runs that can share one plan ([`grouping`]) train
+//! side by side as the members of one stack ([`stacked`]), each computing its lone run's
+//! bits; `--sequential` trains them one at a time. Both write the same files.
+//!
 //! One file per concern: [`schema`] reads the experiment file, [`outdir`] keeps the
 //! directory (one writer, its mark, `--overwrite`), [`runs`] checks the variants and trains
-//! or resumes the runs, [`measure`] the per-epoch measures, [`results`] reads and writes
-//! results.csv, [`summary`] makes the table.
+//! or resumes the runs, [`grouping`] says which runs share a stack, [`stacked`] trains a
+//! group as one, [`group_save`] saves it as one commit, [`measure`] the per-epoch measures,
+//! [`results`] reads and writes results.csv, [`summary`] makes the table.
 
+mod group_save;
+mod grouping;
 mod measure;
 mod outdir;
 mod results;
 mod runs;
 mod schema;
+mod stacked;
 mod summary;
 
 use std::path::Path;
@@ -64,6 +72,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         dir: &dir,
         prepared,
         checkpoint_every: args.checkpoint_every,
+        sequential: args.sequential,
     };
     let total = experiment.runs();
     let records = session.run_all(|records| {

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `experiment.toml` | the experiment file as the directory's first run read it: the mark that the directory is this experiment's, and what a rerun's file is compared with |
 //! | `runs/V-seedS/` | one run directory per variant (numbered from 1 in the file's order) and seed, as `wgnn train` keeps it ([`wgnn::rundir`]), and its `result.csv` once the run ended |
+//! | `groups/V-seedS.safetensors` | the save of a stack of runs still training, named by its first run ([`super::group_save`]); removed when the stack's runs have ended |
 //! | `results.csv`, `summary.md`, `curves.svg` | every ended run's rows, the table, the curves: each rewritten atomically whenever a run ends |
 //! | `.wgnn-lock` | locked by the process writing the directory |
 
@@ -15,6 +16,7 @@ use wgnn::checkpoint::{MODEL_FILE, TRAINING_FILE};
 use wgnn::durable;
 use wgnn::rundir::{DirLock, METRICS_FILE};
 
+use super::group_save::GROUPS_DIR;
 use super::results::RESULTS_FILE;
 use super::schema::{Experiment, read_bounded};
 use super::summary::SUMMARY_FILE;
@@ -151,9 +153,11 @@ impl CompareDir {
         if self.clears {
             // The old mark goes last (replaced): a kill in between leaves a directory that
             // still says whose it is.
-            let runs = self.path.join(RUNS_DIR);
-            if runs.exists() {
-                std::fs::remove_dir_all(&runs).map_err(|e| io(&runs, e))?;
+            for dir in [RUNS_DIR, GROUPS_DIR] {
+                let dir = self.path.join(dir);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+                }
             }
             for file in OUTPUTS.iter().chain(&TRAIN_FILES) {
                 let file = self.path.join(file);
@@ -224,14 +228,16 @@ fn inspect(path: &Path, experiment: &Experiment, replot: bool) -> Result<Holds> 
             .map(|n| n.to_string())
             .collect()
     };
-    if path.join(RUNS_DIR).exists() && !replot {
-        return Err(refused(
-            path,
-            format!(
-                "holds a {RUNS_DIR}/ directory but no {EXPERIMENT_FILE}: not an experiment's, \
-                 and not wgnn's to replace; give another --out"
-            ),
-        ));
+    for dir in [RUNS_DIR, GROUPS_DIR] {
+        if path.join(dir).exists() && !replot {
+            return Err(refused(
+                path,
+                format!(
+                    "holds a {dir}/ directory but no {EXPERIMENT_FILE}: not an experiment's, \
+                     and not wgnn's to replace; give another --out"
+                ),
+            ));
+        }
     }
     let train = present(&TRAIN_FILES);
     if !train.is_empty() {

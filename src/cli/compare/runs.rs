@@ -1,14 +1,20 @@
-//! The runs of an experiment: every variant checked before anything trains, then each run
-//! (variant × seed) trained in its own run directory, or resumed there, or kept when it has
-//! ended, and its outcome recorded.
+//! The runs of an experiment: every variant checked before anything trains, then the runs
+//! (variant × seed) that have not ended trained — by default in groups that share one stack
+//! ([`super::grouping`], [`super::stacked`]), with `--sequential` one at a time — or resumed,
+//! and the ended ones kept; each run's outcome recorded.
 //!
-//! A run is one [`RunDir`], saved at every epoch's end (and every `--checkpoint-every` steps)
-//! exactly as `wgnn train` saves one, so a kill at any instant loses at most the steps since
-//! the last save and a rerun resumes from it bit for bit ([`RunDir::resume`]). When a run
-//! ends — trained to its last epoch or stopped by a NaN or infinite loss — its rows of
-//! results.csv are written to its `result.csv`: from then on it is kept as it is. The unit
-//! handed to `Session::train_run` is one run; the rest (the list, the records, the outputs)
-//! does not depend on how a run's epochs are computed.
+//! A run trained alone is one [`RunDir`], saved at every epoch's end (and every
+//! `--checkpoint-every` steps) exactly as `wgnn train` saves one, so a kill at any instant
+//! loses at most the steps since the last save and a rerun resumes from it bit for bit
+//! ([`RunDir::resume`]). A group saves at the same points, all its members in one file
+//! ([`super::group_save`]). When a run ends — trained to its last epoch or stopped by a NaN
+//! or infinite loss — its rows of results.csv are written to its `result.csv`: from then on
+//! it is kept as it is.
+//!
+//! Either path resumes what the other left: `--sequential` hands a group save over to its
+//! runs' own directories, and the stacked path finishes a run that `--sequential` left
+//! mid-way alone, from its own save. Since a member of a stack computes its lone run's bits,
+//! both paths end with the same files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,28 +30,33 @@ use wgnn::run::{self, DataConfig, Position, Preprocessing, RunConfig};
 use wgnn::rundir::RunDir;
 use wgnn::train::{Checkpoint, FitOptions, Silent, fit};
 
+use super::group_save::{self, GROUP_SUFFIX, GROUPS_DIR};
+use super::grouping;
 use super::measure;
 use super::outdir::CompareDir;
 use super::results::{EpochRow, RUN_RESULT_FILE, RunRecord, parse, to_csv};
 use super::schema::{Experiment, Variant, bad, train_args};
+use super::stacked::{Group, remove_group_save};
 use crate::cli::error::{CliError, Result};
 use crate::cli::train;
 
-/// A variant ready to run: its run (with the first seed; each run sets its own) and its
-/// preprocessing, fitted once on the training split: the seed changes neither.
+/// A variant ready to run: its run (with the first seed; each run sets its own), its
+/// preprocessing, fitted once on the training split (the seed changes neither), and how
+/// many of its runs one stack holds on the device.
 pub struct Prepared {
-    run: RunConfig,
-    transform: Option<Transform>,
+    pub(super) run: RunConfig,
+    pub(super) transform: Option<Transform>,
+    capacity: usize,
 }
 
 /// The last data loaded, kept while the next variant or run reads the same.
 #[derive(Default)]
-struct DataCache {
+pub(super) struct DataCache {
     loaded: Option<(DataConfig, Splits)>,
 }
 
 impl DataCache {
-    fn get(&mut self, data: &DataConfig) -> wgnn::Result<&Splits> {
+    pub(super) fn get(&mut self, data: &DataConfig) -> wgnn::Result<&Splits> {
         // Other data is dropped before the next is loaded.
         let kept = self.loaded.take().filter(|(c, _)| c == data);
         let loaded = match kept {
@@ -134,11 +145,15 @@ pub fn prepare(
             ));
         }
         // The plan on the device: shapes, buffer limits, memory.
-        drop(
-            run.build_with(ctx.clone(), None, transform.clone())
-                .map_err(|e| fail(e.into()))?,
-        );
-        prepared.push(Prepared { run, transform });
+        let capacity = run
+            .build_with(ctx.clone(), None, transform.clone())
+            .map_err(|e| fail(e.into()))?
+            .stack_capacity();
+        prepared.push(Prepared {
+            run,
+            transform,
+            capacity,
+        });
     }
     Ok(prepared)
 }
@@ -150,6 +165,8 @@ pub struct Session<'a> {
     pub dir: &'a CompareDir,
     pub prepared: Vec<Prepared>,
     pub checkpoint_every: Option<u64>,
+    /// One run at a time, none stacked (`--sequential`).
+    pub sequential: bool,
 }
 
 /// One ended run read back from its `result.csv`.
@@ -176,24 +193,93 @@ fn read_kept(path: &Path, experiment: &Experiment, variant: &str, seed: u64) -> 
 
 /// One run of the experiment: a variant (its index), a seed, and its number in the file's
 /// order (from 1), as the progress lines count.
-#[derive(Clone, Copy, Debug)]
-struct RunId {
-    variant: usize,
-    seed: u64,
-    number: usize,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RunId {
+    pub(super) variant: usize,
+    pub(super) seed: u64,
+    pub(super) number: usize,
+}
+
+/// One piece of the work: a run trained alone, or a group trained as one stack.
+enum Unit {
+    Alone(RunId),
+    Group(Group),
+}
+
+impl Unit {
+    fn first(&self) -> usize {
+        match self {
+            Unit::Alone(id) => id.number,
+            Unit::Group(g) => g.ids[0].number,
+        }
+    }
+}
+
+/// The time left, from the member-epochs trained so far and those still to train.
+pub(super) struct Clock {
+    start: Instant,
+    total: f64,
+    done: f64,
+    /// Where `done` stands when the current unit has ended.
+    unit_end: f64,
+}
+
+impl Clock {
+    fn new(total: usize) -> Self {
+        Self {
+            start: Instant::now(),
+            total: total as f64,
+            done: 0.0,
+            unit_end: 0.0,
+        }
+    }
+
+    /// A unit of `work` member-epochs begins.
+    pub(super) fn begin(&mut self, work: usize) {
+        self.unit_end = self.done + work as f64;
+    }
+
+    /// `work` member-epochs of the current unit are done.
+    pub(super) fn advance(&mut self, work: usize) {
+        self.done = (self.done + work as f64).min(self.unit_end);
+    }
+
+    /// The current unit has ended (its diverged members' epochs with it).
+    pub(super) fn finish(&mut self) {
+        self.done = self.unit_end;
+    }
+
+    /// `about 42 s left`.
+    pub(super) fn left(&self) -> String {
+        if self.done <= 0.0 {
+            return "time left not known yet".into();
+        }
+        let rate = self.start.elapsed().as_secs_f64() / self.done;
+        format!(
+            "about {:.0} s left",
+            rate * (self.total - self.done).max(0.0)
+        )
+    }
 }
 
 impl Session<'_> {
-    /// Every run, in the file's order; returns their records. The runs that ended before are
-    /// kept; the others are trained, or resumed, one at a time (`train_run`: the
-    /// unit a group of runs trained together would replace), and after each `on_record` sees
-    /// every record there is.
+    /// Every run, in the file's order; returns their records. The runs that ended before
+    /// are kept; the others are trained, or resumed: in groups that share one stack, or
+    /// (`--sequential`, and a run that one left mid-way) one at a time. After each run or
+    /// group `on_record` sees every record there is.
     pub fn run_all(
         &mut self,
         mut on_record: impl FnMut(&[RunRecord]) -> Result<()>,
     ) -> Result<Vec<RunRecord>> {
         let experiment = self.experiment;
         let total = experiment.runs();
+        let mut groups = self.group_saves()?;
+        if self.sequential {
+            for group in std::mem::take(&mut groups) {
+                let saved = group.saved.unwrap_or_default();
+                self.hand_over(&group.file, &group.ids, saved)?;
+            }
+        }
         let runs = experiment
             .variants
             .iter()
@@ -224,46 +310,233 @@ impl Session<'_> {
             );
         }
         let mut records = Vec::with_capacity(total);
-        for (id, record) in kept {
-            println!("{} {} (ended before)", self.prefix(id), record.outcome());
-            records.push(record);
+        for (id, record) in &kept {
+            println!("{} {} (ended before)", self.prefix(*id), record.outcome());
+            records.push(record.clone());
         }
+        let units = self.units(groups, pending)?;
+        let epochs = |id: RunId| self.experiment.variants[id.variant].epochs();
+        let work = units
+            .iter()
+            .map(|u| match u {
+                Unit::Alone(id) => epochs(*id),
+                Unit::Group(g) => g.work(epochs(g.ids[0])),
+            })
+            .sum();
+        let mut clock = Clock::new(work);
+        let stacks = units.iter().filter(|u| matches!(u, Unit::Group(_))).count();
         let mut data = DataCache::default();
-        let start = Instant::now();
-        for (done, &id) in pending.iter().enumerate() {
-            let began = Instant::now();
-            let (record, resumed) =
-                self.train_run(id, &mut data)
-                    .map_err(|e| CliError::CompareDir {
-                        path: self.path(id),
-                        message: format!(
-                            "variant {:?} seed {}: {e} (the runs that ended are kept in {}: the \
-                         same command again resumes, --overwrite starts over)",
-                            experiment.variants[id.variant].name,
-                            id.seed,
-                            self.dir.path().display()
-                        ),
-                    })?;
-            let left = start.elapsed().as_secs_f64() / (done + 1) as f64
-                * (pending.len() - done - 1) as f64;
-            println!(
-                "{}{resumed} ({:.1} s; about {left:.0} s left)",
-                record.outcome(),
-                began.elapsed().as_secs_f64(),
-            );
-            records.push(record);
+        let mut stack = 0;
+        for unit in units {
+            match unit {
+                Unit::Alone(id) => {
+                    clock.begin(epochs(id));
+                    let began = Instant::now();
+                    let (record, resumed) = self
+                        .train_run(id, &mut data)
+                        .map_err(|e| self.failed(id, e))?;
+                    clock.finish();
+                    println!(
+                        "{}{resumed} ({:.1} s; {})",
+                        record.outcome(),
+                        began.elapsed().as_secs_f64(),
+                        clock.left()
+                    );
+                    records.push(record);
+                }
+                Unit::Group(group) => {
+                    stack += 1;
+                    let label = format!("stack {stack}/{stacks}");
+                    let (file, first) = (group.file.clone(), group.ids[0]);
+                    let count = group.ids.len();
+                    let ended = self
+                        .train_group(group, &label, &mut data, &mut clock)
+                        .map_err(|e| self.group_failed(&file, first, count, e))?;
+                    records.extend(ended.into_iter().map(|(_, r)| r));
+                }
+            }
             on_record(&records)?;
+        }
+        // Every group has ended: their directory goes with its last save.
+        let groups = self.dir.path().join(GROUPS_DIR);
+        let empty = std::fs::read_dir(&groups).is_ok_and(|mut entries| entries.next().is_none());
+        if empty {
+            durable::remove_dir(&groups).map_err(|e| io(&groups, e))?;
+            durable::sync_dir(self.dir.path()).map_err(|e| io(self.dir.path(), e))?;
         }
         Ok(records)
     }
 
-    fn path(&self, id: RunId) -> PathBuf {
+    /// Every group save in the directory, read and checked: each run it holds is one of the
+    /// experiment's and in no other save. A save whose runs have all ended goes.
+    fn group_saves(&self) -> Result<Vec<Group>> {
+        let dir = self.dir.path().join(GROUPS_DIR);
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if durable::is_temp_file(&name) {
+                // An interrupted write's: the directory is locked, so no live writer owns it.
+                durable::remove_file(&entry.path()).map_err(|e| io(&entry.path(), e))?;
+            } else if name.ends_with(GROUP_SUFFIX) {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        let mut saves: Vec<Group> = Vec::new();
+        for file in files {
+            let saved = group_save::read(&file)?;
+            let mut ids = Vec::with_capacity(saved.len());
+            for member in &saved {
+                let id = self.run_id(&member.variant, member.seed).ok_or_else(|| {
+                    CliError::CompareDir {
+                        path: file.clone(),
+                        message: format!(
+                            "holds variant {:?} seed {}, which the experiment does not have; \
+                             --overwrite starts the experiment over",
+                            member.variant, member.seed
+                        ),
+                    }
+                })?;
+                if ids.contains(&id) || saves.iter().any(|g| g.ids.contains(&id)) {
+                    return Err(CliError::CompareDir {
+                        path: file.clone(),
+                        message: format!(
+                            "holds variant {:?} seed {} that another group save holds too; \
+                             --overwrite starts the experiment over",
+                            member.variant, member.seed
+                        ),
+                    });
+                }
+                ids.push(id);
+            }
+            if ids
+                .iter()
+                .all(|&id| self.path(id).join(RUN_RESULT_FILE).exists())
+            {
+                remove_group_save(&file)?;
+                continue;
+            }
+            saves.push(Group {
+                file,
+                ids,
+                saved: Some(saved),
+            });
+        }
+        Ok(saves)
+    }
+
+    /// The work, in the order of each unit's first run: the groups that resume, each
+    /// pending run that resumes alone (`--sequential`'s, or one it left mid-way), and the
+    /// other pending runs in groups that share a stack.
+    fn units(&self, groups: Vec<Group>, pending: Vec<RunId>) -> Result<Vec<Unit>> {
+        let mut units = Vec::new();
+        let mut fresh = Vec::new();
+        for id in pending {
+            if groups.iter().any(|g| g.ids.contains(&id)) {
+                continue;
+            }
+            if self.sequential || self.path(id).join(TRAINING_FILE).exists() {
+                units.push(Unit::Alone(id));
+            } else {
+                fresh.push(id);
+            }
+        }
+        units.extend(groups.into_iter().map(Unit::Group));
+        let mut keys = Vec::with_capacity(fresh.len());
+        for &id in &fresh {
+            let key = grouping::key(&self.run_of(id))?;
+            keys.push((id, key));
+        }
+        let groups_dir = self.dir.path().join(GROUPS_DIR);
+        for chunk in grouping::partition(
+            keys,
+            |(_, key)| key.clone(),
+            |(id, _)| self.prepared[id.variant].capacity,
+        ) {
+            let ids: Vec<RunId> = chunk.into_iter().map(|(id, _)| id).collect();
+            let name = self
+                .path(ids[0])
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            units.push(Unit::Group(Group {
+                file: groups_dir.join(format!("{name}{GROUP_SUFFIX}")),
+                ids,
+                saved: None,
+            }));
+        }
+        units.sort_by_key(Unit::first);
+        if units
+            .iter()
+            .any(|u| matches!(u, Unit::Group(g) if g.saved.is_none()))
+        {
+            durable::create_dir_all(&groups_dir).map_err(|e| io(&groups_dir, e))?;
+            durable::sync_dir(self.dir.path()).map_err(|e| io(self.dir.path(), e))?;
+        }
+        Ok(units)
+    }
+
+    /// The run of `variant` (by name) with `seed`, if the experiment has it.
+    fn run_id(&self, variant: &str, seed: u64) -> Option<RunId> {
+        let experiment = self.experiment;
+        let v = experiment.variants.iter().position(|v| v.name == variant)?;
+        let s = experiment.seeds.iter().position(|&s| s == seed)?;
+        Some(RunId {
+            variant: v,
+            seed,
+            number: v * experiment.seeds.len() + s + 1,
+        })
+    }
+
+    /// The run's settings: its variant's, with its seed.
+    pub(super) fn run_of(&self, id: RunId) -> RunConfig {
+        let mut run = self.prepared[id.variant].run.clone();
+        run.seed = id.seed;
+        run
+    }
+
+    fn failed(&self, id: RunId, e: CliError) -> CliError {
+        CliError::CompareDir {
+            path: self.path(id),
+            message: format!(
+                "variant {:?} seed {}: {e} (the runs that ended are kept in {}: the same \
+                 command again resumes, --overwrite starts over)",
+                self.experiment.variants[id.variant].name,
+                id.seed,
+                self.dir.path().display()
+            ),
+        }
+    }
+
+    fn group_failed(&self, file: &Path, first: RunId, count: usize, e: CliError) -> CliError {
+        // What is wrong with the save itself already names it.
+        let e = match e {
+            CliError::CompareDir { path, message } if path == file => message,
+            e => e.to_string(),
+        };
+        CliError::CompareDir {
+            path: file.to_path_buf(),
+            message: format!(
+                "the stack of {count} run(s) from variant {:?} seed {}: {e} (the runs that \
+                 ended are kept in {}: the same command again resumes, --overwrite starts over)",
+                self.experiment.variants[first.variant].name,
+                first.seed,
+                self.dir.path().display()
+            ),
+        }
+    }
+
+    pub(super) fn path(&self, id: RunId) -> PathBuf {
         let variants = self.experiment.variants.len();
         self.dir.run_path(id.variant, variants, id.seed)
     }
 
     /// `[  3/24] lr=0.1 · seed 2:`, the start of a run's progress line.
-    fn prefix(&self, id: RunId) -> String {
+    pub(super) fn prefix(&self, id: RunId) -> String {
         format!(
             "[{:>3}/{}] {} · seed {}:",
             id.number,
@@ -280,8 +553,7 @@ impl Session<'_> {
         let path = &self.path(id);
         let experiment = self.experiment;
         let prepared = &self.prepared[variant];
-        let mut run = prepared.run.clone();
-        run.seed = seed;
+        let run = self.run_of(id);
         let measures = path.join(measure::MEASURES_FILE);
         let (mut dir, mut model, position, mut signs) = if path.join(TRAINING_FILE).exists() {
             let (dir, resumed) = RunDir::resume(self.ctx.clone(), path)?;
@@ -383,7 +655,7 @@ impl Session<'_> {
     }
 }
 
-fn io(path: &Path, source: std::io::Error) -> CliError {
+pub(super) fn io(path: &Path, source: std::io::Error) -> CliError {
     CliError::Wgnn(wgnn::Error::Io {
         path: path.display().to_string(),
         source,
@@ -391,7 +663,7 @@ fn io(path: &Path, source: std::io::Error) -> CliError {
 }
 
 /// The settings in which two runs differ, by name.
-fn differences(a: &RunConfig, b: &RunConfig) -> String {
+pub(super) fn differences(a: &RunConfig, b: &RunConfig) -> String {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
         (serde_json::to_value(a), serde_json::to_value(b))
     else {
