@@ -1,7 +1,8 @@
 //! The workloads of `wgnn bench`: the adapter's FMA ceiling, square matmuls, the lecture's MLP
-//! training step and eval forward (data resident on the device), and the time to a first
-//! step — each on the GPU and, where it is meaningful, on the CPU reference in the same run.
-//! `benches/torch_reference.py` runs the same names in PyTorch and prints the same JSON.
+//! training step and eval forward (data resident on the device), stacks of the MLP against
+//! lone steps ([`stack`]), and the time to a first step — each on the GPU and, where it is
+//! meaningful, on the CPU reference in the same run. `benches/torch_reference.py` runs the
+//! same names in PyTorch (but for the stacks) and prints the same JSON.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,13 @@ use crate::nn::{CrossEntropyLoss, Sequential};
 use crate::ops::matmul::{self, Epilogue, Layout, MatmulBindings, MatmulShape};
 use crate::optim::{Optimizer, Sgd};
 use crate::{Mode, Model, ModelConfig};
+
+pub mod stack;
+
+pub use stack::{
+    ResidentSteps, STACK_BATCH, STACK_MEMBERS, StackFigures, lecture_stack, stack_records,
+    stack_vs_lone,
+};
 
 /// One figure, as both `wgnn bench --json` and `benches/torch_reference.py` print it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -179,17 +187,22 @@ fn pattern(len: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The benchmarks' optimizer: SGD with momentum 0.9.
+pub fn lecture_optimizer() -> Optimizer {
+    Optimizer::Sgd(Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        ..Sgd::default()
+    })
+}
+
 /// The lecture's MLP for `features` inputs, with SGD momentum 0.9, as the benchmarks use it.
 pub fn lecture_model(ctx: Arc<GpuContext>, features: usize, batch: usize) -> Result<Model> {
     Model::new(
         ctx,
         Sequential::lecture_mlp(features, 10, 0.2),
         CrossEntropyLoss::new(),
-        Optimizer::Sgd(Sgd {
-            lr: 0.01,
-            momentum: 0.9,
-            ..Sgd::default()
-        }),
+        lecture_optimizer(),
         ModelConfig {
             sample_shape: vec![features],
             batch_size: batch,
@@ -391,6 +404,14 @@ pub fn run_all(
         if budget.cpu_reference {
             let rate = mlp_cpu(ctx.clone(), features, batch, mode, budget)?;
             push(&format!("{name}_cpu_reference"), rate, "samples/s", &cpu);
+        }
+    }
+    for mode in [Mode::Train, Mode::Eval] {
+        for members in STACK_MEMBERS {
+            let f = stack_vs_lone(ctx.clone(), 784, STACK_BATCH, members, mode, budget)?;
+            for (name, value, unit) in stack_records(&f, mode) {
+                push(&name, value, unit, &gpu);
+            }
         }
     }
     Ok(out)
