@@ -92,3 +92,21 @@ fn stacked_figures_and_records_add_up() {
         );
     }
 }
+
+#[test]
+fn the_fixed_costs_of_the_queue_are_measured_apart() {
+    let budget = Budget {
+        round: Duration::from_millis(20),
+        rounds: 3,
+        cpu_reference: false,
+    };
+    let cost = wgnn::bench::dispatch_cost(&ctx(), budget).unwrap();
+    // A chain of 64 dispatches costs more than one, and a submit with its wait costs
+    // something: both come out positive, and far below a second.
+    for (what, s) in [
+        ("dispatch", cost.dispatch_seconds),
+        ("submit", cost.submit_seconds),
+    ] {
+        assert!(s > 0.0 && s < 1.0, "{what}: {s} s in {cost:?}");
+    }
+}
