@@ -3,10 +3,11 @@
 //! same rounds (so that the ratio compares figures of one stretch of one run).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Budget, batches, lecture_model, lecture_optimizer, time_per_rep};
+use super::{Budget, batches, lecture_model, lecture_optimizer};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::model::DeviceBatch;
@@ -144,10 +145,17 @@ pub struct StackFigures {
     pub vs_lone: f64,
 }
 
+/// Alternations of lone and stacked slices in one round: both sides sample the same
+/// stretches of a machine whose speed drifts (lavapipe's threads on a shared machine run in
+/// fast and slow stretches of about a second).
+const SLICES: usize = 8;
+
 /// The lecture's MLP (`features` inputs, `batch` per member) as a stack of `members`
-/// against a lone model, in `budget.rounds` rounds: each round times both back to back
-/// (the lone model first in even rounds, the stack first in odd ones, so that a drift in
-/// the machine's speed favours neither).
+/// against a lone model, in `budget.rounds` rounds. A round alternates [`SLICES`] slices of
+/// lone steps with as many slices of stacked steps, each slice about `budget.round /
+/// SLICES` (at least one step), the lone model first in even slices and the stack first in
+/// odd ones; the round's ratio is that of their summed times per step. Figures are the
+/// medians of the rounds.
 pub fn stack_vs_lone(
     ctx: Arc<GpuContext>,
     features: usize,
@@ -158,19 +166,25 @@ pub fn stack_vs_lone(
 ) -> Result<StackFigures> {
     let mut lone = ResidentSteps::lone(ctx.clone(), features, batch, mode)?;
     let mut stack = ResidentSteps::stack(ctx, features, batch, members, mode)?;
-    let round = Budget {
-        rounds: 1,
-        ..budget
-    };
+    let slice = budget.round / SLICES as u32;
+    let lone_reps = reps_lasting(slice, &mut lone)?;
+    let stack_reps = reps_lasting(slice, &mut stack)?;
     let (mut lone_times, mut stack_times, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..budget.rounds.max(1) {
-        let (l, s) = if r % 2 == 0 {
-            let l = time_per_rep(round, |reps| lone.run(reps))?;
-            (l, time_per_rep(round, |reps| stack.run(reps))?)
-        } else {
-            let s = time_per_rep(round, |reps| stack.run(reps))?;
-            (time_per_rep(round, |reps| lone.run(reps))?, s)
-        };
+    for _ in 0..budget.rounds.max(1) {
+        let (mut l, mut s) = (0.0, 0.0);
+        for k in 0..SLICES {
+            if k % 2 == 0 {
+                l += timed(&mut lone, lone_reps)?;
+                s += timed(&mut stack, stack_reps)?;
+            } else {
+                s += timed(&mut stack, stack_reps)?;
+                l += timed(&mut lone, lone_reps)?;
+            }
+        }
+        let (l, s) = (
+            l / (SLICES * lone_reps) as f64,
+            s / (SLICES * stack_reps) as f64,
+        );
         lone_times.push(l);
         stack_times.push(s);
         ratios.push(members as f64 * l / s);
@@ -186,6 +200,22 @@ pub fn stack_vs_lone(
         lone_samples_per_second: batch as f64 / lone_seconds,
         vs_lone: median(ratios),
     })
+}
+
+/// Seconds of `reps` steps (and the wait for them).
+fn timed(steps: &mut ResidentSteps, reps: usize) -> Result<f64> {
+    let start = Instant::now();
+    steps.run(reps)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Steps that last at least `slice` (doubling from one).
+fn reps_lasting(slice: Duration, steps: &mut ResidentSteps) -> Result<usize> {
+    let mut reps = 1usize;
+    while timed(steps, reps)? < slice.as_secs_f64() && reps < 1 << 20 {
+        reps *= 2;
+    }
+    Ok(reps)
 }
 
 /// A stack's figures as records: `mlp784_stack16_train_b32` (member-samples/s),
