@@ -88,8 +88,18 @@ fn stacked_figures_and_records_add_up() {
                 (format!("mlp20_stack4_{m}_b8"), "member-samples/s"),
                 (format!("mlp20_stack4_{m}_b8_vs_lone"), "ratio"),
                 (format!("mlp20_stack4_{m}_b8_lone"), "samples/s"),
+                (
+                    format!("mlp20_stack4_{m}_b8_dispatches_per_step"),
+                    "dispatches"
+                ),
             ]
         );
+        // A stack runs the lone plan's dispatches, each covering every member.
+        let lone = ResidentSteps::lone(ctx(), FEATURES, BATCH, mode)
+            .unwrap()
+            .model()
+            .report(mode);
+        assert_eq!(f.dispatches_per_step, lone.dispatches_per_step);
     }
 }
 

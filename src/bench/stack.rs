@@ -143,6 +143,8 @@ pub struct StackFigures {
     /// The time of `members` lone steps over one stacked step, the median of the rounds'
     /// ratios: how many times the member-samples/s of lone steps the stack gives.
     pub vs_lone: f64,
+    /// Dispatches of a stacked step (a lone step has as many).
+    pub dispatches_per_step: usize,
 }
 
 /// Alternations of lone and stacked slices in one round: both sides sample the same
@@ -199,6 +201,7 @@ pub fn stack_vs_lone(
         member_samples_per_second: (members * batch) as f64 / stack_seconds,
         lone_samples_per_second: batch as f64 / lone_seconds,
         vs_lone: median(ratios),
+        dispatches_per_step: stack.model.report(mode).dispatches_per_step,
     })
 }
 
@@ -219,9 +222,9 @@ fn reps_lasting(slice: Duration, steps: &mut ResidentSteps) -> Result<usize> {
 }
 
 /// A stack's figures as records: `mlp784_stack16_train_b32` (member-samples/s),
-/// `…_vs_lone` (over as many lone steps in the same rounds) and `…_lone` (the lone model's
-/// samples/s in those rounds).
-pub fn stack_records(f: &StackFigures, mode: Mode) -> [(String, f64, &'static str); 3] {
+/// `…_vs_lone` (over as many lone steps in the same rounds), `…_lone` (the lone model's
+/// samples/s in those rounds) and `…_dispatches_per_step` (the stacked plan's).
+pub fn stack_records(f: &StackFigures, mode: Mode) -> [(String, f64, &'static str); 4] {
     let mode = match mode {
         Mode::Train => "train",
         Mode::Eval => "eval",
@@ -238,6 +241,11 @@ pub fn stack_records(f: &StackFigures, mode: Mode) -> [(String, f64, &'static st
             format!("{name}_lone"),
             f.lone_samples_per_second,
             "samples/s",
+        ),
+        (
+            format!("{name}_dispatches_per_step"),
+            f.dispatches_per_step as f64,
+            "dispatches",
         ),
     ]
 }
