@@ -65,7 +65,8 @@ fn steps(c: &mut Criterion) {
 }
 
 /// One stacked step of M members (each on its own resident batch) against M steps of a lone
-/// model: both do the work of M lone steps, so their times compare directly.
+/// model (on a pool as large as the stack's): both do the work of M lone steps, so their
+/// times compare directly.
 fn stacks(c: &mut Criterion) {
     let ctx = ctx();
     let (features, batch) = (784usize, STACK_BATCH);
@@ -79,10 +80,11 @@ fn stacks(c: &mut Criterion) {
             .sample_size(10)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(3));
-        let mut lone = ResidentSteps::lone(ctx.clone(), features, batch, mode).unwrap();
         for members in [1usize, 16] {
             let mut stack =
                 ResidentSteps::stack(ctx.clone(), features, batch, members, mode).unwrap();
+            let mut lone =
+                ResidentSteps::lone(ctx.clone(), features, batch, members, mode).unwrap();
             group.throughput(Throughput::Elements((members * batch) as u64));
             group.bench_function(BenchmarkId::new("stack", members), |b| {
                 b.iter_custom(|iters| {

@@ -95,7 +95,7 @@ fn stacked_figures_and_records_add_up() {
             ]
         );
         // A stack runs the lone plan's dispatches, each covering every member.
-        let lone = ResidentSteps::lone(ctx(), FEATURES, BATCH, mode)
+        let lone = ResidentSteps::lone(ctx(), FEATURES, BATCH, 1, mode)
             .unwrap()
             .model()
             .report(mode);

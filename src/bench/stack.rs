@@ -56,11 +56,22 @@ pub struct ResidentSteps {
 }
 
 impl ResidentSteps {
-    /// A lone lecture MLP on [`batches`]' pool, warmed up.
-    pub fn lone(ctx: Arc<GpuContext>, features: usize, batch: usize, mode: Mode) -> Result<Self> {
+    /// A lone lecture MLP on `copies` copies of [`batches`]' pool, each in buffers of its
+    /// own, warmed up. With as many copies as a stack has members, its steps read as many
+    /// bytes of distinct memory before coming back to a batch as the stack's do: the two
+    /// meet the same caches (a pool that fits a core's cache alone would favour the lone
+    /// model).
+    pub fn lone(
+        ctx: Arc<GpuContext>,
+        features: usize,
+        batch: usize,
+        copies: usize,
+        mode: Mode,
+    ) -> Result<Self> {
         let model = lecture_model(ctx, features, batch)?;
-        let pool = batches(features, batch)
-            .iter()
+        let single = batches(features, batch);
+        let pool = (0..copies.max(1))
+            .flat_map(|_| &single)
             .map(|(x, y)| model.upload_batch(x, y))
             .collect::<Result<Vec<_>>>()?;
         Self::warmed(model, pool, mode)
@@ -166,7 +177,7 @@ pub fn stack_vs_lone(
     mode: Mode,
     budget: Budget,
 ) -> Result<StackFigures> {
-    let mut lone = ResidentSteps::lone(ctx.clone(), features, batch, mode)?;
+    let mut lone = ResidentSteps::lone(ctx.clone(), features, batch, members, mode)?;
     let mut stack = ResidentSteps::stack(ctx, features, batch, members, mode)?;
     let slice = budget.round / SLICES as u32;
     let lone_reps = reps_lasting(slice, &mut lone)?;
