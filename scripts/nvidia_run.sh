@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything an NVIDIA machine is for, in one call from the project root (see
-# BENCHMARKS.md, "On an NVIDIA machine"): the adapter, the step profile, `wgnn bench` and
-# PyTorch's same workloads, each into $OUT. Nothing is built there: `.gpu/` brings the binary
+# BENCHMARKS.md, "On an NVIDIA machine"): the adapter, the step profile (stacks included),
+# `wgnn bench` (its stacked workloads against lone steps included) and PyTorch's same
+# workloads, each into $OUT, with the profile's and the stacks' tables. Nothing is built there: `.gpu/` brings the binary
 # and the Vulkan loader (../shared/gpu/prepare.sh, then `cp target/release/wgnn .gpu/`).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
@@ -16,4 +17,5 @@ fi
 ./.gpu/wgnn bench --json > "$OUT/wgnn.json" 2> "$OUT/wgnn.err"
 python3 benches/torch_reference.py --device cuda > "$OUT/torch.json" 2> "$OUT/torch.err"
 python3 scripts/profile_summary.py "$OUT/profile.json" > "$OUT/profile.md" 2>&1
+python3 scripts/stack_summary.py "$OUT/wgnn.json" > "$OUT/stack.md" 2>&1
 ls -l "$OUT"

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Markdown tables from `wgnn bench --profile --json`: one line per step (dispatches, GPU
-time, the host's record, submit and completion times), then each step's dispatches.
+time, the host's record, submit and completion times), then each step's dispatches. Stacked
+steps (M members in one plan) are named by their member count; files written before stacks
+were profiled read as lone steps.
 
     python3 scripts/profile_summary.py profile.json [more.json ...]
 
@@ -15,8 +17,15 @@ def load(path):
     with open(path) as f:
         data = json.load(f)
     return data["adapter"], {
-        (s["mode"], s["features"], s["batch"]): s["profile"] for s in data["steps"]
+        (s["mode"], s["features"], s["batch"], s.get("members", 1)): s["profile"]
+        for s in data["steps"]
     }
+
+
+def title(key):
+    mode, features, batch, members = key
+    stack = f", a stack of {members}" if members > 1 else ""
+    return f"{mode}, {features} inputs, batch {batch}{stack}"
 
 
 def main(paths):
@@ -29,9 +38,8 @@ def main(paths):
     print("|---|---|---|---|---|---|")
     for key in keys:
         profiles = [r[1][key] for r in rounds]
-        mode, features, batch = key
         print(
-            f"| {mode}, {features} inputs, batch {batch} | {len(profiles[0]['dispatches'])} "
+            f"| {title(key)} | {len(profiles[0]['dispatches'])} "
             f"| {us([p['gpu_seconds'] for p in profiles]):,.0f} "
             f"| {us([p['encode_seconds'] for p in profiles]):,.0f} "
             f"| {us([p['submit_seconds'] for p in profiles]):,.0f} "
@@ -39,9 +47,8 @@ def main(paths):
         )
     for key in keys:
         profiles = [r[1][key] for r in rounds]
-        mode, features, batch = key
         clock = profiles[0]["clock"]
-        print(f"\n{mode}, {features} inputs, batch {batch} ({clock}):\n")
+        print(f"\n{title(key)} ({clock}):\n")
         print("| # | kernel | µs | share |")
         print("|---|---|---|---|")
         times = [
@@ -51,6 +58,42 @@ def main(paths):
         total = sum(times) or 1.0
         for i, (d, t) in enumerate(zip(profiles[0]["dispatches"], times)):
             print(f"| {i + 1} | `{d['kernel']}` | {t:,.0f} | {100 * t / total:.0f} % |")
+    growth(rounds, keys, us)
+
+
+def growth(rounds, keys, us):
+    """For each stacked step, how each dispatch grew against the lone step of the same mode,
+    inputs and batch: the stack's time, the lone one's, their ratio and the ratio per member
+    (1/M where a dispatch costs the same for M members as for one, 1 where it costs M
+    times as much)."""
+    for key in keys:
+        mode, features, batch, members = key
+        lone_key = (mode, features, batch, 1)
+        if members == 1 or lone_key not in keys:
+            continue
+        stacked = [r[1][key] for r in rounds]
+        lone = [r[1][lone_key] for r in rounds]
+        print(f"\n{title(key)} against the lone step:\n")
+        print("| # | kernel | lone (µs) | stack (µs) | stack / lone | per member |")
+        print("|---|---|---|---|---|---|")
+        rows = zip(stacked[0]["dispatches"], lone[0]["dispatches"])
+        for i, (d, l) in enumerate(rows):
+            if d["kernel"] != l["kernel"]:
+                print(f"| {i + 1} | `{d['kernel']}` / `{l['kernel']}` | — | — | — | — |")
+                continue
+            t_stack = us([p["dispatches"][i]["seconds"] for p in stacked])
+            t_lone = us([p["dispatches"][i]["seconds"] for p in lone])
+            ratio = t_stack / t_lone if t_lone else float("nan")
+            print(
+                f"| {i + 1} | `{d['kernel']}` | {t_lone:,.0f} | {t_stack:,.0f} "
+                f"| {ratio:.1f}× | {ratio / members:.2f} |"
+            )
+        span = lambda ps: us([p["complete_seconds"] for p in ps])
+        t_stack, t_lone = span(stacked), span(lone)
+        print(
+            f"| | submit → done | {t_lone:,.0f} | {t_stack:,.0f} | {t_stack / t_lone:.1f}× "
+            f"| {t_stack / t_lone / members:.2f} |"
+        )
 
 
 if __name__ == "__main__":

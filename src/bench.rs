@@ -1,7 +1,8 @@
 //! The workloads of `wgnn bench`: the adapter's FMA ceiling, square matmuls, the lecture's MLP
-//! training step and eval forward (data resident on the device), and the time to a first
-//! step — each on the GPU and, where it is meaningful, on the CPU reference in the same run.
-//! `benches/torch_reference.py` runs the same names in PyTorch and prints the same JSON.
+//! training step and eval forward (data resident on the device), stacks of the MLP against
+//! lone steps ([`stack`]), and the time to a first step — each on the GPU and, where it is
+//! meaningful, on the CPU reference in the same run. `benches/torch_reference.py` runs the
+//! same names in PyTorch (but for the stacks) and prints the same JSON.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,13 @@ use crate::nn::{CrossEntropyLoss, Sequential};
 use crate::ops::matmul::{self, Epilogue, Layout, MatmulBindings, MatmulShape};
 use crate::optim::{Optimizer, Sgd};
 use crate::{Mode, Model, ModelConfig};
+
+pub mod stack;
+
+pub use stack::{
+    ResidentSteps, STACK_BATCH, STACK_MEMBERS, StackFigures, lecture_stack, stack_records,
+    stack_vs_lone,
+};
 
 /// One figure, as both `wgnn bench --json` and `benches/torch_reference.py` print it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -140,6 +148,55 @@ pub fn fma_peak(ctx: &GpuContext, budget: Budget) -> Result<f64> {
     Ok(peak.flops / seconds / 1e9)
 }
 
+/// The fixed costs of the device's queue that a step pays whatever its arithmetic: a
+/// dispatch of one workgroup doing nothing to speak of, within a chain of such dispatches that
+/// each write the buffer the one before wrote (so each waits for the one before, as a step's
+/// dispatches do), and a submit of one such dispatch with the wait for it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DispatchCost {
+    /// Seconds each further dispatch of a chain adds.
+    pub dispatch_seconds: f64,
+    /// Seconds of a submit and its wait, beyond its one dispatch.
+    pub submit_seconds: f64,
+}
+
+/// Dispatches in the chain [`dispatch_cost`] times (a step of the lecture's MLP has 6–16).
+const CHAIN: usize = 64;
+
+/// Measures [`DispatchCost`]: one dispatch per submit, then [`CHAIN`] per submit.
+pub fn dispatch_cost(ctx: &GpuContext, budget: Budget) -> Result<DispatchCost> {
+    let out = GpuTensor::zeros(ctx, &[64], "dispatch cost out")?;
+    let params = PeakParams {
+        iterations: 1,
+        scale: 0.5,
+        offset: 0.0,
+        _pad: 0,
+    };
+    let dispatch = ctx.dispatch(
+        &Kernel::new(Shader::Bench, "fma_peak"),
+        Some(&params),
+        &[out.binding()],
+        [1, 1, 1],
+    )?;
+    let submits = |chain: usize| {
+        let list = vec![&dispatch; chain];
+        time_per_rep(budget, |reps| {
+            for _ in 0..reps {
+                ctx.submit(&list);
+                ctx.wait_idle()?;
+            }
+            Ok(())
+        })
+    };
+    let one = submits(1)?;
+    let chain = submits(CHAIN)?;
+    let dispatch_seconds = (chain - one) / (CHAIN - 1) as f64;
+    Ok(DispatchCost {
+        dispatch_seconds,
+        submit_seconds: one - dispatch_seconds,
+    })
+}
+
 /// GFLOP/s of an n×n×n matmul (A·Bᵀ, the Linear forward's layout) on the GPU.
 pub fn matmul_gpu(ctx: &GpuContext, shape: MatmulShape, budget: Budget) -> Result<f64> {
     let a = GpuTensor::from_slice(ctx, &pattern(shape.m * shape.k), &shape.a_shape(), "a")?;
@@ -179,17 +236,22 @@ fn pattern(len: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The benchmarks' optimizer: SGD with momentum 0.9.
+pub fn lecture_optimizer() -> Optimizer {
+    Optimizer::Sgd(Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        ..Sgd::default()
+    })
+}
+
 /// The lecture's MLP for `features` inputs, with SGD momentum 0.9, as the benchmarks use it.
 pub fn lecture_model(ctx: Arc<GpuContext>, features: usize, batch: usize) -> Result<Model> {
     Model::new(
         ctx,
         Sequential::lecture_mlp(features, 10, 0.2),
         CrossEntropyLoss::new(),
-        Optimizer::Sgd(Sgd {
-            lr: 0.01,
-            momentum: 0.9,
-            ..Sgd::default()
-        }),
+        lecture_optimizer(),
         ModelConfig {
             sample_shape: vec![features],
             batch_size: batch,
@@ -340,6 +402,9 @@ pub fn run_all(
         &gpu,
     );
     push("fma_peak", fma_peak(&ctx, budget)?, "GFLOP/s", &gpu);
+    let cost = dispatch_cost(&ctx, budget)?;
+    push("dispatch_us", cost.dispatch_seconds * 1e6, "µs", &gpu);
+    push("submit_wait_us", cost.submit_seconds * 1e6, "µs", &gpu);
     for n in [512usize, 1024, 2048] {
         let shape = MatmulShape {
             layout: Layout::NT,
@@ -391,6 +456,14 @@ pub fn run_all(
         if budget.cpu_reference {
             let rate = mlp_cpu(ctx.clone(), features, batch, mode, budget)?;
             push(&format!("{name}_cpu_reference"), rate, "samples/s", &cpu);
+        }
+    }
+    for mode in [Mode::Train, Mode::Eval] {
+        for members in STACK_MEMBERS {
+            let f = stack_vs_lone(ctx.clone(), 784, STACK_BATCH, members, mode, budget)?;
+            for (name, value, unit) in stack_records(&f, mode) {
+                push(&name, value, unit, &gpu);
+            }
         }
     }
     Ok(out)

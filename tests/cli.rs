@@ -350,8 +350,14 @@ fn bench_profile_json_breaks_each_step_down_by_dispatch() {
     let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
     assert!(json["adapter"].as_str().is_some_and(|a| !a.is_empty()));
     let steps = json["steps"].as_array().unwrap();
-    // Train and eval of 784 inputs at batch 128 and 1024, and of 3072 inputs at 128.
-    assert_eq!(steps.len(), 6);
+    // Train and eval of 784 inputs at batch 128 and 1024, of 3072 inputs at 128, and of 784
+    // inputs at batch 32 alone and as stacks of 16 and 64 members.
+    assert_eq!(steps.len(), 12);
+    let members: Vec<u64> = steps
+        .iter()
+        .map(|s| s["members"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, [1, 1, 1, 1, 1, 1, 1, 1, 16, 16, 64, 64]);
     for step in steps {
         let profile = &step["profile"];
         let dispatches = profile["dispatches"].as_array().unwrap();

@@ -385,3 +385,107 @@ fn a_stacks_plan_report_covers_every_member_with_one_plans_dispatches() {
         assert!(five.total_bytes > 4 * one.total_bytes);
     }
 }
+
+/// A stack of 3 with the lecture-style architecture and its own seeds and rates.
+fn small_stack(ctx: Arc<GpuContext>, members: usize) -> Model {
+    let configs = (0..members).map(|k| member(k, &sgd(), true).0).collect();
+    Model::stack(
+        ctx,
+        None,
+        arch(5, [0.2, 0.3], true),
+        CrossEntropyLoss::new(),
+        ModelConfig {
+            sample_shape: vec![FEATURES],
+            batch_size: BATCH,
+            seed: 0,
+        },
+        configs,
+        None,
+    )
+    .unwrap()
+}
+
+#[track_caller]
+fn assert_stacks_bits(label: &str, a: &mut Model, b: &mut Model) {
+    let (ta, tb) = (
+        a.read_member_metrics().unwrap(),
+        b.read_member_metrics().unwrap(),
+    );
+    for k in 0..a.members() {
+        let label = format!("{label}, member {k}");
+        assert_state_bits(
+            &label,
+            &a.member_state(k).unwrap(),
+            &b.member_state(k).unwrap(),
+        );
+        assert_totals_bits(&label, &ta[k], &tb[k]);
+    }
+}
+
+#[test]
+fn a_stack_steps_on_resident_batches_as_on_host_batches_bit_for_bit() {
+    let members = 3;
+    for ctx in contexts() {
+        let mut host = small_stack(ctx.clone(), members);
+        let mut resident = small_stack(ctx.clone(), members);
+        // Every member's own batch (the last one partial), then one batch for all of them.
+        for (step, rows) in [BATCH, BATCH, 6].into_iter().enumerate() {
+            let (mut xs, mut ys) = (Vec::new(), Vec::new());
+            for k in 0..members {
+                let (x, y) = batch((10 * step + k) as u64, rows, FEATURES, 5);
+                xs.extend(x);
+                ys.extend(y);
+            }
+            let uploaded = resident.upload_member_batches(&xs, &ys).unwrap();
+            assert_eq!((uploaded.rows(), uploaded.members()), (rows, members));
+            host.train_step_members(&xs, &ys).unwrap();
+            resident.train_step_on(&uploaded).unwrap();
+            assert_stacks_bits(&format!("train step {step}"), &mut host, &mut resident);
+        }
+        let (x, y) = batch(77, BATCH, FEATURES, 5);
+        let shared = resident.upload_batch(&x, &y).unwrap();
+        assert_eq!(shared.members(), members);
+        host.train_step(&x, &y).unwrap();
+        resident.train_step_on(&shared).unwrap();
+        assert_stacks_bits("one batch for every member", &mut host, &mut resident);
+        // Eval, on a batch another stack of as many members uploaded.
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for k in 0..members {
+            let (x, y) = batch(200 + k as u64, BATCH, FEATURES, 5);
+            xs.extend(x);
+            ys.extend(y);
+        }
+        let other = small_stack(ctx.clone(), members)
+            .upload_member_batches(&xs, &ys)
+            .unwrap();
+        host.eval();
+        resident.eval();
+        host.eval_step_members(&xs, &ys).unwrap();
+        resident.eval_step_on(&other).unwrap();
+        assert_stacks_bits("eval", &mut host, &mut resident);
+    }
+}
+
+#[test]
+fn a_resident_batch_for_another_member_count_is_refused() {
+    let mut stack = small_stack(ctx(), 3);
+    let lone = small_stack(ctx(), 1);
+    let (x, y) = batch(5, BATCH, FEATURES, 5);
+    let batch = lone.upload_batch(&x, &y).unwrap();
+    let err = stack.train_step_on(&batch).unwrap_err().to_string();
+    assert!(
+        err.contains("for 1 member") && err.contains("has 3"),
+        "{err}"
+    );
+    let err = stack
+        .upload_member_batches(&x[..FEATURES * 4], &y[..4])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("4 labels") && err.contains("3 members"),
+        "{err}"
+    );
+    // Nothing was stepped: the stack's members are where they started.
+    assert_eq!(stack.member_step(0).unwrap(), 0);
+}

@@ -1,6 +1,6 @@
 //! `wgnn bench`.
 
-use wgnn::bench::{Budget, Record, run_all};
+use wgnn::bench::{Budget, Record, STACK_BATCH, run_all};
 use wgnn::gpu::GpuContext;
 
 use super::BenchArgs;
@@ -37,17 +37,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The steps `wgnn bench --profile` breaks down: (features, batch, members) of the lecture
+/// MLP, lone models first, then stacks at the lecture's batch (which dispatches grow with the
+/// members).
+const PROFILED: [(usize, usize, usize); 6] = [
+    (784, 128, 1),
+    (784, 1024, 1),
+    (3072, 128, 1),
+    (784, STACK_BATCH, 1),
+    (784, STACK_BATCH, 16),
+    (784, STACK_BATCH, 64),
+];
+
 /// Where the lecture MLP's steps spend their time, per dispatch and on the host.
 fn profile(ctx: std::sync::Arc<GpuContext>, json: bool) -> Result<()> {
     const REPETITIONS: usize = 30;
     let mut steps = Vec::new();
-    for (features, batch) in [(784usize, 128usize), (784, 1024), (3072, 128)] {
-        let mut model = wgnn::bench::lecture_model(ctx.clone(), features, batch)?;
+    for (features, batch, members) in PROFILED {
+        let mut model = wgnn::bench::lecture_stack(ctx.clone(), features, batch, members)?;
         for mode in [wgnn::Mode::Train, wgnn::Mode::Eval] {
             let profile = model.profile(mode, REPETITIONS)?;
             if !json {
+                let stack = match members {
+                    1 => String::new(),
+                    m => format!(", a stack of {m}"),
+                };
                 print_profile(
-                    &format!("{mode:?}, {features} inputs, batch {batch}"),
+                    &format!("{mode:?}, {features} inputs, batch {batch}{stack}"),
                     &profile,
                 );
             }
@@ -55,6 +71,7 @@ fn profile(ctx: std::sync::Arc<GpuContext>, json: bool) -> Result<()> {
                 "mode": format!("{mode:?}").to_lowercase(),
                 "features": features,
                 "batch": batch,
+                "members": members,
                 "profile": profile,
             }));
         }

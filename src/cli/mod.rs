@@ -89,9 +89,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Instead: where the lecture MLP's training and eval steps spend their time (784 inputs
-    /// at batch 128 and 1024, 3072 inputs at 128): each dispatch's GPU time from timestamps
-    /// within whole steps, and the host's time to record and submit one. With --json, one
-    /// JSON object.
+    /// at batch 128 and 1024, 3072 inputs at 128; 784 inputs at batch 32 alone and as stacks
+    /// of 16 and 64 members): each dispatch's GPU time from timestamps within whole steps,
+    /// and the host's time to record and submit one. With --json, one JSON object.
     #[arg(long)]
     pub profile: bool,
     /// Instead: the per-step cost of data-parallel training (run alone, or under

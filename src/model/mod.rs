@@ -396,16 +396,17 @@ impl Model {
         Ok(())
     }
 
-    /// [`Model::train_step`] on a batch already on the device.
+    /// [`Model::train_step`] on a batch already on the device (in a stack, one that holds a
+    /// batch for each member: [`Model::upload_batch`], [`Model::upload_member_batches`]).
     pub fn train_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
         self.require_mode(Mode::Train, "train_step")?;
         self.check_batch_norm_rows(batch.rows())?;
-        let loss_scale = self.resident_loss_scale(batch)?;
+        let loss_scales = self.resident_loss_scales(batch)?;
         self.run_on(
             Mode::Train,
             batch.rows(),
             BatchSource::Device(batch),
-            &[loss_scale],
+            &loss_scales,
         )?;
         self.advance();
         Ok(())
@@ -414,12 +415,12 @@ impl Model {
     /// [`Model::eval_step`] on a batch already on the device.
     pub fn eval_step_on(&mut self, batch: &DeviceBatch) -> Result<()> {
         self.require_mode(Mode::Eval, "eval_step")?;
-        let loss_scale = self.resident_loss_scale(batch)?;
+        let loss_scales = self.resident_loss_scales(batch)?;
         self.run_on(
             Mode::Eval,
             batch.rows(),
             BatchSource::Device(batch),
-            &[loss_scale],
+            &loss_scales,
         )?;
         self.counters.eval_steps += 1;
         Ok(())

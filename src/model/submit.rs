@@ -42,10 +42,7 @@ impl Model {
         labels: &[u32],
     ) -> Result<()> {
         let target = self.loss.target_encoding().encode(labels);
-        let scales: Vec<f32> = labels
-            .chunks(rows.max(1))
-            .map(|l| self.loss.loss_scale(l))
-            .collect();
+        let scales = self.member_loss_scales(rows, labels);
         self.run_on(
             mode,
             rows,

@@ -1,6 +1,7 @@
 //! Checks made before a step sends anything: the model's mode, the batch's length, every
 //! label against the loss's range, batch norm's "more than one sample", and a resident
-//! batch against a model other than its uploader. Each failure is a typed error.
+//! batch against the model's member count and a model other than its uploader. Each failure
+//! is a typed error.
 
 use crate::error::{Error, Result};
 use crate::graph::Mode;
@@ -45,6 +46,12 @@ pub enum BatchError {
     /// A resident batch uploaded by a model with another sample size.
     #[error("the resident batch holds {batch} features per sample; this model takes {model}")]
     ResidentFeatures { batch: usize, model: usize },
+    /// A resident batch uploaded for a stack of another member count.
+    #[error(
+        "the resident batch holds batches for {batch} member(s), but this model has {model}: \
+         upload it from a model of as many members"
+    )]
+    ResidentMembers { batch: usize, model: usize },
     /// A resident batch whose targets another loss encoded.
     #[error("the resident batch holds {batch}; this model's loss reads {model}")]
     ResidentTargets {
@@ -170,11 +177,19 @@ impl Model {
         Ok(())
     }
 
-    /// The loss scale of a resident batch for this model, after checking that the batch
-    /// suits it when another model uploaded it (features, target encoding, label range).
-    pub(super) fn resident_loss_scale(&self, batch: &DeviceBatch) -> Result<f32> {
+    /// Each member's loss scale for a resident batch, after checking that the batch holds a
+    /// batch for each member and, when another model uploaded it, that it suits this one
+    /// (features, target encoding, label range).
+    pub(super) fn resident_loss_scales(&self, batch: &DeviceBatch) -> Result<Vec<f32>> {
+        if batch.members != self.members() {
+            return Err(BatchError::ResidentMembers {
+                batch: batch.members,
+                model: self.members(),
+            }
+            .into());
+        }
         if batch.uploader == self.id {
-            return Ok(batch.loss_scale);
+            return Ok(batch.loss_scales.clone());
         }
         if batch.features != self.features() {
             return Err(BatchError::ResidentFeatures {
@@ -192,6 +207,6 @@ impl Model {
             .into());
         }
         self.check_labels(&batch.labels)?;
-        Ok(self.loss.loss_scale(&batch.labels))
+        Ok(self.member_loss_scales(batch.rows, &batch.labels))
     }
 }
