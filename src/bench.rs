@@ -163,7 +163,7 @@ pub struct DispatchCost {
 /// Dispatches in the chain [`dispatch_cost`] times (a step of the lecture's MLP has 6–16).
 const CHAIN: usize = 64;
 
-/// Measures [`DispatchCost`]: one dispatch per submit, then [`CHAIN`] per submit.
+/// Measures [`DispatchCost`]: one dispatch per submit, then `CHAIN` (64) per submit.
 pub fn dispatch_cost(ctx: &GpuContext, budget: Budget) -> Result<DispatchCost> {
     let out = GpuTensor::zeros(ctx, &[64], "dispatch cost out")?;
     let params = PeakParams {

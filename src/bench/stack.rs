@@ -164,7 +164,7 @@ pub struct StackFigures {
 const SLICES: usize = 8;
 
 /// The lecture's MLP (`features` inputs, `batch` per member) as a stack of `members`
-/// against a lone model, in `budget.rounds` rounds. A round alternates [`SLICES`] slices of
+/// against a lone model, in `budget.rounds` rounds. A round alternates `SLICES` (8) slices of
 /// lone steps with as many slices of stacked steps, each slice about `budget.round /
 /// SLICES` (at least one step), the lone model first in even slices and the stack first in
 /// odd ones; the round's ratio is that of their summed times per step. Figures are the
