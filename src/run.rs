@@ -19,7 +19,7 @@ use crate::ops::bce::BceConfig;
 use crate::ops::reduce::{RawTotals, TOTALS_LEN};
 use crate::ops::softmax_xent::{CrossEntropyConfig, Reduction};
 use crate::optim::{Adam, LrSchedule, Optimizer, Sgd};
-use crate::{Model, ModelConfig};
+use crate::{MemberConfig, Model, ModelConfig};
 
 /// The fitted preprocessing's tensors, beside the checkpoint: `shift` \[D\], `divisor` \[D\]
 /// (when it has one) and `matrix` \[K, D\] (when it has one), in f32; y = matrix·((x −
@@ -705,11 +705,6 @@ impl RunConfig {
         state: Option<HostState>,
         transform: Option<Transform>,
     ) -> Result<Model> {
-        let config = ModelConfig {
-            sample_shape: self.sample_shape.clone(),
-            batch_size: self.batch_size,
-            seed: self.seed,
-        };
         let sequential = self.sequential()?;
         let transform = transform.map(Arc::new);
         Model::build(
@@ -718,9 +713,38 @@ impl RunConfig {
             sequential,
             self.loss(),
             self.optimizer(),
-            config,
+            self.model_config(),
             state,
         )
+    }
+
+    /// Builds this run's architecture, loss and batch as a stack of `members` (each with its
+    /// own seed and settings), `transform` its plans' first stage, every member freshly
+    /// initialized.
+    pub fn build_stack(
+        &self,
+        ctx: Arc<GpuContext>,
+        transform: Option<Arc<Transform>>,
+        members: Vec<MemberConfig>,
+    ) -> Result<Model> {
+        Model::stack(
+            ctx,
+            transform,
+            self.sequential()?,
+            self.loss(),
+            self.model_config(),
+            members,
+            None,
+        )
+    }
+
+    /// The model's sample shape, batch and seed.
+    fn model_config(&self) -> ModelConfig {
+        ModelConfig {
+            sample_shape: self.sample_shape.clone(),
+            batch_size: self.batch_size,
+            seed: self.seed,
+        }
     }
 }
 

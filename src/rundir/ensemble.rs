@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 use crate::exec::state::HostState;
 use crate::gpu::GpuContext;
 use crate::metrics::EpochMetrics;
-use crate::model::{Model, ModelConfig, StackError};
+use crate::model::{Model, StackError};
 use crate::ops::reduce::RawTotals;
 use crate::run::{
     BATCH_KEY, EPOCH_KEY, PREPROCESS_FILE, Preprocessing, RUN_KEY, RunConfig, format_totals,
@@ -258,20 +258,7 @@ impl EnsembleDir {
 
         run.check_sizes(&training_path, ctx.max_binding_bytes(), run.batch_size)?;
         let transform = run.transform(path)?;
-        let config = ModelConfig {
-            sample_shape: run.sample_shape.clone(),
-            batch_size: run.batch_size,
-            seed: run.seed,
-        };
-        let mut model = Model::stack(
-            ctx,
-            transform.map(Arc::new),
-            run.sequential()?,
-            run.loss(),
-            config,
-            configs,
-            None,
-        )?;
+        let mut model = run.build_stack(ctx, transform.map(Arc::new), configs)?;
         let keys = model.sequential().state_dict_keys();
         let mut parts = Vec::with_capacity(members.len());
         let mut states = Vec::with_capacity(members.len());
@@ -925,20 +912,7 @@ pub fn restore(
     let transform = run.transform(&first_dir)?;
     let configs = member_configs(&run, records.len())?;
     let configs = members.iter().map(|&k| configs[k].clone()).collect();
-    let config = ModelConfig {
-        sample_shape: run.sample_shape.clone(),
-        batch_size: run.batch_size,
-        seed: run.seed,
-    };
-    let mut model = Model::stack(
-        ctx,
-        transform.map(Arc::new),
-        run.sequential()?,
-        run.loss(),
-        config,
-        configs,
-        None,
-    )?;
+    let mut model = run.build_stack(ctx, transform.map(Arc::new), configs)?;
     for (slot, sd) in dicts.iter().enumerate() {
         let base = model.member_state(slot)?;
         let state = apply_state_dict(sd, model.sequential(), model.graph(), &base)?;
