@@ -38,7 +38,7 @@ use super::results::{EpochRow, RUN_RESULT_FILE, RunRecord, parse, to_csv};
 use super::schema::{Experiment, Variant, bad, train_args};
 use super::stacked::{Group, remove_group_save};
 use crate::cli::error::{CliError, Result};
-use crate::cli::train;
+use crate::cli::run_flags;
 
 /// A variant ready to run: its run (with the first seed; each run sets its own), its
 /// preprocessing, fitted once on the training split (the seed changes neither), and how
@@ -111,10 +111,10 @@ pub fn prepare(
     for variant in &experiment.variants {
         let args = train_args(file, variant, experiment.seeds[0])?;
         let fail = |e: CliError| in_variant(file, variant, e);
-        let config = train::data_config(&args).map_err(fail)?;
+        let config = run_flags::data_config(&args).map_err(fail)?;
         let splits = data.get(&config).map_err(|e| fail(e.into()))?;
         let limits = FitLimits::of_machine().with_binding(ctx.max_binding_bytes());
-        let (run, transform) = train::run_on(&args, config, splits, &limits).map_err(fail)?;
+        let (run, transform) = run_flags::run_on(&args, config, splits, &limits).map_err(fail)?;
         let layers = run.sequential().map_err(|e| fail(e.into()))?;
         let batch_norm = layers
             .layers()
