@@ -17,7 +17,8 @@ use wgnn::stack::{Divergence, StackFitOptions, StackProgress, fit_stack};
 use wgnn::{Model, ModelConfig};
 
 use super::error::{CliError, Result};
-use super::train::{RUNS, check_resume_flags, given_flags, new_run_with};
+use super::resume_flags::{check_resume_flags, given_flags};
+use super::run_flags::{RUNS, new_run_with};
 use super::{TrainArgs, open_gpu};
 
 /// A new ensemble of `members` runs of the flags' settings.

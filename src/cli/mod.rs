@@ -9,6 +9,8 @@ mod eval;
 mod info;
 mod predict;
 mod progress;
+mod resume_flags;
+mod run_flags;
 mod train;
 
 use std::path::PathBuf;

@@ -3,29 +3,22 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use wgnn::data::is_csv;
 use wgnn::data::prepare::Splits;
-use wgnn::data::{Dataset, is_csv};
-use wgnn::nn::{Layer, Sequential, spec};
-use wgnn::optim::LrSchedule;
-use wgnn::run::{self, DataConfig, LossKind, OptimizerKind, Position, RunConfig};
+use wgnn::run::{self, Position, RunConfig};
 use wgnn::rundir::{self, RunDir, Saved};
 use wgnn::train::{FitOptions, fit};
 
 use super::error::{CliError, Result};
 use super::progress::Bar;
+use super::resume_flags::{check_resume_flags, given_flags};
+use super::run_flags::{RUNS, new_run_with};
 use super::{TrainArgs, dist, open_gpu_in};
 use wgnn::Model;
-use wgnn::data::{FitLimits, Preprocess, Transform};
+use wgnn::data::FitLimits;
 use wgnn::dist::{Comm, Communicator, DistError};
 use wgnn::gpu::GpuContext;
 use wgnn::run::Preprocessing;
-
-/// Epochs of a new run unless --epochs says otherwise.
-pub(super) const DEFAULT_EPOCHS: usize = 12;
-/// Dropout of the default architecture, the lecture's MLP.
-const LECTURE_DROPOUT: f32 = 0.2;
-/// Where new runs go without --out: a numbered directory each.
-pub(super) const RUNS: &str = "runs";
 
 /// Prints a line on rank 0 only (every line, on one process).
 macro_rules! say {
@@ -342,62 +335,6 @@ fn decide(
     }
 }
 
-/// The flags `--resume` applies; every other setting is the run's, fixed when it started.
-const RESUME_FLAGS: [&str; 6] = [
-    "resume",
-    "epochs",
-    "max_steps",
-    "checkpoint_every",
-    "keep_going",
-    "quiet",
-];
-
-/// Refuses flags given with `--resume` that the run fixed when it started (its data, model,
-/// optimizer, loss, seed, preprocessing, …): they would otherwise be ignored without a word.
-/// `given` holds the flags' ids, as [`given_flags`] returns them.
-pub(super) fn check_resume_flags(dir: &Path, given: &[String]) -> Result<()> {
-    let command = <super::TrainDefaults as clap::CommandFactory>::command();
-    // Only arguments: clap also reports the groups its derive makes (`CsvArgs`).
-    let fixed: Vec<String> = given
-        .iter()
-        .filter(|id| !RESUME_FLAGS.contains(&id.as_str()))
-        .filter_map(|id| {
-            command
-                .get_arguments()
-                .find(|a| a.get_id().as_str() == id.as_str())
-                .and_then(clap::Arg::get_long)
-                .map(|long| format!("--{long}"))
-        })
-        .collect();
-    if fixed.is_empty() {
-        return Ok(());
-    }
-    Err(CliError::ResumeFixes {
-        dir: dir.to_path_buf(),
-        flags: fixed.join(", "),
-    })
-}
-
-/// The ids of the flags given on this process's command line to `wgnn train`: its arguments
-/// parsed again, as `main` parsed them, asking clap which values came from the command line
-/// rather than from defaults. None for another command.
-pub(super) fn given_flags() -> Vec<String> {
-    let command = <super::Cli as clap::CommandFactory>::command();
-    let Ok(matches) = command.try_get_matches_from(std::env::args_os()) else {
-        return Vec::new();
-    };
-    let Some(("train", train)) = matches.subcommand() else {
-        return Vec::new();
-    };
-    train
-        .ids()
-        .filter(|id| {
-            train.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
-        })
-        .map(|id| id.as_str().to_string())
-        .collect()
-}
-
 /// Rank 0's decision on every rank: the others build the same model (its state comes with
 /// [`wgnn::Model::distribute`]).
 fn share(
@@ -427,146 +364,4 @@ fn share(
         dir: None,
         prepared: None,
     }))
-}
-
-/// The run the flags describe, its data (loaded once, to learn its shape and classes, and
-/// raw: the model preprocesses), and its preprocessing fitted on the training split, its
-/// size checked against `limits` (the machine's memory, the device's binding) first.
-pub(super) fn new_run_with(
-    args: &TrainArgs,
-    limits: &FitLimits,
-) -> Result<(RunConfig, Option<Transform>, Splits)> {
-    let data = data_config(args)?;
-    let splits = data.load()?;
-    let (run, transform) = run_on(args, data, &splits, limits)?;
-    Ok((run, transform, splits))
-}
-
-/// Where the flags' data comes from and how it is read.
-pub(super) fn data_config(args: &TrainArgs) -> Result<DataConfig> {
-    let normalize: Preprocess = args
-        .normalize
-        .parse()
-        .map_err(wgnn::data::DataError::from)?;
-    Ok(DataConfig {
-        path: args.data.clone(),
-        test_path: args.test_data.clone(),
-        holdout: args.holdout,
-        label_column: args.label_column.clone(),
-        header: args.csv.header(),
-        delimiter: args.csv.delimiter,
-        normalize: normalize != Preprocess::None,
-        check_finite: args.check_finite,
-    })
-}
-
-/// The run the flags describe on `splits` (loaded from `data`), with its preprocessing
-/// fitted on the training split (its size checked against `limits` first).
-pub(super) fn run_on(
-    args: &TrainArgs,
-    data: DataConfig,
-    splits: &Splits,
-    limits: &FitLimits,
-) -> Result<(RunConfig, Option<Transform>)> {
-    let normalize: Preprocess = args
-        .normalize
-        .parse()
-        .map_err(wgnn::data::DataError::from)?;
-    let classes = match args.classes {
-        Some(classes) => {
-            splits.train.check_labels(classes)?;
-            splits.test.check_labels(classes)?;
-            classes
-        }
-        None => Dataset::infer_classes(&[&splits.train, &splits.test])?,
-    };
-    let loss: LossKind = args.loss.into();
-    let outputs = match loss {
-        LossKind::Ce => classes,
-        LossKind::Bce => {
-            if classes > 2 {
-                return Err(CliError::BinaryLossClasses { classes });
-            }
-            1
-        }
-    };
-    let sample_shape = splits.train.sample_shape.clone();
-    let transform = Transform::fit_within(normalize, &splits.train, limits)?;
-    // What the first layer sees: the preprocessing's output (K features for pca:K).
-    let model_shape = transform
-        .as_ref()
-        .map_or(&sample_shape, |t| &t.output_shape)
-        .clone();
-    let (arch, sequential) = match &args.arch {
-        Some(arch) => (arch.clone(), spec::parse(arch, &model_shape)?),
-        None => {
-            let features = model_shape.iter().product();
-            let sequential = Sequential::lecture_mlp(features, outputs, LECTURE_DROPOUT);
-            (spec::to_spec(&sequential), sequential)
-        }
-    };
-    check_outputs(&sequential, outputs, loss, &arch)?;
-    let normalization = RunConfig::record(transform.as_ref());
-    let optimizer: OptimizerKind = args.optimizer.into();
-    let lr = args.lr.unwrap_or(match optimizer {
-        OptimizerKind::Sgd => 0.02,
-        OptimizerKind::Adam | OptimizerKind::Adamw => 1e-3,
-    });
-    let weight_decay = args.weight_decay.unwrap_or(match optimizer {
-        OptimizerKind::Adamw => 1e-2,
-        _ => 0.0,
-    });
-    let lr_schedule = args
-        .lr_schedule
-        .as_deref()
-        .map(LrSchedule::parse)
-        .transpose()?;
-    if args.amsgrad && optimizer == OptimizerKind::Sgd {
-        return Err(CliError::AmsgradWithSgd);
-    }
-    let run = RunConfig {
-        arch,
-        sample_shape,
-        classes,
-        loss,
-        label_smoothing: args.label_smoothing,
-        pos_weight: args.pos_weight,
-        optimizer,
-        lr,
-        momentum: args.momentum,
-        weight_decay,
-        amsgrad: args.amsgrad,
-        lr_schedule,
-        batch_size: args.batch_size,
-        epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
-        seed: args.seed,
-        shuffle: !args.no_shuffle,
-        drop_last: args.drop_last,
-        normalization,
-        data,
-        data_parallel: wgnn::run::DataParallel {
-            processes: 1,
-            sync_bn: args.sync_bn,
-        },
-        extra: wgnn::run::ExtraOptions::default(),
-    };
-    Ok((run, transform))
-}
-
-/// The model's last Linear must give one logit per class (one for BCE).
-fn check_outputs(model: &Sequential, outputs: usize, loss: LossKind, arch: &str) -> Result<()> {
-    let last = model.layers().iter().rev().find_map(|l| match l {
-        Layer::Linear(l) => Some(l.out_features),
-        _ => None,
-    });
-    match last {
-        Some(n) if n == outputs || (loss == LossKind::Ce && n > outputs) => Ok(()),
-        Some(found) => Err(CliError::ArchOutputs {
-            arch: arch.into(),
-            found,
-            needed: outputs,
-            loss,
-        }),
-        None => Err(CliError::ArchWithoutLogits { arch: arch.into() }),
-    }
 }

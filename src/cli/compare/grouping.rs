@@ -121,10 +121,10 @@ mod tests {
             .iter()
             .map(|v| {
                 let args = train_args(Path::new("e.toml"), v, 0).unwrap();
-                let config = crate::cli::train::data_config(&args).unwrap();
+                let config = crate::cli::run_flags::data_config(&args).unwrap();
                 let splits = config.load().unwrap();
                 let limits = wgnn::data::FitLimits::of_machine();
-                crate::cli::train::run_on(&args, config, &splits, &limits)
+                crate::cli::run_flags::run_on(&args, config, &splits, &limits)
                     .unwrap()
                     .0
             })

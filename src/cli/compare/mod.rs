@@ -10,8 +10,9 @@
 //! One file per concern: [`schema`] reads the experiment file, [`outdir`] keeps the
 //! directory (one writer, its mark, `--overwrite`), [`runs`] checks the variants and trains
 //! or resumes the runs, [`grouping`] says which runs share a stack, [`stacked`] trains a
-//! group as one, [`group_save`] saves it as one commit, [`measure`] the per-epoch measures,
-//! [`results`] reads and writes results.csv, [`summary`] makes the table.
+//! group as one, [`session`] holds what both paths share, [`group_save`] saves a group as
+//! one commit, [`measure`] the per-epoch measures, [`results`] reads and writes results.csv,
+//! [`summary`] makes the table.
 
 mod group_save;
 mod grouping;
@@ -20,6 +21,7 @@ mod outdir;
 mod results;
 mod runs;
 mod schema;
+mod session;
 mod stacked;
 mod summary;
 
@@ -66,7 +68,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let prepared = runs::prepare(&ctx, &args.experiment, &experiment)?;
     dir.start(&text)?;
     let start = Instant::now();
-    let mut session = runs::Session {
+    let mut session = session::Session {
         ctx,
         experiment: &experiment,
         dir: &dir,

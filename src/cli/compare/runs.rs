@@ -16,56 +16,28 @@
 //! mid-way alone, from its own save. Since a member of a stack computes its lone run's bits,
 //! both paths end with the same files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use wgnn::checkpoint::TRAINING_FILE;
-use wgnn::data::prepare::Splits;
-use wgnn::data::{DataError, FitLimits, Transform};
+use wgnn::data::{DataError, FitLimits};
 use wgnn::durable;
 use wgnn::gpu::GpuContext;
 use wgnn::nn::Layer;
-use wgnn::run::{self, DataConfig, Position, Preprocessing, RunConfig};
+use wgnn::run::{self, Position, Preprocessing};
 use wgnn::rundir::RunDir;
 use wgnn::train::{Checkpoint, FitOptions, Silent, fit};
 
 use super::group_save::{self, GROUP_SUFFIX, GROUPS_DIR};
 use super::grouping;
 use super::measure;
-use super::outdir::CompareDir;
 use super::results::{EpochRow, RUN_RESULT_FILE, RunRecord, parse, to_csv};
 use super::schema::{Experiment, Variant, bad, train_args};
+use super::session::{Clock, DataCache, Prepared, RunId, Session, differences, io};
 use super::stacked::{Group, remove_group_save};
 use crate::cli::error::{CliError, Result};
-use crate::cli::train;
-
-/// A variant ready to run: its run (with the first seed; each run sets its own), its
-/// preprocessing, fitted once on the training split (the seed changes neither), and how
-/// many of its runs one stack holds on the device.
-pub struct Prepared {
-    pub(super) run: RunConfig,
-    pub(super) transform: Option<Transform>,
-    capacity: usize,
-}
-
-/// The last data loaded, kept while the next variant or run reads the same.
-#[derive(Default)]
-pub(super) struct DataCache {
-    loaded: Option<(DataConfig, Splits)>,
-}
-
-impl DataCache {
-    pub(super) fn get(&mut self, data: &DataConfig) -> wgnn::Result<&Splits> {
-        // Other data is dropped before the next is loaded.
-        let kept = self.loaded.take().filter(|(c, _)| c == data);
-        let loaded = match kept {
-            Some(kept) => kept,
-            None => (data.clone(), data.load()?),
-        };
-        Ok(&self.loaded.insert(loaded).1)
-    }
-}
+use crate::cli::run_flags;
 
 /// The setting an error from preparing a variant is about, where its kind says.
 fn setting_of(error: &CliError) -> Option<&'static str> {
@@ -111,10 +83,10 @@ pub fn prepare(
     for variant in &experiment.variants {
         let args = train_args(file, variant, experiment.seeds[0])?;
         let fail = |e: CliError| in_variant(file, variant, e);
-        let config = train::data_config(&args).map_err(fail)?;
+        let config = run_flags::data_config(&args).map_err(fail)?;
         let splits = data.get(&config).map_err(|e| fail(e.into()))?;
         let limits = FitLimits::of_machine().with_binding(ctx.max_binding_bytes());
-        let (run, transform) = train::run_on(&args, config, splits, &limits).map_err(fail)?;
+        let (run, transform) = run_flags::run_on(&args, config, splits, &limits).map_err(fail)?;
         let layers = run.sequential().map_err(|e| fail(e.into()))?;
         let batch_norm = layers
             .layers()
@@ -158,17 +130,6 @@ pub fn prepare(
     Ok(prepared)
 }
 
-/// How the experiment's runs are trained.
-pub struct Session<'a> {
-    pub ctx: Arc<GpuContext>,
-    pub experiment: &'a Experiment,
-    pub dir: &'a CompareDir,
-    pub prepared: Vec<Prepared>,
-    pub checkpoint_every: Option<u64>,
-    /// One run at a time, none stacked (`--sequential`).
-    pub sequential: bool,
-}
-
 /// One ended run read back from its `result.csv`.
 fn read_kept(path: &Path, experiment: &Experiment, variant: &str, seed: u64) -> Result<RunRecord> {
     let file = path.join(RUN_RESULT_FILE);
@@ -191,15 +152,6 @@ fn read_kept(path: &Path, experiment: &Experiment, variant: &str, seed: u64) -> 
     }
 }
 
-/// One run of the experiment: a variant (its index), a seed, and its number in the file's
-/// order (from 1), as the progress lines count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct RunId {
-    pub(super) variant: usize,
-    pub(super) seed: u64,
-    pub(super) number: usize,
-}
-
 /// One piece of the work: a run trained alone, or a group trained as one stack.
 enum Unit {
     Alone(RunId),
@@ -212,53 +164,6 @@ impl Unit {
             Unit::Alone(id) => id.number,
             Unit::Group(g) => g.ids[0].number,
         }
-    }
-}
-
-/// The time left, from the member-epochs trained so far and those still to train.
-pub(super) struct Clock {
-    start: Instant,
-    total: f64,
-    done: f64,
-    /// Where `done` stands when the current unit has ended.
-    unit_end: f64,
-}
-
-impl Clock {
-    fn new(total: usize) -> Self {
-        Self {
-            start: Instant::now(),
-            total: total as f64,
-            done: 0.0,
-            unit_end: 0.0,
-        }
-    }
-
-    /// A unit of `work` member-epochs begins.
-    pub(super) fn begin(&mut self, work: usize) {
-        self.unit_end = self.done + work as f64;
-    }
-
-    /// `work` member-epochs of the current unit are done.
-    pub(super) fn advance(&mut self, work: usize) {
-        self.done = (self.done + work as f64).min(self.unit_end);
-    }
-
-    /// The current unit has ended (its diverged members' epochs with it).
-    pub(super) fn finish(&mut self) {
-        self.done = self.unit_end;
-    }
-
-    /// `about 42 s left`.
-    pub(super) fn left(&self) -> String {
-        if self.done <= 0.0 {
-            return "time left not known yet".into();
-        }
-        let rate = self.start.elapsed().as_secs_f64() / self.done;
-        format!(
-            "about {:.0} s left",
-            rate * (self.total - self.done).max(0.0)
-        )
     }
 }
 
@@ -492,13 +397,6 @@ impl Session<'_> {
         })
     }
 
-    /// The run's settings: its variant's, with its seed.
-    pub(super) fn run_of(&self, id: RunId) -> RunConfig {
-        let mut run = self.prepared[id.variant].run.clone();
-        run.seed = id.seed;
-        run
-    }
-
     fn failed(&self, id: RunId, e: CliError) -> CliError {
         CliError::CompareDir {
             path: self.path(id),
@@ -528,22 +426,6 @@ impl Session<'_> {
                 self.dir.path().display()
             ),
         }
-    }
-
-    pub(super) fn path(&self, id: RunId) -> PathBuf {
-        let variants = self.experiment.variants.len();
-        self.dir.run_path(id.variant, variants, id.seed)
-    }
-
-    /// `[  3/24] lr=0.1 · seed 2:`, the start of a run's progress line.
-    pub(super) fn prefix(&self, id: RunId) -> String {
-        format!(
-            "[{:>3}/{}] {} · seed {}:",
-            id.number,
-            self.experiment.runs(),
-            self.experiment.variants[id.variant].name,
-            id.seed
-        )
     }
 
     /// Trains one run to its end in its directory: resumed from its last save when there is
@@ -653,26 +535,4 @@ impl Session<'_> {
             .map_err(|e| io(&file, e))?;
         Ok((record, resumed))
     }
-}
-
-pub(super) fn io(path: &Path, source: std::io::Error) -> CliError {
-    CliError::Wgnn(wgnn::Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// The settings in which two runs differ, by name.
-pub(super) fn differences(a: &RunConfig, b: &RunConfig) -> String {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(a), serde_json::to_value(b))
-    else {
-        return "unknown".into();
-    };
-    let keys: Vec<&str> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k) != Some(v))
-        .map(|(k, _)| k.as_str())
-        .collect();
-    keys.join(", ")
 }

@@ -10,7 +10,7 @@ use toml::{Table, Value};
 
 use crate::cli::TrainArgs;
 use crate::cli::error::{CliError, Result};
-use crate::cli::train::DEFAULT_EPOCHS;
+use crate::cli::run_flags::DEFAULT_EPOCHS;
 
 /// The most runs (variants × seeds) an experiment may hold, counted before any variant is
 /// expanded.

@@ -22,7 +22,7 @@ use super::group_save::{self, MemberSave, SavedMember};
 use super::grouping;
 use super::measure;
 use super::results::{EpochRow, RUN_RESULT_FILE, RunRecord, to_csv};
-use super::runs::{Clock, DataCache, RunId, Session, differences, io};
+use super::session::{Clock, DataCache, RunId, Session, differences, io};
 use crate::cli::error::{CliError, Result};
 
 /// A group of runs to train as one stack: its save's file, its runs (in the experiment's
