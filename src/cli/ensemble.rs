@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use wgnn::Model;
 use wgnn::data::FitLimits;
 use wgnn::data::prepare::Splits;
 use wgnn::ensemble::{self, EnsembleError, mean_std};
@@ -14,7 +15,6 @@ use wgnn::run::{Preprocessing, RunConfig};
 use wgnn::rundir::RunDir;
 use wgnn::rundir::ensemble::{EnsembleDir, EnsemblePosition, MemberRecord};
 use wgnn::stack::{Divergence, StackFitOptions, StackProgress, fit_stack};
-use wgnn::{Model, ModelConfig};
 
 use super::error::{CliError, Result};
 use super::resume_flags::{check_resume_flags, given_flags};
@@ -45,20 +45,7 @@ pub fn train(args: &TrainArgs, members: usize) -> Result<()> {
         );
     }
     let configs = ensemble::member_configs(&run, members)?;
-    let config = ModelConfig {
-        sample_shape: run.sample_shape.clone(),
-        batch_size: run.batch_size,
-        seed: run.seed,
-    };
-    let mut model = Model::stack(
-        ctx,
-        transform.map(Arc::new),
-        run.sequential()?,
-        run.loss(),
-        config,
-        configs,
-        None,
-    )?;
+    let mut model = run.build_stack(ctx, transform.map(Arc::new), configs)?;
     if let Some(init) = &args.init {
         // Every member starts from these weights, as `--seed S --init FILE` would alone.
         let sd = wgnn::checkpoint::StateDict::read(&wgnn::run::model_file(init))?;

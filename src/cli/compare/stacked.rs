@@ -16,7 +16,6 @@ use wgnn::graph::TOTALS_LEN;
 use wgnn::run::{self, Position, Preprocessing};
 use wgnn::rundir::{RunDir, Saved};
 use wgnn::stack::{Divergence, MemberFit, StackCheckpoint, StackFitOptions, StackProgress};
-use wgnn::{Model, ModelConfig};
 
 use super::group_save::{self, MemberSave, SavedMember};
 use super::grouping;
@@ -107,20 +106,8 @@ impl Session<'_> {
             .iter()
             .map(grouping::member)
             .collect::<wgnn::Result<Vec<_>>>()?;
-        let config = ModelConfig {
-            sample_shape: lead.sample_shape.clone(),
-            batch_size: lead.batch_size,
-            seed: lead.seed,
-        };
-        let mut model = Model::stack(
-            self.ctx.clone(),
-            transform.clone().map(Arc::new),
-            lead.sequential()?,
-            lead.loss(),
-            config,
-            members,
-            None,
-        )?;
+        let mut model =
+            lead.build_stack(self.ctx.clone(), transform.clone().map(Arc::new), members)?;
         let mut slots = Vec::with_capacity(ids.len());
         match group.saved {
             None => {
