@@ -7,7 +7,10 @@ A: what each member adds; fitted on relative errors), where it bends (M* = F / A
 most a stack can gain over lone steps (T(1) / A = 1 + F / A), next to the queue's fixed
 cost alone (the submit and the step's dispatches, from `submit_wait_us` and `dispatch_us`).
 
-    python3 scripts/stack_summary.py wgnn.json [more.json ...]
+    python3 scripts/stack_summary.py [--fit-from M] wgnn.json [more.json ...]
+
+--fit-from M fits the model to the stacks of at least M members only (a point that fell in
+one of the machine's slow stretches would otherwise pull the fit).
 
 With several files (runs of the same build), each figure is their median and the ratios of
 each run are listed before it; ratios are never formed across runs."""
@@ -52,7 +55,7 @@ def fit(points):
     return (st * smm - sm * smt) / det, (sw * smt - sm * st) / det
 
 
-def main(paths):
+def main(paths, fit_from=1):
     loaded = [load(p) for p in paths]
     runs = [stacks for stacks, _ in loaded]
     queues = [queue for _, queue in loaded]
@@ -95,6 +98,8 @@ def main(paths):
             if key[:3] != (mode, features, batch):
                 continue
             members = key[3]
+            if members < fit_from:
+                continue
             rate = statistics.median(run[key]["rate"] for run in runs if key in run)
             points.append((members, members * batch / rate))
             dispatches = dispatches or runs[0].get(key, {}).get("dispatches")
@@ -115,6 +120,10 @@ def main(paths):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: stack_summary.py wgnn.json [more.json ...]")
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    fit_from = 1
+    if args[:1] == ["--fit-from"] and len(args) > 1:
+        fit_from, args = int(args[1]), args[2:]
+    if not args:
+        sys.exit("usage: stack_summary.py [--fit-from M] wgnn.json [more.json ...]")
+    main(args, fit_from)
