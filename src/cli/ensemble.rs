@@ -17,7 +17,7 @@ use wgnn::rundir::ensemble::{EnsembleDir, EnsemblePosition, MemberRecord};
 use wgnn::stack::{Divergence, StackFitOptions, StackProgress, fit_stack};
 
 use super::error::{CliError, Result};
-use super::resume_flags::{check_resume_flags, given_flags};
+use super::resume_flags::{check_resume_flags, given_flags, resume_epochs};
 use super::run_flags::{RUNS, new_run_with};
 use super::{TrainArgs, open_gpu};
 
@@ -95,22 +95,8 @@ pub fn resume(args: &TrainArgs) -> Result<()> {
     }
     let (model, mut run, position) = (resumed.model, resumed.run, resumed.position);
     let done = position.epochs_done;
-    if let Some(epochs) = args.epochs {
-        if epochs < done || (epochs == done && position.within.is_some()) {
-            return Err(CliError::ResumeEpochs {
-                dir: path.to_path_buf(),
-                epochs,
-                done,
-                within: position.within.is_some(),
-            });
-        }
-        run.epochs = epochs;
-    }
-    if done >= run.epochs {
-        println!(
-            "{} has done all {done} epochs of its run: nothing to train (--epochs N extends it)",
-            path.display()
-        );
+    let mid_epoch = position.within.is_some();
+    if !resume_epochs(path, args.epochs, &mut run.epochs, done, mid_epoch)? {
         return Ok(());
     }
     let step = dir.last_saved().map_or(0, |s| s.step);

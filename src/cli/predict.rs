@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use wgnn::checkpoint::{MODEL_FILE, StateDict, StateTensor, TensorData};
 use wgnn::data::{Split, load_with, npy};
 use wgnn::ensemble;
-use wgnn::run;
+use wgnn::run::{self, RunConfig};
 use wgnn::rundir::ensemble::{MEMBERS_DIR, read_manifest};
 use wgnn::train::argmax;
 
@@ -23,18 +23,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let ctx = open_gpu()?;
     // Planned at the prediction's batch, whatever the training's was.
     let (mut model, run) = run::restore_at(ctx, &checkpoint, args.batch_size)?;
-    let csv = wgnn::data::LoadOptions {
-        csv_header: args.csv.header().or(run.data.header),
-        csv_delimiter: args.csv.delimiter.or(run.data.delimiter),
-        ..wgnn::data::LoadOptions::default()
-    };
     // Raw samples: the model applies the run's preprocessing itself.
-    let (x, rows) = read_samples(
-        &args.input,
-        &run.sample_shape,
-        args.label_column.clone(),
-        &csv,
-    )?;
+    let (x, rows) = read_input(&args, &run)?;
     model.eval();
     let features: usize = run.sample_shape.iter().product();
     let mut logits = Vec::with_capacity(rows * model.graph().classes());
@@ -71,23 +61,29 @@ pub fn run(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// The input's samples and their count, its CSV read as the flags say or else as the run's
+/// data was.
+fn read_input(args: &PredictArgs, run: &RunConfig) -> Result<(Vec<f32>, usize)> {
+    let csv = wgnn::data::LoadOptions {
+        csv_header: args.csv.header().or(run.data.header),
+        csv_delimiter: args.csv.delimiter.or(run.data.delimiter),
+        ..wgnn::data::LoadOptions::default()
+    };
+    read_samples(
+        &args.input,
+        &run.sample_shape,
+        args.label_column.clone(),
+        &csv,
+    )
+}
+
 /// An ensemble's prediction: the mean of its members' probabilities, or its logits (the
 /// log of that mean; for BCE, its logit), and the class of that mean.
 fn run_ensemble(args: &PredictArgs) -> Result<()> {
     let ctx = open_gpu()?;
     let mut restored = wgnn::rundir::ensemble::restore(ctx, &args.checkpoint, args.batch_size)?;
     let run = &restored.run;
-    let csv = wgnn::data::LoadOptions {
-        csv_header: args.csv.header().or(run.data.header),
-        csv_delimiter: args.csv.delimiter.or(run.data.delimiter),
-        ..wgnn::data::LoadOptions::default()
-    };
-    let (x, rows) = read_samples(
-        &args.input,
-        &run.sample_shape,
-        args.label_column.clone(),
-        &csv,
-    )?;
+    let (x, rows) = read_input(args, run)?;
     let model = &mut restored.model;
     let outputs = model.graph().classes();
     let slots: Vec<usize> = (0..restored.members.len()).collect();

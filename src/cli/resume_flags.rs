@@ -60,3 +60,34 @@ pub(super) fn given_flags() -> Vec<String> {
         .map(|id| id.as_str().to_string())
         .collect()
 }
+
+/// Applies `--epochs` to a resumed run that has done `done` epochs (`mid_epoch`: and part of
+/// the next): an extension is taken, fewer epochs than are done refused. Returns whether any
+/// epoch is left to train, having said so when none is.
+pub(super) fn resume_epochs(
+    dir: &Path,
+    asked: Option<usize>,
+    run_epochs: &mut usize,
+    done: usize,
+    mid_epoch: bool,
+) -> Result<bool> {
+    if let Some(epochs) = asked {
+        if epochs < done || (epochs == done && mid_epoch) {
+            return Err(CliError::ResumeEpochs {
+                dir: dir.to_path_buf(),
+                epochs,
+                done,
+                within: mid_epoch,
+            });
+        }
+        *run_epochs = epochs;
+    }
+    if done >= *run_epochs {
+        println!(
+            "{} has done all {done} epochs of its run: nothing to train (--epochs N extends it)",
+            dir.display()
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}

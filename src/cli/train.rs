@@ -11,7 +11,7 @@ use wgnn::train::{FitOptions, fit};
 
 use super::error::{CliError, Result};
 use super::progress::Bar;
-use super::resume_flags::{check_resume_flags, given_flags};
+use super::resume_flags::{check_resume_flags, given_flags, resume_epochs};
 use super::run_flags::{RUNS, new_run_with};
 use super::{TrainArgs, dist, open_gpu_in};
 use wgnn::Model;
@@ -246,22 +246,8 @@ fn decide(
                 .into());
             }
             let done = position.epochs_done;
-            if let Some(epochs) = args.epochs {
-                if epochs < done || (epochs == done && position.within.is_some()) {
-                    return Err(CliError::ResumeEpochs {
-                        dir: path.clone(),
-                        epochs,
-                        done,
-                        within: position.within.is_some(),
-                    });
-                }
-                run.epochs = epochs;
-            }
-            if done >= run.epochs {
-                println!(
-                    "{} has done all {done} epochs of its run: nothing to train (--epochs N extends it)",
-                    path.display()
-                );
+            let mid_epoch = position.within.is_some();
+            if !resume_epochs(path, args.epochs, &mut run.epochs, done, mid_epoch)? {
                 return Ok(None);
             }
             match position.within {

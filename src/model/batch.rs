@@ -83,12 +83,11 @@ impl Model {
     /// resident on the device, as in the benchmarks). In a stack every member reads this same
     /// batch, as in [`Model::train_step`]; the device holds a copy per member.
     pub fn upload_batch(&self, x: &[f32], labels: &[u32]) -> Result<DeviceBatch> {
-        let members = self.members();
-        if members == 1 {
-            return self.upload_member_batches(x, labels);
+        if self.members() > 1 {
+            // Named as one batch, not as a stack's.
+            self.check_batch(x, labels)?;
         }
-        self.check_batch(x, labels)?;
-        self.upload_member_batches(&x.repeat(members), &labels.repeat(members))
+        self.upload_member_batches(&self.for_every_member(x), &self.for_every_member(labels))
     }
 
     /// Uploads each member's batch once (`x` and `labels` member by member, as

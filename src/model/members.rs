@@ -256,6 +256,18 @@ impl Model {
         self.members.len()
     }
 
+    /// `values` (one batch's samples or labels) once for every member, member by member, as
+    /// the steps on each member's batch take them; a lone model's as they are.
+    pub(super) fn for_every_member<'a, T: Copy>(
+        &self,
+        values: &'a [T],
+    ) -> std::borrow::Cow<'a, [T]> {
+        match self.members() {
+            1 => std::borrow::Cow::Borrowed(values),
+            members => std::borrow::Cow::Owned(values.repeat(members)),
+        }
+    }
+
     /// Member `k`'s settings.
     pub fn member_config(&self, k: usize) -> Result<&MemberConfig> {
         Ok(&self.member(k)?.config)

@@ -26,11 +26,8 @@ impl Model {
     /// A step on one batch from host memory, its targets encoded and scaled as the loss
     /// reads them; every member of a stack takes the same batch.
     pub(super) fn run(&mut self, mode: Mode, rows: usize, x: &[f32], labels: &[u32]) -> Result<()> {
-        let members = self.members();
-        if members == 1 {
-            return self.run_members(mode, rows, x, labels);
-        }
-        self.run_members(mode, rows, &x.repeat(members), &labels.repeat(members))
+        let (x, labels) = (self.for_every_member(x), self.for_every_member(labels));
+        self.run_members(mode, rows, &x, &labels)
     }
 
     /// A step on each member's batch from host memory (`x` and `labels` member by member).
