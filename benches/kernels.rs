@@ -8,14 +8,17 @@ use std::time::Duration;
 use common::{ctx, pattern, time_dispatches};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wgnn::gpu::GpuTensor;
+use wgnn::graph::FlatState;
 use wgnn::ops::activation::{self, GELU};
 use wgnn::ops::batchnorm::{
     self, Affine, BatchNormConfig, GpuBatchNorm, LayerBindings, RunningStats,
 };
 use wgnn::ops::dropout::{self, DropProbability, MaskStream};
 use wgnn::ops::matmul::{self, Epilogue, Layout, MatmulShape};
+use wgnn::ops::reduce::TOTALS_LEN;
 use wgnn::ops::softmax_xent::{self, CrossEntropyConfig, XentBindings};
 use wgnn::ops::step::{StepBuffer, StepParams};
+use wgnn::optim::{self, Optimizer, Sgd};
 
 fn matmuls(c: &mut Criterion) {
     let ctx = ctx();
@@ -319,6 +322,55 @@ fn activations(c: &mut Criterion) {
     group.finish();
 }
 
+/// SGD with momentum over the lecture MLP's 52,842 parameters: live (every gradient and
+/// momentum buffer a normal float) and dead (zero gradients and momentum buffers decayed
+/// into the subnormal range, where they stay: dead ReLU units, a saturated network). On CPU
+/// adapters a float operation on a subnormal takes a microcode assist; the kernel steps
+/// such elements without one (shaders/optim.wgsl), so the two should run alike.
+fn optimizer(c: &mut Criterion) {
+    let ctx = ctx();
+    let len = 52_842usize;
+    let padded = len.next_multiple_of(4);
+    let sgd = Optimizer::Sgd(Sgd {
+        lr: 2.0,
+        momentum: 0.9,
+        ..Sgd::default()
+    });
+    let steps = StepBuffer::new(&ctx).unwrap();
+    let mut step = StepParams::at_step(1000);
+    sgd.fill_step(1000, &mut step);
+    steps.write(&ctx, &step);
+    let totals = GpuTensor::zeros(&ctx, &[TOTALS_LEN], "totals").unwrap();
+    let param = pattern(padded);
+    let live = (pattern(padded), pattern(padded));
+    let subnormal = |i: usize| f32::from_bits(1 + (i % 4) as u32);
+    let dead = (vec![0.0; padded], (0..padded).map(subnormal).collect());
+    let mut group = c.benchmark_group("sgd_momentum_52842");
+    group
+        .throughput(Throughput::Elements(len as u64))
+        .measurement_time(Duration::from_secs(2));
+    for (name, (grad, buf)) in [("live", live), ("dead", dead)] {
+        let gp = GpuTensor::from_slice(&ctx, &param, &[padded], "param").unwrap();
+        let gg = GpuTensor::from_slice(&ctx, &grad, &[padded], "grad").unwrap();
+        let gb = GpuTensor::from_slice(&ctx, &buf, &[padded], "momentum").unwrap();
+        let flat = FlatState {
+            len,
+            params: gp.binding(),
+            grads: gg.binding(),
+            optimizer: vec![gb.binding()],
+        };
+        let d = optim::dispatch(&ctx, &sgd, &flat, steps.binding(), totals.binding()).unwrap();
+        group.bench_function(format!("gpu_{name}"), |b| {
+            b.iter_custom(|iters| time_dispatches(&ctx, &[&d], iters))
+        });
+        let (mut p, mut state) = (param[..len].to_vec(), vec![buf[..len].to_vec()]);
+        group.bench_function(format!("cpu_reference_{name}"), |b| {
+            b.iter(|| sgd.reference_step(1000, &mut p, &grad[..len], &mut state))
+        });
+    }
+    group.finish();
+}
+
 /// The adapter's FMA ceiling, which the matmul figures are judged against.
 fn fma_ceiling(c: &mut Criterion) {
     let ctx = ctx();
@@ -340,6 +392,7 @@ criterion_group!(
     matmuls,
     batch_norm,
     dropout_and_loss,
-    activations
+    activations,
+    optimizer
 );
 criterion_main!(benches);

@@ -90,6 +90,64 @@ fn note_nonfinite(m: u32, i: u32, updated: vec4<f32>, g: vec4<f32>) {
     }
 }
 
+// Momentum buffers of parameters whose gradient is exactly zero (dead ReLU units, a
+// diverged-and-saturated network) decay by `momentum` each step into the subnormal range,
+// where they stay: 0.9 · k·2⁻¹⁴⁹ rounds back to k·2⁻¹⁴⁹ for k ≤ 4. On CPU adapters every
+// float operation with a subnormal operand or result takes a microcode assist (lavapipe
+// does not flush them), which made such runs' optimizer steps many times slower. For
+// these components the step is computed without subnormal operands, to the same bits:
+//   buf' = RNE(momentum · buf) (+ (1 - dampening)·(±0), which leaves a non-zero value as
+//   it is), and param' = param - lr·buf' = param, since |lr·buf'| < |lr|·2⁻¹²⁶ is below
+//   half an ulp of any |param| ≥ max(|lr|, 1)·2⁻¹⁰⁰.
+// Idle: plain momentum (no Nesterov, no weight decay), |momentum| < 1, a finite lr,
+// a finite dampening, a ±0 gradient, a subnormal buffer whose decay neither rounds to
+// zero (where the sign of a zero sum would depend on contraction) nor needs a tie broken
+// (see decay_steps), and a finite |param| ≥ max(|lr|, 1)·2⁻¹⁰⁰. Everything else takes the
+// float path.
+fn finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+fn idle_momentum(old: vec4<f32>, g: vec4<f32>, w: vec4<f32>, s: Step) -> vec4<bool> {
+    let settings = (p.flags & FLAG_NESTEROV) == 0u && s.weight_decay == 0.0
+        && abs(s.momentum) < 1.0 && finite(s.lr) && finite(s.dampening);
+    let old_bits = bitcast<vec4<u32>>(old);
+    let subnormal = ((old_bits & vec4(0x7f800000u)) == vec4(0u))
+        & ((old_bits & vec4(0x007fffffu)) != vec4(0u));
+    let zero_grad = (bitcast<vec4<u32>>(g) & vec4(0x7fffffffu)) == vec4(0u);
+    // |lr·buf'| < |lr|·2⁻¹²⁶ stays below half an ulp (> |w|·2⁻²⁵) of a finite w this large.
+    let w_min = max(abs(s.lr), 1.0) * 7.888609e-31; // 2⁻¹⁰⁰
+    let w_large = (abs(w) >= vec4(w_min)) & !nonfinite4(w);
+    let decays = decay_steps(old_bits, abs(s.momentum)) > vec4(0.0);
+    return vec4(settings) & subnormal & zero_grad & w_large & decays;
+}
+
+// RNE(c · k) for the subnormal steps k of `bits` and 0 ≤ c < 1, as a float holding the
+// integer result (< 2²³). The product q = c·k is one IEEE multiplication of normal floats;
+// half-integers below 2²³ are floats, so unless q is one, the exact product lies on the
+// same side of every half-integer as q and rounds to the same integer. A q that is a
+// half-integer gives -1: not idle (the float path rounds that one).
+fn decay_steps(bits: vec4<u32>, c: f32) -> vec4<f32> {
+    let q = c * vec4<f32>(bits & vec4(0x007fffffu));
+    return select(round(q), vec4(-1.0), q - floor(q) == vec4(0.5));
+}
+
+// v with ±0 (its sign kept) where `zero`, by masking its bits. Neither a float select nor
+// a mask to +0 will do: with a constant arm, the compiler moves the multiplication that
+// follows into both arms of the select it sees, subnormal operand included.
+fn zero_where(v: vec4<f32>, zero: vec4<bool>) -> vec4<f32> {
+    let keep = select(vec4(0xffffffffu), vec4(0x80000000u), zero);
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) & keep);
+}
+
+// momentum · old for subnormal `old`, as bits: the sign of the product over its steps.
+fn idle_decay(old: vec4<f32>, momentum: f32) -> vec4<f32> {
+    let old_bits = bitcast<vec4<u32>>(old);
+    let steps = vec4<u32>(decay_steps(old_bits, abs(momentum)));
+    let sign = (old_bits ^ vec4(bitcast<u32>(momentum))) & vec4(0x80000000u);
+    return bitcast<vec4<f32>>(sign | steps);
+}
+
 override WG: u32 = 256u;
 
 fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -108,15 +166,27 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     var g = gradient(raw);
     let w = param[i];
     if (s.weight_decay != 0.0) { g += s.weight_decay * w; }
+    // Components whose update is computed without float arithmetic (see idle_decay).
+    var idle = vec4(false);
     if ((p.flags & FLAG_MOMENTUM) != 0u) {
         var buf = g;
         if (s.sgd_first_step == 0u) {
-            buf = s.momentum * state0[i] + (1.0 - s.dampening) * g;
+            let old = state0[i];
+            idle = idle_momentum(old, g, w, s);
+            if (all(idle)) {
+                // The parameters stay as they are (and finite); only the buffers decay.
+                state0[i] = idle_decay(old, s.momentum);
+                return;
+            }
+            // The float path sees ±0 where idle: no subnormal operand reaches the FPU.
+            buf = s.momentum * zero_where(old, idle) + (1.0 - s.dampening) * g;
+            buf = select(buf, idle_decay(old, s.momentum), idle);
         }
         state0[i] = buf;
         if ((p.flags & FLAG_NESTEROV) != 0u) { g += s.momentum * buf; } else { g = buf; }
     }
-    let updated = w - s.lr * g;
+    // Where idle, the update leaves the parameter as it is (w - lr·(±0) = w).
+    let updated = w - s.lr * zero_where(g, idle);
     param[i] = updated;
     note_nonfinite(member, local, updated, raw);
 }

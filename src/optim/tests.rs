@@ -345,3 +345,121 @@ fn uniforms_mirror_the_shader() {
     kernel::assert_params_mirror_the_shader();
     crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(crate::gpu::Shader::Optim, 1);
 }
+
+/// Runs SGD's updates `first_step..` on the GPU and on the CPU from `param` and the momentum
+/// buffer `buf`, one gradient per step; returns (GPU, CPU) parameters and buffers.
+fn sgd_from(
+    optimizer: &Optimizer,
+    param: &[f32],
+    buf: &[f32],
+    grads: &[Vec<f32>],
+    first_step: u64,
+) -> [(Vec<f32>, Vec<f32>); 2] {
+    let ctx = ctx();
+    let len = param.len();
+    // The kernel works on vec4s: buffers hold len rounded up to 4, the tail zero.
+    let padded = len.next_multiple_of(4);
+    let pad = |v: &[f32]| [v, &vec![0.0; padded - len]].concat();
+    let gparam = GpuTensor::from_slice(ctx, &pad(param), &[padded], "param").unwrap();
+    let ggrad = GpuTensor::zeros(ctx, &[padded], "grad").unwrap();
+    let gbuf = GpuTensor::from_slice(ctx, &pad(buf), &[padded], "momentum").unwrap();
+    let steps = StepBuffer::new(ctx).unwrap();
+    let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
+    let flat = FlatState {
+        len,
+        params: gparam.binding(),
+        grads: ggrad.binding(),
+        optimizer: vec![gbuf.binding()],
+    };
+    let d = dispatch(ctx, optimizer, &flat, steps.binding(), totals.binding()).unwrap();
+    let (mut param, mut state) = (param.to_vec(), vec![buf.to_vec()]);
+    for (step, grad) in (first_step..).zip(grads) {
+        ggrad.write(ctx, &pad(grad)).unwrap();
+        let mut p = StepParams::at_step(step);
+        optimizer.fill_step(step, &mut p);
+        steps.write(ctx, &p);
+        ctx.submit(&[&d]);
+        optimizer
+            .reference_step(step, &mut param, grad, &mut state)
+            .unwrap();
+    }
+    let read = |t: &GpuTensor| -> Vec<f32> { t.read(ctx).unwrap()[..len].to_vec() };
+    let gpu = (read(&gparam), read(&gbuf));
+    [gpu, (param, state.remove(0))]
+}
+
+/// Momentum buffers that decayed into the subnormal range under zero gradients take the
+/// kernel's integer path (`idle_momentum` in shaders/optim.wgsl): their bits, and the
+/// parameters', are IEEE's as the CPU computes them — exact halves (momentum 0.5, 0.75)
+/// rounding to even, both signs, the largest subnormal — and the elements beside them that
+/// take the float path (a non-zero or subnormal gradient, a zero or tiny parameter, weight
+/// decay, Nesterov, momentum ≥ 1) stay within the usual tolerance.
+#[test]
+fn subnormal_momentum_under_zero_gradients_keeps_ieee_bits() {
+    let steps_of =
+        |k: u32, negative: bool| f32::from_bits(k | if negative { 0x8000_0000 } else { 0 });
+    let ks = [
+        1u32, 2, 3, 4, 5, 7, 9, 11, 13, 1000, 4097, 0x40_0001, 0x7f_ffff, 0x55_5555,
+    ];
+    // 3 × 14 × 2 = 84 elements, then 3 beside them: 87, not a multiple of 4.
+    let mut param = Vec::new();
+    let mut buf = Vec::new();
+    let mut grad = Vec::new();
+    for (j, w) in [0.75f32, -3.0e-7, 12.5].into_iter().enumerate() {
+        for (i, &k) in ks.iter().enumerate() {
+            for negative in [false, true] {
+                param.push(w);
+                buf.push(steps_of(k, negative ^ (i % 3 == j)));
+                grad.push(if (i + j) % 2 == 0 { 0.0 } else { -0.0 });
+            }
+        }
+    }
+    // The float path beside them: a subnormal gradient, a zero and a tiny parameter.
+    param.extend([0.5, 0.0, 1e-35]);
+    buf.extend([steps_of(6, false), steps_of(6, true), steps_of(300, false)]);
+    grad.extend([steps_of(5, true), 0.0, 0.0]);
+    let len = param.len();
+    let idle: Vec<bool> = (0..len).map(|i| i < 84).collect();
+    // (momentum, dampening, weight decay, nesterov, lr, whether idle elements take the
+    // integer path)
+    let settings = [
+        (0.9, 0.0, 0.0, false, 0.05, true),
+        (0.5, 0.0, 0.0, false, 0.05, true),
+        (0.75, 0.3, 0.0, false, 0.5, true),
+        (0.3, 0.0, 0.0, false, 0.01, true),
+        (0.999, 0.0, 0.0, false, 0.9, true),
+        (0.9, 0.0, 0.0, false, 2.0, true),
+        // The float path for every element: weight decay, Nesterov, momentum of 1.
+        (0.9, 0.0, 1e-4, false, 0.05, false),
+        (0.9, 0.0, 0.0, true, 0.05, false),
+        (1.0, 0.5, 0.0, false, 0.05, false),
+    ];
+    for (n, &(momentum, dampening, weight_decay, nesterov, lr, integer_path)) in
+        settings.iter().enumerate()
+    {
+        let optimizer = Optimizer::Sgd(Sgd {
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize: n % 2 == 1,
+        });
+        let grads = vec![grad.clone(); 3];
+        let [(gp, gb), (cp, cb)] = sgd_from(&optimizer, &param, &buf, &grads, 5);
+        for i in 0..len {
+            if integer_path && idle[i] && cb[i] != 0.0 {
+                assert_eq!(
+                    (gp[i].to_bits(), gb[i].to_bits()),
+                    (cp[i].to_bits(), cb[i].to_bits()),
+                    "{optimizer:?}, element {i}: buffer {:e} from {:e}",
+                    cb[i],
+                    buf[i]
+                );
+            }
+        }
+        let tol = Tolerance::new(1e-6, 1e-5);
+        assert_close(&format!("{optimizer:?} param"), &gp, &cp, tol);
+        assert_close(&format!("{optimizer:?} momentum"), &gb, &cb, tol);
+    }
+}
