@@ -2,9 +2,10 @@
 // TN: Linear dW) on CPU adapters (lavapipe) whose subgroups have at least 8 lanes; B, bias and
 // C are read and written as vec2 along N (N % 2 == 0). Needs SUBGROUP.
 //
-// A workgroup of 32 invocations computes 12 rows × 64 columns of C, two adjacent columns per
-// invocation. Every 8 steps of K, lane j of each subgroup loads A(row, k0 + j) for the 12 rows
-// and subgroupBroadcast hands each lane the 8 values in turn; each lane reads 8 vec2 of B.
+// A workgroup of 32 invocations computes ROWS (12 or 16) rows × 64 columns of C, two adjacent
+// columns per invocation. Every 8 steps of K, lane j of each subgroup loads A(row, k0 + j) for
+// the ROWS rows and subgroupBroadcast hands each lane the 8 values in turn; each lane reads 8
+// vec2 of B.
 // See matmul_broadcast_nt.wgsl for why this suits lavapipe (1024³: 37 GFLOP/s vs 26).
 //
 // Every index is clamped into the shape, and `matmul::dispatch` checks the bindings hold it:
@@ -15,7 +16,8 @@
 @group(0) @binding(3) var<storage, read> bias: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> c: array<vec2<f32>>;
 
-const ROWS: u32 = 12u;
+// ROWS (12 or 16) is defined before this file by the launcher's choice for M
+// (`BroadcastRows` in src/gpu/kernel.rs).
 
 // acc + Σ_j A(row, k0 + j) · B(k0 + j, cols), where lane j of the subgroup holds A(row, k0 + j)
 // in `a_lane` and bv[j] holds B(k0 + j, cols).

@@ -1,13 +1,14 @@
 // broadcast_nt: C[M,N] = A[M,K] · B[N,K]ᵀ (Linear forward) on CPU adapters (lavapipe) whose
 // subgroups have at least 8 lanes; B is read as vec4 along K (K % 4 == 0). Needs SUBGROUP.
 //
-// A workgroup of 32 invocations computes 12 rows × 64 columns of C: invocation l owns columns
-// l and l + 32. Every 8 steps of K, lane j of each subgroup loads A(row, k0 + j) for the 12
-// rows and subgroupBroadcast hands each lane the 8 values in turn, while each lane reads its
-// two columns of B as four vec4. On lavapipe a storage load costs a loop over the SIMD lanes
-// with a bounds check per lane and component, and a broadcast one register shuffle: this
-// shape of work (12 loads of A and 4 of B per 192 FMAs) ran 1024³ at 42 GFLOP/s where an 8×8
-// block per invocation ran 20.
+// A workgroup of 32 invocations computes ROWS (12 or 16) rows × 64 columns of C: invocation l
+// owns columns l and l + 32. Every 8 steps of K, lane j of each subgroup loads A(row, k0 + j)
+// for the ROWS rows and subgroupBroadcast hands each lane the 8 values in turn, while each
+// lane reads its two columns of B as four vec4. On lavapipe a storage load costs a loop over
+// the SIMD lanes with a bounds check per lane and component, and a broadcast one register
+// shuffle: this shape of work (12 loads of A and 4 of B per 192 FMAs) ran 1024³ at 42 GFLOP/s
+// where an 8×8 block per invocation ran 20; 16 rows reuse each load of B for a third more
+// rows (1024³ about a tenth faster again).
 //
 // Every index is clamped into the shape, and `matmul::dispatch` checks the bindings hold it:
 // the module is built without runtime bounds checks.
@@ -17,7 +18,8 @@
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-const ROWS: u32 = 12u;
+// ROWS (12 or 16) is defined before this file by the launcher's choice for M
+// (`BroadcastRows` in src/gpu/kernel.rs).
 
 // acc + Σ_j A(row, k0 + j) · (B(c0, k0 + j), B(c1, k0 + j)), where lane j of the subgroup holds
 // A(row, k0 + j) in `a_lane`; lo0, hi0 hold B(c0, k0..k0 + 8) and lo1, hi1 the same for c1.

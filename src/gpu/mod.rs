@@ -12,7 +12,8 @@ pub use context::{
     KernelChoice, list_adapters, parse_backend,
 };
 pub use kernel::{
-    ActivationShader, Binding, Dispatch, Kernel, Launch, ResourceCounters, Shader, grid_1d,
+    ActivationShader, Binding, BroadcastRows, Dispatch, Kernel, Launch, ResourceCounters, Shader,
+    grid_1d,
 };
 pub use layout::UniformLayout;
 #[cfg(test)]

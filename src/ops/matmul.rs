@@ -7,8 +7,8 @@
 use super::{OpError, expect_matrix, groups};
 use crate::gpu::uniform_struct;
 use crate::gpu::{
-    Binding, GpuContext, GpuError, GpuTensor, Kernel, KernelChoice, Launch, Shader, TENSOR_USAGE,
-    grid_1d,
+    Binding, BroadcastRows, GpuContext, GpuError, GpuTensor, Kernel, KernelChoice, Launch, Shader,
+    TENSOR_USAGE, grid_1d,
 };
 use crate::graph::GpuCx;
 
@@ -113,8 +113,9 @@ pub enum Variant {
     NnBvec4,
     /// TN with B and C as vec4 along N; needs N % 4 == 0.
     TnBvec4,
-    /// NT with B as vec4 along K (K % 4 == 0): 12 rows × 64 columns per workgroup, A's loads
-    /// shared through subgroup broadcasts. For CPU adapters with subgroups of at least 8 lanes.
+    /// NT with B as vec4 along K (K % 4 == 0): 12 or 16 rows × 64 columns per workgroup
+    /// ([`BroadcastRows`]), A's loads shared through subgroup broadcasts. For CPU adapters
+    /// with subgroups of at least 8 lanes.
     BroadcastNt,
     /// NN or TN with B and C as vec2 along N (N % 2 == 0), otherwise as `BroadcastNt`.
     BroadcastNn,
@@ -192,8 +193,7 @@ uniform_struct! {
 }
 
 const WG: u32 = 8;
-/// Rows and columns of C per workgroup of the broadcast variants (ROWS in their shaders).
-const BROADCAST_ROWS: u32 = 12;
+/// Columns of C per workgroup of the broadcast variants (their rows: [`BroadcastRows`]).
 const BROADCAST_COLS: u32 = 64;
 const FLAG_PARTIAL: u32 = 4;
 
@@ -264,6 +264,19 @@ fn launch_variant(
     variant: Variant,
     bindings: MatmulBindings<'_>,
 ) -> Result<Launch, GpuError> {
+    let rows = BroadcastRows::for_rows(shape.m);
+    launch_with_rows(ctx, shape, epilogue, variant, rows, bindings)
+}
+
+/// [`launch_variant`] with the broadcast variants' row block given.
+fn launch_with_rows(
+    ctx: &GpuContext,
+    shape: MatmulShape,
+    epilogue: Epilogue,
+    variant: Variant,
+    rows: BroadcastRows,
+    bindings: MatmulBindings<'_>,
+) -> Result<Launch, GpuError> {
     let MatmulBindings { a, b, bias, c } = bindings;
     let MatmulShape { m, n, k, layout } = shape;
     let (a_row, a_col) = match layout {
@@ -297,7 +310,7 @@ fn launch_variant(
         return tiled(ctx, shape, params, [a, b, bias, c]);
     }
     if variant.uses_subgroups() {
-        return broadcast(ctx, variant, shape, &params, [a, b, bias, c]);
+        return broadcast(ctx, variant, shape, rows, &params, [a, b, bias, c]);
     }
     let (shader, entry, cols_per_inv, rows_per_inv) = match variant {
         Variant::NtVec4 => (Shader::MatmulNtVec4, "nt_vec4", 8, 8),
@@ -322,6 +335,7 @@ fn broadcast(
     ctx: &GpuContext,
     variant: Variant,
     shape: MatmulShape,
+    rows: BroadcastRows,
     params: &Params,
     [a, b, bias, c]: [Binding<'_>; 4],
 ) -> Result<Launch, GpuError> {
@@ -339,12 +353,12 @@ fn broadcast(
         }
     }
     let kernel = match variant {
-        Variant::BroadcastNt => Kernel::new(Shader::MatmulBroadcastNt, "broadcast_nt"),
-        _ => Kernel::new(Shader::MatmulBroadcastNn, "broadcast_nn"),
+        Variant::BroadcastNt => Kernel::new(Shader::MatmulBroadcastNt(rows), "broadcast_nt"),
+        _ => Kernel::new(Shader::MatmulBroadcastNn(rows), "broadcast_nn"),
     };
     let workgroups = [
         groups(n, BROADCAST_COLS),
-        groups(m, BROADCAST_ROWS),
+        groups(m, rows.rows()),
         members as u32,
     ];
     let d = ctx.dispatch(&kernel, Some(params), &[a, b, bias, c], workgroups)?;
@@ -548,8 +562,8 @@ mod tests {
             Shader::MatmulBvec4,
             Shader::MatmulGeneral,
             Shader::MatmulTiled,
-            Shader::MatmulBroadcastNt,
-            Shader::MatmulBroadcastNn,
+            Shader::MatmulBroadcastNt(BroadcastRows::Twelve),
+            Shader::MatmulBroadcastNn(BroadcastRows::Sixteen),
         ] {
             crate::gpu::assert_mirrors::<Params>(shader, 0);
         }
@@ -854,6 +868,7 @@ mod tests {
             (128, 64, 3072),
             (9, 64, 784),
             (13, 65, 20),
+            (32, 64, 784),
             (33, 130, 1000),
         ];
         for (m, n, k) in nt {
@@ -868,6 +883,7 @@ mod tests {
             (7, 12, 8),
             (9, 64, 784),
             (17, 66, 13),
+            (64, 784, 32),
             (33, 130, 1000),
         ];
         for (m, n, k) in nn {
@@ -894,6 +910,71 @@ mod tests {
             Some(Variant::BroadcastNn),
             plain,
         );
+    }
+
+    /// Every output sums its K products in one order whatever the row block: the blocks of
+    /// 12 and 16 rows give the same bits, for M below, at and past a block, with K tails.
+    #[test]
+    fn broadcast_row_blocks_give_the_same_bits() {
+        let Some(ctx) = subgroup_ctx() else { return };
+        let epi = Epilogue {
+            bias: true,
+            relu: false,
+        };
+        let shapes = [
+            (1, 64, 784),
+            (7, 34, 20),
+            (32, 64, 32),
+            (65, 130, 13),
+            (100, 66, 1000),
+        ];
+        for (m, n, k) in shapes {
+            for (layout, variant) in [
+                (Layout::NT, Variant::BroadcastNt),
+                (Layout::NN, Variant::BroadcastNn),
+                (Layout::TN, Variant::BroadcastNn),
+            ] {
+                let shape = MatmulShape { layout, m, n, k };
+                if !variant.fits(&shape) {
+                    continue;
+                }
+                let a = uniform(5, m * k, -1.0, 1.0);
+                let b = uniform(6, k * n, -1.0, 1.0);
+                let bias = uniform(7, n, -1.0, 1.0);
+                let ga = GpuTensor::from_slice(ctx, &a, &shape.a_shape(), "a").unwrap();
+                let gb = GpuTensor::from_slice(ctx, &b, &shape.b_shape(), "b").unwrap();
+                let gbias = GpuTensor::from_slice(ctx, &bias, &[n], "bias").unwrap();
+                let products = [BroadcastRows::Twelve, BroadcastRows::Sixteen].map(|rows| {
+                    let gc = GpuTensor::zeros(ctx, &[m, n], "c").unwrap();
+                    let bindings = MatmulBindings {
+                        a: ga.binding(),
+                        b: gb.binding(),
+                        bias: Some(gbias.binding()),
+                        c: gc.binding(),
+                    };
+                    launch_with_rows(ctx, shape, epi, variant, rows, bindings)
+                        .unwrap()
+                        .submit(ctx);
+                    gc.read::<u32>(ctx).unwrap()
+                });
+                assert!(
+                    products[0] == products[1],
+                    "{layout:?} {m}×{n}×{k}: the 12- and 16-row blocks differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_row_block_follows_m() {
+        let rows = |m| BroadcastRows::for_rows(m).rows();
+        // Multiples of 16 and large M: 16; small M or just past a multiple of 12: 12.
+        for m in [16, 32, 64, 128, 1000, 1024] {
+            assert_eq!(rows(m), 16, "M = {m}");
+        }
+        for m in [0, 1, 7, 10, 12, 24, 65] {
+            assert_eq!(rows(m), 12, "M = {m}");
+        }
     }
 
     #[test]
