@@ -6,62 +6,91 @@ use crate::ops::reduce::{TOTALS_LEN, Totals};
 use crate::ops::step::StepBuffer;
 use crate::ops::test_support::{ctx, uniform};
 
-/// Runs `steps` updates on the GPU and on the CPU from the same start; compares everything.
-fn check(optimizer: Optimizer, len: usize, steps: u64) {
+/// Parameters and optimizer state after the same updates on the GPU and on the CPU.
+struct Stepped {
+    gpu: (Vec<f32>, Vec<Vec<f32>>),
+    cpu: (Vec<f32>, Vec<Vec<f32>>),
+    totals: Totals,
+}
+
+/// Runs updates `first_step..` on the GPU and on the CPU from `param` and `state`, one
+/// gradient per update. The kernel works on vec4s: its buffers hold the length rounded up to
+/// 4, the tail zero, which must stay zero.
+fn step_both(
+    optimizer: &Optimizer,
+    param: &[f32],
+    state: Vec<Vec<f32>>,
+    grads: &[Vec<f32>],
+    first_step: u64,
+) -> Stepped {
     let ctx = ctx();
-    let mut param = uniform(1, len, -1.0, 1.0);
-    let mut state: Vec<Vec<f32>> = vec![vec![0.0; len]; optimizer.state_count()];
-    // The kernel works on vec4s: buffers hold len rounded up to 4, the tail zero.
+    let len = param.len();
     let padded = len.next_multiple_of(4);
     let pad = |v: &[f32]| [v, &vec![0.0; padded - len]].concat();
-    let gparam = GpuTensor::from_slice(ctx, &pad(&param), &[padded], "param").unwrap();
+    let gparam = GpuTensor::from_slice(ctx, &pad(param), &[padded], "param").unwrap();
     let ggrad = GpuTensor::zeros(ctx, &[padded], "grad").unwrap();
     let gstate: Vec<GpuTensor> = state
         .iter()
         .map(|s| GpuTensor::from_slice(ctx, &pad(s), &[padded], "state").unwrap())
         .collect();
     let step_buffer = StepBuffer::new(ctx).unwrap();
-    let state_bindings: Vec<_> = gstate.iter().map(GpuTensor::binding).collect();
     let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
     let flat = FlatState {
         len,
         params: gparam.binding(),
         grads: ggrad.binding(),
-        optimizer: state_bindings,
+        optimizer: gstate.iter().map(GpuTensor::binding).collect(),
     };
     let d = dispatch(
         ctx,
-        &optimizer,
+        optimizer,
         &flat,
         step_buffer.binding(),
         totals.binding(),
     )
     .unwrap();
-    for step in 0..steps {
-        let grad = uniform(100 + step, len, -1.0, 1.0);
-        ggrad.write(ctx, &pad(&grad)).unwrap();
+    let (mut param, mut state) = (param.to_vec(), state);
+    for (step, grad) in (first_step..).zip(grads) {
+        ggrad.write(ctx, &pad(grad)).unwrap();
         let mut p = StepParams::at_step(step);
         optimizer.fill_step(step, &mut p);
         step_buffer.write(ctx, &p);
         ctx.submit(&[&d]);
         optimizer
-            .reference_step(step, &mut param, &grad, &mut state)
+            .reference_step(step, &mut param, grad, &mut state)
             .unwrap();
     }
-    let tol = Tolerance::new(1e-6, 1e-5);
-    let got: Vec<f32> = gparam.read(ctx).unwrap();
-    assert_close(&format!("{optimizer:?} param"), &got[..len], &param, tol);
-    assert!(
-        got[len..].iter().all(|&v| v == 0.0),
-        "zero padding stays zero"
-    );
-    for (i, (g, s)) in gstate.iter().zip(&state).enumerate() {
-        let got: Vec<f32> = g.read(ctx).unwrap();
-        assert_close(&format!("{optimizer:?} state {i}"), &got[..len], s, tol);
+    let read = |t: &GpuTensor| -> Vec<f32> {
+        let all: Vec<f32> = t.read(ctx).unwrap();
+        assert!(
+            all[len..].iter().all(|&v| v == 0.0),
+            "zero padding stays zero"
+        );
+        all[..len].to_vec()
+    };
+    Stepped {
+        gpu: (read(&gparam), gstate.iter().map(read).collect()),
+        cpu: (param, state),
+        totals: Totals::from_raw(&totals.read::<f32>(ctx).unwrap()),
     }
-    let totals = Totals::from_raw(&totals.read::<f32>(ctx).unwrap());
+}
+
+/// Runs `steps` updates on the GPU and on the CPU from the same start; compares everything.
+fn check(optimizer: Optimizer, len: usize, steps: u64) {
+    let param = uniform(1, len, -1.0, 1.0);
+    let state = vec![vec![0.0; len]; optimizer.state_count()];
+    let grads: Vec<Vec<f32>> = (0..steps)
+        .map(|step| uniform(100 + step, len, -1.0, 1.0))
+        .collect();
+    let stepped = step_both(&optimizer, &param, state, &grads, 0);
+    let tol = Tolerance::new(1e-6, 1e-5);
+    let ((gpu_param, gpu_state), (cpu_param, cpu_state)) = (stepped.gpu, stepped.cpu);
+    assert_close(&format!("{optimizer:?} param"), &gpu_param, &cpu_param, tol);
+    for (i, (got, want)) in gpu_state.iter().zip(&cpu_state).enumerate() {
+        assert_close(&format!("{optimizer:?} state {i}"), got, want, tol);
+    }
     assert_eq!(
-        totals.first_nonfinite_update, None,
+        stepped.totals.first_nonfinite_update, None,
         "finite updates note nothing"
     );
 }
@@ -346,48 +375,6 @@ fn uniforms_mirror_the_shader() {
     crate::gpu::assert_mirrors::<crate::ops::step::StepParams>(crate::gpu::Shader::Optim, 1);
 }
 
-/// Runs SGD's updates `first_step..` on the GPU and on the CPU from `param` and the momentum
-/// buffer `buf`, one gradient per step; returns (GPU, CPU) parameters and buffers.
-fn sgd_from(
-    optimizer: &Optimizer,
-    param: &[f32],
-    buf: &[f32],
-    grads: &[Vec<f32>],
-    first_step: u64,
-) -> [(Vec<f32>, Vec<f32>); 2] {
-    let ctx = ctx();
-    let len = param.len();
-    // The kernel works on vec4s: buffers hold len rounded up to 4, the tail zero.
-    let padded = len.next_multiple_of(4);
-    let pad = |v: &[f32]| [v, &vec![0.0; padded - len]].concat();
-    let gparam = GpuTensor::from_slice(ctx, &pad(param), &[padded], "param").unwrap();
-    let ggrad = GpuTensor::zeros(ctx, &[padded], "grad").unwrap();
-    let gbuf = GpuTensor::from_slice(ctx, &pad(buf), &[padded], "momentum").unwrap();
-    let steps = StepBuffer::new(ctx).unwrap();
-    let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN], "totals").unwrap();
-    let flat = FlatState {
-        len,
-        params: gparam.binding(),
-        grads: ggrad.binding(),
-        optimizer: vec![gbuf.binding()],
-    };
-    let d = dispatch(ctx, optimizer, &flat, steps.binding(), totals.binding()).unwrap();
-    let (mut param, mut state) = (param.to_vec(), vec![buf.to_vec()]);
-    for (step, grad) in (first_step..).zip(grads) {
-        ggrad.write(ctx, &pad(grad)).unwrap();
-        let mut p = StepParams::at_step(step);
-        optimizer.fill_step(step, &mut p);
-        steps.write(ctx, &p);
-        ctx.submit(&[&d]);
-        optimizer
-            .reference_step(step, &mut param, grad, &mut state)
-            .unwrap();
-    }
-    let read = |t: &GpuTensor| -> Vec<f32> { t.read(ctx).unwrap()[..len].to_vec() };
-    let gpu = (read(&gparam), read(&gbuf));
-    [gpu, (param, state.remove(0))]
-}
-
 /// Momentum buffers that decayed into the subnormal range under zero gradients take the
 /// kernel's integer path (`idle_momentum` in shaders/optim.wgsl): their bits, and the
 /// parameters', are IEEE's as the CPU computes them — exact halves (momentum 0.5, 0.75)
@@ -446,7 +433,9 @@ fn subnormal_momentum_under_zero_gradients_keeps_ieee_bits() {
             maximize: n % 2 == 1,
         });
         let grads = vec![grad.clone(); 3];
-        let [(gp, gb), (cp, cb)] = sgd_from(&optimizer, &param, &buf, &grads, 5);
+        let stepped = step_both(&optimizer, &param, vec![buf.clone()], &grads, 5);
+        let ((gp, gb), (cp, cb)) = (stepped.gpu, stepped.cpu);
+        let (gb, cb) = (&gb[0], &cb[0]);
         for i in 0..len {
             if integer_path && idle[i] && cb[i] != 0.0 {
                 assert_eq!(
@@ -460,6 +449,6 @@ fn subnormal_momentum_under_zero_gradients_keeps_ieee_bits() {
         }
         let tol = Tolerance::new(1e-6, 1e-5);
         assert_close(&format!("{optimizer:?} param"), &gp, &cp, tol);
-        assert_close(&format!("{optimizer:?} momentum"), &gb, &cb, tol);
+        assert_close(&format!("{optimizer:?} momentum"), gb, cb, tol);
     }
 }
