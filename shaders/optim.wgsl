@@ -149,6 +149,10 @@ fn idle_decay(old: vec4<f32>, momentum: f32) -> vec4<f32> {
 }
 
 override WG: u32 = 256u;
+// vec4s each invocation updates, a grid's width apart (adjacent invocations, adjacent vec4s).
+// The member's step record is read once for all of them: on CPU adapters every storage load
+// is a loop over the lanes, and the record's were a quarter of one vec4's loads.
+override PER_INVOCATION: u32 = 4u;
 
 fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
@@ -156,10 +160,18 @@ fn element_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 @compute @workgroup_size(WG)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let local = element_index(gid, nwg);
     let member = gid.z;
     let s = steps[member];
-    if (local >= p.len || s.frozen != 0u) { return; }
+    if (s.frozen != 0u) { return; }
+    let first = element_index(gid, nwg);
+    for (var j = 0u; j < PER_INVOCATION; j++) {
+        sgd_update(member, first + j * nwg.x * nwg.y * WG, s);
+    }
+}
+
+// SGD's update of member `member`'s vec4 `local`.
+fn sgd_update(member: u32, local: u32, s: Step) {
+    if (local >= p.len) { return; }
     let i = member * p.len + local;
     // One load of each operand: on CPU adapters every storage load is a loop over the lanes.
     let raw = grad[i];
@@ -193,10 +205,18 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 
 @compute @workgroup_size(WG)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let local = element_index(gid, nwg);
     let member = gid.z;
     let s = steps[member];
-    if (local >= p.len || s.frozen != 0u) { return; }
+    if (s.frozen != 0u) { return; }
+    let first = element_index(gid, nwg);
+    for (var j = 0u; j < PER_INVOCATION; j++) {
+        adam_update(member, first + j * nwg.x * nwg.y * WG, s);
+    }
+}
+
+// Adam's (AdamW's) update of member `member`'s vec4 `local`.
+fn adam_update(member: u32, local: u32, s: Step) {
+    if (local >= p.len) { return; }
     let i = member * p.len + local;
     // One load of each operand: on CPU adapters every storage load is a loop over the lanes.
     let raw = grad[i];

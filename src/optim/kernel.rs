@@ -24,11 +24,13 @@ pub(super) const FLAG_AMSGRAD: u32 = 8;
 pub(super) const FLAG_MAXIMIZE: u32 = 16;
 
 const WG: u32 = 256;
+/// vec4s an invocation updates (PER_INVOCATION in the shader).
+const PER_INVOCATION: u32 = 4;
 
 /// Builds the update of the `flat.len` parameters of each member's part of the flat buffers;
 /// `flat.optimizer` holds [`Optimizer::state_count`] buffers shaped like the parameters. The
 /// settings (learning rate, momentum, betas, …) come from each member's step record. The
-/// kernel updates four values per invocation, so every part must hold `len` rounded up to a
+/// kernel updates values four at a time, so every part must hold `len` rounded up to a
 /// multiple of 4.
 /// The first update that meets a non-finite gradient or leaves a non-finite parameter is
 /// noted in `totals` (the metrics totals,
@@ -72,15 +74,13 @@ pub fn dispatch<'a>(
         bindings.push((4 + i as u32, ctx.placeholder_out()));
     }
     let [x, y, _] = grid_1d(
-        groups(vec4s, WG),
+        groups(vec4s.div_ceil(PER_INVOCATION as usize), WG),
         ctx.limits().max_compute_workgroups_per_dimension,
     );
-    ctx.dispatch_at(
-        &Kernel::new(Shader::Optim, entry).with("WG", WG),
-        Some(&params),
-        &bindings,
-        [x, y, members],
-    )
+    let kernel = Kernel::new(Shader::Optim, entry)
+        .with("WG", WG)
+        .with("PER_INVOCATION", PER_INVOCATION);
+    ctx.dispatch_at(&kernel, Some(&params), &bindings, [x, y, members])
 }
 
 #[cfg(test)]
