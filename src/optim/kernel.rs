@@ -24,8 +24,10 @@ pub(super) const FLAG_AMSGRAD: u32 = 8;
 pub(super) const FLAG_MAXIMIZE: u32 = 16;
 
 const WG: u32 = 256;
-/// vec4s an invocation updates (PER_INVOCATION in the shader).
-const PER_INVOCATION: u32 = 4;
+/// vec4s an invocation updates (PER_INVOCATION in the shader) on CPU adapters, where each
+/// invocation's read of its step record costs a loop over the lanes; GPUs take one each, for
+/// the invocations to fill them.
+const CPU_PER_INVOCATION: u32 = 4;
 
 /// Builds the update of the `flat.len` parameters of each member's part of the flat buffers;
 /// `flat.optimizer` holds [`Optimizer::state_count`] buffers shaped like the parameters. The
@@ -41,6 +43,22 @@ pub fn dispatch<'a>(
     flat: &FlatState<'a>,
     step: Binding<'a>,
     totals: Binding<'a>,
+) -> Result<Dispatch, GpuError> {
+    let per_invocation = if ctx.adapter().is_cpu() {
+        CPU_PER_INVOCATION
+    } else {
+        1
+    };
+    dispatch_per(ctx, optimizer, flat, [step, totals], per_invocation)
+}
+
+/// [`dispatch`] with `per_invocation` vec4s an invocation.
+pub(super) fn dispatch_per<'a>(
+    ctx: &GpuContext,
+    optimizer: &Optimizer,
+    flat: &FlatState<'a>,
+    [step, totals]: [Binding<'a>; 2],
+    per_invocation: u32,
 ) -> Result<Dispatch, GpuError> {
     let vec4s = flat.len.div_ceil(4);
     let (entry, flags) = match optimizer {
@@ -74,12 +92,12 @@ pub fn dispatch<'a>(
         bindings.push((4 + i as u32, ctx.placeholder_out()));
     }
     let [x, y, _] = grid_1d(
-        groups(vec4s.div_ceil(PER_INVOCATION as usize), WG),
+        groups(vec4s.div_ceil(per_invocation as usize), WG),
         ctx.limits().max_compute_workgroups_per_dimension,
     );
     let kernel = Kernel::new(Shader::Optim, entry)
         .with("WG", WG)
-        .with("PER_INVOCATION", PER_INVOCATION);
+        .with("PER_INVOCATION", per_invocation);
     ctx.dispatch_at(&kernel, Some(&params), &bindings, [x, y, members])
 }
 

@@ -452,3 +452,65 @@ fn subnormal_momentum_under_zero_gradients_keeps_ieee_bits() {
         assert_close(&format!("{optimizer:?} momentum"), gb, cb, tol);
     }
 }
+
+/// The vec4s an invocation updates (4 on CPU adapters, 1 on GPUs) change no bit, for every
+/// member of a stack, whatever the length (`check` holds the CPU adapters' grid to the
+/// reference).
+#[test]
+fn every_grid_of_the_update_gives_the_same_bits() {
+    let ctx = ctx();
+    for len in [1usize, 7, 1000, 65_537] {
+        let padded = len.next_multiple_of(4);
+        let members = 3u32;
+        let total = padded * members as usize;
+        let optimizers = [
+            Optimizer::Sgd(Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                ..Sgd::default()
+            }),
+            Optimizer::Adam(Adam::default()),
+        ];
+        for optimizer in optimizers {
+            let mut p = StepParams::at_step(3);
+            optimizer.fill_step(3, &mut p);
+            let steps = StepBuffer::members(ctx, members as usize).unwrap();
+            steps.write_all(ctx, &vec![p; members as usize]);
+            let grad =
+                GpuTensor::from_slice(ctx, &uniform(9, total, -1.0, 1.0), &[total], "g").unwrap();
+            let results = [1u32, 4].map(|per| {
+                let param =
+                    GpuTensor::from_slice(ctx, &uniform(8, total, -1.0, 1.0), &[total], "p")
+                        .unwrap();
+                let state: Vec<GpuTensor> = (0..optimizer.state_count())
+                    .map(|i| {
+                        let init = uniform(10 + i as u64, total, 0.0, 1.0);
+                        GpuTensor::from_slice(ctx, &init, &[total], "state").unwrap()
+                    })
+                    .collect();
+                let totals = GpuTensor::zeros(ctx, &[TOTALS_LEN * members as usize], "t").unwrap();
+                let flat = FlatState {
+                    len,
+                    params: param.binding().split_members(members),
+                    grads: grad.binding().split_members(members),
+                    optimizer: state
+                        .iter()
+                        .map(|s| s.binding().split_members(members))
+                        .collect(),
+                };
+                let bindings = [steps.binding(), totals.binding()];
+                let d = super::kernel::dispatch_per(ctx, &optimizer, &flat, bindings, per).unwrap();
+                ctx.submit(&[&d]);
+                let mut words: Vec<u32> = param.read(ctx).unwrap();
+                for s in &state {
+                    words.extend(s.read::<u32>(ctx).unwrap());
+                }
+                words
+            });
+            assert!(
+                results[0] == results[1],
+                "{optimizer:?}, {len} per member: 1 and 4 vec4s an invocation differ"
+            );
+        }
+    }
+}
